@@ -1,0 +1,36 @@
+"""The unit of work: one C program and the tests that judge its translation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+TestKind = Literal["task", "samples"]
+Feed = Literal["stdin", "args"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One C program and its JSON tests, as discovery found them. Small, frozen, cheap to pass around.
+
+    ``id`` is unique within a corpus, stable across runs and safe as a directory name (it may contain ``/``
+    separators for nested layouts; each part is a plain file-name-safe string).
+    ``test_kind`` says what ``test_path`` holds: a SACToR test task (a list of ``{"command": ...}``) or a list
+    of samples (``{"input", "output"}``) for which the tests are built with ``feed``.
+    """
+
+    id: str
+    c_path: Path
+    test_path: Path
+    test_kind: TestKind = "task"
+    feed: Feed = "stdin"
+    layout: str = "flat"
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """A file discovery could not pair or read, with the reason, for the summary."""
+
+    path: Path
+    reason: str
