@@ -1,0 +1,312 @@
+"""The batch: producer, model-slot and CPU limiters, pipelined task workers, resume, cancellation.
+
+Shape of a run::
+
+    discover() --> producer --(bounded stream)--> N task workers --> results on disk + ledger
+                   (hash, ledger check)            each: unidiomatic -> idiomatic
+                                                   model requests bounded by the client's limiter (--workers)
+                                                   compile and test bounded by the CPU limiter (--jobs)
+
+There are more task workers than model slots plus CPU slots, so while some tasks compile or run tests,
+others keep every model slot busy. Memory is proportional to the tasks in flight (plus one small index
+entry per task in the ledger).
+
+Failures of a task are data (its result records them). A FatalError (model server gone past the outage
+budget, a full disk) stops the run; SIGINT/SIGTERM stop it too. Either way every finished task stays
+recorded and a rerun continues where this one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .build import Toolchain
+from .config import Config
+from .discovery import discover
+from .errors import FatalError, TaskInputError
+from .extract import BEGIN_MARK
+from .ledger import Ledger, fingerprint, run_lock
+from .llm import ModelClient, ServerInfo
+from .progress import Counters, Reporter
+from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
+from .results import TaskResult, atomic_write_text, render_table, totals, write_task_results
+from .sandbox import Sandbox
+from .stages import StageEnv
+from .task import Orphan, Task
+from .translate import input_hash, translate_task
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What to run on and how, beyond the Config."""
+
+    c_dir: Path
+    json_dir: Path
+    output: Path
+    retry_failed: bool = False
+    force: bool = False
+    command: str = ""
+
+
+@dataclass
+class RunOutcome:
+    """What the CLI needs to report a finished (or stopped) run."""
+
+    exit_code: int
+    summary: dict[str, Any] = field(default_factory=dict)
+    message: str | None = None
+    table: list[str] = field(default_factory=list)
+
+
+def settings_fingerprint(config: Config) -> str:
+    """Everything that shapes a task's result; a change makes finished tasks stale."""
+    return fingerprint({
+        "model": config.model.model,
+        "max_tokens": config.model.max_tokens,
+        "temperature": config.model.temperature,
+        "system": config.translation.system_message,
+        "prompts": [UNIDIOMATIC, IDIOMATIC, REPAIR, BEGIN_MARK],
+        "max_attempts": config.translation.max_attempts,
+        "num_tests": config.translation.num_tests,
+        "idiomatic": config.translation.idiomatic,
+        "test_timeout": config.translation.test_timeout,
+        "feed": config.run.feed,
+        "edition": config.toolchain.edition,
+    })
+
+
+@asynccontextmanager
+async def open_services(
+    config: Config, *, scratch_root: Path | None = None
+) -> AsyncIterator[tuple[StageEnv, ServerInfo]]:
+    """Toolchain, sandbox and model client for a run, opened in one place and closed in reverse order.
+
+    Raises ConfigError (toolchain, strict sandbox) or ModelUnavailable (preflight).
+    """
+    async with AsyncExitStack() as stack:
+        toolchain = await Toolchain.prepare(config.toolchain)
+        sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
+        if not sandbox.isolation.complete:
+            log.warning("sandbox: %s", sandbox.isolation.describe())
+        client = await stack.enter_async_context(
+            ModelClient.open(config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers))
+        )
+        info = await client.preflight()
+        env = StageEnv(config, client, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
+        yield env, info
+
+
+class _Run:
+    def __init__(self, config: Config, options: RunOptions, env: StageEnv, ledger: Ledger,
+                 counters: Counters) -> None:
+        self.config = config
+        self.options = options
+        self.env = env
+        self.ledger = ledger
+        self.counters = counters
+        self.fingerprint = settings_fingerprint(config)
+        self.orphans: list[Orphan] = []
+        self.seen: set[str] = set()
+
+    def _is_done(self, task: Task, key: str) -> bool:
+        if self.options.force:
+            return False
+        entry = self.ledger.get(task.id)
+        if entry is None or entry.key != key:
+            return False
+        if not (self.options.output / task.id / "result.json").exists():
+            return False
+        return entry.status == "verified" or not self.options.retry_failed
+
+    async def produce(self, send: ObjectSendStream[tuple[Task, str]]) -> None:
+        async with send:
+            async for item in discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed):
+                if isinstance(item, Orphan):
+                    self.orphans.append(item)
+                    self.counters.orphans += 1
+                    log.warning("skipped %s: %s", item.path, item.reason)
+                    continue
+                if item.id in self.seen:
+                    self.orphans.append(Orphan(item.c_path, f"duplicate task id {item.id!r}"))
+                    continue
+                self.seen.add(item.id)
+                self.counters.discovered += 1
+                digest = await anyio.to_thread.run_sync(input_hash, item)
+                key = f"{digest}:{self.fingerprint}"
+                if self._is_done(item, key):
+                    self.counters.skipped += 1
+                    continue
+                await send.send((item, key))
+        self.counters.discovery_finished = True
+
+    async def work(self, receive: ObjectReceiveStream[tuple[Task, str]]) -> None:
+        async with receive:
+            async for task, key in receive:
+                await self.run_one(task, key)
+
+    async def run_one(self, task: Task, key: str) -> None:
+        result, transcript = await translate_task(self.env, task, key.split(":")[0])
+        # Finished work must reach the disk even when the run is being cancelled around it.
+        with anyio.CancelScope(shield=True):
+            await write_task_results(self.options.output / task.id, result, transcript)
+            summary = result.summary()
+            await anyio.to_thread.run_sync(self.ledger.record, key, summary)
+        self._count(result)
+
+    def _count(self, result: TaskResult) -> None:
+        c = self.counters
+        c.done += 1
+        if result.status == "verified":
+            c.verified += 1
+        else:
+            c.failed += 1
+        for stage in result.stages:
+            if stage.verified:
+                c.stage_verified[stage.stage] += 1
+            elif stage.status == "failed":
+                c.stage_failed[stage.stage] += 1
+            c.completion_tokens += stage.usage.completion_tokens
+
+
+async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any]) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            state["interrupted"] = signal.Signals(signum).name
+            log.warning("received %s: stopping; finished tasks are kept", state["interrupted"])
+            scope.cancel()
+            return
+
+
+async def _track_in_flight(env: StageEnv, counters: Counters) -> None:
+    while True:
+        counters.in_flight_requests = env.client.stats.in_flight
+        await anyio.sleep(0.25)
+
+
+def task_worker_count(config: Config) -> int:
+    """Enough tasks in flight that neither the model slots nor the CPU slots wait on the other."""
+    return config.client.workers + 2 * config.run.jobs
+
+
+async def run_batch(
+    config: Config,
+    options: RunOptions,
+    *,
+    reporter: Reporter | None = None,
+    scratch_root: Path | None = None,
+) -> RunOutcome:
+    """Run a corpus. Never raises for task failures; FatalErrors become the outcome's exit code and message."""
+    counters = Counters()
+    state: dict[str, Any] = {"interrupted": None, "fatal": None}
+    started = time.time()
+    info: ServerInfo | None = None
+    isolation = ""
+    run: _Run | None = None
+    try:
+        with run_lock(options.output, options.command), Ledger.open(options.output) as ledger:
+            async with open_services(config, scratch_root=scratch_root) as (env, info):
+                isolation = env.sandbox.isolation.describe()
+                run = _Run(config, options, env, ledger, counters)
+                try:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_watch_signals, tg.cancel_scope, state)
+                        if reporter is not None:
+                            tg.start_soon(reporter.run, counters)
+                        tg.start_soon(_track_in_flight, env, counters)
+                        async with anyio.create_task_group() as work:
+                            send, receive = anyio.create_memory_object_stream[tuple[Task, str]](
+                                config.client.workers
+                            )
+                            work.start_soon(run.produce, send)
+                            async with receive:
+                                for _ in range(task_worker_count(config)):
+                                    work.start_soon(run.work, receive.clone())
+                        tg.cancel_scope.cancel()
+                except BaseExceptionGroup as group:
+                    fatal = _first_fatal(group)
+                    if fatal is None:
+                        raise
+                    raise fatal from None
+    except FatalError as exc:
+        state["fatal"] = exc
+    finally:
+        if reporter is not None:
+            reporter.close(counters)
+    fatal: FatalError | None = state["fatal"]
+    if run is None:
+        # Nothing ran: bad configuration, toolchain, lock or preflight.
+        assert fatal is not None
+        return RunOutcome(getattr(fatal, "exit_code", EXIT_FAILED), message=str(fatal))
+    summary = await anyio.to_thread.run_sync(
+        _write_summary, config, options, run, info, isolation, started, state
+    )
+    table = render_table(summary)
+    if fatal is not None:
+        code = getattr(fatal, "exit_code", EXIT_FAILED)
+        return RunOutcome(code, summary, f"run stopped: {fatal}", table)
+    if state["interrupted"]:
+        return RunOutcome(EXIT_INTERRUPTED, summary, f"interrupted by {state['interrupted']}: finished tasks "
+                          "are kept; rerun the same command to continue", table)
+    t = summary["totals"]
+    ok = t["failed"] == 0 and not run.orphans and t["tasks"] > 0
+    return RunOutcome(EXIT_OK if ok else EXIT_FAILED, summary, None, table)
+
+
+def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, FatalError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_fatal(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerInfo | None, isolation: str,
+                   started: float, state: dict[str, Any]) -> dict[str, Any]:
+    ledger = run.ledger
+    ledger_records = [r for r in ledger.latest() if r["task_id"] in run.seen]
+    for record in ledger_records:
+        record.pop("recorded_at", None)
+    summary: dict[str, Any] = {
+        "run": {
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "wall_seconds": round(time.time() - started, 3),
+            "c_files": str(options.c_dir),
+            "json_files": str(options.json_dir),
+            "output": str(options.output),
+            "interrupted": state["interrupted"],
+            "stopped_by": str(state["fatal"]) if state["fatal"] else None,
+            "settings_fingerprint": run.fingerprint,
+            "sandbox": isolation,
+        },
+        "server": {"base_url": config.model.base_url, "model": config.model.model,
+                   "max_model_len": info.max_model_len if info else None},
+        "config": config.public(),
+        "totals": totals(ledger_records),
+        "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},
+        "skipped_unchanged": run.counters.skipped,
+        "orphans": [{"path": str(o.path), "reason": o.reason} for o in run.orphans],
+        "tasks": ledger_records,
+    }
+    atomic_write_text(options.output / "batch_summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+__all__ = ["RunOptions", "RunOutcome", "TaskInputError", "open_services", "run_batch"]

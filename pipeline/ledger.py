@@ -1,0 +1,181 @@
+"""What is finished, keyed by inputs and settings; atomic writes; the run lock.
+
+Layout in the output directory::
+
+    ledger.jsonl           the snapshot: one JSON record per finished task (replaced atomically)
+    ledger.journal.jsonl   records appended during a run, one line each, fsync'd; folded into the snapshot
+                           when the run ends
+    .run.lock              held with flock() by the running process; the kernel drops it when the process dies
+
+A record is trusted only when its line is complete JSON; a run killed mid-append leaves a torn last line
+that is ignored, so the task is simply redone. A task counts as done when its record's key (input hash and
+settings fingerprint) equals the key of the task as it is now.
+
+Memory: the index keeps one small tuple per task (id, key, status), not the records themselves; summaries
+stream the records from disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import DiskFull, RunLocked
+from .results import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "ledger.jsonl"
+JOURNAL = "ledger.journal.jsonl"
+LOCK = ".run.lock"
+
+
+def hash_files(paths: list[Path]) -> str:
+    """A digest of the named files' names and contents (missing files count as absent)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<missing>")
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """A digest of everything that shapes a result (model, prompts, sampling, limits)."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    status: str
+
+
+class Ledger:
+    """The record of finished tasks of one output directory. Open it with :meth:`open`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._index: dict[str, Entry] = {}
+        self._journal: TextIO | None = None
+
+    @classmethod
+    @contextmanager
+    def open(cls, directory: Path) -> Iterator[Ledger]:
+        """Load the ledger and keep its journal open for appends; folds the journal into the snapshot on exit."""
+        ledger = cls(directory)
+        ledger._load()
+        ledger._journal = (directory / JOURNAL).open("a", encoding="utf-8")
+        try:
+            yield ledger
+        finally:
+            ledger._journal.close()
+            ledger._journal = None
+            ledger.compact()
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        for name in (SNAPSHOT, JOURNAL):
+            path = self.directory / name
+            if not path.exists():
+                continue
+            with path.open(encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    if not line.endswith("\n"):
+                        log.warning("%s: ignoring an incomplete last record (an interrupted write)", path)
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        log.warning("%s: ignoring a damaged record", path)
+                        continue
+                    if isinstance(record, dict) and isinstance(record.get("task_id"), str):
+                        yield record
+
+    def _load(self) -> None:
+        for record in self._records():
+            self._index[record["task_id"]] = Entry(str(record.get("key")), str(record.get("status")))
+
+    def get(self, task_id: str) -> Entry | None:
+        return self._index.get(task_id)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def record(self, key: str, summary: Mapping[str, Any]) -> None:
+        """Append one finished task (durably) and update the index. Raises DiskFull."""
+        assert self._journal is not None, "the ledger is not open"
+        record = {**summary, "key": key, "recorded_at": time.time()}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            self._journal.write(line)
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
+        except OSError as exc:
+            if exc.errno == 28:
+                raise DiskFull(f"no space left while writing {self.directory / JOURNAL}: free some space and "
+                               "rerun; finished tasks are kept") from exc
+            raise
+        self._index[str(summary["task_id"])] = Entry(key, str(summary["status"]))
+
+    def latest(self) -> Iterator[dict[str, Any]]:
+        """Each task's latest record, streamed from disk (the last record of an id wins)."""
+        last_line: dict[str, int] = {}
+        for number, record in enumerate(self._records()):
+            last_line[record["task_id"]] = number
+        for number, record in enumerate(self._records()):
+            if last_line.get(record["task_id"]) == number:
+                yield record
+
+    def compact(self) -> None:
+        """Fold the journal into the snapshot atomically, then drop the journal."""
+        journal = self.directory / JOURNAL
+        if not journal.exists() or journal.stat().st_size == 0:
+            if journal.exists():
+                journal.unlink()
+            return
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.latest())
+        atomic_write_text(self.directory / SNAPSHOT, text)
+        journal.unlink()
+
+
+@contextmanager
+def run_lock(directory: Path, command: str) -> Iterator[None]:
+    """Hold the output directory for this run; raise RunLocked naming the holder if another run has it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK
+    fh = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise RunLocked(
+                f"{directory} is in use by another run ({holder}); wait for it to finish or choose another "
+                "--output directory"
+            ) from None
+        try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+            fh.flush()
+        except OSError as exc:
+            raise DiskFull(f"cannot write {path}: {exc.strerror}") from exc
+        yield
+    finally:
+        fh.close()

@@ -1,0 +1,113 @@
+"""The words we send to the model: the unidiomatic request, the idiomatic request, and repair turns.
+
+A stage is one conversation. Its first user message never changes; each repair adds the previous answer and
+the feedback. To keep the context bounded, only the latest answer and feedback are sent in full; earlier
+turns are replaced by one-line stubs (so the model still sees how many attempts failed, and why).
+
+The request format asks for the code between :data:`~pipeline.extract.BEGIN_MARK` and
+:data:`~pipeline.extract.END_MARK`; :mod:`pipeline.extract` also accepts a plain fenced block.
+The idiomatic request quotes the verified unidiomatic Rust in a ```rust fence; the unidiomatic request
+quotes only C. (The simulator tells the stages apart by that.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .extract import BEGIN_MARK, END_MARK
+
+Message = dict[str, str]
+
+_REPLY_FORMAT = f"""Reply with the complete program, and nothing else, between these two lines:
+{BEGIN_MARK}
+(the whole Rust program, with fn main)
+{END_MARK}"""
+
+UNIDIOMATIC = """Translate the C program `{name}` below into one complete Rust program (edition 2021, a single file \
+with `fn main`) that behaves identically: the same bytes on standard output and standard error, the same exit codes, \
+the same handling of command-line arguments and standard input.
+
+This is a close, unidiomatic translation: keep the C program's structure and names. `unsafe`, raw pointers and the \
+`libc` crate (available as `libc::...`; no other crates exist) are allowed. Do not read files or environment \
+variables at build time (no include_str!, include_bytes!, include!, env!, option_env!).
+
+{reply_format}
+
+The C program `{name}`:
+```c
+{c_source}
+```
+"""
+
+IDIOMATIC = """Rewrite the Rust translation of the C program `{name}` below as safe, idiomatic Rust (edition 2021, \
+one file with `fn main`). It must behave exactly like the translation: the same bytes on standard output and \
+standard error, the same exit codes, the same handling of command-line arguments and standard input.
+
+Rules: no `unsafe` anywhere, no `libc`, no raw pointers, no `static mut`. Use `String`, `Vec`, slices, `Option`, \
+`Result`, iterators and the standard library (std::env::args, std::io, std::process::exit). Do not read files or \
+environment variables at build time (no include_str!, include_bytes!, include!, env!, option_env!).
+
+{reply_format}
+
+The original C program, for intent:
+```c
+{c_source}
+```
+
+The verified translation to rewrite:
+```rust
+{rust_source}
+```
+"""
+
+REPAIR = """Attempt {attempt} failed: {summary}
+
+{feedback}
+
+Fix the program. {reply_format_short}"""
+
+_REPLY_SHORT = f"Reply with the whole corrected program between {BEGIN_MARK} and {END_MARK}."
+
+
+def unidiomatic_prompt(name: str, c_source: str) -> str:
+    """The first user message of the unidiomatic stage."""
+    return UNIDIOMATIC.format(name=name, c_source=c_source.rstrip(), reply_format=_REPLY_FORMAT)
+
+
+def idiomatic_prompt(name: str, c_source: str, rust_source: str) -> str:
+    """The first user message of the idiomatic stage."""
+    return IDIOMATIC.format(
+        name=name, c_source=c_source.rstrip(), rust_source=rust_source.rstrip(), reply_format=_REPLY_FORMAT
+    )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One failed attempt: the model's answer and what we told it about the failure."""
+
+    answer: str
+    summary: str
+    feedback: str
+
+
+def conversation(system: str, first: str, turns: list[Turn]) -> list[Message]:
+    """The messages for the next attempt: system, first request, then the failed turns.
+
+    Only the last turn is sent in full; earlier ones become stubs, so a long repair loop does not grow the
+    prompt without bound while the number of earlier attempts stays visible.
+    """
+    messages: list[Message] = [{"role": "system", "content": system}, {"role": "user", "content": first}]
+    for number, turn in enumerate(turns, start=1):
+        last = number == len(turns)
+        messages.append({
+            "role": "assistant",
+            "content": turn.answer if last else f"(attempt {number}: program omitted)",
+        })
+        messages.append({
+            "role": "user",
+            "content": REPAIR.format(
+                attempt=number, summary=turn.summary, feedback=turn.feedback.rstrip(),
+                reply_format_short=_REPLY_SHORT,
+            ) if last else f"Attempt {number} failed: {turn.summary}",
+        })
+    return messages

@@ -1,0 +1,218 @@
+"""SACToR's result layout per task, the batch summary, and the end-of-run table.
+
+Per task (SACToR's names, so users' scripts keep working)::
+
+    RESULT/translated_code_unidiomatic/combined.rs      only when that stage verified
+    RESULT/translated_code_unidiomatic/clippy_stat.json
+    RESULT/translated_code_idiomatic/combined.rs
+    RESULT/translated_code_idiomatic/clippy_stat.json
+    RESULT/unidiomatic_failure_info.json, RESULT/idiomatic_failure_info.json
+    RESULT/llm_stat_unidiomatic.json, RESULT/llm_stat_idiomatic.json
+    RESULT/attempts/<stage>-<n>.rs                      failed attempts' code, for debugging
+    RESULT/result.json                                  written last: its presence means the task is complete
+    RESULT/transcript.jsonl
+
+Every file is written to a temporary name and moved into place (``os.replace``), so a killed run never
+leaves a half-written file under a final name. ``result.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import DiskFull
+from .stages import StageResult
+
+STAGES = ("unidiomatic", "idiomatic")
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How one task ended: its stages, or the reason it could not start."""
+
+    task_id: str
+    c_path: str
+    test_path: str
+    input_hash: str
+    stages: tuple[StageResult, ...] = ()
+    reason: str | None = None
+    wall_seconds: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str) -> StageResult | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    @property
+    def status(self) -> str:
+        """"verified" when every stage that ran verified, else "failed"."""
+        if self.reason is not None or not self.stages:
+            return "failed"
+        return "verified" if all(s.verified for s in self.stages if s.status != "skipped") else "failed"
+
+    def summary(self) -> dict[str, Any]:
+        """The task's record in result.json, the ledger and batch_summary.json."""
+        stages: dict[str, Any] = {}
+        for name in STAGES:
+            s = self.stage(name)
+            if s is None:
+                stages[name] = {"status": "not_run"}
+                continue
+            usage = s.usage
+            stages[name] = {
+                "status": s.status,
+                "attempts": len(s.attempts),
+                "requests": s.requests,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "wall_seconds": round(s.wall_seconds, 3),
+                "reason": s.reason,
+            }
+        return {
+            "task_id": self.task_id,
+            "c_file": self.c_path,
+            "test_file": self.test_path,
+            "input_hash": self.input_hash,
+            "status": self.status,
+            "reason": self.reason or self._first_stage_reason(),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "stages": stages,
+        }
+
+    def _first_stage_reason(self) -> str | None:
+        for s in self.stages:
+            if s.status == "failed":
+                return f"{s.stage}: {s.reason}"
+        return None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a half.
+
+    Raises DiskFull when the disk is full; other OSErrors propagate.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if exc.errno == 28:  # ENOSPC
+            raise DiskFull(f"no space left on the device while writing {path}: free some space and rerun; "
+                           "finished tasks are kept") from exc
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _llm_stat(stage: StageResult) -> dict[str, Any]:
+    """SACToR's llm_stat keys, from the server's usage figures."""
+    inputs = [a.usage.prompt_tokens for a in stage.attempts]
+    outputs = [a.usage.completion_tokens for a in stage.attempts]
+    times = [round(a.llm_seconds, 4) for a in stage.attempts]
+    return {
+        "total_queries": len(stage.attempts),
+        "total_costed_input_tokens": sum(inputs),
+        "total_costed_output_tokens": sum(outputs),
+        "total_costed_time": round(sum(times), 4),
+        "costed_input_tokens": inputs,
+        "costed_output_tokens": outputs,
+        "costed_time": times,
+    }
+
+
+def _failure_info(stage: StageResult) -> dict[str, Any]:
+    failed = [a for a in stage.attempts if a.kind != "verified"]
+    return {
+        "stage": stage.stage,
+        "status": stage.status,
+        "attempts": [{"attempt": a.number, "kind": a.kind, "message": a.message} for a in failed],
+    }
+
+
+def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]) -> None:
+    result_dir.mkdir(parents=True, exist_ok=True)
+    # A previous run's result.json must not vouch for files this run is about to replace.
+    try:
+        (result_dir / "result.json").unlink()
+    except FileNotFoundError:
+        pass
+    for name in STAGES:
+        stage = result.stage(name)
+        code_dir = result_dir / f"translated_code_{name}"
+        combined = code_dir / "combined.rs"
+        if stage is None or stage.status == "skipped":
+            continue
+        if stage.verified and stage.code is not None:
+            atomic_write_text(combined, stage.code)
+            atomic_write_json(code_dir / "clippy_stat.json", stage.clippy or {})
+        elif combined.exists():
+            combined.unlink()
+        atomic_write_json(result_dir / f"{name}_failure_info.json", _failure_info(stage))
+        atomic_write_json(result_dir / f"llm_stat_{name}.json", _llm_stat(stage))
+        for attempt in stage.attempts:
+            if attempt.kind != "verified" and attempt.code is not None:
+                atomic_write_text(result_dir / "attempts" / f"{name}-{attempt.number}.rs", attempt.code)
+    atomic_write_text(
+        result_dir / "transcript.jsonl",
+        "".join(json.dumps(event, ensure_ascii=False) + "\n" for event in transcript),
+    )
+    atomic_write_json(result_dir / "result.json", result.summary())
+
+
+async def write_task_results(
+    result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]
+) -> None:
+    """Write one task's SACToR-style results; result.json last. Runs in a worker thread."""
+    events = list(transcript)
+    await anyio.to_thread.run_sync(_write_task_files, result_dir, result, events)
+
+
+def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts and token sums over task records (pure; accepts an empty iterable)."""
+    out: dict[str, Any] = {"tasks": 0, "verified": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    per_stage = {name: {"verified": 0, "failed": 0, "not_run": 0} for name in STAGES}
+    for rec in records:
+        out["tasks"] += 1
+        out["verified" if rec.get("status") == "verified" else "failed"] += 1
+        for name in STAGES:
+            st = rec.get("stages", {}).get(name, {})
+            status = st.get("status", "not_run")
+            per_stage[name][status if status in per_stage[name] else "not_run"] += 1
+            out["prompt_tokens"] += st.get("prompt_tokens", 0) or 0
+            out["completion_tokens"] += st.get("completion_tokens", 0) or 0
+    out["stages"] = per_stage
+    return out
+
+
+def render_table(summary: Mapping[str, Any]) -> list[str]:
+    """A short end-of-run table for the terminal."""
+    t = summary["totals"]
+    lines = [
+        f"{'stage':<12} {'verified':>9} {'failed':>7} {'not run':>8}",
+    ]
+    for name in STAGES:
+        s = t["stages"][name]
+        lines.append(f"{name:<12} {s['verified']:>9} {s['failed']:>7} {s['not_run']:>8}")
+    lines.append(
+        f"tasks: {t['tasks']} ({t['verified']} verified, {t['failed']} failed, "
+        f"{summary.get('skipped_unchanged', 0)} unchanged from earlier runs), "
+        f"orphans: {len(summary.get('orphans', []))}, tokens: {t['prompt_tokens']} in / {t['completion_tokens']} out"
+    )
+    return lines

@@ -1,0 +1,235 @@
+"""Choosing the assistant message for a chat request: canned answers, then directives, then a refusal.
+
+Canned answers live in ``answers_dir``::
+
+    answers_dir/<key>/match.txt          optional: a substring identifying the task (default "<key>.c")
+    answers_dir/<key>/unidiomatic-1.md   the whole assistant message for attempt 1 of the unidiomatic stage
+    answers_dir/<key>/unidiomatic-2.md   attempt 2, ... (a later attempt gets the last file)
+    answers_dir/<key>/idiomatic-1.md     ...
+
+* task: the key whose match string occurs in the FIRST user message; the longest match string wins
+  (then the smallest key, so the choice is deterministic);
+* stage: ``idiomatic`` when the first user message has a line starting with "```rust", else ``unidiomatic``;
+* attempt: 1 + the number of assistant messages in the request.
+
+A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the answer). Options:
+``{"finish_reason": "length"}`` sends the answer as truncated; ``{"fault": KIND}`` applies that fault kind
+every time this answer is served, or only the first N times with ``"fault_times": N``.
+
+The directory is scanned once (keys and match strings); answer files are read on first use and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import directive
+from .model import check_fault_kind
+from .tokens import content_text
+
+log = logging.getLogger(__name__)
+
+STAGES = ("unidiomatic", "idiomatic")
+DIRECTIVE_KEY = "directive"
+_ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic)-(\d+)\.md$")
+_HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
+
+NOT_FOUND_TEXT = (
+    "I could not find a translation for this task: the simulator has no canned answer that matches it and "
+    "the prompt carries no @sim directive. Please check the task name or the simulator's answers directory."
+)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What to send back for one chat request (before max_tokens is applied)."""
+
+    text: str
+    finish_reason: str = "stop"
+    key: str | None = None
+    stage: str = "unidiomatic"
+    attempt: int = 1
+    fault: str | None = None
+
+
+@dataclass(frozen=True)
+class _CannedFile:
+    text: str
+    finish_reason: str
+    fault: str | None
+    fault_times: int | None
+
+
+def first_user_text(messages: list[Any]) -> str:
+    """The text of the first message with role ``user`` ("" when there is none)."""
+    for message in messages:
+        if isinstance(message, dict) and message.get("role") == "user":
+            return content_text(message.get("content"))
+    return ""
+
+
+def detect_stage(first_user: str) -> str:
+    """``idiomatic`` when a line starts with "```rust" (the idiomatic prompt quotes Rust), else ``unidiomatic``."""
+    if "```rust" in first_user:
+        for line in first_user.splitlines():
+            if line.startswith("```rust"):
+                return "idiomatic"
+    return "unidiomatic"
+
+
+def detect_attempt(messages: list[Any]) -> int:
+    """1 + the number of assistant messages."""
+    return 1 + sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+
+
+def parse_canned(raw: str, *, source: str = "answer") -> tuple[str, dict[str, Any]]:
+    """Split an answer file into its text and its header options (``{}`` without a header line).
+
+    A header whose JSON is not an object is dropped with a log warning.
+    """
+    match = _HEADER.match(raw)
+    if not match:
+        return raw, {}
+    text = raw[match.end():]
+    try:
+        options = json.loads(match.group(1))
+    except ValueError:
+        log.warning("%s: ignoring a sim header that is not JSON: %.200s", source, match.group(1))
+        return text, {}
+    if not isinstance(options, dict):
+        log.warning("%s: ignoring a sim header that is not a JSON object", source)
+        return text, {}
+    return text, options
+
+
+class AnswerBook:
+    """The canned answers of one directory, plus directive mode and the not-found refusal.
+
+    Use :meth:`scan` once (blocking; run it in a thread from async code), then :meth:`choose` per request
+    (also blocking on first use of a file). Thread-safe.
+    """
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+        self._matches: list[tuple[str, str]] = []  # (match string, key), longest first
+        self._files: dict[tuple[str, str], list[tuple[int, Path]]] = {}
+        self._cache: dict[Path, _CannedFile] = {}
+        self._served: dict[Path, int] = {}
+        self._lock = threading.Lock()
+
+    def scan(self) -> None:
+        """Build the key -> match-string table. Raises OSError when ``root`` cannot be listed."""
+        table: list[tuple[str, str]] = []
+        if self.root is not None:
+            for entry in sorted(self.root.iterdir()):
+                if not entry.is_dir() or entry.name.startswith("."):
+                    continue
+                match_file = entry / "match.txt"
+                match = ""
+                if match_file.is_file():
+                    match = match_file.read_text(encoding="utf-8", errors="replace").strip()
+                table.append((match or f"{entry.name}.c", entry.name))
+        table.sort(key=lambda item: (-len(item[0]), item[1]))
+        with self._lock:
+            self._matches = table
+            self._files.clear()
+            self._cache.clear()
+            self._served.clear()
+        log.info("simulator: %d canned answer keys under %s", len(table), self.root)
+
+    @property
+    def keys(self) -> list[str]:
+        """Every key found by :meth:`scan`."""
+        return sorted(key for _, key in self._matches)
+
+    def find_key(self, first_user: str) -> str | None:
+        """The key whose match string occurs in ``first_user`` (longest match string wins)."""
+        for match, key in self._matches:
+            if match in first_user:
+                return key
+        return None
+
+    def _stage_files(self, key: str, stage: str) -> list[tuple[int, Path]]:
+        with self._lock:
+            cached = self._files.get((key, stage))
+        if cached is not None:
+            return cached
+        assert self.root is not None
+        found: dict[str, list[tuple[int, Path]]] = {s: [] for s in STAGES}
+        try:
+            names = [p.name for p in (self.root / key).iterdir()]
+        except OSError as exc:
+            log.warning("simulator: cannot list answers of %s: %s", key, exc)
+            names = []
+        for name in names:
+            m = _ANSWER_FILE.match(name)
+            if m:
+                found[m.group(1)].append((int(m.group(2)), self.root / key / name))
+        with self._lock:
+            for s, files in found.items():
+                self._files[(key, s)] = sorted(files)
+            return self._files[(key, stage)]
+
+    def _load(self, path: Path) -> _CannedFile:
+        with self._lock:
+            cached = self._cache.get(path)
+        if cached is not None:
+            return cached
+        raw = path.read_text(encoding="utf-8", errors="replace")
+        text, options = parse_canned(raw, source=str(path))
+        finish = options.get("finish_reason", "stop")
+        if finish not in ("stop", "length"):
+            log.warning("%s: finish_reason must be 'stop' or 'length', got %r", path, finish)
+            finish = "stop"
+        fault = options.get("fault")
+        if fault is not None:
+            try:
+                fault = check_fault_kind(str(fault))
+            except ValueError as exc:
+                log.warning("%s: %s", path, exc)
+                fault = None
+        times = options.get("fault_times")
+        loaded = _CannedFile(text, finish, fault, int(times) if isinstance(times, int) else None)
+        with self._lock:
+            self._cache[path] = loaded
+        return loaded
+
+    def _canned(self, key: str, stage: str, attempt: int) -> Answer | None:
+        files = self._stage_files(key, stage)
+        if not files:
+            return None
+        chosen = files[0][1]
+        for number, path in files:
+            if number <= attempt:
+                chosen = path
+        canned = self._load(chosen)
+        fault = canned.fault
+        if fault is not None and canned.fault_times is not None:
+            with self._lock:
+                served = self._served.get(chosen, 0)
+                self._served[chosen] = served + 1
+            if served >= canned.fault_times:
+                fault = None
+        return Answer(canned.text, canned.finish_reason, key, stage, attempt, fault)
+
+    def choose(self, messages: list[Any]) -> Answer:
+        """The answer for a chat request's ``messages``. Raises OSError if a matched answer file is unreadable."""
+        first_user = first_user_text(messages)
+        stage = detect_stage(first_user)
+        attempt = detect_attempt(messages)
+        key = self.find_key(first_user) if self._matches else None
+        if key is not None:
+            answer = self._canned(key, stage, attempt)
+            if answer is not None:
+                return answer
+        found = directive.find_directive(first_user)
+        if found is not None:
+            text, finish = directive.render(found, stage, attempt)
+            return Answer(text, finish, DIRECTIVE_KEY, stage, attempt)
+        return Answer(NOT_FOUND_TEXT, "stop", None, stage, attempt)

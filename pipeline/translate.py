@@ -1,0 +1,101 @@
+"""One task from inputs to results: read it, run the unidiomatic stage, then the idiomatic one.
+
+Used by the batch engine for every task and by the single-task ``translate`` command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import TaskFailure, TaskInputError
+from .ledger import hash_files
+from .results import TaskResult
+from .stages import StageEnv, StageResult, run_stage
+from .task import Task
+from .testing import TestSuite, input_files, load_test_suite
+
+log = logging.getLogger(__name__)
+
+#: A C file larger than this is refused: it would not fit any model's context anyway.
+MAX_C_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """A task's files, read and checked."""
+
+    c_source: str
+    suite: TestSuite
+
+
+def input_hash(task: Task) -> str:
+    """The digest of every file that defines the task (C source, test task, samples it names)."""
+    return hash_files(input_files(task))
+
+
+def load_inputs(task: Task, *, num_tests: int | None) -> TaskInputs:
+    """Read the C file and the tests. Raises TaskInputError with a reason naming the file."""
+    try:
+        raw = task.c_path.read_bytes()
+    except OSError as exc:
+        raise TaskInputError(f"{task.c_path}: cannot read the C file ({exc.strerror})") from exc
+    if len(raw) > MAX_C_BYTES:
+        raise TaskInputError(f"{task.c_path}: {len(raw)} bytes is larger than the {MAX_C_BYTES}-byte limit")
+    try:
+        c_source = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskInputError(f"{task.c_path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
+    if not c_source.strip():
+        raise TaskInputError(f"{task.c_path}: the C file is empty")
+    return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests))
+
+
+async def _with_clippy(env: StageEnv, result: StageResult) -> StageResult:
+    if not result.verified or result.code is None or not env.config.toolchain.clippy:
+        return result
+    try:
+        async with env.sandbox.build_dir() as work, env.cpu:
+            stats = await env.toolchain.clippy_stats(result.code, work)
+    except OSError as exc:
+        stats = {"error": f"clippy could not run: {exc}"}
+    return dataclasses.replace(result, clippy=stats)
+
+
+async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[TaskResult, list[dict[str, Any]]]:
+    """Run both stages of one task. Returns its result and transcript; raises only fatal errors."""
+    started = time.perf_counter()
+    transcript: list[dict[str, Any]] = []
+    env = dataclasses.replace(env, record=transcript.append)
+    base = {"task_id": task.id, "c_path": str(task.c_path), "test_path": str(task.test_path),
+            "input_hash": key_hash}
+    try:
+        inputs = await anyio.to_thread.run_sync(
+            lambda: load_inputs(task, num_tests=env.config.translation.num_tests)
+        )
+    except TaskFailure as exc:
+        log.info("%s: %s", task.id, exc)
+        transcript.append({"event": "input_error", "message": str(exc)})
+        return TaskResult(**base, reason=str(exc), wall_seconds=time.perf_counter() - started), transcript
+    name = Path(task.c_path).name
+    stages: list[StageResult] = []
+    unidiomatic = await _with_clippy(
+        env, await run_stage(env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite)
+    )
+    stages.append(unidiomatic)
+    if env.config.translation.idiomatic and unidiomatic.verified:
+        idiomatic = await run_stage(
+            env, "idiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite,
+            rust_source=unidiomatic.code,
+        )
+        stages.append(await _with_clippy(env, idiomatic))
+    return (
+        TaskResult(**base, stages=tuple(stages), wall_seconds=time.perf_counter() - started),
+        transcript,
+    )
