@@ -1,0 +1,783 @@
+"""The model client: one pooled ``AsyncOpenAI`` per run, talking to a self-hosted vLLM server.
+
+Use :meth:`ModelClient.open` once per run, call :meth:`ModelClient.preflight` before any task, then
+:meth:`ModelClient.complete` from as many tasks as you like; the client bounds the requests in flight itself.
+
+Every openai/httpx2 error is converted here, once, into :mod:`pipeline.errors`:
+
+* connection refused / dropped / timed out -> :class:`~pipeline.errors.ServerUnreachable` (retried)
+* 408, 409, 429, 5xx, a 200 whose body is not JSON -> :class:`~pipeline.errors.ServerBusy` (retried,
+  honouring Retry-After)
+* 400 context overflow -> :class:`~pipeline.errors.ContextOverflow`; other 400/422 ->
+  :class:`~pipeline.errors.RequestFailed` (never retried)
+* 401/403 and 404 (model not served) -> :class:`~pipeline.errors.ModelUnavailable` (never retried, stops
+  the run)
+
+Retries live in :func:`retry_transient` only (the SDK's own retries are off). When a request's retries run
+out, the shared health record decides: another request succeeded meanwhile -> the problem is this request's
+(RequestFailed); the server has failed for longer than the outage budget -> ModelUnavailable; otherwise the
+request waits and starts over, so tasks do not burn their translation attempts on a dead server.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import anyio
+import httpx2
+import openai
+from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+from tenacity.wait import wait_base
+
+from .config import ClientSettings, ModelSettings
+from .errors import (
+    ContextOverflow,
+    ModelUnavailable,
+    PipelineError,
+    RequestFailed,
+    ServerBusy,
+    ServerUnreachable,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+
+#: Statuses that mean "come back later": request timeout, lock conflict, rate limit, server errors.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+#: The smallest completion budget worth sending, as an absolute floor and as a share of [VLLM] max_tokens.
+MIN_COMPLETION_TOKENS = 256
+MIN_COMPLETION_SHARE = 8
+#: Preflight tries a refused connection this many times, this far apart, then gives up (no retry storm).
+PREFLIGHT_ATTEMPTS = 2
+PREFLIGHT_WAIT = 0.5
+#: A server message is quoted in errors up to this many characters.
+MESSAGE_LIMIT = 500
+START_HINT = "is vLLM running? start it with scripts/start_vllm.sh, or fix [VLLM] base_url"
+OVERFLOW_FIX = "lower [VLLM] max_tokens or start vLLM with a larger --max-model-len"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts the server reported for one completion (zeros when it reported none)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The model's answer to one :meth:`ModelClient.complete` call."""
+
+    text: str
+    finish_reason: str
+    usage: Usage
+    seconds: float  # wall time, including retries and waiting for a request slot
+    queued_seconds: float  # time spent waiting for a request slot (the limiter)
+    requests: int  # chat requests sent for it (1 + retries)
+
+    @property
+    def truncated(self) -> bool:
+        """True when the model stopped at max_tokens: the text is incomplete."""
+        return self.finish_reason == "length"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What preflight learned about the server."""
+
+    base_url: str
+    model: str
+    served: tuple[str, ...]
+    max_model_len: int | None  # None when the server does not say (not vLLM)
+    tokenize: bool  # whether POST {root}/tokenize counts prompt tokens
+
+
+@dataclass
+class ClientStats:
+    """Live counters for progress displays. Mutated by the client; read them, do not write them."""
+
+    in_flight: int = 0
+    requests_sent: int = 0  # chat requests, including retries
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class _Health:
+    """Shared by all requests: when the server last answered a chat request, and since when it has failed."""
+
+    last_success: float | None = None
+    failing_since: float | None = None
+
+    def success(self, now: float) -> None:
+        self.last_success = now
+        self.failing_since = None
+
+    def failure(self, now: float) -> None:
+        if self.failing_since is None:
+            self.failing_since = now
+
+
+@dataclass
+class _Call:
+    """The running state of one complete() call, across its attempts and retry cycles."""
+
+    purpose: str
+    began: float
+    requests: int = 0
+    queued: float = 0.0
+    max_tokens: int | None = None  # decided once, before the first chat request
+
+
+@dataclass(frozen=True)
+class _Reply:
+    text: str
+    finish_reason: str
+    usage: Usage
+
+
+class _wait_backoff_or_retry_after(wait_base):
+    """Jittered exponential backoff capped at ``max_wait``, never shorter than the server's Retry-After."""
+
+    def __init__(self, max_wait: float, *, retry_after_cap: float) -> None:
+        self.backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=min(1.0, max_wait))
+        self.retry_after_cap = retry_after_cap
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        delay = float(self.backoff(retry_state))
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(exc, ServerBusy) and exc.retry_after is not None:
+            # The server knows when it will have room; asking sooner only earns another refusal.
+            delay = max(delay, min(exc.retry_after, self.retry_after_cap))
+        return delay
+
+
+async def retry_transient(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    attempts: int,
+    deadline: float,
+    max_wait: float,
+    sleep: Sleep = anyio.sleep,
+    what: str = "request",
+) -> T:
+    """Call ``fn`` until it returns, retrying only :class:`~pipeline.errors.TransientError`.
+
+    The one place that retries. Stops after ``attempts`` calls or ``deadline`` seconds, waiting a jittered
+    exponential backoff capped at ``max_wait`` (at least the server's Retry-After) through ``sleep``.
+    Raises the last TransientError when retries run out; any other error at once.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        # INFO, not WARNING: during an outage every task retries; the outage itself is logged as a warning.
+        log.info(
+            "%s: attempt %d failed (%s); retrying in %.1f s",
+            what,
+            state.attempt_number,
+            exc,
+            state.upcoming_sleep,
+        )
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TransientError),
+        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        wait=_wait_backoff_or_retry_after(max_wait, retry_after_cap=deadline),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await fn()
+    raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+
+def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
+    """A deliberately high prompt token count for servers without /tokenize: len/3 plus 8 per message."""
+    return sum(math.ceil(len(m.get("content", "")) / 3) + 8 for m in messages)
+
+
+def overflow_message(max_tokens: int, prompt: int, context: int) -> str:
+    """The ContextOverflow message: what did not fit, and the two ways to fix it."""
+    return (
+        f"max_tokens {max_tokens} + prompt {prompt} exceeds the model's context of {context}: {OVERFLOW_FIX}"
+    )
+
+
+def _retry_after(headers: httpx2.Headers) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, or Retry-After as seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is None:
+            return None
+        seconds = email.utils.mktime_tz(parsed) - time.time()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _server_message(exc: openai.APIError) -> str:
+    """The human part of an error body: vLLM's {"message"} or OpenAI's {"error": {"message"}}."""
+    body = exc.body
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, Mapping) else inner
+        if isinstance(message, str) and message:
+            return message
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    if isinstance(body, str) and body.strip():
+        return body.strip()
+    return exc.message
+
+
+def _connection_reason(exc: BaseException) -> str:
+    """Why a connection failed, from the innermost cause (httpx2 wraps the OSError a few times)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, ConnectionResetError):
+            return "connection reset by the server"
+        if isinstance(seen, httpx2.RemoteProtocolError):
+            return "the server closed the connection without answering"
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc.__cause__ or exc)
+    return text or type(exc).__name__
+
+
+class ModelClient:
+    """The run's connection to the model server. Build it with :meth:`open`, never directly."""
+
+    def __init__(
+        self,
+        openai_client: openai.AsyncOpenAI,
+        model: ModelSettings,
+        client: ClientSettings,
+        *,
+        limiter: anyio.CapacityLimiter,
+        sleep: Sleep,
+        clock: Clock,
+    ) -> None:
+        self._openai = openai_client
+        self._model = model
+        self._settings = client
+        self._limiter = limiter
+        self._sleep = sleep
+        self._clock = clock
+        self._health = _Health()
+        self._info: ServerInfo | None = None
+        self.base_url = model.base_url.rstrip("/")
+        #: vLLM serves /tokenize at the server root, not under /v1.
+        self.root_url = self.base_url.removesuffix("/v1")
+        self.stats = ClientStats()
+
+    def __repr__(self) -> str:
+        return f"ModelClient(base_url={self.base_url!r}, model={self._model.model!r})"
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        model: ModelSettings,
+        client: ClientSettings,
+        *,
+        limiter: anyio.CapacityLimiter | None = None,
+        sleep: Sleep = anyio.sleep,
+        clock: Clock = time.monotonic,
+    ) -> AsyncIterator[ModelClient]:
+        """Open the run's one AsyncOpenAI client (pool sized to ``client.workers``) and close it on exit.
+
+        ``limiter`` bounds the requests in flight (default: ``client.workers``). ``sleep`` and ``clock`` are
+        what retries wait with and what the outage budget is measured by; tests pass fakes.
+        """
+        timeout = httpx2.Timeout(client.request_timeout, connect=client.connect_timeout)
+        http = openai.DefaultAsyncHttpxClient(
+            limits=httpx2.Limits(max_connections=client.workers, max_keepalive_connections=client.workers),
+            timeout=timeout,
+        )
+        try:
+            oa = openai.AsyncOpenAI(
+                api_key=model.api_key or "EMPTY",
+                base_url=model.base_url,
+                max_retries=0,  # retry_transient is in charge; nothing retries twice
+                timeout=timeout,
+                http_client=http,
+            )
+            yield cls(
+                oa,
+                model,
+                client,
+                limiter=limiter or anyio.CapacityLimiter(client.workers),
+                sleep=sleep,
+                clock=clock,
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                await http.aclose()
+
+    # ----------------------------------------------------------------------------------------------
+    # error conversion: the boundary
+
+    def _redact(self, text: str) -> str:
+        key = self._model.api_key
+        if key and key != "EMPTY" and len(key) >= 4:
+            text = text.replace(key, "***")
+        return text[:MESSAGE_LIMIT]
+
+    def _convert(
+        self, exc: Exception, *, route: str, max_tokens: int | None = None, prompt: int | None = None
+    ) -> PipelineError:
+        """One openai/httpx2/JSON error -> the pipeline error that says what to do about it."""
+        url = self.base_url
+        if isinstance(exc, openai.APITimeoutError):
+            return ServerUnreachable(f"{route}: no answer from {url} in time (timed out)")
+        if isinstance(exc, openai.APIConnectionError):
+            return ServerUnreachable(
+                f"{route}: cannot connect to {url}: {self._redact(_connection_reason(exc))}"
+            )
+        if isinstance(exc, openai.APIResponseValidationError):
+            return ServerBusy(
+                f"{route}: the server at {url} sent a malformed answer (HTTP {exc.status_code})",
+                status=exc.status_code,
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return self._convert_status(exc, route=route, max_tokens=max_tokens, prompt=prompt)
+        if isinstance(exc, openai.APIError):  # an error event inside a stream
+            return ServerBusy(
+                f"{route}: the server at {url} reported an error mid-answer: "
+                f"{self._redact(_server_message(exc))}"
+            )
+        if isinstance(exc, json.JSONDecodeError):
+            return ServerBusy(f"{route}: the server at {url} answered with a body that is not valid JSON")
+        return RequestFailed(
+            f"{route}: unexpected error from the client library: {type(exc).__name__}: "
+            f"{self._redact(str(exc))}"
+        )
+
+    def _convert_status(
+        self, exc: openai.APIStatusError, *, route: str, max_tokens: int | None, prompt: int | None
+    ) -> PipelineError:
+        status = exc.status_code
+        message = self._redact(_server_message(exc))
+        url = self.base_url
+        if status in RETRYABLE_STATUSES or status >= 500:
+            return ServerBusy(
+                f"{route}: the server at {url} answered HTTP {status}: {message}",
+                status=status,
+                retry_after=_retry_after(exc.response.headers),
+            )
+        if status in (401, 403):
+            return ModelUnavailable(
+                f"the server at {url} refused the API key (HTTP {status}): set [VLLM] api_key or "
+                f"VLLM_API_KEY to the key vLLM was started with (--api-key)"
+            )
+        if status == 404:
+            return ModelUnavailable(
+                f"the server at {url} answered HTTP 404 for {route}: {message}: "
+                f"check [VLLM] base_url and [VLLM] model"
+            )
+        if status == 400 and _is_overflow(message):
+            return ContextOverflow(self._overflow_from_server(message, max_tokens=max_tokens, prompt=prompt))
+        return RequestFailed(
+            f"{route}: the server refused the request (HTTP {status}): {message}", status=status
+        )
+
+    def _overflow_from_server(self, message: str, *, max_tokens: int | None, prompt: int | None) -> str:
+        context = _first_int(r"maximum context length is (\d+)", message)
+        if context is None and self._info is not None:
+            context = self._info.max_model_len
+        prompt = (
+            _first_int(r"\((\d+) in the messages", message)
+            or _first_int(r"has (\d+) input tokens", message)
+            or prompt
+        )
+        asked = (
+            _first_int(r"(\d+) in the completion", message)
+            or _first_int(r"is too large: (\d+)", message)
+            or max_tokens
+        )
+        if context is None or prompt is None or asked is None:
+            return f"the prompt does not fit the model's context: {message}: {OVERFLOW_FIX}"
+        return overflow_message(asked, prompt, context)
+
+    async def _model_not_served(self, exc: openai.NotFoundError) -> ModelUnavailable:
+        """A 404 on the chat route: say which models the server does serve."""
+        try:
+            served, _ = await self._list_models()
+        except PipelineError as listing:
+            return ModelUnavailable(
+                f"model {self._model.model} is not served by {self.base_url} (HTTP 404: "
+                f"{self._redact(_server_message(exc))}); listing the served models failed too: {listing}"
+            )
+        if self._model.model in served:
+            return ModelUnavailable(
+                f"the server at {self.base_url} answered HTTP 404 for chat/completions: "
+                f"{self._redact(_server_message(exc))}"
+            )
+        return self._not_served_error(served)
+
+    def _not_served_error(self, served: Sequence[str]) -> ModelUnavailable:
+        listing = ", ".join(served) if served else "no models"
+        return ModelUnavailable(
+            f"model {self._model.model} is not served by {self.base_url}; the server serves: {listing}: "
+            f"set [VLLM] model (or --model) to one of them"
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # preflight
+
+    async def _list_models(self) -> tuple[tuple[str, ...], dict[str, int]]:
+        """GET /models once: the served ids and, where vLLM says it, each one's max_model_len."""
+        try:
+            page = await self._openai.models.list(timeout=self._short_timeout())
+            served: list[str] = []
+            lengths: dict[str, int] = {}
+            for entry in page.data:
+                served.append(str(entry.id))
+                length = (entry.model_extra or {}).get("max_model_len")
+                if isinstance(length, int) and not isinstance(length, bool) and length > 0:
+                    lengths[str(entry.id)] = length
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raise self._convert(exc, route="GET /models") from exc
+        except (AttributeError, TypeError) as exc:  # a 200 that is not a model list
+            raise ServerBusy(
+                f"GET /models: the server at {self.base_url} sent a malformed model list"
+            ) from exc
+        return tuple(served), lengths
+
+    def _short_timeout(self) -> httpx2.Timeout:
+        return httpx2.Timeout(
+            min(self._settings.request_timeout, 60.0), connect=self._settings.connect_timeout
+        )
+
+    async def preflight(self) -> ServerInfo:
+        """Check the server before any task: model served, its context length, whether /tokenize exists.
+
+        Tries a refused connection only :data:`PREFLIGHT_ATTEMPTS` times. Raises ModelUnavailable with the
+        reason and the fix (not running, wrong key, model not served).
+        """
+        try:
+            served, lengths = await retry_transient(
+                self._list_models,
+                attempts=PREFLIGHT_ATTEMPTS,
+                deadline=self._settings.connect_timeout * 3,
+                max_wait=PREFLIGHT_WAIT,
+                sleep=self._sleep,
+                what="preflight",
+            )
+        except ServerUnreachable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, openai.APITimeoutError):
+                reason = f"no answer within {self._settings.connect_timeout:g} s (timed out)"
+            else:
+                reason = self._redact(_connection_reason(cause if cause is not None else exc))
+            raise ModelUnavailable(f"cannot connect to {self.base_url}: {reason}; {START_HINT}") from exc
+        except ServerBusy as exc:
+            raise ModelUnavailable(
+                f"the model server is not ready: {exc}; wait until vLLM has loaded the model and try again"
+            ) from exc
+        except ModelUnavailable as exc:
+            if isinstance(exc.__cause__, openai.NotFoundError):
+                raise ModelUnavailable(
+                    f"{self.base_url} does not serve the OpenAI API (GET /models answered HTTP 404): "
+                    f"check [VLLM] base_url (vLLM serves it under /v1)"
+                ) from exc
+            raise
+        except PipelineError as exc:
+            raise ModelUnavailable(f"preflight failed: {exc}") from exc
+        if self._model.model not in served:
+            raise self._not_served_error(served)
+        tokenize, tokenize_len = await self._probe_tokenize()
+        info = ServerInfo(
+            base_url=self.base_url,
+            model=self._model.model,
+            served=served,
+            max_model_len=lengths.get(self._model.model, tokenize_len),
+            tokenize=tokenize,
+        )
+        log.info(
+            "model server %s serves %s (max_model_len %s, /tokenize %s)",
+            self.base_url,
+            info.model,
+            info.max_model_len or "unknown",
+            "available" if tokenize else "not available",
+        )
+        self._info = info
+        return info
+
+    async def _probe_tokenize(self) -> tuple[bool, int | None]:
+        try:
+            data = await self._tokenize([{"role": "user", "content": "ready"}])
+        except PipelineError as exc:
+            log.info(
+                "POST %s/tokenize is not usable (%s): prompt tokens will be estimated", self.root_url, exc
+            )
+            return False, None
+        if data is None:
+            return False, None
+        length = data.get("max_model_len")
+        return True, length if isinstance(length, int) and length > 0 else None
+
+    async def _tokenize(self, messages: Sequence[Mapping[str, str]]) -> dict[str, Any] | None:
+        """POST {root}/tokenize. None when the server has no such route (404/405) or answers oddly."""
+        try:
+            data = await self._openai.post(
+                f"{self.root_url}/tokenize",
+                cast_to=object,
+                body={"model": self._model.model, "messages": [dict(m) for m in messages]},
+                options={"timeout": self._short_timeout(), "security": {"bearer_auth": True}},
+            )
+        except openai.APIStatusError as exc:
+            if exc.status_code in (404, 405, 501):
+                return None
+            raise self._convert(exc, route="POST /tokenize") from exc
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raise self._convert(exc, route="POST /tokenize") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("count"), int):
+            return None
+        return cast(dict[str, Any], data)
+
+    # ----------------------------------------------------------------------------------------------
+    # completion
+
+    async def _count_prompt(self, messages: Sequence[Mapping[str, str]]) -> tuple[int, str]:
+        if self._info is not None and self._info.tokenize:
+            data = await self._tokenize(messages)
+            if data is not None:
+                return int(data["count"]), "counted by /tokenize"
+        return estimate_tokens(messages), "estimated"
+
+    async def _completion_budget(self, messages: Sequence[Mapping[str, str]]) -> int:
+        """max_tokens for this prompt: the configured value, lowered to what the context leaves.
+
+        Raises ContextOverflow (before anything is sent) when less than the floor would be left.
+        """
+        configured = self._model.max_tokens
+        context = self._info.max_model_len if self._info is not None else None
+        if context is None:
+            return configured
+        prompt, how = await self._count_prompt(messages)
+        budget = min(configured, context - prompt - self._settings.context_margin)
+        floor = min(configured, max(MIN_COMPLETION_TOKENS, configured // MIN_COMPLETION_SHARE))
+        if budget < floor:
+            raise ContextOverflow(f"{overflow_message(configured, prompt, context)} (prompt tokens {how})")
+        return budget
+
+    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+        """Send one chat request and return the model's answer; safe to call from many tasks at once.
+
+        Call :meth:`preflight` first: it supplies the context length for the max_tokens budget (without it,
+        the configured max_tokens is sent as is and only the server's 400 reports an overflow).
+        Raises ContextOverflow (prompt too long), RequestFailed (refused, or retries ran out while the server
+        answered others), ModelUnavailable (model gone, key refused, outage budget spent).
+        """
+        call = _Call(purpose=purpose or "chat", began=self._clock())
+        settings = self._settings
+        while True:
+            try:
+                reply = await retry_transient(
+                    lambda: self._attempt(call, messages),
+                    attempts=settings.retry_attempts,
+                    deadline=settings.retry_deadline,
+                    max_wait=settings.retry_max_wait,
+                    sleep=self._sleep,
+                    what=call.purpose,
+                )
+                break
+            except TransientError as exc:
+                await self._after_exhausted(call, exc)
+        self.stats.prompt_tokens += reply.usage.prompt_tokens
+        self.stats.completion_tokens += reply.usage.completion_tokens
+        return Completion(
+            text=reply.text,
+            finish_reason=reply.finish_reason,
+            usage=reply.usage,
+            seconds=self._clock() - call.began,
+            queued_seconds=call.queued,
+            requests=call.requests,
+        )
+
+    async def _after_exhausted(self, call: _Call, exc: TransientError) -> None:
+        """Retries ran out: blame this request, stop the run, or wait out the outage (returns to retry)."""
+        now = self._clock()
+        health = self._health
+        if health.last_success is not None and health.last_success >= call.began:
+            raise RequestFailed(
+                f"{call.purpose}: gave up after {call.requests} requests while the server answered "
+                f"others: {exc}",
+                status=exc.status if isinstance(exc, ServerBusy) else None,
+            ) from exc
+        down_since = health.failing_since if health.failing_since is not None else call.began
+        down_for = now - down_since
+        budget = self._settings.outage_budget
+        if down_for >= budget:
+            raise ModelUnavailable(
+                f"the model server at {self.base_url} has not answered for {down_for:.0f} s (outage budget "
+                f"{budget:g} s): {exc}; finished work is kept: restart the server and rerun to resume"
+            ) from exc
+        wait = min(self._settings.retry_max_wait, budget - down_for) * random.uniform(0.8, 1.0)
+        log.warning(
+            "%s: the model server has not answered for %.0f s; waiting %.1f s before trying again "
+            "(outage budget %g s)",
+            call.purpose,
+            down_for,
+            wait,
+            budget,
+        )
+        await self._sleep(max(wait, 0.0))
+
+    async def _attempt(self, call: _Call, messages: Sequence[Mapping[str, str]]) -> _Reply:
+        queued_at = self._clock()
+        async with self._limiter:
+            call.queued += self._clock() - queued_at
+            self.stats.in_flight += 1
+            try:
+                if call.max_tokens is None:
+                    call.max_tokens = await self._completion_budget(messages)
+                call.requests += 1
+                self.stats.requests_sent += 1
+                if call.requests > 1:
+                    self.stats.retries += 1
+                if self._settings.stream:
+                    reply = await self._chat_stream(messages, call.max_tokens)
+                else:
+                    reply = await self._chat_once(messages, call.max_tokens)
+            except TransientError:
+                self._health.failure(self._clock())
+                raise
+            finally:
+                self.stats.in_flight -= 1
+        # Only a chat answer proves the server is serving; /tokenize works even when the engine is stuck.
+        self._health.success(self._clock())
+        return reply
+
+    def _request_args(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> dict[str, Any]:
+        return {
+            "model": self._model.model,
+            "messages": cast(list[ChatCompletionMessageParam], [dict(m) for m in messages]),
+            "max_tokens": max_tokens,
+            "temperature": self._model.temperature,
+        }
+
+    async def _chat_once(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> _Reply:
+        route = "chat/completions"
+        try:
+            response = await self._openai.chat.completions.create(
+                **self._request_args(messages, max_tokens), stream=False
+            )
+        except openai.NotFoundError as exc:
+            raise await self._model_not_served(exc) from exc
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raise self._convert(exc, route=route, max_tokens=max_tokens) from exc
+        # Without a JSON content type the SDK hands back the raw text instead of a ChatCompletion.
+        if not isinstance(response, ChatCompletion):
+            raise ServerBusy(f"{route}: the server at {self.base_url} answered with a body that is not JSON")
+        try:
+            choice = response.choices[0]
+            text = choice.message.content or ""
+            finish = str(choice.finish_reason or "stop")
+            usage = response.usage
+            counts = Usage(int(usage.prompt_tokens), int(usage.completion_tokens)) if usage else Usage()
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed completion") from exc
+        return _Reply(text, finish, counts)
+
+    async def _chat_stream(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> _Reply:
+        route = "chat/completions (stream)"
+        parts: list[str] = []
+        finish: str | None = None
+        counts = Usage()
+        try:
+            stream = await self._openai.chat.completions.create(
+                **self._request_args(messages, max_tokens),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async with stream:
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        counts = Usage(int(chunk.usage.prompt_tokens), int(chunk.usage.completion_tokens))
+                    for choice in chunk.choices or ():
+                        if choice.delta is not None and choice.delta.content:
+                            parts.append(choice.delta.content)
+                        if choice.finish_reason:
+                            finish = str(choice.finish_reason)
+        except openai.NotFoundError as exc:
+            raise await self._model_not_served(exc) from exc
+        except (openai.OpenAIError, json.JSONDecodeError) as exc:
+            raise self._convert(exc, route=route, max_tokens=max_tokens) from exc
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed stream event") from exc
+        if finish is None:
+            raise ServerUnreachable(
+                f"{route}: the stream from {self.base_url} ended before the answer was complete"
+            )
+        return _Reply("".join(parts), finish, counts)
+
+
+def _is_overflow(message: str) -> bool:
+    lowered = message.lower()
+    return (
+        "context length" in lowered
+        or "max_model_len" in lowered
+        or ("max_tokens" in lowered and "too large" in lowered)
+    )
+
+
+def _first_int(pattern: str, text: str) -> int | None:
+    found = re.search(pattern, text)
+    return int(found.group(1)) if found else None
+
+
+__all__ = [
+    "ClientStats",
+    "Completion",
+    "ModelClient",
+    "ServerInfo",
+    "Usage",
+    "estimate_tokens",
+    "overflow_message",
+    "retry_transient",
+]
