@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,7 +35,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import FatalError, TaskInputError
+from .errors import FatalError
 from .extract import BEGIN_MARK
 from .ledger import Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
@@ -45,6 +46,9 @@ from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task
 from .translate import input_hash, translate_task
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
 
@@ -309,4 +313,4 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
     return summary
 
 
-__all__ = ["RunOptions", "RunOutcome", "TaskInputError", "open_services", "run_batch"]
+__all__ = ["RunOptions", "RunOutcome", "open_services", "run_batch"]

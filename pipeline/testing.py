@@ -212,7 +212,7 @@ def input_files(task: Task) -> list[Path]:
         return sorted(found)
     try:
         data = json.loads(task.test_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return sorted(found)
     if not isinstance(data, list):
         return sorted(found)
@@ -229,7 +229,7 @@ def input_files(task: Task) -> list[Path]:
             parsed = _parse_run_tests(argv)
             if isinstance(parsed, tuple):
                 candidate = _resolve(base_dir, parsed[0])
-                if candidate.is_file():
+                if _is_file(candidate):
                     found.add(candidate)
         else:
             found.update(base_dir / name for name in _referenced_files(argv, base_dir))
@@ -251,6 +251,16 @@ def _read_json(path: Path) -> Any:
         raise TaskInputError(
             f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from exc
+    except RecursionError:
+        raise TaskInputError(f"{path}: the JSON is nested too deeply") from None
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; False for names the system rejects (too long, NUL bytes)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _json_type(value: Any) -> str:
@@ -342,7 +352,7 @@ def _resolve_run_tests(
     samples_path = _resolve(path.parent, samples_name)
     samples = cache.get(samples_path)
     if samples is None:
-        if not samples_path.is_file():
+        if not _is_file(samples_path):
             raise TaskInputError(f"{where}: the samples file {samples_path} does not exist")
         loaded = _read_json(samples_path)
         if not isinstance(loaded, list):
@@ -383,13 +393,10 @@ def _referenced_files(argv: Sequence[str], base_dir: Path) -> set[str]:
         if token == TARGET_TOKEN or not token or os.path.isabs(token):
             continue
         relative = os.path.normpath(token)
-        if relative.startswith(".."):
-            continue
-        try:
-            if (base_dir / relative).is_file():
-                names.add(Path(relative).as_posix())
-        except OSError:  # a token too long or otherwise not a usable name
-            continue
+        if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+            continue  # outside the test directory: not ours to copy
+        if _is_file(base_dir / relative):
+            names.add(Path(relative).as_posix())
     return names
 
 
@@ -417,7 +424,8 @@ async def run_test_suite(
     """
     program = str(await anyio.to_thread.run_sync(Path(binary).resolve))
     shown = f"./{Path(binary).name}"
-    env = {"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C", "LANG": "C"}
+    # The sandbox builds the environment from scratch (PATH, HOME, ...) and adds ours: only the locale here.
+    env = {"LC_ALL": "C"}
     outcomes: list[TestOutcome] = []
     async with sandbox.workdir(suite.base_dir, suite.files) as cwd:
         for case in suite.cases:
@@ -437,7 +445,7 @@ async def run_test_suite(
 def _ended(result: ProcessResult) -> str | None:
     """Why a run is failed regardless of its output (timeout, output cap), else None."""
     if result.timed_out or result.output_exceeded:
-        return str(result.describe())
+        return result.describe()
     return None
 
 
@@ -491,14 +499,15 @@ async def _run_sample(
     if passed:
         return TestOutcome(case, True, f"test {case.index} passed", "", result.wall_seconds)
     reason = stopped or "wrong output"
-    how = result.describe()
-    lines = [f"Test {case.index} failed: {reason}.", f"Command: {invocation}   (it ended with {how})"]
+    lines = [f"Test {case.index} failed: {reason}.", f"Command: {invocation}"]
+    if stopped is None:
+        lines.append(f"The program ended with {result.describe()}.")
     if sample.feed == "stdin":
-        lines.append(f"Standard input:\n{_cut(sample.input, _TEXT_CHARS)}")
+        lines.append(f"Standard input:\n{_cut(sample.input, _TEXT_CHARS) or '(empty)'}")
     lines.append(f"Expected output:\n{_cut(sample.output, _TEXT_CHARS) or '(nothing)'}")
     shown_actual = _cut(actual, _TEXT_CHARS) or "(nothing)"
     lines.append(f"Actual output (stdout then stderr, lines stripped):\n{shown_actual}")
-    if actual != sample.output:
+    if stopped is None:  # a diff against the partial output of a killed run would only mislead
         lines.append(_diff(sample.output, actual))
     errors = _decode(result.stderr).strip()
     if errors:
