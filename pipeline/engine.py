@@ -105,8 +105,6 @@ async def open_services(
     async with AsyncExitStack() as stack:
         toolchain = await Toolchain.prepare(config.toolchain)
         sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
-        if not sandbox.isolation.complete:
-            log.warning("sandbox: %s", sandbox.isolation.describe())
         client = await stack.enter_async_context(
             ModelClient.open(config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers))
         )
@@ -164,7 +162,18 @@ class _Run:
                 await self.run_one(task, key)
 
     async def run_one(self, task: Task, key: str) -> None:
-        result, transcript = await translate_task(self.env, task, key.split(":")[0])
+        digest = key.split(":")[0]
+        try:
+            result, transcript = await translate_task(self.env, task, digest)
+        except FatalError:
+            raise
+        except Exception as exc:
+            # A bug must not cost the night's run: the task is recorded as failed with the error, and the
+            # traceback goes to the log for a bug report. Fatal conditions and cancellation still propagate.
+            log.exception("%s: internal error", task.id)
+            result = TaskResult(task.id, str(task.c_path), str(task.test_path), digest,
+                                reason=f"internal error: {type(exc).__name__}: {exc}")
+            transcript = [{"event": "internal_error", "message": f"{type(exc).__name__}: {exc}"}]
         # Finished work must reach the disk even when the run is being cancelled around it.
         with anyio.CancelScope(shield=True):
             await write_task_results(self.options.output / task.id, result, transcript)

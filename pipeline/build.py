@@ -1,0 +1,790 @@
+"""The Rust build layer: one rustc invocation per candidate program, with the ``libc`` crate prebuilt once.
+
+:meth:`Toolchain.prepare` finds rustc, builds the libc crate (Debian's ``librust-libc-dev`` source, or
+``[toolchain] libc_source``) into an rlib under the cache directory, once per libc version and compiler.
+:meth:`Toolchain.build` refuses sources that read the build machine (:func:`forbidden_constructs`), then
+compiles with ``rustc --extern libc=...`` and keeps only the errors of the diagnostics. Results are cached by
+the source, the compiler, the flags and the libc rlib, successes and failures alike.
+
+Compile flags (measured on a 2-core machine, 80-line program using libc, median of 7): ``-C opt-level=1
+-C codegen-units=2 -C lto=off`` takes about 0.23 s, against 0.29 s for opt-level=1 defaults (local ThinLTO
+costs 0.1 s), 0.31 s for opt-level=2 and 0.13 s for opt-level=0, whose programs are several times slower
+in tests. Linkers (gold, rust-lld) were no faster; stripping debug info keeps the cached binaries small
+(0.5 MB instead of 4.4 MB) at no measurable cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .config import ToolchainSettings
+from .errors import ConfigError
+from .sandbox import Limits, ProcessResult, run_process
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+log = logging.getLogger(__name__)
+
+#: Where Debian's librust-libc-dev puts the crate.
+DEBIAN_REGISTRY = Path("/usr/share/cargo/registry")
+LIBC_HINT = (
+    "apt-get install -y librust-libc-dev, or set [toolchain] libc_source to a libc crate checkout"
+)
+#: Code generation flags of every build (see the module docstring for the measurements).
+CODEGEN_FLAGS = (
+    "-C", "opt-level=1",
+    "-C", "codegen-units=2",
+    "-C", "lto=off",
+    "-C", "debuginfo=0",
+    "-C", "strip=debuginfo",
+)
+#: Warnings are dropped anyway; not computing them is cheaper. Deny-by-default lints stay errors.
+BUILD_FLAGS = (*CODEGEN_FLAGS, "-A", "warnings")
+BINARY_NAME = "main"
+_RUSTC_OUTPUT_CAP = 4 << 20
+_CACHED_DIAGNOSTICS_CAP = 200_000
+ALLOWED_CRATES = frozenset({"libc", "std", "core", "alloc", "self"})
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build produced. ``binary`` is set when ``ok``; ``refused`` when the source was not compiled."""
+
+    ok: bool
+    binary: Path | None
+    diagnostics: str
+    error_count: int
+    cached: bool
+    seconds: float
+    refused: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reading Rust source without a parser
+
+_TOKEN = re.compile(r"""//|/\*|(?<![A-Za-z0-9_])[bc]?r(#*)"|"|'""")
+_CHAR_LITERAL = re.compile(
+    r"""'(?:[^\\'\n]|\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F_]{1,8}\}|[nrt\\0'"]))'"""
+)
+
+
+def mask_comments_and_strings(source: str) -> str:
+    """``source`` with the insides of comments, string and char literals replaced by spaces.
+
+    Offsets and line breaks are kept, so positions in the result are positions in ``source``.
+    """
+    out = list(source)
+    n = len(source)
+
+    def blank(start: int, end: int) -> None:
+        for k in range(start, min(end, n)):
+            if out[k] != "\n":
+                out[k] = " "
+
+    i = 0
+    while True:
+        m = _TOKEN.search(source, i)
+        if m is None:
+            break
+        tok, start = m.group(0), m.start()
+        if tok == "//":
+            end = source.find("\n", start)
+            end = n if end < 0 else end
+            blank(start, end)
+            i = end
+        elif tok == "/*":
+            depth, j = 1, start + 2
+            while j < n and depth:
+                if source.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif source.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            blank(start, j)
+            i = j
+        elif tok.endswith('"') and m.group(1) is not None:  # raw string r#"..."#
+            closing = '"' + m.group(1)
+            end = source.find(closing, m.end())
+            end = n if end < 0 else end
+            blank(m.end(), end)
+            i = end + len(closing)
+        elif tok == '"':
+            j = start + 1
+            while j < n and source[j] != '"':
+                j += 2 if source[j] == "\\" else 1
+            blank(start + 1, j)
+            i = j + 1
+        else:  # a quote: a char literal, or a lifetime / label
+            lit = _CHAR_LITERAL.match(source, start)
+            if lit:
+                blank(start + 1, lit.end() - 1)
+                i = lit.end()
+            else:
+                i = start + 1
+    return "".join(out)
+
+
+_HOST_MACRO = re.compile(r"(?<![A-Za-z0-9_])(include_str|include_bytes|include|option_env|env)\s*!")
+# The same macros reached without writing `name!`: imported under another name, or called through a macro
+# variable (`$m!` with `m` = include_str, or `$($t)*!`).
+_HOST_MACRO_NAME = re.compile(r"(?<![A-Za-z0-9_$])(include_str|include_bytes|option_env)(?![A-Za-z0-9_])")
+_RENAMED = re.compile(r"(?<![A-Za-z0-9_])(env|include)\s+as\s+[A-Za-z_]")
+_MACRO_VAR_CALL = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\s*!|\$\([^)]*\)\s*[*+?]\s*!")
+_EXTERN_CRATE = re.compile(r"(?<![A-Za-z0-9_])extern\s+crate\s+([A-Za-z_][A-Za-z0-9_]*)")
+_LINK_ATTR = re.compile(r"#\s*!?\s*\[\s*link\s*\(")
+_PATH_ATTR = re.compile(r"#\s*!?\s*\[\s*path\s*=")
+_OUTLINE_MOD = re.compile(r"(?<![A-Za-z0-9_])mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;")
+_ASM = re.compile(r"(?<![A-Za-z0-9_])(?:global_asm|naked_asm|asm)\s*!")
+_ASM_INCLUDE = re.compile(r"\.(?:incbin|include)\b", re.IGNORECASE)
+
+
+def forbidden_constructs(source: str) -> str | None:
+    """Why ``source`` must not be compiled, or None when it may be.
+
+    Refused: ``include_str!``, ``include_bytes!``, ``include!``, ``env!``, ``option_env!`` (they read the build
+    machine), also when renamed by ``use ... as`` or called through a macro variable; ``#[link(...)]`` and
+    ``extern crate`` of anything but libc and the standard library; ``#[path = ...]`` and out-of-line
+    ``mod name;`` (they read other files); assembler ``.incbin`` / ``.include``.
+    Comments and string literals are ignored. The reason names the construct and the line.
+    This is a textual check, not a parser: it errs on the side of refusing.
+    """
+    masked = mask_comments_and_strings(source)
+    found: list[tuple[int, str]] = []
+
+    def line_of(pos: int) -> int:
+        return masked.count("\n", 0, pos) + 1
+
+    for m in (_HOST_MACRO.search(masked), _HOST_MACRO_NAME.search(masked)):
+        if m:
+            found.append((m.start(), _host_macro_reason(m.group(1))))
+    m = _RENAMED.search(masked)
+    if m:
+        found.append((m.start(), f"imports `{m.group(1)}` under another name, which would call the "
+                                 f"{m.group(1)}! macro; it is not allowed: use the std::{m.group(1)} path as it is"
+                      if m.group(1) == "env" else
+                      f"imports `{m.group(1)}` under another name (the {m.group(1)}! macro, which reads files of "
+                      f"the build machine); it is not allowed"))
+    m = _MACRO_VAR_CALL.search(masked)
+    if m:
+        found.append((m.start(), "calls a macro through a macro variable ($m!), which could reach include_str! "
+                                 "or env!; it is not allowed: call macros by their names"))
+    for m in _EXTERN_CRATE.finditer(masked):
+        if m.group(1) not in ALLOWED_CRATES:
+            found.append((m.start(), f"uses `extern crate {m.group(1)}`; only the standard library and libc "
+                                     f"are available: remove the dependency"))
+            break
+    m = _LINK_ATTR.search(masked)
+    if m:
+        found.append((m.start(), "uses #[link(...)], which links a library of the build machine; it is not "
+                                 "allowed: only the standard library and libc are available"))
+    m = _PATH_ATTR.search(masked)
+    if m:
+        found.append((m.start(), "uses #[path = ...], which reads another file of the build machine; it is not "
+                                 "allowed: write the module inline (mod name { ... })"))
+    m = _OUTLINE_MOD.search(masked)
+    if m:
+        name = m.group(1)
+        found.append((m.start(), f"declares `mod {name};`, which reads {name}.rs from the build machine; it is "
+                                 f"not allowed: write the module inline (mod {name} {{ ... }})"))
+    m = _ASM.search(masked)
+    if m and _ASM_INCLUDE.search(source):
+        found.append((m.start(), "uses an assembler .incbin/.include directive, which reads files of the build "
+                                 "machine; it is not allowed"))
+    if not found:
+        return None
+    pos, why = min(found)
+    return f"line {line_of(pos)} {why}"
+
+
+def _host_macro_reason(name: str) -> str:
+    if name in ("env", "option_env"):
+        return (f"uses {name}!, which reads the build machine's environment when compiling; it is not allowed: "
+                f"read the environment at run time with std::env::var instead")
+    return f"uses {name}!, which reads files of the build machine; it is not allowed: inline the data instead"
+
+
+_UNSAFE = re.compile(r"(?<![A-Za-z0-9_])unsafe(?![A-Za-z0-9_])")
+
+
+def unsafe_stats(source: str) -> dict[str, Any]:
+    """The share of non-blank lines inside ``unsafe`` blocks, fns and impls (a brace-matching scan)."""
+    masked = mask_comments_and_strings(source)
+    lines = source.splitlines()
+    nonblank = {i + 1 for i, text in enumerate(lines) if text.strip()}
+    covered: set[int] = set()
+    blocks = fns = 0
+    n = len(masked)
+    for m in _UNSAFE.finditer(masked):
+        j = m.end()
+        while j < n and masked[j].isspace():
+            j += 1
+        if j < n and masked[j] == "(":
+            continue  # #[unsafe(no_mangle)]: an attribute, not a region
+        depth = 0
+        while j < n:
+            ch = masked[j]
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth -= 1
+            elif depth <= 0 and ch in "{;":
+                break
+            j += 1
+        if j >= n or masked[j] == ";":
+            continue  # a declaration without a body
+        header = masked[m.end():j]
+        level = 0
+        while j < n:
+            if masked[j] == "{":
+                level += 1
+            elif masked[j] == "}":
+                level -= 1
+                if level == 0:
+                    break
+            j += 1
+        first = masked.count("\n", 0, m.start()) + 1
+        last = first + masked.count("\n", m.start(), min(j, n))
+        covered.update(range(first, last + 1))
+        if not header.strip():
+            blocks += 1
+        elif re.search(r"(?<![A-Za-z0-9_])fn(?![A-Za-z0-9_])", header):
+            fns += 1
+    unsafe_lines = len(covered & nonblank)
+    total = len(nonblank)
+    return {
+        "unsafe_lines": unsafe_lines,
+        "total_lines": total,
+        "unsafe_fraction": round(unsafe_lines / total, 4) if total else 0.0,
+        "unsafe_blocks": blocks,
+        "unsafe_fns": fns,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# Diagnostics
+
+
+@dataclass(frozen=True)
+class _Diagnostics:
+    errors: tuple[str, ...]
+    warnings: tuple[tuple[str | None, str], ...]  # (lint code, rendered)
+
+
+def _parse_diagnostics(stderr: bytes) -> _Diagnostics:
+    errors: list[str] = []
+    warnings: list[tuple[str | None, str]] = []
+    stray: list[str] = []
+    for line in stderr.decode("utf-8", errors="replace").splitlines():
+        if not line.startswith("{"):
+            if line.strip():
+                stray.append(line)
+            continue
+        try:
+            diag = json.loads(line)
+        except ValueError:
+            stray.append(line)
+            continue
+        if not isinstance(diag, dict) or diag.get("$message_type", "diagnostic") != "diagnostic":
+            continue
+        level = str(diag.get("level", ""))
+        message = str(diag.get("message", ""))
+        rendered = str(diag.get("rendered") or message).rstrip()
+        code = diag.get("code")
+        code_name = code.get("code") if isinstance(code, dict) else None
+        if level.startswith("error"):
+            if message.startswith("aborting due to"):
+                continue
+            errors.append(rendered)
+        elif level == "warning":
+            if re.fullmatch(r"\d+ warnings? emitted", message):
+                continue
+            warnings.append((str(code_name) if code_name else None, rendered))
+    if not errors and stray:
+        errors.append("\n".join(stray[-40:]))
+    return _Diagnostics(tuple(errors), tuple(warnings))
+
+
+def _trim_errors(errors: list[str] | tuple[str, ...], limit: int) -> str:
+    """Whole errors, first first, up to ``limit`` characters, saying how many were left out."""
+
+    def more(count: int) -> str:
+        return f"\n... and {count} more error{'s' if count != 1 else ''}" if count else ""
+
+    kept: list[str] = []
+    for index, text in enumerate(errors):
+        after = more(len(errors) - index - 1)
+        if len("\n\n".join([*kept, text])) + len(after) <= limit:
+            kept.append(text)
+            continue
+        if kept:
+            return "\n\n".join(kept) + more(len(errors) - index)
+        cut = "\n... (cut)"
+        return text[: max(limit - len(cut) - len(after), 0)] + cut + after
+    return "\n\n".join(kept)
+
+
+def _describe_failure(result: ProcessResult, tool: str) -> str:
+    return f"{tool} {result.describe()}" + (
+        ": " + result.stderr.decode("utf-8", errors="replace").strip()[-2000:] if result.stderr.strip() else ""
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# The toolchain
+
+
+def _version_key(path: Path) -> tuple[int, ...]:
+    numbers = re.findall(r"\d+", path.name.rsplit("-", 1)[-1])
+    return tuple(int(x) for x in numbers)
+
+
+def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` so that readers see the old file, no file, or the whole new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Toolchain:
+    """rustc, clippy-driver and a prebuilt libc, ready to compile candidate programs.
+
+    Build it once per run with :meth:`prepare`; :meth:`build` and :meth:`clippy_stats` may run concurrently.
+    """
+
+    libc_rlib: Path
+    rustc_version: str
+
+    def __init__(
+        self,
+        settings: ToolchainSettings,
+        *,
+        rustc: str,
+        clippy: str | None,
+        version_text: str,
+        libc_rlib: Path,
+        libc_id: str,
+        env: dict[str, str],
+    ) -> None:
+        self.settings = settings
+        self.rustc = rustc
+        self.clippy = clippy
+        self.rustc_version = version_text.splitlines()[0].strip() if version_text else "rustc (unknown)"
+        self._version_text = version_text
+        self.libc_rlib = libc_rlib
+        self._libc_id = libc_id
+        self._env = env
+        self.cache_dir = settings.resolved_cache_dir()
+
+    @classmethod
+    async def prepare(cls, settings: ToolchainSettings) -> Toolchain:
+        """Find the compiler, build the libc rlib once (cached), find clippy when asked for.
+
+        Raises ConfigError naming the setting and the fix when rustc, the libc source or the cache directory
+        cannot be used.
+        """
+        found = shutil.which(settings.rustc)
+        if found is None:
+            raise ConfigError(
+                f"[toolchain] rustc = {settings.rustc!r} was not found: install Rust (rustup, or apt-get install "
+                f"rustc) or set [toolchain] rustc to the compiler's path"
+            )
+        env = _tool_env()
+        quick = Limits(wall_seconds=60.0, memory_bytes=2 << 30, output_bytes=200_000)
+        here = Path(tempfile.gettempdir())
+        vv = await run_process([found, "-vV"], cwd=here, limits=quick, env=env)
+        if not vv.ok:
+            raise ConfigError(
+                f"[toolchain] rustc = {settings.rustc!r} does not run: {_describe_failure(vv, 'rustc -vV')}"
+            )
+        version_text = vv.stdout.decode("utf-8", errors="replace")
+        info = dict(
+            line.split(": ", 1) for line in version_text.splitlines() if ": " in line
+        )
+        host = info.get("host", "")
+        # Skip the rustup proxy (tens of ms per call): use the real compiler in the sysroot when it is there.
+        rustc = found
+        sysroot_res = await run_process([found, "--print", "sysroot"], cwd=here, limits=quick, env=env)
+        if sysroot_res.ok:
+            real = Path(sysroot_res.stdout.decode().strip()) / "bin" / "rustc"
+            if real.is_file() and os.access(real, os.X_OK):
+                rustc = str(real)
+        libc_src = await anyio.to_thread.run_sync(_find_libc_source, settings)
+        cache_dir = settings.resolved_cache_dir()
+        try:
+            await anyio.to_thread.run_sync(lambda: cache_dir.mkdir(parents=True, exist_ok=True))
+        except OSError as exc:
+            raise ConfigError(
+                f"[toolchain] cache_dir: cannot create {cache_dir} ({exc.strerror}): set [toolchain] cache_dir "
+                f"(or --cache-dir) to a writable directory"
+            ) from exc
+        rlib = await _ensure_libc(rustc, env, version_text, host, libc_src, cache_dir, settings)
+        libc_id = await anyio.to_thread.run_sync(lambda: hashlib.sha256(rlib.read_bytes()).hexdigest()[:32])
+        clippy = await _find_clippy(settings, rustc, env) if settings.clippy else None
+        log.info("toolchain: %s, libc rlib %s, clippy %s", version_text.splitlines()[0], rlib,
+                 clippy or "not used")
+        return cls(settings, rustc=rustc, clippy=clippy, version_text=version_text, libc_rlib=rlib,
+                   libc_id=libc_id, env=env)
+
+    def _flags(self, *, warnings: bool = False) -> list[str]:
+        return [
+            "--edition", self.settings.edition,
+            "--crate-type", "bin",
+            "--crate-name", BINARY_NAME,
+            *(CODEGEN_FLAGS if warnings else BUILD_FLAGS),
+            "--extern", f"libc={self.libc_rlib}",
+            "-L", f"dependency={self.libc_rlib.parent}",
+            "--error-format=json",
+        ]
+
+    def _key(self, source: str) -> str:
+        material = json.dumps([source, self._version_text, self._flags(), self._libc_id])
+        return hashlib.sha256(material.encode()).hexdigest()
+
+    def _limits(self, output: int = _RUSTC_OUTPUT_CAP) -> Limits:
+        return Limits(
+            wall_seconds=self.settings.compile_timeout,
+            memory_bytes=self.settings.compile_memory_mb << 20,
+            output_bytes=output,
+        )
+
+    async def build(self, source: str, out_dir: Path, *, max_diagnostic_chars: int = 6000) -> BuildResult:
+        """Compile ``source`` into ``out_dir/main``; a failure is a result (errors only, first first).
+
+        Refused sources (see :func:`forbidden_constructs`) are not compiled. Raises OSError only when
+        ``out_dir`` or the cache cannot be written.
+        """
+        started = time.monotonic()
+        reason = forbidden_constructs(source)
+        if reason is not None:
+            return BuildResult(False, None, reason, 1, False, time.monotonic() - started, refused=reason)
+        key = self._key(source)
+        entry = self.cache_dir / "bin" / key[:2] / key
+        binary = Path(out_dir) / BINARY_NAME
+        hit = await anyio.to_thread.run_sync(_cache_lookup, entry, binary)
+        if hit is not None:
+            if hit["ok"]:
+                return BuildResult(True, binary, "", 0, True, time.monotonic() - started)
+            errors = tuple(hit.get("errors", ()))
+            return BuildResult(
+                False, None, _trim_errors(errors, max_diagnostic_chars), len(errors), True,
+                time.monotonic() - started,
+            )
+        src = Path(out_dir) / f"{BINARY_NAME}.rs"
+        await anyio.to_thread.run_sync(src.write_text, source)
+        # Relative names: the diagnostics read "--> main.rs:3:5", the same in every directory and in the cache.
+        argv = [self.rustc, *self._flags(), "-o", binary.name, src.name]
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env)
+        seconds = time.monotonic() - started
+        if result.ok and await anyio.to_thread.run_sync(binary.is_file):
+            await anyio.to_thread.run_sync(_cache_store_binary, entry, binary)
+            return BuildResult(True, binary, "", 0, False, seconds)
+        if result.timed_out or result.output_exceeded or result.returncode != 1:
+            # Not a verdict on the source (killed, out of memory, crashed): say so and do not cache it.
+            diags = _parse_diagnostics(result.stderr)
+            text = f"rustc {result.describe()}"
+            if diags.errors:
+                text += "\n" + _trim_errors(diags.errors, max(max_diagnostic_chars - len(text) - 1, 200))
+            return BuildResult(False, None, text[:max_diagnostic_chars], max(len(diags.errors), 1), False, seconds)
+        errors = _parse_diagnostics(result.stderr).errors or ("rustc failed without a diagnostic",)
+        await anyio.to_thread.run_sync(_cache_store_failure, entry, errors)
+        return BuildResult(False, None, _trim_errors(errors, max_diagnostic_chars), len(errors), False, seconds)
+
+    async def clippy_stats(self, source: str, work_dir: Path) -> dict[str, object]:
+        """Lint ``source`` with clippy and measure its unsafe share.
+
+        Returns ``{"total_warnings", "lints": {lint: count}, "unsafe_lines", "total_lines",
+        "unsafe_fraction", "unsafe_blocks", "unsafe_fns"}``; with ``"clippy": "unavailable"`` (and no lint
+        counts) when clippy-driver is not there, ``"refused"`` for a refused source, ``"clippy_error"`` when
+        clippy did not finish. Raises OSError only when ``work_dir`` cannot be written.
+        """
+        stats: dict[str, object] = dict(unsafe_stats(source))
+        if self.clippy is None:
+            stats["clippy"] = "unavailable"
+            return stats
+        reason = forbidden_constructs(source)
+        if reason is not None:
+            stats["refused"] = reason
+            return stats
+        src = Path(work_dir) / "clippy_main.rs"
+        await anyio.to_thread.run_sync(src.write_text, source)
+        argv = [
+            self.clippy,
+            *self._flags(warnings=True),
+            "--emit=metadata", "-o", "clippy_main.rmeta",
+            "-W", "clippy::all",
+            src.name,
+        ]
+        result = await run_process(argv, cwd=Path(work_dir), limits=self._limits(), env=self._env)
+        diags = _parse_diagnostics(result.stderr)
+        lints: dict[str, int] = {}
+        for code, _text in diags.warnings:
+            name = code or "other"
+            lints[name] = lints.get(name, 0) + 1
+        stats["total_warnings"] = len(diags.warnings)
+        stats["lints"] = dict(sorted(lints.items(), key=lambda kv: (-kv[1], kv[0])))
+        if not result.ok:
+            stats["clippy_error"] = (
+                f"{len(diags.errors)} error(s)" if diags.errors and result.returncode == 1
+                else _describe_failure(result, "clippy-driver")[:500]
+            )
+        return stats
+
+
+def _tool_env() -> dict[str, str]:
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
+    for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def _find_libc_source(settings: ToolchainSettings) -> Path:
+    if settings.libc_source:
+        src = Path(settings.libc_source).expanduser()
+        if not (src / "Cargo.toml").is_file() or not (src / "src" / "lib.rs").is_file():
+            raise ConfigError(
+                f"[toolchain] libc_source = {settings.libc_source!r} is not a libc crate (no Cargo.toml and "
+                f"src/lib.rs there): {LIBC_HINT}"
+            )
+        return src
+    candidates = sorted(
+        (p for p in DEBIAN_REGISTRY.glob("libc-*") if (p / "src" / "lib.rs").is_file()), key=_version_key
+    )
+    if not candidates:
+        raise ConfigError(f"the libc crate source was not found under {DEBIAN_REGISTRY}: {LIBC_HINT}")
+    return candidates[-1]
+
+
+async def _find_clippy(settings: ToolchainSettings, rustc: str, env: dict[str, str]) -> str | None:
+    beside = Path(rustc).parent / "clippy-driver"
+    candidates = [str(beside)] if settings.clippy_driver == "clippy-driver" and beside.is_file() else []
+    which = shutil.which(settings.clippy_driver)
+    if which:
+        candidates.append(which)
+    for candidate in candidates:
+        res = await run_process(
+            [candidate, "--version"], cwd=Path(tempfile.gettempdir()), env=env,
+            limits=Limits(wall_seconds=30.0, memory_bytes=2 << 30, output_bytes=100_000),
+        )
+        if res.ok:
+            return candidate
+        log.debug("clippy-driver %s does not run: %s", candidate, res.describe())
+    log.warning(
+        "clippy-driver (%s) is not available: clippy statistics are skipped (rustup component add clippy, "
+        "or set [toolchain] clippy = false)", settings.clippy_driver,
+    )
+    return None
+
+
+async def _ensure_libc(
+    rustc: str,
+    env: dict[str, str],
+    version_text: str,
+    host: str,
+    libc_src: Path,
+    cache_dir: Path,
+    settings: ToolchainSettings,
+) -> Path:
+    """The libc rlib for this compiler, built once into the cache (atomically: temp dir, then rename)."""
+    manifest = await anyio.to_thread.run_sync(_read_manifest, libc_src)
+    package = manifest.get("package", {})
+    version = str(package.get("version", "0"))
+    edition = str(package.get("edition", "2015"))
+    rustc_hash = hashlib.sha256(version_text.encode()).hexdigest()[:16]
+    final = cache_dir / f"libc-{version}-{rustc_hash}"
+    rlib = final / "liblibc.rlib"
+    if await anyio.to_thread.run_sync(rlib.is_file):
+        return rlib
+    log.info("toolchain: building the libc crate %s from %s (once)", version, libc_src)
+    tmp = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix=".libc-build-", dir=cache_dir)))
+    try:
+        limits = Limits(
+            wall_seconds=max(settings.compile_timeout, 300.0),
+            memory_bytes=settings.compile_memory_mb << 20,
+            output_bytes=_RUSTC_OUTPUT_CAP,
+        )
+        features = _libc_features(manifest)
+        cfgs = await _run_build_script(rustc, env, host, libc_src, tmp, version, edition, features, limits)
+        argv = [
+            rustc, "--crate-name", "libc", "--edition", edition, "--crate-type", "rlib",
+            *(arg for f in sorted(features) for arg in ("--cfg", f'feature="{f}"')),
+            *(arg for c in cfgs for arg in ("--cfg", c)),
+            "--cap-lints", "allow",
+            *CODEGEN_FLAGS,
+            "-C", f"metadata={rustc_hash}",
+            "--error-format=json",
+            "--out-dir", str(tmp),
+            str(libc_src / "src" / "lib.rs"),
+        ]
+        result = await run_process(argv, cwd=tmp, limits=limits, env=env)
+        if not result.ok or not await anyio.to_thread.run_sync((tmp / "liblibc.rlib").is_file):
+            errors = _parse_diagnostics(result.stderr).errors
+            detail = _trim_errors(errors, 1500) if errors else result.describe()
+            raise ConfigError(f"could not build the libc crate from {libc_src}: {detail}\n{LIBC_HINT}")
+        info = {"source": str(libc_src), "version": version, "edition": edition, "features": sorted(features),
+                "cfgs": cfgs, "rustc": version_text}
+        await anyio.to_thread.run_sync(_publish_libc, tmp, final, info)
+    finally:
+        await anyio.to_thread.run_sync(_remove, tmp)
+    return rlib
+
+
+def _read_manifest(libc_src: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((libc_src / "Cargo.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{libc_src}/Cargo.toml cannot be read ({exc}): {LIBC_HINT}") from exc
+
+
+def _publish_libc(tmp: Path, final: Path, info: dict[str, Any]) -> None:
+    """Move a finished build into place in one rename; a concurrent run that got there first wins."""
+    for leftover in tmp.iterdir():
+        if leftover.name != "liblibc.rlib":
+            _remove(leftover)
+    (tmp / "build.json").write_text(json.dumps(info, indent=1))
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "liblibc.rlib").is_file():
+            raise
+        log.debug("toolchain: another run built %s first", final)
+
+
+def _libc_features(manifest: dict[str, Any]) -> set[str]:
+    """The crate's default features, expanded (``default = ["std"]`` -> {"default", "std"})."""
+    table = manifest.get("features", {})
+    wanted, todo = set(), ["default"]
+    while todo:
+        name = todo.pop()
+        if name in wanted or name not in table:
+            continue
+        wanted.add(name)
+        todo.extend(str(x) for x in table[name] if "/" not in str(x) and not str(x).startswith("dep:"))
+    return {f for f in wanted if not f.startswith("rustc-dep-of-std")}
+
+
+async def _run_build_script(
+    rustc: str,
+    env: dict[str, str],
+    host: str,
+    libc_src: Path,
+    tmp: Path,
+    version: str,
+    edition: str,
+    features: set[str],
+    limits: Limits,
+) -> list[str]:
+    """Compile and run libc's build.rs the way cargo would; the ``--cfg`` values it asks for."""
+    script = libc_src / "build.rs"
+    if not script.is_file():
+        return []
+    exe = tmp / "build-script-build"
+    compiled = await run_process(
+        [rustc, "--crate-name", "build_script_build", "--edition", edition, "--crate-type", "bin",
+         "--cap-lints", "allow", "-C", "opt-level=0", "--error-format=json", "-o", str(exe), str(script)],
+        cwd=tmp, limits=limits, env=env,
+    )
+    if not compiled.ok:
+        errors = _parse_diagnostics(compiled.stderr).errors
+        raise ConfigError(
+            f"could not compile {script}: {_trim_errors(errors, 1500) if errors else compiled.describe()}\n"
+            f"{LIBC_HINT}"
+        )
+    cfg_res = await run_process([rustc, "--print", "cfg"], cwd=tmp, limits=limits, env=env)
+    script_env = dict(env)
+    for line in cfg_res.stdout.decode().splitlines():
+        name, _, value = line.partition("=")
+        key = "CARGO_CFG_" + name.upper().replace("-", "_")
+        value = value.strip('"')
+        script_env[key] = f"{script_env[key]},{value}" if key in script_env and value else value
+    out = tmp / "out"
+    await anyio.to_thread.run_sync(out.mkdir)
+    major, minor, patch = ([*version.split("-")[0].split("."), "0", "0", "0"])[:3]
+    script_env.update({
+        "RUSTC": rustc, "TARGET": host, "HOST": host, "OUT_DIR": str(out), "CARGO_MANIFEST_DIR": str(libc_src),
+        "CARGO_PKG_NAME": "libc", "CARGO_PKG_VERSION": version, "CARGO_PKG_VERSION_MAJOR": major,
+        "CARGO_PKG_VERSION_MINOR": minor, "CARGO_PKG_VERSION_PATCH": patch, "PROFILE": "release",
+        "OPT_LEVEL": "1", "DEBUG": "false", "NUM_JOBS": "1", "RUSTC_LINKER": "cc",
+        **{f"CARGO_FEATURE_{f.upper().replace('-', '_')}": "1" for f in features},
+    })
+    ran = await run_process([str(exe)], cwd=libc_src, limits=limits, env=script_env)
+    if not ran.ok:
+        raise ConfigError(f"libc's build script failed: {_describe_failure(ran, str(script))}\n{LIBC_HINT}")
+    cfgs = []
+    for line in ran.stdout.decode("utf-8", errors="replace").splitlines():
+        for prefix in ("cargo:rustc-cfg=", "cargo::rustc-cfg="):
+            if line.startswith(prefix):
+                cfgs.append(line[len(prefix):].strip())
+    log.debug("toolchain: libc build script cfgs: %s", cfgs)
+    return cfgs
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _cache_lookup(entry: Path, binary: Path) -> dict[str, Any] | None:
+    """A cached outcome for ``entry``; a cached binary is copied to ``binary`` (a copy, never a link: the
+    sandbox may hand the directory to a program's uid)."""
+    try:
+        shutil.copyfile(entry, binary)
+        os.chmod(binary, 0o755)
+        return {"ok": True}
+    except FileNotFoundError:
+        pass
+    try:
+        data = json.loads(entry.with_suffix(".json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("ok") is False else None
+
+
+def _cache_store_binary(entry: Path, binary: Path) -> None:
+    os.chmod(binary, 0o755)
+    try:
+        _write_atomic(entry, binary.read_bytes(), 0o755)
+    except OSError as exc:
+        log.warning("toolchain: cannot write the compile cache %s: %s", entry, exc)
+
+
+def _cache_store_failure(entry: Path, errors: tuple[str, ...]) -> None:
+    kept, used = [], 0
+    for text in errors:
+        if used + len(text) > _CACHED_DIAGNOSTICS_CAP:
+            break
+        kept.append(text)
+        used += len(text)
+    try:
+        _write_atomic(entry.with_suffix(".json"), json.dumps({"ok": False, "errors": kept}).encode())
+    except OSError as exc:
+        log.warning("toolchain: cannot write the compile cache %s: %s", entry, exc)

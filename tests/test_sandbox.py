@@ -1,0 +1,445 @@
+"""Specification of pipeline.sandbox: untrusted programs run under limits, alone, and leave nothing behind.
+
+Each hostile behaviour is a shell or Python one-liner run through the real sandbox (no mocks). Leftover
+processes are found the way an operator would: by a unique token in their command line (``sleep 9876.<n>``)
+and, where the run had a uid of its own, by that uid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import anyio
+import pytest
+
+from pipeline.config import SandboxSettings
+from pipeline.errors import ConfigError
+from pipeline.sandbox import MARKER_VAR, Limits, ProcessResult, Sandbox, run_process
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
+
+PYTHON3 = "/usr/bin/python3"  # the system Python: readable by the sandbox's uids, unlike a pyenv under /root
+needs_python3 = pytest.mark.skipif(not Path(PYTHON3).exists(), reason="needs /usr/bin/python3")
+IS_ROOT = os.geteuid() == 0
+
+
+def limits(wall: float = 10.0, **kw: int) -> Limits:
+    return Limits(wall_seconds=wall, **{"output_bytes": 100_000, **kw})
+
+
+def sleeper() -> tuple[str, str]:
+    """A sleep command whose command line is unique: (command, token to look for in /proc)."""
+    token = f"9876.{secrets.randbelow(10**8):08d}"
+    return f"sleep {token}", token
+
+
+def processes_with(token: str | None = None, uid: int | None = None) -> list[int]:
+    """Live processes whose command line contains ``token`` or whose real uid is ``uid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields.get("State", "").strip().startswith(("Z", "X")):
+            continue
+        if (token and token in cmdline) or (uid is not None and fields.get("Uid", "").split()[:1] == [str(uid)]):
+            found.append(int(entry))
+    return found
+
+
+async def wait_for(predicate: Callable[[], object], seconds: float = 5.0) -> None:
+    """Poll ``predicate()`` until it is true, failing after ``seconds`` (the state is another process's)."""
+    with anyio.fail_after(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await anyio.sleep(0.02)
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox.open(SandboxSettings()) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def fallback() -> AsyncIterator[Sandbox]:
+    """The sandbox as it is without namespaces or a separate uid (the non-root fallback)."""
+    async with Sandbox.open(SandboxSettings(), namespaces=False) as sb:
+        yield sb
+
+
+async def run_sh(sb: Sandbox, script: str, *args: str, lim: Limits | None = None, **kw: object) -> ProcessResult:
+    async with sb.workdir() as wd:
+        return await sb.run(["sh", "-c", script, "sh", *args], cwd=wd, limits=lim or limits(), **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What is in force
+
+
+async def test_isolation_is_complete_when_running_as_root(sandbox: Sandbox) -> None:
+    """As root, the probe finds PID, network and mount namespaces, a separate uid and rlimits."""
+    iso = sandbox.isolation
+    if IS_ROOT:
+        assert iso.complete, iso.describe()
+        assert iso.describe().startswith("complete")
+    else:
+        assert not iso.complete
+        assert "separate unprivileged uid" in iso.describe()
+
+
+async def test_fallback_isolation_says_what_is_missing(fallback: Sandbox) -> None:
+    """Without namespaces the sandbox still runs, and says what it lacks."""
+    iso = fallback.isolation
+    assert not iso.complete
+    assert iso.rlimits
+    assert "missing PID namespace, network namespace" in iso.describe()
+    result = await run_sh(fallback, "echo hi")
+    assert result.ok and result.stdout == b"hi\n"
+
+
+async def test_strict_sandbox_refuses_incomplete_isolation() -> None:
+    """[sandbox] strict = true with missing isolation stops the run with the fix in the message."""
+    with pytest.raises(ConfigError, match=r"strict = true.*missing PID namespace.*strict = false"):
+        async with Sandbox.open(SandboxSettings(strict=True), namespaces=False):
+            pass
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="complete isolation needs root")
+async def test_strict_sandbox_opens_when_isolation_is_complete() -> None:
+    """Strict mode is no obstacle where everything is in force."""
+    async with Sandbox.open(SandboxSettings(strict=True)) as sb:
+        assert sb.isolation.complete
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ordinary results
+
+
+@pytest.mark.parametrize(
+    ("script", "stdin", "returncode", "sig", "stdout", "described"),
+    [
+        pytest.param("exit 3", None, 3, None, b"", "exit status 3", id="exit-status"),
+        pytest.param("kill -SEGV $$", None, None, signal.SIGSEGV, b"", "killed by signal SIGSEGV", id="signal"),
+        pytest.param("cat", b"hello\n", 0, None, b"hello\n", "exit status 0", id="stdin-to-stdout"),
+        pytest.param("head -c 3", b"x" * 1_000_000, 0, None, b"xxx", "exit status 0", id="unread-stdin"),
+        pytest.param("nonexistent-cmd-xyz", None, 127, None, b"", "exit status 127", id="missing-command"),
+    ],
+)
+async def test_run_reports_how_the_program_ended(
+    sandbox: Sandbox, script: str, stdin: bytes | None, returncode: int | None, sig: int | None, stdout: bytes,
+    described: str,
+) -> None:
+    """Exit status, signal, stdin and stdout come through as the program produced them."""
+    result = await run_sh(sandbox, script, stdin=stdin)
+    assert (result.returncode, result.signal, result.stdout) == (returncode, sig, stdout)
+    assert result.describe() == described
+    assert result.ok == (returncode == 0)
+    assert not result.timed_out and not result.output_exceeded
+    assert result.cpu_seconds is not None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Hostile programs
+
+
+async def test_endless_loop_times_out(sandbox: Sandbox) -> None:
+    """A program that never ends is killed at the wall deadline."""
+    started = time.monotonic()
+    result = await run_sh(sandbox, "while :; do :; done", lim=limits(wall=1.0))
+    assert result.timed_out and not result.ok
+    assert result.describe() == "timed out after 1.0 s; process tree killed"
+    assert 1.0 <= time.monotonic() - started < 4.0
+
+
+async def test_cpu_limit_stops_a_busy_program(sandbox: Sandbox) -> None:
+    """RLIMIT_CPU ends a busy program before the wall deadline, with SIGXCPU."""
+    result = await run_sh(sandbox, "while :; do :; done", lim=limits(wall=20.0, cpu_seconds=1))
+    assert not result.timed_out
+    assert result.signal == signal.SIGXCPU
+    assert result.wall_seconds < 10.0
+    assert result.describe() == "CPU time limit of 1 s exceeded (killed by signal SIGXCPU)"
+
+
+async def test_fork_bomb_ends_and_leaves_no_process(sandbox: Sandbox) -> None:
+    """A fork bomb hits the process limit, is killed with its tree, and does not starve a concurrent run."""
+    bomb = "id -u; b() { b | b & }; b; while :; do :; done"
+    outcome: dict[str, ProcessResult] = {}
+
+    async def run(name: str, script: str, lim: Limits) -> None:
+        outcome[name] = await run_sh(sandbox, script, lim=lim)
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run, "bomb", bomb, limits(wall=2.0, processes=32, output_bytes=1_000_000))
+        await anyio.sleep(0.3)
+        tg.start_soon(run, "neighbour", "echo still here", limits(wall=10.0))
+    assert time.monotonic() - started < 2.0 + 4.0
+    assert not outcome["bomb"].ok
+    assert outcome["neighbour"].ok and outcome["neighbour"].stdout == b"still here\n"
+    uid_line = outcome["bomb"].stdout.split(b"\n", 1)[0]
+    if sandbox.isolation.unprivileged and uid_line.isdigit():
+        assert processes_with(uid=int(uid_line)) == []
+
+
+@pytest.mark.parametrize("namespaces", [pytest.param(True, id="namespaces"), pytest.param(False, id="fallback")])
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param('setsid sh -c "exec {sleep}" </dev/null >/dev/null 2>&1 &', id="setsid-detached"),
+        pytest.param('( setsid sh -c "exec {sleep}" & ) ', id="double-fork-holding-pipes"),
+    ],
+)
+async def test_daemonised_child_is_gone_after_the_run(namespaces: bool, how: str) -> None:
+    """A child that escapes into its own session is killed when the run ends, with or without namespaces."""
+    command, token = sleeper()
+    script = "id -u\n" + how.format(sleep=command) + "\necho started"
+    async with Sandbox.open(SandboxSettings(), namespaces=namespaces) as sb:
+        result = await run_sh(sb, script)
+        assert result.ok, result.describe()
+        assert result.stdout.endswith(b"started\n")
+        assert result.wall_seconds < 5.0  # did not wait for the daemon
+        assert processes_with(token=token) == []
+        uid = int(result.stdout.split()[0])
+        if sb.isolation.unprivileged:
+            assert uid != os.geteuid()
+            assert processes_with(uid=uid) == []
+
+
+@pytest.mark.parametrize("stream", [pytest.param("stdout", id="stdout"), pytest.param("stderr", id="stderr")])
+async def test_endless_output_is_capped(sandbox: Sandbox, stream: str) -> None:
+    """Endless output kills the program once past the cap; at most the cap is kept."""
+    script = "yes" if stream == "stdout" else "yes >&2"
+    result = await run_sh(sandbox, script, lim=limits(wall=10.0, output_bytes=10_000))
+    assert result.output_exceeded and not result.timed_out and not result.ok
+    assert len(getattr(result, stream)) == 10_000
+    assert result.describe() == "output exceeded 10000 bytes; killed"
+    assert result.wall_seconds < 5.0
+
+
+@needs_python3
+async def test_endless_allocation_fails_inside_the_limit(sandbox: Sandbox) -> None:
+    """A program that allocates without end fails at the memory limit; the host is untouched."""
+    code = "a = []\nwhile True: a.append(bytearray(1 << 24))"
+    async with sandbox.workdir() as wd:
+        result = await sandbox.run(
+            [PYTHON3, "-c", code], cwd=wd, limits=limits(wall=20.0, memory_bytes=256 << 20)
+        )
+    assert not result.ok and not result.timed_out
+    assert "memory limit of 256 MB reached" in result.describe()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs a separate uid (root)")
+async def test_writes_outside_the_workdir_fail(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Files the test owns (root, normal modes) stay unchanged; the program's own directory is writable."""
+    hidden = tmp_path / "results.json"
+    hidden.write_text("original")
+    async with sandbox.build_dir() as visible_dir:
+        visible = visible_dir / "corpus.c"
+        visible.write_text("original")
+        script = (
+            'cat "$1"; echo pwned > "$1"; echo pwned >> "$1"; rm -f "$1"; echo pwned > "$2"; '
+            "echo pwned > ../escape; echo pwned > /root/escape; echo mine > inside; cat inside"
+        )
+        async with sandbox.workdir() as wd:
+            result = await sandbox.run(
+                ["sh", "-c", script, "sh", str(visible), str(hidden)], cwd=wd, limits=limits()
+            )
+            assert (wd / "inside").read_text() == "mine\n"
+        assert visible.read_text() == "original"
+    assert result.stdout == b"originalmine\n"  # it could read the file, so the write failed on permissions
+    assert hidden.read_text() == "original"
+    assert not (sandbox.scratch / "escape").exists()
+    assert not await anyio.Path("/root/escape").exists()
+    assert b"Permission denied" in result.stderr
+
+
+async def test_environment_is_scrubbed(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing of our environment reaches the program: only PATH, LC_ALL, HOME, TMPDIR and what is passed."""
+    secret = "sk-fake-" + secrets.token_hex(8)
+    monkeypatch.setenv("C2R_TEST_API_KEY", secret)
+    monkeypatch.setenv("VLLM_API_KEY", secret)
+    async with sandbox.workdir() as wd:
+        result = await sandbox.run(["env"], cwd=wd, limits=limits(), env={"GREETING": "hi"})
+    assert result.ok
+    assert secret.encode() not in result.stdout
+    seen = dict(line.split("=", 1) for line in result.stdout.decode().splitlines())
+    seen.pop(MARKER_VAR, None)  # only in the fallback, and ours
+    assert seen == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C", "HOME": str(wd), "TMPDIR": str(wd),
+        "GREETING": "hi",
+    }
+
+
+async def test_other_processes_environments_are_out_of_reach(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading /proc/*/environ finds no secret of ours: other processes are invisible or not readable."""
+    if not (sandbox.isolation.pid_namespace or sandbox.isolation.unprivileged):
+        pytest.skip("needs a PID namespace or a separate uid")
+    secret = "sk-fake-" + secrets.token_hex(8)
+    monkeypatch.setenv("C2R_TEST_API_KEY", secret)
+    async with sandbox.build_dir() as bd:  # a process of ours that holds the secret while the program looks
+        parent = await anyio.open_process(["sleep", "30"], cwd=bd)
+        try:
+            result = await run_sh(sandbox, "ls /proc | grep -c '^[0-9]'; cat /proc/[0-9]*/environ | tr '\\0' '\\n'")
+        finally:
+            parent.kill()
+            await parent.aclose()
+    assert result.stdout and secret.encode() not in result.stdout
+
+
+@needs_python3
+@pytest.mark.parametrize(
+    "network", [pytest.param(False, id="network-off"), pytest.param(True, id="network-allowed")]
+)
+async def test_network_connections_fail(network: bool) -> None:
+    """A program cannot reach a listener on 127.0.0.1, unless [sandbox] network = true."""
+    code = "import socket, sys\nsocket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=3)\nprint('up')"
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        async with Sandbox.open(SandboxSettings(network=network)) as sb:
+            if not network and not sb.isolation.net_namespace:
+                pytest.skip("no network namespace on this machine")
+            async with sb.workdir() as wd:
+                result = await sb.run([PYTHON3, "-c", code, str(port)], cwd=wd, limits=limits())
+        try:
+            conn, _ = listener.accept()
+            conn.close()
+            accepted = True
+        except BlockingIOError:
+            accepted = False
+    assert accepted == network
+    assert result.ok == network
+    if not network:
+        assert b"unreachable" in result.stderr.lower() or b"refused" in result.stderr.lower()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs a separate uid (root)")
+async def test_each_run_has_its_own_uid(sandbox: Sandbox) -> None:
+    """Concurrent runs get distinct unprivileged uids, so one's process limit is not another's."""
+    uids: list[int] = []
+
+    async def one() -> None:
+        result = await run_sh(sandbox, "id -u")
+        uids.append(int(result.stdout))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(one)
+    assert len(set(uids)) == 3
+    assert 0 not in uids
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Directories
+
+
+async def test_workdir_copies_files_and_skips_escaping_names(
+    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Listed files are copied; absolute, ``..``, symlinked and missing names are skipped with a warning."""
+    src = tmp_path / "task"
+    (src / "sub").mkdir(parents=True)
+    (src / "input.txt").write_text("data")
+    (src / "sub" / "more.txt").write_text("more")
+    (src / "link.txt").symlink_to("/etc/hostname")
+    (tmp_path / "outside.txt").write_text("secret")
+    names = ["input.txt", "sub/more.txt", "../outside.txt", "/etc/hostname", "link.txt", "missing.txt"]
+    async with sandbox.workdir(src, names) as wd:
+        copied = sorted(str(p.relative_to(wd)) for p in wd.rglob("*"))
+        result = await sandbox.run(["sh", "-c", "echo changed > input.txt"], cwd=wd, limits=limits())
+        assert result.ok
+        assert (wd / "input.txt").read_text() == "changed\n"
+    assert copied == ["input.txt", "sub", "sub/more.txt"]
+    assert (src / "input.txt").read_text() == "data"
+    skipped = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    for name in ("../outside.txt", "/etc/hostname", "link.txt", "missing.txt"):
+        assert any(repr(name) in message for message in skipped), name
+
+
+@pytest.mark.parametrize("failing", [pytest.param(False, id="normal-exit"), pytest.param(True, id="exception")])
+async def test_scratch_is_removed_when_the_sandbox_closes(failing: bool) -> None:
+    """Scratch root, workdirs and build dirs are gone afterwards, even with files a program made unremovable."""
+    seen: list[Path] = []
+    with pytest.raises(RuntimeError) if failing else contextlib.nullcontext():
+        async with Sandbox.open(SandboxSettings()) as sb:
+            seen.append(sb.scratch)
+            async with sb.build_dir() as bd:
+                seen.append(bd)
+                async with sb.workdir() as wd:
+                    seen.append(wd)
+                    result = await sb.run(
+                        ["sh", "-c", "mkdir -p d/e && touch d/e/f && chmod 000 d/e d"], cwd=wd, limits=limits()
+                    )
+                    assert result.ok
+                    if failing:
+                        raise RuntimeError("boom")
+            assert not bd.exists() and not wd.exists()
+    assert seen and not any(p.exists() for p in seen)
+
+
+async def test_unreachable_scratch_root_is_replaced(tmp_path: Path) -> None:
+    """A scratch root others cannot enter (pytest's 0700 tmp) would lock the runs' uids out: it is not used."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    async with Sandbox.open(SandboxSettings(), scratch_root=private) as sb:
+        result = await run_sh(sb, "echo ok > f && cat f")
+        assert result.ok and result.stdout == b"ok\n"
+        if IS_ROOT:
+            assert private not in sb.scratch.parents
+    assert list(private.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trusted tools and cancellation
+
+
+async def test_run_process_runs_a_trusted_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_process reports status and output, with a minimal environment by default."""
+    monkeypatch.setenv("C2R_TEST_API_KEY", "sk-not-for-tools")
+    result = await run_process(["sh", "-c", "env; echo err >&2; exit 3"], cwd=tmp_path, limits=limits())
+    assert result.returncode == 3 and result.describe() == "exit status 3"
+    assert result.stderr == b"err\n"
+    assert b"sk-not-for-tools" not in result.stdout
+    assert b"LC_ALL=C" in result.stdout
+
+
+async def test_run_process_timeout_kills_the_group(tmp_path: Path) -> None:
+    """A trusted tool past its deadline is killed with its children."""
+    command, token = sleeper()
+    result = await run_process(["sh", "-c", f"{command} & wait"], cwd=tmp_path, limits=limits(wall=0.5))
+    assert result.timed_out
+    assert processes_with(token=token) == []
+
+
+@pytest.mark.parametrize(
+    "runner", [pytest.param("sandbox", id="sandbox-run"), pytest.param("trusted", id="run-process")]
+)
+async def test_cancelling_a_run_kills_its_process(sandbox: Sandbox, tmp_path: Path, runner: str) -> None:
+    """When the caller is cancelled mid-run, the program is dead by the time cancellation completes."""
+    command, token = sleeper()
+    async with sandbox.workdir() as wd:
+        async with anyio.create_task_group() as tg:
+            if runner == "sandbox":
+                tg.start_soon(lambda: sandbox.run(["sh", "-c", command], cwd=wd, limits=limits(wall=60)))
+            else:
+                tg.start_soon(lambda: run_process(["sh", "-c", command], cwd=tmp_path, limits=limits(wall=60)))
+            await wait_for(lambda: processes_with(token=token))
+            tg.cancel_scope.cancel()
+        assert processes_with(token=token) == []
