@@ -16,8 +16,13 @@ from typing import Any
 
 import anyio
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 from . import __version__
-from .config import Config, load_config, tomllib
+from .config import Config, load_config
 from .engine import EXIT_INTERRUPTED, RunOptions, open_services, run_batch
 from .errors import ConfigError, FatalError
 from .progress import LogReporter, Reporter, TqdmReporter
@@ -222,7 +227,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .task import Feed
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,7 +88,7 @@ class RunSettings:
     """How the batch runs locally (``[pipeline]``): compile/test parallelism, discovery options."""
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
-    feed: str = "stdin"  # for sample-list JSON files: "stdin" or "args"
+    feed: Feed = "stdin"  # for sample-list JSON files: "stdin" or "args"
 
 
 @dataclass(frozen=True)

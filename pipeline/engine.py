@@ -251,10 +251,10 @@ async def run_batch(
                                     work.start_soon(run.work, receive.clone())
                         tg.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
-                    fatal = _first_fatal(group)
-                    if fatal is None:
+                    first = _first_fatal(group)
+                    if first is None:
                         raise
-                    raise fatal from None
+                    raise first from None
     except FatalError as exc:
         state["fatal"] = exc
     finally:

@@ -73,8 +73,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
     env = dataclasses.replace(env, record=transcript.append)
-    base = {"task_id": task.id, "c_path": str(task.c_path), "test_path": str(task.test_path),
-            "input_hash": key_hash}
+    ident = (task.id, str(task.c_path), str(task.test_path), key_hash)
     try:
         inputs = await anyio.to_thread.run_sync(
             lambda: load_inputs(task, num_tests=env.config.translation.num_tests)
@@ -82,7 +81,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
     except TaskFailure as exc:
         log.info("%s: %s", task.id, exc)
         transcript.append({"event": "input_error", "message": str(exc)})
-        return TaskResult(**base, reason=str(exc), wall_seconds=time.perf_counter() - started), transcript
+        return TaskResult(*ident, reason=str(exc), wall_seconds=time.perf_counter() - started), transcript
     name = Path(task.c_path).name
     stages: list[StageResult] = []
     unidiomatic = await _with_clippy(
@@ -96,6 +95,6 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
         )
         stages.append(await _with_clippy(env, idiomatic))
     return (
-        TaskResult(**base, stages=tuple(stages), wall_seconds=time.perf_counter() - started),
+        TaskResult(*ident, stages=tuple(stages), wall_seconds=time.perf_counter() - started),
         transcript,
     )
