@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import anyio
 
-from .build import BuildResult, Toolchain
+from .build import BuildResult, Toolchain, mask_comments_and_strings
 from .config import Config
 from .errors import TaskFailure
 from .extract import extract_rust
@@ -34,13 +34,12 @@ AttemptKind = Literal[
 #: Feedback longer than this is trimmed: the compiler and test output must not crowd out the program.
 FEEDBACK_CHARS = 6000
 
-_COMMENT_OR_STRING = re.compile(r'//[^\n]*|/\*.*?\*/|"(?:\\.|[^"\\])*"', re.S)
 _UNSAFE = re.compile(r"\bunsafe\b")
 
 
 def unsafe_line(code: str) -> int | None:
     """The first line that uses `unsafe` outside comments and string literals, or None."""
-    masked = _COMMENT_OR_STRING.sub(lambda m: re.sub(r"[^\n]", " ", m.group(0)), code)
+    masked = mask_comments_and_strings(code)
     match = _UNSAFE.search(masked)
     return masked.count("\n", 0, match.start()) + 1 if match else None
 
