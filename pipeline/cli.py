@@ -23,6 +23,7 @@ else:  # pragma: no cover
 
 from . import __version__
 from .config import Config, load_config
+from .discovery import classify_test_file
 from .engine import EXIT_INTERRUPTED, RunOptions, open_services, run_batch
 from .errors import ConfigError, FatalError
 from .progress import LogReporter, Reporter, TqdmReporter
@@ -180,18 +181,8 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 async def _translate_one(config: Config, args: argparse.Namespace) -> int:
-    test_kind = "task"
-    try:
-        import json
-
-        data = json.loads(args.test_file.read_text(encoding="utf-8"))
-        if isinstance(data, list) and data and isinstance(data[0], dict) and "command" not in data[0] \
-                and "input" in data[0]:
-            test_kind = "samples"
-    except (OSError, ValueError):
-        pass  # load_inputs reports it as the task's failure
     task = Task(id=args.c_file.stem, c_path=args.c_file.resolve(), test_path=args.test_file.resolve(),
-                test_kind=test_kind, feed=config.run.feed)  # type: ignore[arg-type]
+                test_kind=classify_test_file(args.test_file), feed=config.run.feed)
     from .translate import input_hash, translate_task
 
     async with open_services(config) as (env, _info):

@@ -218,6 +218,14 @@ def _peek_json(path: Path) -> _JsonPeek:
     return _JsonPeek("task" if found.group(1) == "command" else "samples", refs)
 
 
+def classify_test_file(path: Path) -> TestKind:
+    """Whether a JSON file is a test task or a samples list ("task" when unsure: its loader reports why)."""
+    try:
+        return _peek_json(path).kind or "task"
+    except (OSError, UnicodeDecodeError):
+        return "task"
+
+
 class _Walker:
     """One discovery run over one corpus: blocking, lazy, run a batch at a time in a worker thread."""
 

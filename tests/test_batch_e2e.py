@@ -278,3 +278,28 @@ def test_server_down_at_start_exits_3(cli: Cli, tmp_path: Path) -> None:
     result = run(cli, corpus, tmp_path / "out", f"http://127.0.0.1:{port}/v1", timeout=60)
     assert result.returncode == 3, result.output
     assert "connect" in result.stderr.lower()
+
+
+def test_killed_run_leaves_nothing_a_rerun_would_trust(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
+    """After SIGKILL mid-run, the rerun redoes exactly the tasks without a ledger record and verifies all."""
+    from pipeline.simulator import LoadModel
+
+    corpus = tmp_path / "corpus"
+    names = flat_corpus(corpus, 8)
+    sim, url = simulator_factory(load=LoadModel(capacity=2, latency=0.15, decode_per_token=0.0))
+    out = tmp_path / "out"
+    proc = _start_run(cli, corpus, out, url, "--workers", "2")
+    try:
+        _wait_for(lambda: len(_finished(out)) >= 2)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = _finished(out)
+    assert len(done) < len(names)
+    sim.reset_log()
+    result = run(cli, corpus, out, url, "--workers", "2")
+    assert result.returncode == 0, result.output
+    assert requested_ids(sim) == set(names) - done
+    assert {t["status"] for t in summary(out)["tasks"]} == {"verified"}

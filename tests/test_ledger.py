@@ -1,0 +1,49 @@
+"""The ledger: what a rerun may trust after a crash, and the one-run-per-directory lock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import RunLocked
+from pipeline.ledger import JOURNAL, SNAPSHOT, Ledger, run_lock
+
+
+def record(task_id: str, status: str = "verified") -> dict[str, object]:
+    return {"task_id": task_id, "status": status}
+
+
+def test_records_survive_reopening_and_are_compacted(tmp_path: Path) -> None:
+    """Records appended in one run are there in the next; the journal is folded into the snapshot."""
+    with Ledger.open(tmp_path) as ledger:
+        ledger.record("k1", record("a"))
+        ledger.record("k2", record("b", "failed"))
+        ledger.record("k3", record("a", "failed"))
+    assert not (tmp_path / JOURNAL).exists()
+    lines = (tmp_path / SNAPSHOT).read_text().splitlines()
+    assert [json.loads(line)["task_id"] for line in lines] == ["b", "a"]
+    with Ledger.open(tmp_path) as ledger:
+        entry = ledger.get("a")
+        assert entry is not None and (entry.key, entry.status) == ("k3", "failed")
+        assert len(ledger) == 2
+
+
+def test_a_torn_last_line_is_not_trusted(tmp_path: Path) -> None:
+    """A run killed mid-append leaves a partial line; the rerun ignores it and redoes that task."""
+    good = json.dumps({**record("done"), "key": "k"}) + "\n"
+    torn = json.dumps({**record("half"), "key": "k"})[:-7]
+    (tmp_path / JOURNAL).write_text(good + torn)
+    with Ledger.open(tmp_path) as ledger:
+        assert ledger.get("done") is not None
+        assert ledger.get("half") is None
+
+
+def test_second_lock_names_the_holder(tmp_path: Path) -> None:
+    """While a run holds the directory, another is refused with the holder's description."""
+    with run_lock(tmp_path, "first command"), pytest.raises(RunLocked, match="first command"), \
+            run_lock(tmp_path, "second"):
+        pass
+    with run_lock(tmp_path, "third"):
+        pass
