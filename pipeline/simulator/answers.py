@@ -75,7 +75,7 @@ def first_user_text(messages: list[Any]) -> str:
 
 
 def detect_stage(first_user: str) -> str:
-    """``idiomatic`` when a line starts with "```rust" (the idiomatic prompt quotes Rust), else ``unidiomatic``."""
+    """``idiomatic`` when a line starts with "```rust" (the idiomatic prompt quotes Rust), else the other."""
     if "```rust" in first_user:
         for line in first_user.splitlines():
             if line.startswith("```rust"):
@@ -219,7 +219,7 @@ class AnswerBook:
         return Answer(canned.text, canned.finish_reason, key, stage, attempt, fault)
 
     def choose(self, messages: list[Any]) -> Answer:
-        """The answer for a chat request's ``messages``. Raises OSError if a matched answer file is unreadable."""
+        """The answer for a request's ``messages``. Raises OSError if a matched answer file is unreadable."""
         first_user = first_user_text(messages)
         stage = detect_stage(first_user)
         attempt = detect_attempt(messages)

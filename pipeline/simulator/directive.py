@@ -97,7 +97,7 @@ def find_directive(text: str) -> Directive | None:
 
 
 def rust_string_literal(text: str) -> str:
-    """``text`` as a Rust ``"..."`` literal that evaluates to exactly ``text`` (lone surrogates become U+FFFD)."""
+    """``text`` as a Rust ``"..."`` literal equal to ``text`` (lone surrogates become U+FFFD)."""
     out = ['"']
     for ch in text:
         code = ord(ch)
@@ -210,7 +210,7 @@ def render(d: Directive, stage: str, attempt: int) -> tuple[str, str]:
         "```\n\n"
         "The translation keeps the observable behaviour of the original: the same output and exit code.\n"
     )
-    text = _pad(text, "// @@PAD@@", target, lambda n: f"// filler line {n:05d} for task {name}: padding only.")
+    text = _pad(text, "// @@PAD@@", target, lambda n: f"// filler line {n:05d} for task {name}: padding.")
     if outcome == "truncated":
         return text[: len(text) // 2], "length"
     return text, "stop"

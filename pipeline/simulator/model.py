@@ -93,7 +93,7 @@ class FaultPlan:
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Everything a :class:`~pipeline.simulator.Simulator` needs; see the package docstring for the formats."""
+    """Everything a :class:`~pipeline.simulator.Simulator` needs (formats: see the package docstring)."""
 
     answers_dir: Path | None = None
     model: str = "sim-model"

@@ -175,7 +175,7 @@ class Connection:
                     raise HttpError(400, "malformed chunk size") from None
                 if size == 0:
                     # Trailers (ignored) end with an empty line.
-                    while (trailer := await self._read_until(b"\r\n", HEAD_LIMIT)) not in (None, b"\r\n"):
+                    while await self._read_until(b"\r\n", HEAD_LIMIT) not in (None, b"\r\n"):
                         pass
                     return bytes(body)
                 if len(body) + size > BODY_LIMIT:

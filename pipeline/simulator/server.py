@@ -1,0 +1,618 @@
+"""The simulator server: vLLM's OpenAI-compatible endpoints over :mod:`.wire`, with load and faults."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from . import answers as answers_mod
+from .model import (
+    CONNECTION_FAULTS,
+    NO_FAULT,
+    STATUS_CLIENT_GONE,
+    STATUS_FAULTS,
+    STATUS_NO_RESPONSE,
+    RequestRecord,
+    SimConfig,
+)
+from .tokens import CHARS_PER_TOKEN, content_text, fake_token_ids, message_tokens, text_tokens
+from .wire import LAST_CHUNK, Connection, HttpError, Request, chunk, full_response, response_head
+
+log = logging.getLogger(__name__)
+
+CHAT_PATH = "/v1/chat/completions"
+#: Tokens per streamed content chunk ("a few tokens", as vLLM sends them).
+STREAM_CHUNK_TOKENS = 4
+
+_FAULT_ERRORS = {
+    "500": ("Simulated internal server error.", "InternalServerError"),
+    "502": ("Simulated bad gateway: the upstream model server did not answer.", "BadGateway"),
+    "503": ("The server is overloaded, please retry later (simulated).", "ServiceUnavailableError"),
+    "429": ("Too many requests, please retry later (simulated).", "RateLimitError"),
+}
+
+
+def _error_body(message: str, err_type: str, code: int) -> bytes:
+    """vLLM's error shape."""
+    return _json({"object": "error", "message": message, "type": err_type, "param": None, "code": code})
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False).encode("utf-8")
+
+
+def _seconds_header(value: float) -> str:
+    if value == int(value):
+        return str(int(value))
+    return f"{value:.6f}".rstrip("0").rstrip(".")
+
+
+class _Slots:
+    """FIFO generation slots: at most ``capacity`` holders, waiters served strictly in arrival order."""
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    async def acquire(self) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted and cancelled in the same step: hand the slot on instead of leaking it.
+                self.release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(fut)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self._free += 1
+
+
+@dataclass
+class _Draft:
+    """A request's record while it is being served (mutable; frozen into a RequestRecord at the end)."""
+
+    id: int
+    method: str
+    path: str
+    arrival: float
+    start: float | None = None
+    fault: str | None = None
+    stream: bool = False
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    answer_key: str | None = None
+    stage: str | None = None
+    attempt: int | None = None
+    body: Any = None
+    committed: bool = False
+    keep_alive: bool = True  # what the client asked for (HTTP/1.1 default, or Connection: close)
+
+
+class _Closed(Exception):
+    """The client went away (or must be cut off); the connection is to be closed without more output."""
+
+
+class Simulator:
+    """An OpenAI/vLLM-compatible HTTP server with canned answers, a load model and injected faults.
+
+    Use :meth:`running` from synchronous code (server in a background thread) or :meth:`serve` inside an
+    event loop. Both yield the base URL ``http://127.0.0.1:PORT/v1``. A request's record is in
+    :attr:`requests` (and in the log file) before the last byte of its response is sent.
+    """
+
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self._book = answers_mod.AnswerBook(self.config.answers_dir)
+        self._records: list[RequestRecord] = []
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        faults = self.config.faults
+        self._script = deque(faults.script)
+        self._rng = random.Random(faults.seed)
+        self._serving = False
+        self._base_url: str | None = None
+        self._slots: _Slots | None = None
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._log_file: IO[str] | None = None
+        self._log_lock: asyncio.Lock | None = None
+
+    # ----------------------------------------------------------------------------------------------- records
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A snapshot of every request answered so far (or cut off), in arrival order (by id).
+
+        A request appears once its response is decided, just before its last byte is sent; requests still
+        queued or generating are not listed yet.
+        """
+        with self._lock:
+            return sorted(self._records, key=lambda r: r.id)
+
+    @property
+    def chat_requests(self) -> list[RequestRecord]:
+        """Only the POST /v1/chat/completions records."""
+        return [r for r in self.requests if r.path == CHAT_PATH and r.method == "POST"]
+
+    def reset_log(self) -> None:
+        """Forget the in-memory records (ids, the fault script position and the log file are kept)."""
+        with self._lock:
+            self._records.clear()
+
+    @property
+    def base_url(self) -> str | None:
+        """The base URL while serving, else None."""
+        return self._base_url
+
+    # -------------------------------------------------------------------------------------------- lifecycle
+
+    @contextlib.contextmanager
+    def running(self, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+        """Serve in a background thread with its own event loop; yield the base URL; stop on exit.
+
+        Raises RuntimeError if already serving, OSError if the port cannot be bound.
+        """
+        ready = threading.Event()
+        box: dict[str, Any] = {}
+
+        async def serve_until_stopped() -> None:
+            stop = asyncio.Event()
+            try:
+                async with self.serve(host, port) as url:
+                    box.update(url=url, loop=asyncio.get_running_loop(), stop=stop)
+                    ready.set()
+                    await stop.wait()
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            finally:
+                ready.set()
+
+        thread = threading.Thread(
+            target=asyncio.run, args=(serve_until_stopped(),), name="simulator", daemon=True)
+        thread.start()
+        ready.wait()
+        if "error" in box:
+            thread.join()
+            raise box["error"]
+        try:
+            yield str(box["url"])
+        finally:
+            box["loop"].call_soon_threadsafe(box["stop"].set)
+            thread.join()
+            if "error" in box:
+                raise box["error"]
+
+    @contextlib.asynccontextmanager
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """Serve on the running event loop; yield the base URL; stop (cutting open connections) on exit.
+
+        Raises RuntimeError if already serving, OSError if the port cannot be bound or the answers directory
+        cannot be read.
+        """
+        if self._serving:
+            raise RuntimeError("this Simulator is already serving")
+        self._serving = True
+        try:
+            if self.config.answers_dir is not None:
+                await asyncio.to_thread(self._book.scan)
+            if self.config.log_path is not None:
+                self._log_file = await asyncio.to_thread(self._open_log)
+            self._log_lock = asyncio.Lock()
+            self._slots = _Slots(self.config.load.capacity)
+            # A deep backlog: benchmarks open hundreds of connections at once.
+            server = await asyncio.start_server(self._handle, host, port, backlog=1024)
+            bound = server.sockets[0].getsockname()[1]
+            shown = f"[{host}]" if ":" in host else host
+            self._base_url = f"http://{shown}:{bound}/v1"
+            log.info("simulator listening on %s", self._base_url)
+            try:
+                yield self._base_url
+            finally:
+                server.close()
+                # Open connections (idle keep-alive, stalls, generations) end with the server.
+                while self._connections:
+                    tasks = list(self._connections)
+                    for task in tasks:
+                        task.cancel()
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                    self._connections.difference_update(tasks)
+                await server.wait_closed()
+        finally:
+            self._base_url = None
+            self._serving = False
+            if self._log_file is not None:
+                log_file, self._log_file = self._log_file, None
+                await asyncio.to_thread(log_file.close)
+
+    def _open_log(self) -> IO[str]:
+        assert self.config.log_path is not None
+        self.config.log_path.parent.mkdir(parents=True, exist_ok=True)
+        return self.config.log_path.open("a", encoding="utf-8")
+
+    # --------------------------------------------------------------------------------------------- plumbing
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        conn = Connection(reader, writer)
+        try:
+            while True:
+                try:
+                    request = await conn.read_request()
+                except HttpError as exc:
+                    body = _error_body(str(exc), "BadRequestError", exc.status)
+                    await conn.send(full_response(exc.status, body, keep_alive=False))
+                    break
+                if request is None:
+                    break
+                keep_alive = await self._dispatch(conn, request)
+                if not (keep_alive and request.keep_alive):
+                    break
+        except (_Closed, ConnectionError, OSError):
+            pass
+        except asyncio.CancelledError:
+            # Only serve() cancels these tasks, to stop. Ending normally (not re-raising) keeps Python 3.11's
+            # start_server callback from logging the cancellation as an error.
+            writer.transport.abort()
+        finally:
+            self._connections.discard(task)
+            await conn.close()
+
+    def _next_fault(self) -> str | None:
+        """The fault of the next chat request in arrival order (script first, then the seeded rate)."""
+        with self._lock:
+            if self._script:
+                kind = self._script.popleft()
+                return None if kind == NO_FAULT else kind
+            faults = self.config.faults
+            if faults.rate > 0 and self._rng.random() < faults.rate:
+                return self._rng.choice(faults.kinds)
+            return None
+
+    async def _commit(self, draft: _Draft, status: int) -> None:
+        """Freeze ``draft`` into a record, publish it and append it to the log (once per request)."""
+        if draft.committed:
+            return
+        draft.committed = True
+        end = time.monotonic()
+        start = draft.start if draft.start is not None else min(draft.arrival, end)
+        record = RequestRecord(
+            id=draft.id, method=draft.method, path=draft.path, arrival=draft.arrival, start=start, end=end,
+            status=status, fault=draft.fault, stream=draft.stream, model=draft.model,
+            prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens,
+            finish_reason=draft.finish_reason, answer_key=draft.answer_key, stage=draft.stage,
+            attempt=draft.attempt, body=draft.body if self.config.record_bodies else None,
+        )
+        with self._lock:
+            self._records.append(record)
+        if self._log_file is not None and self._log_lock is not None:
+            line = record.to_json(with_body=self.config.record_bodies) + "\n"
+            async with self._log_lock:
+                await asyncio.to_thread(self._write_log, line)
+
+    def _write_log(self, line: str) -> None:
+        log_file = self._log_file
+        if log_file is not None:
+            log_file.write(line)
+            log_file.flush()
+
+    async def _reply(
+        self, conn: Connection, draft: _Draft, status: int, body: bytes, *,
+        content_type: str | None = "application/json", headers: list[tuple[str, str]] | None = None,
+        keep_alive: bool = True,
+    ) -> bool:
+        keep_alive = keep_alive and draft.keep_alive
+        await self._commit(draft, status)
+        await conn.send(full_response(status, body, content_type=content_type, headers=headers,
+                                      keep_alive=keep_alive))
+        return keep_alive
+
+    async def _error(self, conn: Connection, draft: _Draft, status: int, message: str, err_type: str) -> bool:
+        return await self._reply(conn, draft, status, _error_body(message, err_type, status))
+
+    @staticmethod
+    async def _unless_gone(work: Awaitable[Any], gone: asyncio.Future[None]) -> None:
+        """Await ``work`` unless the client leaves first (then cancel it and raise _Closed)."""
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled() or not task.done():
+            raise _Closed
+        task.result()
+
+    # ----------------------------------------------------------------------------------------------- routes
+
+    async def _dispatch(self, conn: Connection, request: Request) -> bool:
+        """Serve one request; return False when the connection must close afterwards."""
+        with self._lock:
+            rid = next(self._ids)
+        draft = _Draft(rid, request.method, request.path, time.monotonic(), keep_alive=request.keep_alive)
+        routes = {
+            "/health": ("GET", self._health),
+            "/v1/models": ("GET", self._models),
+            "/version": ("GET", self._version),
+            CHAT_PATH: ("POST", self._chat),
+        }
+        if self.config.tokenize:
+            routes["/tokenize"] = ("POST", self._tokenize)
+        route = routes.get(request.path)
+        if route is None:
+            return await self._reply(conn, draft, 404, _json({"detail": "Not Found"}))
+        method, handler = route
+        if request.method != method:
+            return await self._reply(conn, draft, 405, _json({"detail": "Method Not Allowed"}),
+                                     headers=[("allow", method)])
+        return await handler(conn, request, draft)
+
+    async def _health(self, conn: Connection, request: Request, draft: _Draft) -> bool:
+        return await self._reply(conn, draft, 200, b"", content_type=None)
+
+    async def _version(self, conn: Connection, request: Request, draft: _Draft) -> bool:
+        return await self._reply(conn, draft, 200, _json({"version": "0.0.0+simulator"}))
+
+    async def _models(self, conn: Connection, request: Request, draft: _Draft) -> bool:
+        name = self.config.model
+        card = {
+            "id": name, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": name,
+            "parent": None, "max_model_len": self.config.max_model_len,
+        }
+        return await self._reply(conn, draft, 200, _json({"object": "list", "data": [card]}))
+
+    def _parse_body(self, request: Request, draft: _Draft) -> tuple[dict[str, Any] | None, str | None]:
+        try:
+            body = json.loads(request.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return None, f"Invalid JSON body: {exc}"
+        if self.config.record_bodies:
+            draft.body = body
+        if not isinstance(body, dict):
+            return None, "The request body must be a JSON object."
+        model = body.get("model")
+        draft.model = model if isinstance(model, str) else None
+        return body, None
+
+    def _unknown_model(self, body: dict[str, Any]) -> str | None:
+        model = body.get("model")
+        if model is None or model == self.config.model:
+            return None
+        return f"The model `{model}` does not exist."
+
+    async def _tokenize(self, conn: Connection, request: Request, draft: _Draft) -> bool:
+        body, problem = self._parse_body(request, draft)
+        if body is None:
+            return await self._error(conn, draft, 400, problem or "bad request", "BadRequestError")
+        if (missing := self._unknown_model(body)) is not None:
+            return await self._error(conn, draft, 404, missing, "NotFoundError")
+        messages = body.get("messages")
+        prompt = body.get("prompt")
+        if isinstance(messages, list):
+            count = message_tokens(messages)
+            seed = "".join(content_text(m.get("content")) for m in messages[:1] if isinstance(m, dict))
+        elif isinstance(prompt, str):
+            count = text_tokens(prompt)
+            seed = prompt
+        else:
+            problem = "Give either 'prompt' (a string) or 'messages' (a list)."
+            return await self._error(conn, draft, 400, problem, "BadRequestError")
+        draft.prompt_tokens = count
+        answer = {"count": count, "max_model_len": self.config.max_model_len,
+                  "tokens": fake_token_ids(count, seed)}
+        return await self._reply(conn, draft, 200, _json(answer))
+
+    async def _chat(self, conn: Connection, request: Request, draft: _Draft) -> bool:
+        fault = self._next_fault()
+        draft.fault = fault
+        body, problem = self._parse_body(request, draft)
+        messages: list[Any] = []
+        if body is not None:
+            draft.stream = body.get("stream") is True
+            raw_messages = body.get("messages")
+            if isinstance(raw_messages, list):
+                messages = raw_messages
+                draft.prompt_tokens = message_tokens(messages)
+                draft.stage = answers_mod.detect_stage(answers_mod.first_user_text(messages))
+                draft.attempt = answers_mod.detect_attempt(messages)
+        if fault in STATUS_FAULTS or fault in CONNECTION_FAULTS:
+            return await self._fault_now(conn, draft, fault)
+
+        # Validation in vLLM's order: body shape (400), model (404), sampling parameters and context (400).
+        if body is None:
+            return await self._error(conn, draft, 400, problem or "bad request", "BadRequestError")
+        if not isinstance(body.get("messages"), list) or not messages:
+            return await self._error(conn, draft, 400, "'messages' must be a non-empty list.",
+                                     "BadRequestError")
+        if (missing := self._unknown_model(body)) is not None:
+            return await self._error(conn, draft, 404, missing, "NotFoundError")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+            return await self._error(conn, draft, 400, f"max_tokens must be an integer, got {max_tokens!r}.",
+                                     "BadRequestError")
+        if max_tokens is not None and max_tokens < 1:
+            return await self._error(conn, draft, 400, f"max_tokens must be at least 1, got {max_tokens}.",
+                                     "BadRequestError")
+        prompt_tokens = message_tokens(messages)
+        limit = self.config.max_model_len
+        if max_tokens is None:
+            if prompt_tokens >= limit:
+                return await self._error(
+                    conn, draft, 400,
+                    f"This model's maximum context length is {limit} tokens. However, you requested "
+                    f"{prompt_tokens} tokens in the messages, Please reduce the length of the messages.",
+                    "BadRequestError")
+            max_tokens = limit - prompt_tokens
+        elif prompt_tokens + max_tokens > limit:
+            return await self._error(
+                conn, draft, 400,
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                "BadRequestError")
+
+        try:
+            answer = await asyncio.to_thread(self._book.choose, messages)
+        except OSError as exc:
+            log.error("simulator: cannot read a canned answer: %s", exc)
+            return await self._error(conn, draft, 500, f"simulator: cannot read a canned answer: {exc}",
+                                     "InternalServerError")
+        draft.answer_key = answer.key
+        if fault is None and answer.fault is not None:
+            fault = draft.fault = answer.fault
+            if fault in STATUS_FAULTS or fault in CONNECTION_FAULTS:
+                return await self._fault_now(conn, draft, fault)
+
+        text, finish = answer.text, answer.finish_reason
+        if fault == "length":
+            text, finish = text[: len(text) // 2], "length"
+        if text_tokens(text) > max_tokens:
+            text, finish = text[: max_tokens * CHARS_PER_TOKEN], "length"
+        draft.completion_tokens = text_tokens(text)
+        draft.finish_reason = finish
+
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        assert self._slots is not None
+        slots = self._slots
+        gone = asyncio.ensure_future(conn.wait_client_gone())
+        acquired = False
+        try:
+            if draft.stream:
+                # Like vLLM (a streaming response), the headers go out at once, before queueing.
+                await conn.send(response_head(200, [
+                    ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+                    ("transfer-encoding", "chunked")], keep_alive=draft.keep_alive))
+            await self._unless_gone(slots.acquire(), gone)
+            acquired = True
+            draft.start = time.monotonic()
+            if draft.stream:
+                await self._stream(conn, draft, gone, text, finish, include_usage, fault == "malformed")
+                return draft.keep_alive
+            await self._unless_gone(asyncio.sleep(self.config.load.service_time(
+                draft.prompt_tokens or 0, draft.completion_tokens)), gone)
+            if fault == "malformed":
+                full = self._completion(draft, text, finish)
+                return await self._reply(conn, draft, 200, full[: max(1, len(full) // 2)])
+            return await self._reply(conn, draft, 200, self._completion(draft, text, finish))
+        except (_Closed, ConnectionError, OSError):
+            await self._commit(draft, STATUS_CLIENT_GONE)
+            raise _Closed from None
+        finally:
+            if acquired:
+                slots.release()
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+
+    async def _fault_now(self, conn: Connection, draft: _Draft, fault: str) -> bool:
+        """Apply a fault that replaces the generation: an error status, a drop or a stall."""
+        if fault in STATUS_FAULTS:
+            message, err_type = _FAULT_ERRORS[fault]
+            retry_after = _seconds_header(self.config.faults.retry_after)
+            headers = [("retry-after", retry_after)] if fault == "429" else []
+            return await self._reply(conn, draft, int(fault), _error_body(message, err_type, int(fault)),
+                                     headers=headers)
+        if fault == "stall":
+            gone = asyncio.ensure_future(conn.wait_client_gone())
+            try:
+                with contextlib.suppress(_Closed):
+                    await self._unless_gone(asyncio.sleep(self.config.faults.stall_seconds), gone)
+            finally:
+                gone.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gone
+        await self._commit(draft, STATUS_NO_RESPONSE)
+        raise _Closed
+
+    def _completion(self, draft: _Draft, text: str, finish: str) -> bytes:
+        prompt = draft.prompt_tokens or 0
+        completion = draft.completion_tokens or 0
+        return _json({
+            "id": f"chatcmpl-sim-{draft.id}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.config.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "tool_calls": []},
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+            }],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion},
+        })
+
+    async def _stream(
+        self, conn: Connection, draft: _Draft, gone: asyncio.Future[None], text: str, finish: str,
+        include_usage: bool, malformed: bool,
+    ) -> None:
+        """Send ``text`` as server-sent events, paced by the load model; _Closed if the client leaves."""
+        load = self.config.load
+        created = int(time.time())
+        base = {"id": f"chatcmpl-sim-{draft.id}", "object": "chat.completion.chunk", "created": created,
+                "model": self.config.model}
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+            return chunk(b"data: " + _json({**base, "choices": choices, **extra}) + b"\n\n")
+
+        def delta(content: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}
+
+        # Chunks are due on a schedule from the slot's start, so the per-chunk overhead does not add up and
+        # the whole stream takes the same service time as a plain answer.
+        due = (draft.start or time.monotonic()) + load.service_time(draft.prompt_tokens or 0, 0)
+        if due > time.monotonic():
+            await self._unless_gone(asyncio.sleep(due - time.monotonic()), gone)
+        await conn.send(event([delta({"role": "assistant", "content": ""})]))
+        step = STREAM_CHUNK_TOKENS * CHARS_PER_TOKEN
+        for at in range(0, len(text), step):
+            piece = text[at: at + step]
+            due += load.decode_per_token * text_tokens(piece)
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+            if gone.done():
+                raise _Closed
+            if malformed and at >= len(text) // 2:
+                broken = b'data: {"id": "chatcmpl-sim-' + str(draft.id).encode() + b'", "choi\n\n'
+                await conn.send(chunk(broken))
+                break
+            await conn.send(event([delta({"content": piece})]))
+        if malformed and not text:
+            await conn.send(chunk(b"data: {not json\n\n"))
+        await conn.send(event([delta({}, finish)]))
+        if include_usage:
+            prompt = draft.prompt_tokens or 0
+            completion = draft.completion_tokens or 0
+            await conn.send(event([], usage={"prompt_tokens": prompt, "completion_tokens": completion,
+                                             "total_tokens": prompt + completion}))
+        await self._commit(draft, 200)
+        await conn.send(chunk(b"data: [DONE]\n\n") + LAST_CHUNK)
