@@ -13,7 +13,7 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 lint: setup
-	$(PYTHON) -m ruff check pipeline tests bench scripts batch_translate_generic.py
+	$(PYTHON) -m ruff check .
 	$(PYTHON) -m mypy
 
 bench: setup

@@ -175,6 +175,10 @@ os._exit(0)
 """
 
 
+#: Scratch roots are named PREFIX<pid>-<random>, so a later run can tell a killed run's leftovers.
+SCRATCH_PREFIX = "c2rust-sandbox-"
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one run may use. Build it with :meth:`Sandbox.limits` so the ``[sandbox]`` settings apply."""
@@ -352,9 +356,10 @@ class Sandbox:
                     "for others); using %s instead", root, blocked, tempfile.gettempdir(),
                 )
                 root = None
+        await anyio.to_thread.run_sync(_remove_stale_scratch, Path(root or tempfile.gettempdir()))
         scratch = Path(
             await anyio.to_thread.run_sync(
-                lambda: os.path.realpath(tempfile.mkdtemp(prefix="c2rust-sandbox-", dir=root))
+                lambda: os.path.realpath(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
             )
         )
         try:
@@ -391,13 +396,19 @@ class Sandbox:
         modes: list[_Mode] = []
         notes: list[str] = []
         if namespaces and unshare:
+            # If this process dies without cleaning up (SIGKILL), the kernel kills unshare, whose
+            # --kill-child takes the namespace's pid 1 and with it every process of the run.
+            setpriv = shutil.which("setpriv")
+            orphan_guard = (setpriv, "--pdeathsig", "KILL") if setpriv else ()
             common = ("--pid", "--fork", "--kill-child", "--mount-proc", *net)
             if root:
-                modes.append(_Mode("namespaces", (unshare, *common), drop_uid=True, private_tmp=True))
-            else:
                 modes.append(
-                    _Mode("user namespace", (unshare, "--user", "--map-root-user", *common), False, True)
+                    _Mode("namespaces", (*orphan_guard, unshare, *common), drop_uid=True, private_tmp=True)
                 )
+            else:
+                modes.append(_Mode(
+                    "user namespace", (*orphan_guard, unshare, "--user", "--map-root-user", *common), False, True
+                ))
         elif namespaces:
             notes.append("unshare (util-linux) not found")
         if not namespaces:
@@ -891,6 +902,31 @@ def _sweep(*, uid: int | None, marker: str | None) -> int:
 
 # --------------------------------------------------------------------------------------------------------
 # Files
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_scratch(parent: Path) -> None:
+    """Remove scratch roots left by runs that were killed (SIGKILL gives no chance to clean up)."""
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(SCRATCH_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        pid_text = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            log.info("sandbox: removing %s, left by a run that was killed", entry.path)
+            _remove_tree(Path(entry.path))
 
 
 def _copy_files(source_dir: Path, names: list[str], dest: Path) -> None:

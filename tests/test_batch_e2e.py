@@ -303,3 +303,53 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(cli: Cli, simulator_facto
     assert result.returncode == 0, result.output
     assert requested_ids(sim) == set(names) - done
     assert {t["status"] for t in summary(out)["tasks"]} == {"verified"}
+
+
+DAEMON_AND_SPIN = """fn main() {
+    unsafe {
+        if libc::fork() == 0 {
+            libc::setsid();
+            if libc::fork() == 0 {
+                libc::sleep(1000);
+            }
+            libc::_exit(0);
+        }
+    }
+    loop {
+        std::hint::spin_loop();
+    }
+}
+"""
+
+
+def _run_processes(tag: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if tag in line]
+
+
+def test_killed_run_leaves_no_process_and_next_run_removes_its_scratch(
+    cli: Cli, corpus: Any, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """SIGKILL of the CLI while a program and its daemonised child run takes them down; the scratch goes later."""
+    import tempfile
+
+    from tests.conftest import answer
+
+    corpus.add_task("hang", unidiomatic=[answer(DAEMON_AND_SPIN)])
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    proc = _start_run(cli, corpus.corpus, tmp_path / "out", url, "--test-timeout", "120")
+    tag = f"c2rust-sandbox-{proc.pid}-"
+    try:
+        _wait_for(lambda: len([p for p in _run_processes(tag) if "/main" in p]) >= 2)
+        proc.kill()
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait_for(lambda: not _run_processes(tag), timeout=10)
+    leftovers = [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(tag)]
+    assert leftovers, "expected the killed run's scratch directory to be left behind"
+    other = tmp_path / "other"
+    flat_corpus(other, 1)
+    assert run(cli, other, tmp_path / "out2", url).returncode == 0
+    assert not [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(tag)]
