@@ -346,17 +346,24 @@ class Sandbox:
         ``namespaces=False`` skips namespaces and the uid change (the non-root fallback), for tests of that
         path. Raises ConfigError when ``settings.strict`` and the isolation is incomplete.
         """
-        root = scratch_root
-        if root is not None and os.geteuid() == 0 and namespaces:
-            blocked = await anyio.to_thread.run_sync(_unreachable_ancestor, Path(root))
-            if blocked is not None:
-                # The runs' uids could not reach their working directories under it.
+        root = Path(scratch_root) if scratch_root is not None else Path(tempfile.gettempdir())
+        if os.geteuid() == 0 and namespaces:
+            for candidate in (root, Path(tempfile.gettempdir()), Path("/tmp")):
+                blocked = await anyio.to_thread.run_sync(_unreachable_ancestor, candidate)
+                if blocked is None:
+                    break
+                # The runs' uids could not reach their working directories or programs under it.
                 log.warning(
-                    "sandbox: scratch root %s is not reachable by other users (%s has no search permission "
-                    "for others); using %s instead", root, blocked, tempfile.gettempdir(),
+                    "sandbox: %s is not reachable by other users (%s has no search permission for others); "
+                    "not using it for scratch space", candidate, blocked,
                 )
-                root = None
-        await anyio.to_thread.run_sync(_remove_stale_scratch, Path(root or tempfile.gettempdir()))
+            else:
+                raise ConfigError(
+                    "sandbox: no scratch directory reachable by unprivileged users: set TMPDIR to a directory "
+                    "whose parents are searchable by others (chmod o+x), such as /tmp"
+                )
+            root = candidate
+        await anyio.to_thread.run_sync(_remove_stale_scratch, root)
         scratch = Path(
             await anyio.to_thread.run_sync(
                 lambda: os.path.realpath(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))
@@ -400,7 +407,8 @@ class Sandbox:
             # --kill-child takes the namespace's pid 1 and with it every process of the run.
             setpriv = shutil.which("setpriv")
             orphan_guard = (setpriv, "--pdeathsig", "KILL") if setpriv else ()
-            common = ("--pid", "--fork", "--kill-child", "--mount-proc", *net)
+            # --ipc: System V and POSIX IPC objects a program creates die with its namespace.
+            common = ("--pid", "--ipc", "--fork", "--kill-child", "--mount-proc", *net)
             if root:
                 modes.append(
                     _Mode("namespaces", (*orphan_guard, unshare, *common), drop_uid=True, private_tmp=True)

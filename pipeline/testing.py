@@ -498,7 +498,13 @@ async def _run_sample(
     passed = stopped is None and actual == sample.output
     if passed:
         return TestOutcome(case, True, f"test {case.index} passed", "", result.wall_seconds)
-    reason = stopped or "wrong output"
+    if stopped is not None:
+        reason = stopped
+    elif result.signal is not None or (not result.ok and result.describe().startswith(("memory", "CPU", "file"))):
+        # The program died of a signal or a limit; "wrong output" alone would hide why.
+        reason = f"wrong output; the program ended: {result.describe()}"
+    else:
+        reason = "wrong output"
     lines = [f"Test {case.index} failed: {reason}.", f"Command: {invocation}"]
     if stopped is None:
         lines.append(f"The program ended with {result.describe()}.")
