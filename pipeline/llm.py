@@ -155,6 +155,7 @@ class _Call:
     requests: int = 0
     queued: float = 0.0
     max_tokens: int | None = None  # decided once, before the first chat request
+    first_failure: float | None = None  # when this call first failed; later successes elsewhere blame it
 
 
 @dataclass(frozen=True)
@@ -643,7 +644,11 @@ class ModelClient:
         """Retries ran out: blame this request, stop the run, or wait out the outage (returns to retry)."""
         now = self._clock()
         health = self._health
-        if health.last_success is not None and health.last_success >= call.began:
+        # Blame this request only if the server answered another one after this one started failing. (A
+        # success between this call's start and its first failure says nothing: the request may have been
+        # waiting for a slot when the server went away.)
+        failed_from = call.first_failure if call.first_failure is not None else call.began
+        if health.last_success is not None and health.last_success >= failed_from:
             raise RequestFailed(
                 f"{call.purpose}: gave up after {call.requests} requests while the server answered "
                 f"others: {exc}",
@@ -685,7 +690,10 @@ class ModelClient:
                 else:
                     reply = await self._chat_once(messages, call.max_tokens)
             except TransientError:
-                self._health.failure(self._clock())
+                now = self._clock()
+                self._health.failure(now)
+                if call.first_failure is None:
+                    call.first_failure = now
                 raise
             finally:
                 self.stats.in_flight -= 1

@@ -353,3 +353,34 @@ def test_killed_run_leaves_no_process_and_next_run_removes_its_scratch(
     flat_corpus(other, 1)
     assert run(cli, other, tmp_path / "out2", url).returncode == 0
     assert not [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(tag)]
+
+
+def test_server_gone_past_the_outage_budget_stops_the_run_with_exit_3(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The server dies mid-run: the run stops with exit 3 and a clear message; finished tasks stay done."""
+    from pipeline.simulator import LoadModel, SimConfig, Simulator
+
+    corpus = tmp_path / "corpus"
+    names = flat_corpus(corpus, 8)
+    (cli.cwd / "sactor.toml").write_text(FAST_RETRIES.replace("outage_budget = 20", "outage_budget = 2"))
+    out = tmp_path / "out"
+    sim = Simulator(SimConfig(load=LoadModel(capacity=1, latency=0.2)))
+    with sim.running() as url:
+        proc = _start_run(cli, corpus, out, url, "--workers", "1")
+        _wait_for(lambda: len(_finished(out)) >= 2)
+    started = time.monotonic()
+    _stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 3, stderr
+    assert time.monotonic() - started < 60
+    assert "has not answered" in stderr or "cannot connect" in stderr
+    done = _finished(out)
+    assert 2 <= len(done) < len(names)
+    s = summary(out)
+    assert s["run"]["stopped_by"]
+    assert {t["task_id"] for t in s["tasks"]} == done
+    second = Simulator(SimConfig())
+    with second.running() as url2:
+        result = run(cli, corpus, out, url2)
+        assert result.returncode == 0, result.output
+        assert not requested_ids(second) & done
