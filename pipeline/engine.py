@@ -125,15 +125,17 @@ class _Run:
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
 
-    def _is_done(self, task: Task, key: str) -> bool:
+    def _inspect(self, task: Task) -> tuple[str, bool]:
+        """The task's ledger key, and whether a finished result with that key is on disk (runs in a thread)."""
+        key = f"{input_hash(task)}:{self.fingerprint}"
         if self.options.force:
-            return False
+            return key, False
         entry = self.ledger.get(task.id)
         if entry is None or entry.key != key:
-            return False
+            return key, False
         if not (self.options.output / task.id / "result.json").exists():
-            return False
-        return entry.status == "verified" or not self.options.retry_failed
+            return key, False
+        return key, entry.status == "verified" or not self.options.retry_failed
 
     async def produce(self, send: ObjectSendStream[tuple[Task, str]]) -> None:
         async with send:
@@ -148,9 +150,8 @@ class _Run:
                     continue
                 self.seen.add(item.id)
                 self.counters.discovered += 1
-                digest = await anyio.to_thread.run_sync(input_hash, item)
-                key = f"{digest}:{self.fingerprint}"
-                if self._is_done(item, key):
+                key, done = await anyio.to_thread.run_sync(self._inspect, item)
+                if done:
                     self.counters.skipped += 1
                     continue
                 await send.send((item, key))
@@ -211,9 +212,24 @@ async def _track_in_flight(env: StageEnv, counters: Counters) -> None:
         await anyio.sleep(0.25)
 
 
+@asynccontextmanager
+async def _open_ledger(directory: Path) -> AsyncIterator[Ledger]:
+    ledger = await anyio.to_thread.run_sync(Ledger.load, directory)
+    try:
+        yield ledger
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(ledger.close)
+
+
 def task_worker_count(config: Config) -> int:
-    """Enough tasks in flight that neither the model slots nor the CPU slots wait on the other."""
-    return config.client.workers + 2 * config.run.jobs
+    """Enough tasks in flight that neither the model slots nor the CPU slots wait on the other.
+
+    Up to ``workers`` tasks can come back from the model at once (the first wave of a run, or a wave that
+    stayed in step) and wait for compile and test; another ``workers`` keep every model slot busy meanwhile.
+    With only ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave (bench/README.md).
+    """
+    return 2 * config.client.workers + 2 * config.run.jobs
 
 
 async def run_batch(
@@ -231,8 +247,9 @@ async def run_batch(
     isolation = ""
     run: _Run | None = None
     try:
-        with run_lock(options.output, options.command), Ledger.open(options.output) as ledger:
-            async with open_services(config, scratch_root=scratch_root) as (env, info):
+        with run_lock(options.output, options.command):
+            async with _open_ledger(options.output) as ledger, \
+                    open_services(config, scratch_root=scratch_root) as (env, info):
                 isolation = env.sandbox.isolation.describe()
                 run = _Run(config, options, env, ledger, counters)
                 try:

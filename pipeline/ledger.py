@@ -74,18 +74,30 @@ class Ledger:
         self._journal: TextIO | None = None
 
     @classmethod
-    @contextmanager
-    def open(cls, directory: Path) -> Iterator[Ledger]:
-        """Load the ledger and keep its journal open for appends; folds the journal into the snapshot on exit."""
+    def load(cls, directory: Path) -> Ledger:
+        """Read the ledger and open its journal for appends. Blocking: call it from a worker thread."""
         ledger = cls(directory)
         ledger._load()
+        directory.mkdir(parents=True, exist_ok=True)
         ledger._journal = (directory / JOURNAL).open("a", encoding="utf-8")
+        return ledger
+
+    def close(self) -> None:
+        """Close the journal and fold it into the snapshot. Blocking."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self.compact()
+
+    @classmethod
+    @contextmanager
+    def open(cls, directory: Path) -> Iterator[Ledger]:
+        """:meth:`load` and :meth:`close` around a block (for synchronous callers)."""
+        ledger = cls.load(directory)
         try:
             yield ledger
         finally:
-            ledger._journal.close()
-            ledger._journal = None
-            ledger.compact()
+            ledger.close()
 
     def _records(self) -> Iterator[dict[str, Any]]:
         for name in (SNAPSHOT, JOURNAL):
