@@ -83,7 +83,7 @@ class TqdmReporter:
         bar = self._bar
         assert isinstance(bar, tqdm)
         bar.total = counters.discovered if counters.discovery_finished else None
-        bar.n = counters.done + counters.skipped
+        bar.update(counters.done + counters.skipped - bar.n)  # update(), not n=, so tqdm's rate is right
         bar.set_postfix_str(
             f"ok {counters.verified} fail {counters.failed} | uni {counters.stage_verified['unidiomatic']}"
             f"/{counters.stage_failed['unidiomatic']} idi {counters.stage_verified['idiomatic']}"
