@@ -201,6 +201,18 @@ def _wait_for(predicate: Any, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+def _signal_when(proc: subprocess.Popen[str], condition: Any, signum: int) -> str:
+    """Send ``signum`` to the run once ``condition()`` holds; wait for it to end; return its stderr."""
+    try:
+        _wait_for(condition)
+        proc.send_signal(signum)
+        _stdout, stderr = proc.communicate(timeout=60)
+        return stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def _finished(out: Path) -> set[str]:
     """Task ids the ledger records as finished (its snapshot and its journal)."""
     done: set[str] = set()
@@ -222,13 +234,7 @@ def test_interrupted_run_resumes_without_redoing_finished_tasks(
     sim, url = simulator_factory(load=LoadModel(capacity=2, latency=0.15, decode_per_token=0.0))
     out = tmp_path / "out"
     proc = _start_run(cli, corpus, out, url, "--workers", "2")
-    try:
-        _wait_for(lambda: len(_finished(out)) >= 2)
-        proc.send_signal(signal.SIGINT)
-        _stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    stderr = _signal_when(proc, lambda: len(_finished(out)) >= 2, signal.SIGINT)
     assert proc.returncode == 130, stderr
     done = _finished(out)
     assert 2 <= len(done) < len(names)
@@ -289,13 +295,7 @@ def test_killed_run_leaves_nothing_a_rerun_would_trust(cli: Cli, simulator_facto
     sim, url = simulator_factory(load=LoadModel(capacity=2, latency=0.15, decode_per_token=0.0))
     out = tmp_path / "out"
     proc = _start_run(cli, corpus, out, url, "--workers", "2")
-    try:
-        _wait_for(lambda: len(_finished(out)) >= 2)
-        proc.kill()
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _signal_when(proc, lambda: len(_finished(out)) >= 2, signal.SIGKILL)
     done = _finished(out)
     assert len(done) < len(names)
     sim.reset_log()
@@ -339,13 +339,7 @@ def test_killed_run_leaves_no_process_and_next_run_removes_its_scratch(
     _sim, url = simulator_factory(answers_dir=corpus.answers)
     proc = _start_run(cli, corpus.corpus, tmp_path / "out", url, "--test-timeout", "120")
     tag = f"c2rust-sandbox-{proc.pid}-"
-    try:
-        _wait_for(lambda: len([p for p in _run_processes(tag) if "/main" in p]) >= 2)
-        proc.kill()
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _signal_when(proc, lambda: len([p for p in _run_processes(tag) if "/main" in p]) >= 2, signal.SIGKILL)
     _wait_for(lambda: not _run_processes(tag), timeout=10)
     leftovers = [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(tag)]
     assert leftovers, "expected the killed run's scratch directory to be left behind"
