@@ -100,6 +100,7 @@ class ToolchainSettings:
     edition: str = "2021"
     libc_source: str = ""  # empty: find Debian's librust-libc-dev under /usr/share/cargo/registry
     cache_dir: str = ""  # empty: $XDG_CACHE_HOME/c2rust-batch or ~/.cache/c2rust-batch
+    compile_cache: bool = True  # false: every build runs rustc (benchmarks); the libc rlib is still cached
     compile_timeout: float = 120.0
     compile_memory_mb: int = 4096
     clippy: bool = True
@@ -173,6 +174,7 @@ _KEYS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("toolchain", "edition"): ("toolchain", "edition", "str"),
     ("toolchain", "libc_source"): ("toolchain", "libc_source", "str"),
     ("toolchain", "cache_dir"): ("toolchain", "cache_dir", "str"),
+    ("toolchain", "compile_cache"): ("toolchain", "compile_cache", "bool"),
     ("toolchain", "compile_timeout"): ("toolchain", "compile_timeout", "float"),
     ("toolchain", "compile_memory_mb"): ("toolchain", "compile_memory_mb", "int"),
     ("toolchain", "clippy"): ("toolchain", "clippy", "bool"),

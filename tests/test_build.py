@@ -20,7 +20,7 @@ from pipeline.build import (
     mask_comments_and_strings,
     unsafe_stats,
 )
-from pipeline.config import SandboxSettings, ToolchainSettings
+from pipeline.config import SandboxSettings, ToolchainSettings, load_config
 from pipeline.errors import ConfigError
 from pipeline.sandbox import Limits, Sandbox
 
@@ -130,6 +130,36 @@ async def test_second_build_of_the_same_source_is_cached(toolchain: Toolchain, t
         False, failed.diagnostics, failed.error_count,
     )
     assert not (second_dir / f"{BINARY_NAME}.rs").exists()  # nothing was compiled the second time
+
+
+async def test_without_the_compile_cache_every_build_runs_rustc_and_nothing_is_stored(
+    toolchain: Toolchain, cache_dir: Path, tmp_path: Path
+) -> None:
+    """compile_cache = false: repeated sources are compiled again, and a caching toolchain finds no entry."""
+    uncached = await Toolchain.prepare(ToolchainSettings(cache_dir=str(cache_dir), compile_cache=False, clippy=False))
+    good, bad = unique(GOOD), unique(TYPE_ERROR)
+    dirs = [tmp_path / name for name in ("a", "b", "c", "d", "e")]
+    for d in dirs:
+        d.mkdir()
+    first, second = await uncached.build(good, dirs[0]), await uncached.build(good, dirs[1])
+    assert first.ok and second.ok and not first.cached and not second.cached
+    assert second.binary == dirs[1] / BINARY_NAME and (dirs[1] / f"{BINARY_NAME}.rs").is_file()
+    failed, failed_again = await uncached.build(bad, dirs[2]), await uncached.build(bad, dirs[3])
+    assert not failed.ok and not failed.cached and not failed_again.cached
+    assert failed_again.diagnostics == failed.diagnostics
+    assert not (await toolchain.build(good, dirs[4])).cached
+    assert not (await toolchain.build(bad, dirs[4])).cached
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("", True, id="default-on"),
+    pytest.param("[toolchain]\ncompile_cache = false\n", False, id="off-in-sactor-toml"),
+])
+def test_compile_cache_setting_is_read_from_sactor_toml(tmp_path: Path, text: str, expected: bool) -> None:
+    """[toolchain] compile_cache is a boolean key of sactor.toml, on unless set to false."""
+    path = tmp_path / "sactor.toml"
+    path.write_text(text)
+    assert load_config(path, environ={}).toolchain.compile_cache is expected
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,160 @@
+"""CPU cost of one compile and one test run, measured alone, one at a time, before a benchmark run.
+
+The programs are the ones the simulator writes for the corpus's tasks (rendered here with its own
+``directive.render`` and extracted with ``pipeline.extract``), compiled with the pipeline's toolchain (compile
+cache off) and tested with the pipeline's test runner, both through the sandbox (as the pipeline runs them)
+and as a plain subprocess (as the baselines run them). CPU time is the children's (rustc, the linker, the
+sandbox helper and the program) plus this process's own share (event loop, sandbox bookkeeping).
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from pipeline.build import Toolchain
+from pipeline.config import SandboxSettings, ToolchainSettings
+from pipeline.extract import extract_rust
+from pipeline.sandbox import Sandbox
+from pipeline.simulator.directive import find_directive, render
+from pipeline.task import Task
+from pipeline.testing import load_test_suite, normalize_output, run_test_suite
+
+from .common import ROOT, TaskPlan
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Median wall and CPU seconds of one operation over ``samples`` runs."""
+
+    wall: float
+    cpu: float
+    samples: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"wall_seconds": round(self.wall, 4), "cpu_seconds": round(self.cpu, 4), "samples": self.samples}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """``compile_ok``/``compile_error``: the simulator's programs; ``compile_typical``: the bundled examples'
+    verified translations (examples/answers, 20 to 110 lines using libc), the "typical task" of the targets."""
+
+    compile_ok: Cost
+    compile_error: Cost
+    test_sandboxed: Cost
+    test_plain: Cost
+    compile_typical: Cost
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v.as_dict() for k, v in self.__dict__.items()}
+
+
+def program(plan: TaskPlan, stage: str, attempt: int) -> str:
+    """The Rust program the simulator sends for ``plan`` at ``stage``/``attempt``."""
+    directive = find_directive(plan.directive())
+    assert directive is not None
+    text, finish = render(directive, stage, attempt)
+    code = extract_rust(text, truncated=finish == "length").code
+    assert code is not None, f"{plan.name} {stage} {attempt}: no code"
+    return code
+
+
+def _cpu_now() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+async def _measure(fn: Callable[[], Awaitable[T]]) -> tuple[T, float, float]:
+    cpu0, wall0 = _cpu_now(), time.perf_counter()
+    value = await fn()
+    return value, time.perf_counter() - wall0, _cpu_now() - cpu0
+
+
+def _median(pairs: Sequence[tuple[float, float]]) -> Cost:
+    return Cost(statistics.median(w for w, _ in pairs), statistics.median(c for _, c in pairs), len(pairs))
+
+
+async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path) -> Calibration:
+    settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=False, clippy=False)
+    toolchain = await Toolchain.prepare(settings)
+    ok: list[tuple[float, float]] = []
+    err: list[tuple[float, float]] = []
+    sandboxed: list[tuple[float, float]] = []
+    plain: list[tuple[float, float]] = []
+    async with Sandbox.open(SandboxSettings()) as sandbox:
+        limits = sandbox.limits(wall_seconds=60.0, output_bytes=40_000)
+        await _warm_up(toolchain, plans[0])
+        for plan in plans:
+            task = Task(plan.name, corpus / f"{plan.name}.c", corpus / f"{plan.name}.json")
+            suite = load_test_suite(task)
+            good = program(TaskPlan(plan.name, plan.directive_id, stdout=plan.stdout, tokens=plan.tokens),
+                           "unidiomatic", 1)
+            bad = program(TaskPlan(plan.name, plan.directive_id, ("compile_error",), stdout=plan.stdout,
+                                   tokens=plan.tokens), "unidiomatic", 1)
+            async with sandbox.build_dir() as out_dir:
+                built, wall, cpu = await _measure(partial(toolchain.build, good, out_dir))
+                assert built.ok and built.binary is not None, built.diagnostics
+                ok.append((wall, cpu))
+                verdict, wall, cpu = await _measure(
+                    partial(run_test_suite, built.binary, suite, sandbox=sandbox, limits=limits))
+                assert verdict.passed, verdict.feedback()
+                sandboxed.append((wall, cpu))
+                sample = suite.cases[0].sample
+                assert sample is not None
+                _, wall, cpu = await _measure(
+                    partial(anyio.to_thread.run_sync, _plain_run, built.binary, sample.input))
+                plain.append((wall, cpu))
+            with tempfile.TemporaryDirectory() as tmp:
+                failed, wall, cpu = await _measure(partial(toolchain.build, bad, Path(tmp)))
+                assert not failed.ok
+                err.append((wall, cpu))
+        typical: list[tuple[float, float]] = []
+        for source in typical_programs():
+            async with sandbox.build_dir() as out_dir:
+                built, wall, cpu = await _measure(partial(toolchain.build, source, out_dir))
+                if built.ok:
+                    typical.append((wall, cpu))
+    return Calibration(_median(ok), _median(err), _median(sandboxed), _median(plain), _median(typical))
+
+
+def typical_programs() -> list[str]:
+    """The last (verified) answer of each stage of each bundled example task."""
+    programs = []
+    for task_dir in sorted((ROOT / "examples" / "answers").iterdir()):
+        for stage in ("unidiomatic", "idiomatic"):
+            answers = sorted(task_dir.glob(f"{stage}-*.md"))
+            if answers:
+                code = extract_rust(answers[-1].read_text()).code
+                if code is not None:
+                    programs.append(code)
+    return programs
+
+
+def _plain_run(binary: Path, stdin: str) -> bool:
+    proc = subprocess.run([str(binary)], input=(stdin + "\n").encode(), capture_output=True, timeout=60)
+    return bool(normalize_output(proc.stdout.decode() + proc.stderr.decode()))
+
+
+async def _warm_up(toolchain: Toolchain, plan: TaskPlan) -> None:
+    """One unmeasured build, so that page-cache misses of rustc and the libc rlib are not in the figures."""
+    with tempfile.TemporaryDirectory() as tmp:
+        await toolchain.build(program(plan, "unidiomatic", 1) + "\n// warm-up\n", Path(tmp))
+
+
+def calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path) -> Calibration:
+    """Compile and test the programs of ``plans`` one at a time and return the median costs."""
+    return anyio.run(_calibrate, plans, corpus, cache_dir)
