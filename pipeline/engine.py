@@ -23,7 +23,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from .ledger import Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
-from .results import TaskResult, atomic_write_text, render_table, totals, write_task_results
+from .results import TaskResult, atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task
@@ -311,9 +311,14 @@ def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
 def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerInfo | None, isolation: str,
                    started: float, state: dict[str, Any]) -> dict[str, Any]:
     ledger = run.ledger
-    ledger_records = [r for r in ledger.latest() if r["task_id"] in run.seen]
-    for record in ledger_records:
-        record.pop("recorded_at", None)
+
+    def records() -> Iterator[dict[str, Any]]:
+        # Streamed from the ledger on disk, so the summary costs no memory per task.
+        for record in ledger.latest():
+            if record["task_id"] in run.seen:
+                record.pop("recorded_at", None)
+                yield record
+
     summary: dict[str, Any] = {
         "run": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
@@ -329,13 +334,17 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
         "server": {"base_url": config.model.base_url, "model": config.model.model,
                    "max_model_len": info.max_model_len if info else None},
         "config": config.public(),
-        "totals": totals(ledger_records),
+        "totals": totals(records()),
         "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},
         "skipped_unchanged": run.counters.skipped,
         "orphans": [{"path": str(o.path), "reason": o.reason} for o in run.orphans],
-        "tasks": ledger_records,
     }
-    atomic_write_text(options.output / "batch_summary.json", json.dumps(summary, indent=2) + "\n")
+    head = json.dumps(summary, indent=2)
+    with atomic_writer(options.output / "batch_summary.json") as fh:
+        fh.write(head[:-2] + ',\n  "tasks": [')
+        for number, record in enumerate(records()):
+            fh.write(("," if number else "") + "\n    " + json.dumps(record))
+        fh.write("\n  ]\n}\n")
     return summary
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import DiskFull, RunLocked
-from .results import atomic_write_text
+from .results import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,9 @@ class Ledger:
             if journal.exists():
                 journal.unlink()
             return
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.latest())
-        atomic_write_text(self.directory / SNAPSHOT, text)
+        with atomic_writer(self.directory / SNAPSHOT) as fh:
+            for record in self.latest():
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         journal.unlink()
 
 

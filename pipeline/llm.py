@@ -599,6 +599,11 @@ class ModelClient:
         context = self._info.max_model_len if self._info is not None else None
         if context is None:
             return configured
+        # A byte-level tokenizer never makes more tokens than UTF-8 bytes: when even that bound leaves room for
+        # the configured max_tokens, counting exactly (a /tokenize round trip per request) changes nothing.
+        bound = sum(len(m.get("content", "").encode()) + 8 for m in messages)
+        if bound + configured + self._settings.context_margin <= context:
+            return configured
         prompt, how = await self._count_prompt(messages)
         budget = min(configured, context - prompt - self._settings.context_margin)
         floor = min(configured, max(MIN_COMPLETION_TOKENS, configured // MIN_COMPLETION_SHARE))

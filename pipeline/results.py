@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 
@@ -93,28 +94,36 @@ class TaskResult:
         return None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a half.
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[TextIO]:
+    """A text file that appears at ``path`` whole when the block ends, or not at all if it fails.
 
+    For large files written piece by piece (summaries, ledger snapshots) without holding them in memory.
     Raises DiskFull when the disk is full; other OSErrors propagate.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if exc.errno == 28:  # ENOSPC
+        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
             raise DiskFull(f"no space left on the device while writing {path}: free some space and rerun; "
                            "finished tasks are kept") from exc
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a half."""
+    with atomic_writer(path) as fh:
+        fh.write(text)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

@@ -305,6 +305,21 @@ async def test_max_tokens_sent_is_the_smaller_of_configured_and_what_the_context
     assert chat_bodies(sim)[0]["max_tokens"] == min(configured, 8192 - counted - 32)
 
 
+@pytest.mark.parametrize(("max_model_len", "tokenize_calls"), [
+    pytest.param(32768, 0, id="roomy-context-skips-tokenize"),
+    pytest.param(4000, 1, id="tight-context-counts-exactly"),
+])
+async def test_tokenize_is_asked_only_when_the_prompt_might_not_fit(max_model_len: int, tokenize_calls: int) -> None:
+    """A prompt whose byte count plus max_tokens fits the context is sent without a /tokenize round trip."""
+    sim, fake = make_sim(max_model_len=max_model_len), FakeTime()
+    prompt = [{"role": "user", "content": "u" * 3000}]
+    async with sim.serve() as url, client_for(url, fake, max_tokens=1024) as llm:
+        sim.reset_log()
+        await llm.complete(prompt)
+    assert sum(r.path == "/tokenize" for r in sim.requests) == tokenize_calls
+    assert chat_bodies(sim)[0]["max_tokens"] == 1024
+
+
 # --------------------------------------------------------------------------------------------------
 # answers: usage, truncation, streaming
 
