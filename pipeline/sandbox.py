@@ -568,6 +568,7 @@ class Sandbox:
             raw = await _execute(
                 cmd, cwd=Path(cwd), env=full_env, stdin=stdin, limits=limits, pass_fds=(pipe.write_fd,),
                 after_spawn=pipe.close_write, sweep=lambda: _sweep(uid=uid, marker=marker),
+                pid_namespace=mode.unshare is not None and "--pid" in mode.unshare,
             )
             status = pipe.read_status()
         return raw.result(tuple(argv), status, limits), status
@@ -741,6 +742,7 @@ async def _execute(
     pass_fds: tuple[int, ...],
     after_spawn: Callable[[], None],
     sweep: Callable[[], int] | None,
+    pid_namespace: bool = False,
 ) -> _Raw:
     """Start ``cmd`` in a new session, read its output with a cap, and kill its tree when done, whatever
     happened (deadline, output cap, or the caller being cancelled)."""
@@ -778,7 +780,7 @@ async def _execute(
         killed = timed_out or exceeded
     finally:
         with anyio.CancelScope(shield=True):
-            await _kill_tree(proc, sweep)
+            await _kill_tree(proc, sweep, pid_namespace=pid_namespace)
     return _Raw(
         proc.returncode, bytes(out.data), bytes(err.data), timed_out, exceeded, killed, time.monotonic() - started
     )
@@ -805,8 +807,16 @@ async def _feed(stream: anyio.abc.ByteSendStream, data: bytes) -> None:
         pass  # the program did not read all of its input; that is its business
 
 
-async def _kill_tree(proc: anyio.abc.Process, sweep: Callable[[], int] | None) -> None:
-    """SIGKILL the process group, reap the leader, then sweep stragglers that left the group."""
+async def _kill_tree(
+    proc: anyio.abc.Process, sweep: Callable[[], int] | None, *, pid_namespace: bool = False
+) -> None:
+    """SIGKILL the process group, reap the leader, then sweep stragglers that left the group.
+
+    When unshare exited by itself, it had waited for the namespace's init, whose exit the kernel completes
+    only after every process of the namespace is gone: nothing can be left, so the /proc sweep is skipped.
+    """
+    if pid_namespace and proc.returncode is not None:
+        sweep = None
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     with anyio.move_on_after(10):
