@@ -49,7 +49,7 @@ from pipeline.extract import extract_rust
 from pipeline.llm import estimate_tokens
 from pipeline.prompts import Message, Turn, conversation, idiomatic_prompt, unidiomatic_prompt
 from pipeline.sandbox import Sandbox
-from pipeline.stages import FEEDBACK_CHARS, unsafe_line
+from pipeline.stages import FEEDBACK_CHARS, build_failure, refusal
 from pipeline.task import Task
 from pipeline.testing import TestSuite, normalize_output, run_test_suite
 from pipeline.translate import load_inputs
@@ -174,22 +174,17 @@ def _run_case_plain(binary: Path, suite: TestSuite, index: int, cwd: Path, timeo
 
 def verify(ctx: Context, stage: str, code: str, suite: TestSuite) -> tuple[str, str, str]:
     """Refuse, build and test one candidate: (kind, one-line message, feedback for the model)."""
-    if stage == "idiomatic":
-        line = unsafe_line(code)
-        if line is not None:
-            msg = f"the idiomatic program uses `unsafe` (line {line}); it was rejected without compiling"
-            return "refused", msg, msg + ". Rewrite it in safe Rust: no unsafe, no libc, no raw pointers."
+    refused = refusal(stage, code)
+    if refused is not None:
+        return refused
     if ctx.sandbox is not None and ctx.portal is not None:
         return _verify_sandboxed(ctx, ctx.sandbox, ctx.portal, code, suite)
     with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
         out_dir = Path(tmp)
         build = anyio.run(functools.partial(ctx.toolchain.build, code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS))
-        if build.refused:
-            return "refused", build.refused, build.refused
-        if not build.ok or build.binary is None:
-            count = f"{build.error_count} error{'s' if build.error_count != 1 else ''}"
-            return ("compile_error", f"the program does not compile ({count})",
-                    f"The compiler reported:\n{build.diagnostics}")
+        failed = build_failure(build)
+        if failed is not None or build.binary is None:
+            return failed or ("compile_error", "no binary was produced", "")
         translation = ctx.config.translation
         failures = []
         for index in range(len(suite.cases)):
@@ -208,12 +203,9 @@ def _verify_sandboxed(ctx: Context, sandbox: Sandbox, portal: BlockingPortal, co
     """Build and test as the pipeline does (sandbox build dir, run_test_suite), one whole task per thread."""
     with portal.wrap_async_context_manager(sandbox.build_dir()) as out_dir:
         build = anyio.run(functools.partial(ctx.toolchain.build, code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS))
-        if build.refused:
-            return "refused", build.refused, build.refused
-        if not build.ok or build.binary is None:
-            count = f"{build.error_count} error{'s' if build.error_count != 1 else ''}"
-            return ("compile_error", f"the program does not compile ({count})",
-                    f"The compiler reported:\n{build.diagnostics}")
+        failed = build_failure(build)
+        if failed is not None or build.binary is None:
+            return failed or ("compile_error", "no binary was produced", "")
         translation = ctx.config.translation
         limits = sandbox.limits(wall_seconds=translation.test_timeout, output_bytes=translation.output_byte_limit)
         verdict = portal.call(functools.partial(run_test_suite, build.binary, suite, sandbox=sandbox, limits=limits))

@@ -319,32 +319,37 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
                 record.pop("recorded_at", None)
                 yield record
 
-    summary: dict[str, Any] = {
-        "run": {
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-            "wall_seconds": round(time.time() - started, 3),
-            "c_files": str(options.c_dir),
-            "json_files": str(options.json_dir),
-            "output": str(options.output),
-            "interrupted": state["interrupted"],
-            "stopped_by": str(state["fatal"]) if state["fatal"] else None,
-            "settings_fingerprint": run.fingerprint,
-            "sandbox": isolation,
-        },
-        "server": {"base_url": config.model.base_url, "model": config.model.model,
-                   "max_model_len": info.max_model_len if info else None},
-        "config": config.public(),
-        "totals": totals(records()),
-        "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},
-        "skipped_unchanged": run.counters.skipped,
-        "orphans": [{"path": str(o.path), "reason": o.reason} for o in run.orphans],
-    }
-    head = json.dumps(summary, indent=2)
     with atomic_writer(options.output / "batch_summary.json") as fh:
-        fh.write(head[:-2] + ',\n  "tasks": [')
-        for number, record in enumerate(records()):
-            fh.write(("," if number else "") + "\n    " + json.dumps(record))
-        fh.write("\n  ]\n}\n")
+        # One pass over the ledger: each task is written as it streams by and counted on the way.
+        fh.write('{\n  "tasks": [')
+
+        def written() -> Iterator[dict[str, Any]]:
+            for number, record in enumerate(records()):
+                fh.write(("," if number else "") + "\n    " + json.dumps(record))
+                yield record
+
+        task_totals = totals(written())
+        summary: dict[str, Any] = {
+            "run": {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                "wall_seconds": round(time.time() - started, 3),
+                "c_files": str(options.c_dir),
+                "json_files": str(options.json_dir),
+                "output": str(options.output),
+                "interrupted": state["interrupted"],
+                "stopped_by": str(state["fatal"]) if state["fatal"] else None,
+                "settings_fingerprint": run.fingerprint,
+                "sandbox": isolation,
+            },
+            "server": {"base_url": config.model.base_url, "model": config.model.model,
+                       "max_model_len": info.max_model_len if info else None},
+            "config": config.public(),
+            "totals": task_totals,
+            "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},
+            "skipped_unchanged": run.counters.skipped,
+            "orphans": [{"path": str(o.path), "reason": o.reason} for o in run.orphans],
+        }
+        fh.write("\n  ]," + json.dumps(summary, indent=2)[1:] + "\n")
     return summary
 
 

@@ -104,13 +104,32 @@ class _Check:
     test_seconds: float = 0.0
 
 
-async def _verify(env: StageEnv, stage: StageName, code: str, suite: TestSuite) -> _Check:
-    """Refuse, build and test one candidate program."""
+def refusal(stage: str, code: str) -> tuple[AttemptKind, str, str] | None:
+    """(kind, message, feedback) when a candidate is rejected before compiling, else None."""
     if stage == "idiomatic":
         line = unsafe_line(code)
         if line is not None:
             msg = f"the idiomatic program uses `unsafe` (line {line}); it was rejected without compiling"
-            return _Check("refused", msg, msg + ". Rewrite it in safe Rust: no unsafe, no libc, no raw pointers.")
+            return "refused", msg, msg + ". Rewrite it in safe Rust: no unsafe, no libc, no raw pointers."
+    return None
+
+
+def build_failure(build: BuildResult) -> tuple[AttemptKind, str, str] | None:
+    """(kind, message, feedback) when a build was refused or failed, else None."""
+    if build.refused:
+        return "refused", build.refused, build.refused
+    if not build.ok or build.binary is None:
+        count = f"{build.error_count} error{'s' if build.error_count != 1 else ''}"
+        return ("compile_error", f"the program does not compile ({count})",
+                f"The compiler reported:\n{build.diagnostics}")
+    return None
+
+
+async def _verify(env: StageEnv, stage: StageName, code: str, suite: TestSuite) -> _Check:
+    """Refuse, build and test one candidate program."""
+    refused = refusal(stage, code)
+    if refused is not None:
+        return _Check(*refused)
     limits = env.sandbox.limits(
         wall_seconds=env.config.translation.test_timeout,
         output_bytes=env.config.translation.output_byte_limit,
@@ -118,14 +137,10 @@ async def _verify(env: StageEnv, stage: StageName, code: str, suite: TestSuite) 
     async with env.sandbox.build_dir() as out_dir:
         async with env.cpu:
             build: BuildResult = await env.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS)
-        if build.refused:
-            return _Check("refused", build.refused, build.refused, build.seconds)
-        if not build.ok or build.binary is None:
-            count = f"{build.error_count} error{'s' if build.error_count != 1 else ''}"
-            return _Check(
-                "compile_error", f"the program does not compile ({count})",
-                f"The compiler reported:\n{build.diagnostics}", build.seconds,
-            )
+        failed = build_failure(build)
+        if failed is not None or build.binary is None:
+            kind, message, feedback = failed or ("compile_error", "no binary was produced", "")
+            return _Check(kind, message, feedback, build.seconds)
         started = time.perf_counter()
         async with env.cpu:
             verdict: TestVerdict = await run_test_suite(build.binary, suite, sandbox=env.sandbox, limits=limits)
