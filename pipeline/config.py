@@ -44,6 +44,17 @@ DEFAULT_SYSTEM_MESSAGE = (
 )
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any credentials (``http://user:pass@host``) replaced by ``***``: the form to log or store."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
 @dataclass(frozen=True)
 class ModelSettings:
     """Where the model is and how we sample it (``[VLLM]``)."""
@@ -54,6 +65,11 @@ class ModelSettings:
     max_tokens: int = 8192
     temperature: float = 0.0
     backend: str = "VLLM"
+
+    @property
+    def public_url(self) -> str:
+        """``base_url`` without credentials: the only form of it that logs, messages and summaries show."""
+        return redact_url(self.base_url)
 
 
 @dataclass(frozen=True)
