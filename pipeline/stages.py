@@ -7,7 +7,6 @@ errors (the model server gone past its outage budget, a full disk) propagate, an
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +14,13 @@ from typing import Any, Literal
 
 import anyio
 
-from .build import BuildResult, Toolchain, mask_comments_and_strings
+from .build import BuildResult, Toolchain
 from .config import Config
 from .errors import TaskFailure
 from .extract import extract_rust
 from .llm import ModelClient, Usage
 from .prompts import Turn, conversation, idiomatic_prompt, unidiomatic_prompt
+from .rust_source import first_unsafe_line
 from .sandbox import Sandbox
 from .testing import TestSuite, TestVerdict, run_test_suite
 
@@ -33,16 +33,6 @@ AttemptKind = Literal[
 
 #: Feedback longer than this is trimmed: the compiler and test output must not crowd out the program.
 FEEDBACK_CHARS = 6000
-
-_UNSAFE = re.compile(r"\bunsafe\b")
-
-
-def unsafe_line(code: str) -> int | None:
-    """The first line that uses `unsafe` outside comments and string literals, or None."""
-    masked = mask_comments_and_strings(code)
-    match = _UNSAFE.search(masked)
-    return masked.count("\n", 0, match.start()) + 1 if match else None
-
 
 @dataclass(frozen=True)
 class Attempt:
@@ -108,7 +98,7 @@ class _Check:
 def refusal(stage: str, code: str) -> tuple[AttemptKind, str, str] | None:
     """(kind, message, feedback) when a candidate is rejected before compiling, else None."""
     if stage == "idiomatic":
-        line = unsafe_line(code)
+        line = first_unsafe_line(code)
         if line is not None:
             msg = f"the idiomatic program uses `unsafe` (line {line}); it was rejected without compiling"
             return "refused", msg, msg + ". Rewrite it in safe Rust: no unsafe, no libc, no raw pointers."
