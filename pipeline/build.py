@@ -35,7 +35,7 @@ import anyio
 from .config import ToolchainSettings
 from .errors import ConfigError
 from .rust_source import forbidden_constructs, unsafe_stats
-from .sandbox import Limits, ProcessResult, run_process
+from .sandbox import Limits, ProcessResult, run_process, tool_env
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -213,7 +213,7 @@ class Toolchain:
                 f"[toolchain] rustc = {settings.rustc!r} was not found: install Rust (rustup, or apt-get install "
                 f"rustc) or set [toolchain] rustc to the compiler's path"
             )
-        env = _tool_env()
+        env = tool_env()
         quick = Limits(wall_seconds=60.0, memory_bytes=2 << 30, output_bytes=200_000)
         here = Path(tempfile.gettempdir())
         vv = await run_process([found, "-vV"], cwd=here, limits=quick, env=env)
@@ -360,14 +360,6 @@ class Toolchain:
                 else _describe_failure(result, "clippy-driver")[:500]
             )
         return stats
-
-
-def _tool_env() -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
-    for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    return env
 
 
 def _find_libc_source(settings: ToolchainSettings) -> Path:

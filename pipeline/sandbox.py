@@ -531,6 +531,15 @@ class Sandbox:
         raise OSError(errno.EAGAIN, "no free uid for a sandboxed run")
 
 
+def tool_env() -> dict[str, str]:
+    """The environment trusted tools get: PATH, HOME, the rustup variables when set, LC_ALL=C."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
+    for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -548,10 +557,7 @@ async def run_process(
     if not argv:
         raise ValueError("empty argv")
     if env is None:
-        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
-        for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
-            if os.environ.get(name):
-                env[name] = os.environ[name]
+        env = tool_env()
     pipe = _StatusPipe()
     config = {
         "fd": pipe.write_fd,
