@@ -89,8 +89,9 @@ def test_a_server_stopping_like_vllm_on_sigterm_stops_the_run_with_exit_3(cli: C
     (cli.cwd / "sactor.toml").write_text(
         "[pipeline]\nretry_max_wait = 0.05\nrequest_timeout = 300\noutage_budget = 2\n")
     out = tmp_path / "out"
-    sim = Simulator(SimConfig(load=LoadModel(capacity=2, latency=0.5), faults=FaultPlan(script=("ok", "ok",
-                                                                                               "shutdown"))))
+    # The first two tasks ask at once: the first request is generating when the second starts the shutdown, so
+    # both hang and no request of this run ever sees an error.
+    sim = Simulator(SimConfig(load=LoadModel(capacity=2, latency=3.0), faults=FaultPlan(script=("ok", "shutdown"))))
     with sim.running() as url:
         started = time.monotonic()
         proc = _start_run(cli, corpus, out, url, "--workers", "2")
