@@ -160,3 +160,19 @@ async def test_check_never_shows_credentials_in_the_url(closed_port: int) -> Non
     for report in (good, bad):
         shown = repr(report) + "\n".join(report.lines())
         assert "pa55word" not in shown and "admin" not in shown
+
+
+async def test_check_reports_a_server_that_accepts_but_never_answers() -> None:
+    """Something listens but never answers GET /models: reported as such (with the fix), not 'cannot connect'."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # the kernel completes connections; nobody ever reads or answers them
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+        settings = Config(model=ModelSettings(base_url=url, model="sim-model"),
+                          client=ClientSettings(retry_max_wait=0.05, request_timeout=0.5))
+        report = await run_check(settings)
+    assert not report.ok and report.error is not None
+    assert report.error.startswith(
+        f"GET /models: the server at {url} accepted the connection but sent no answer within 0.5 s")
+    assert "is vLLM still loading the model, or is another program listening there?" in report.error
+    assert "cannot connect" not in report.error
