@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -752,15 +753,24 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     return line
 
 
+@contextlib.contextmanager
+def simulator_process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m pipeline.simulator ARGS` in its own session, killed with its group if still running at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.simulator", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_cli_prints_the_listening_line_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     """`python -m pipeline.simulator --port 0` prints one line when ready and stops cleanly on SIGTERM."""
     log_path = tmp_path / "cli.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.simulator", "--port", "0", "--model", "cli-model",
-         "--max-model-len", "512", "--log", str(log_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    try:
+    with simulator_process("--port", "0", "--model", "cli-model", "--max-model-len", "512",
+                           "--log", str(log_path)) as proc:
         line = read_line(proc, timeout=20).decode()
         match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
         assert match, line
@@ -768,10 +778,6 @@ def test_cli_prints_the_listening_line_and_exits_0_on_sigterm(tmp_path: Path) ->
             assert c.get("/models").json()["data"][0]["max_model_len"] == 512
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, stderr
     assert stdout == b""
     assert len(log_path.read_text().splitlines()) == 1
@@ -793,11 +799,7 @@ def test_a_stopped_simulator_restarts_on_the_same_port() -> None:
 
 def test_cli_on_sigterm_hang_refuses_connections_until_a_second_signal(tmp_path: Path) -> None:
     """`--on-sigterm hang`: the first SIGTERM closes the listener as vLLM does; the second one exits 0."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.simulator", "--port", "0", "--on-sigterm", "hang", "--compat", "legacy"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    try:
+    with simulator_process("--port", "0", "--on-sigterm", "hang", "--compat", "legacy") as proc:
         url = read_line(proc, timeout=20).decode().split()[-1]
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         with client_for(url) as c:
@@ -814,8 +816,4 @@ def test_cli_on_sigterm_hang_refuses_connections_until_a_second_signal(tmp_path:
         assert refused and proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, stderr
