@@ -702,8 +702,8 @@ async def test_credentials_in_the_url_never_show(caplog: pytest.LogCaptureFixtur
 
 
 @pytest.mark.parametrize(("body", "expected"), [
-    pytest.param({"error": {"message": "max_tokens=9000 cannot be greater than max_model_len=max_total_tokens=4096. "
-                            "Please request fewer output tokens.", "type": "Bad Request", "param": None,
+    pytest.param({"error": {"message": "max_tokens=9000 cannot be greater than max_model_len=4096. "
+                            "Please request fewer output tokens.", "type": "BadRequestError", "param": "max_tokens",
                             "code": 400}},
                  "[VLLM] max_tokens 9000 is larger than the model's whole context of 4096 tokens", id="0.32-nested"),
     pytest.param({"object": "error", "message": "'max_tokens' or 'max_completion_tokens' is too large: 8000. This "
@@ -712,7 +712,7 @@ async def test_credentials_in_the_url_never_show(caplog: pytest.LogCaptureFixtur
                  "max_tokens 8000 + prompt 2778 exceeds the model's context of 4096", id="older-flat"),
     pytest.param({"error": {"message": "This model's maximum context length is 4096 tokens. However, your request "
                             "has at least 4097 input tokens. Please reduce the length of the input messages.",
-                            "type": "Bad Request", "param": None, "code": 400}},
+                            "type": "BadRequestError", "param": "input_tokens", "code": 400}},
                  "the prompt alone (at least 4097 tokens) does not fit the model's context of 4096 tokens",
                  id="0.32-at-least"),
 ])

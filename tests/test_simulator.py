@@ -372,8 +372,8 @@ PROMPT_54 = [{"role": "user", "content": "x" * 200}]  # 50 + 4 tokens
     pytest.param("0.32", [{"role": "user", "content": "x" * 384}], 10, 400,
                  "max_tokens must be at least 1, got 0.", id="0.32-prompt-exactly-max-model-len"),
     pytest.param("0.32", PROMPT_54, 101, 400,
-                 "max_tokens=101 cannot be greater than max_model_len=max_total_tokens=100. Please request "
-                 "fewer output tokens.", id="0.32-max-tokens-over-max-model-len"),
+                 "max_tokens=101 cannot be greater than max_model_len=100. Please request fewer output tokens.",
+                 id="0.32-max-tokens-over-max-model-len"),
     pytest.param("legacy", PROMPT_54, 60, 400,
                  "This model's maximum context length is 100 tokens. However, you requested 114 tokens (54 in "
                  "the messages, 60 in the completion). Please reduce the length of the messages or completion.",
@@ -383,14 +383,18 @@ PROMPT_54 = [{"role": "user", "content": "x" * 200}]  # 50 + 4 tokens
 def test_context_limits(
     compat: str, messages: list[dict[str, str]], max_tokens: int, status: int, expect: int | str,
 ) -> None:
-    """0.32 shortens max_tokens to what the context leaves (finish_reason length); legacy refuses with a 400."""
+    """0.32 shortens max_tokens to what the context leaves (finish_reason length); legacy refuses with a 400.
+
+    0.32's refusals are type BadRequestError with param "input_tokens" (the prompt) or "max_tokens".
+    """
     sim = Simulator(SimConfig(max_model_len=LIMIT, compat=compat))
     with sim.running() as url, client_for(url) as c:
         response = chat(c, messages, max_tokens=max_tokens)
     assert response.status_code == status, response.text
     if status == 400:
-        assert error_of(response, compat) == {"message": expect, "type": "Bad Request" if compat == "0.32"
-                                              else "BadRequestError", "param": None, "code": 400}
+        param = None if compat == "legacy" else "input_tokens" if "input tokens" in str(expect) else "max_tokens"
+        assert error_of(response, compat) == {"message": expect, "type": "BadRequestError", "param": param,
+                                              "code": 400}
         return
     assert sim.chat_requests[0].max_tokens == expect
     assert response.json()["usage"]["completion_tokens"] <= expect
@@ -421,22 +425,39 @@ def test_prompt_alone_over_the_context_is_400_and_absent_max_tokens_fills_the_re
     assert fits.json()["usage"]["completion_tokens"] == 50 - 6
 
 
+X = [{"role": "user", "content": "x"}]
+
+
 @pytest.mark.parametrize("compat", COMPATS)
-@pytest.mark.parametrize("body", [
-    pytest.param(b"{not json", id="invalid-json"),
-    pytest.param(b"[1, 2]", id="not-an-object"),
-    pytest.param(json.dumps({"model": MODEL}).encode(), id="no-messages"),
-    pytest.param(json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                             "max_tokens": 0}).encode(), id="max-tokens-0"),
-    pytest.param(json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                             "temperature": -0.5}).encode(), id="negative-temperature"),
+@pytest.mark.parametrize(("body", "kind", "param"), [
+    pytest.param(b"{not json", "schema", "body", id="invalid-json"),
+    pytest.param(b"[1, 2]", "schema", "body", id="not-an-object"),
+    pytest.param(json.dumps({"model": MODEL}).encode(), "schema", "body.messages", id="no-messages"),
+    pytest.param(json.dumps({"model": MODEL, "messages": "hello"}).encode(), "schema", "body.messages",
+                 id="messages-not-a-list"),
+    pytest.param(json.dumps({"model": MODEL, "messages": X, "max_tokens": "many"}).encode(), "schema",
+                 "body.max_tokens", id="max-tokens-wrong-type"),
+    pytest.param(json.dumps({"model": MODEL, "messages": X, "max_tokens": 0}).encode(), "value", "max_tokens",
+                 id="max-tokens-0"),
+    pytest.param(json.dumps({"model": MODEL, "messages": X, "temperature": -0.5}).encode(), "value",
+                 "temperature", id="negative-temperature"),
 ])
-def test_malformed_chat_request_is_400(body: bytes, compat: str) -> None:
-    """Bodies vLLM would reject get a 400: type "Bad Request" from 0.32, "BadRequestError" from older servers."""
+def test_malformed_chat_request_is_400(body: bytes, kind: str, param: str, compat: str) -> None:
+    """Bodies vLLM rejects get a 400. 0.32: a schema failure is type "Bad Request", param the field's location,
+    a "validation error" message; a refused value is "BadRequestError", param the field. Legacy: BadRequestError."""
     with Simulator(SimConfig(compat=compat)).running() as url, client_for(url) as c:
         response = c.post("/chat/completions", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400
-    assert error_of(response, compat)["type"] == ("Bad Request" if compat == "0.32" else "BadRequestError")
+    error = error_of(response, compat)
+    if compat == "legacy":
+        assert error["type"] == "BadRequestError"
+    elif kind == "schema":
+        assert (error["type"], error["param"]) == ("Bad Request", param)
+        assert "validation error" in error["message"]
+    else:
+        assert (error["type"], error["param"]) == ("BadRequestError", param)
+    if param == "temperature":
+        assert error["message"].startswith("temperature must be non-negative")
 
 
 def test_api_key_guards_every_v1_route_but_not_health_or_tokenize() -> None:

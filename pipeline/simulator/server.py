@@ -35,8 +35,10 @@ CHAT_PATH = "/v1/chat/completions"
 #: Tokens per streamed content chunk: vLLM 0.32 sends one, older servers "a few".
 STREAM_CHUNK_TOKENS = 1
 LEGACY_STREAM_CHUNK_TOKENS = 4
-#: vLLM 0.32's error type for request validation failures (older servers say "BadRequestError").
-BAD_REQUEST_TYPE = "Bad Request"
+#: vLLM 0.32's error types: "Bad Request" for a body that fails schema validation (param: the field's location),
+#: "BadRequestError" for a valid body whose values are refused (param: the field). Older servers: the latter only.
+SCHEMA_ERROR_TYPE = "Bad Request"
+VALUE_ERROR_TYPE = "BadRequestError"
 
 _FAULT_ERRORS = {
     "500": ("Simulated internal server error.", "InternalServerError"),
@@ -46,11 +48,11 @@ _FAULT_ERRORS = {
 }
 
 
-def _error_body(message: str, err_type: str, code: int, *, legacy: bool = False) -> bytes:
+def _error_body(message: str, err_type: str, code: int, *, legacy: bool = False, param: str | None = None) -> bytes:
     """vLLM's error shape: nested under "error" (0.32), or flat with "object": "error" (older servers)."""
     if legacy:
-        return _json({"object": "error", "message": message, "type": err_type, "param": None, "code": code})
-    return _json({"error": {"message": message, "type": err_type, "param": None, "code": code}})
+        return _json({"object": "error", "message": message, "type": err_type, "param": param, "code": code})
+    return _json({"error": {"message": message, "type": err_type, "param": param, "code": code}})
 
 
 def _json(data: Any) -> bytes:
@@ -410,13 +412,19 @@ class Simulator:
         await self._commit(draft, STATUS_CLIENT_GONE)
         raise _Closed
 
-    async def _error(self, conn: Connection, draft: _Draft, status: int, message: str, err_type: str) -> bool:
-        return await self._reply(conn, draft, status, _error_body(message, err_type, status,
-                                                                  legacy=self._legacy))
+    async def _error(
+        self, conn: Connection, draft: _Draft, status: int, message: str, err_type: str, param: str | None = None
+    ) -> bool:
+        body = _error_body(message, err_type, status, legacy=self._legacy, param=param)
+        return await self._reply(conn, draft, status, body)
 
-    def _bad_request(self) -> str:
-        """The error type of a request validation failure."""
-        return "BadRequestError" if self._legacy else BAD_REQUEST_TYPE
+    async def _schema_error(self, conn: Connection, draft: _Draft, field: str, problem: str) -> bool:
+        """A 400 for a body that fails schema validation (vLLM 0.32: type "Bad Request", param "body.FIELD")."""
+        if self._legacy:
+            return await self._error(conn, draft, 400, f"{field}: {problem}", VALUE_ERROR_TYPE)
+        location = f"body.{field}" if field else "body"
+        message = f"1 validation error for ChatCompletionRequest\n{field or 'body'}\n  {problem}"
+        return await self._error(conn, draft, 400, message, SCHEMA_ERROR_TYPE, location)
 
     @staticmethod
     async def _unless_gone(work: Awaitable[Any], gone: asyncio.Future[None]) -> None:
@@ -499,7 +507,7 @@ class Simulator:
     async def _tokenize(self, conn: Connection, request: Request, draft: _Draft) -> bool:
         body, problem = self._parse_body(request, draft)
         if body is None:
-            return await self._error(conn, draft, 400, problem or "bad request", self._bad_request())
+            return await self._schema_error(conn, draft, "", problem or "bad request")
         if (missing := self._unknown_model(body)) is not None:
             return await self._error(conn, draft, 404, missing, "NotFoundError")
         messages = body.get("messages")
@@ -511,8 +519,8 @@ class Simulator:
             count = text_tokens(prompt)
             seed = prompt
         else:
-            problem = "Give either 'prompt' (a string) or 'messages' (a list)."
-            return await self._error(conn, draft, 400, problem, self._bad_request())
+            return await self._schema_error(conn, draft, "prompt", "Give either 'prompt' (a string) or 'messages' "
+                                            "(a list).")
         draft.prompt_tokens = count
         answer = {"count": count, "max_model_len": self.config.max_model_len,
                   "tokens": fake_token_ids(count, seed)}
@@ -535,26 +543,25 @@ class Simulator:
             return await self._fault_now(conn, draft, fault)
 
         # Validation in vLLM's order: body shape (400), model (404), sampling parameters and context (400).
-        bad = self._bad_request()
         if body is None:
-            return await self._error(conn, draft, 400, problem or "bad request", bad)
+            return await self._schema_error(conn, draft, "", problem or "bad request")
         if not isinstance(body.get("messages"), list) or not messages:
-            return await self._error(conn, draft, 400, "'messages' must be a non-empty list.", bad)
+            return await self._schema_error(conn, draft, "messages", "Input should be a non-empty list")
         if (missing := self._unknown_model(body)) is not None:
             return await self._error(conn, draft, 404, missing, "NotFoundError")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
+            return await self._schema_error(conn, draft, "max_tokens", "Input should be a valid integer")
         temperature = body.get("temperature")
         if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature < 0:
             return await self._error(conn, draft, 400, f"temperature must be non-negative, got {temperature}.",
-                                     bad)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
-            return await self._error(conn, draft, 400, f"max_tokens must be an integer, got {max_tokens!r}.",
-                                     bad)
+                                     VALUE_ERROR_TYPE, "temperature")
         if max_tokens is not None and max_tokens < 1:
-            return await self._error(conn, draft, 400, f"max_tokens must be at least 1, got {max_tokens}.", bad)
+            return await self._error(conn, draft, 400, f"max_tokens must be at least 1, got {max_tokens}.",
+                                     VALUE_ERROR_TYPE, "max_tokens")
         refusal = self._context_refusal(message_tokens(messages), max_tokens)
-        if isinstance(refusal, str):
-            return await self._error(conn, draft, 400, refusal, bad)
+        if isinstance(refusal, tuple):
+            return await self._error(conn, draft, 400, refusal[0], VALUE_ERROR_TYPE, refusal[1])
         max_tokens = draft.max_tokens = refusal
 
         try:
@@ -611,8 +618,8 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await gone
 
-    def _context_refusal(self, prompt: int, max_tokens: int | None) -> str | int:
-        """The 400 message when the prompt and max_tokens do not fit, else the completion budget to use.
+    def _context_refusal(self, prompt: int, max_tokens: int | None) -> tuple[str, str | None] | int:
+        """The 400 (message, param) when the prompt and max_tokens do not fit, else the completion budget to use.
 
         vLLM 0.32 refuses a prompt over the context (without counting it all), a max_tokens above the context,
         and a prompt that leaves no token; otherwise it lowers max_tokens to what the context leaves. Older
@@ -623,23 +630,24 @@ class Simulator:
             if max_tokens is None:
                 if prompt >= limit:
                     return (f"This model's maximum context length is {limit} tokens. However, you requested "
-                            f"{prompt} tokens in the messages, Please reduce the length of the messages.")
+                            f"{prompt} tokens in the messages, Please reduce the length of the messages.", None)
                 return limit - prompt
             if prompt + max_tokens > limit:
                 return (f"This model's maximum context length is {limit} tokens. However, you requested "
                         f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
-                        "completion). Please reduce the length of the messages or completion.")
+                        "completion). Please reduce the length of the messages or completion.", None)
             return max_tokens
         if max_tokens is not None and max_tokens > limit:
-            return (f"max_tokens={max_tokens} cannot be greater than max_model_len=max_total_tokens={limit}. "
-                    "Please request fewer output tokens.")
+            return (f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. Please request fewer "
+                    "output tokens.", "max_tokens")
         if prompt > limit:
             # vLLM 0.32 stops tokenizing one token past the context, so it never knows the whole count.
             return (f"This model's maximum context length is {limit} tokens. However, your request has at "
-                    f"least {limit + 1} input tokens. Please reduce the length of the input messages.")
+                    f"least {limit + 1} input tokens. Please reduce the length of the input messages.",
+                    "input_tokens")
         budget = limit - prompt if max_tokens is None else min(max_tokens, limit - prompt)
         if budget < 1:
-            return f"max_tokens must be at least 1, got {budget}."
+            return f"max_tokens must be at least 1, got {budget}.", "max_tokens"
         return budget
 
     async def _fault_now(self, conn: Connection, draft: _Draft, fault: str) -> bool:
