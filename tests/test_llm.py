@@ -177,15 +177,16 @@ async def test_a_request_is_never_sent_more_than_retry_attempts_times() -> None:
     pytest.param("drop", "dropped the connection before answering", id="every-connection-dropped"),
     pytest.param("refused", "cannot connect to http://127.0.0.1:", id="port-closed"),
 ])
+@pytest.mark.parametrize("compat", COMPATS)
 async def test_outage_waits_then_stops_the_run_after_the_outage_budget(
-    down: str, says: str, closed_port: int,
+    down: str, says: str, compat: str, closed_port: int,
 ) -> None:
     """A dead server: the request waits through retry cycles, then ModelUnavailable when the budget is out.
 
     The message says what happened: an error status, a dropped connection, or no connection at all.
     """
     fake = FakeTime()
-    sim = make_sim(rate=1.0, kinds=(down,)) if down != "refused" else None
+    sim = make_sim(rate=1.0, kinds=(down,), compat=compat) if down != "refused" else None
     async with _maybe_serve(sim) as url:
         url = url or f"http://127.0.0.1:{closed_port}/v1"
         async with client_for(url, fake, preflight=False, retry_attempts=2, retry_max_wait=1.0,
