@@ -3,7 +3,8 @@
 Use :meth:`ModelClient.open` once per run, call :meth:`ModelClient.preflight` before any task, then
 :meth:`ModelClient.complete` from as many tasks as you like; the client bounds the requests in flight itself.
 
-Every openai/httpx2 error is converted here, once, into :mod:`pipeline.errors`:
+Every openai/httpx2 error is converted here, once, into :mod:`pipeline.errors` (the words come from
+:mod:`pipeline.llm_errors`):
 
 * connection refused, connection dropped, no answer, an answer not finished within ``request_timeout`` ->
   :class:`~pipeline.errors.ServerUnreachable` (retried); each says which of these happened
@@ -30,12 +31,10 @@ Messages and logs show the server URL without credentials (``ModelSettings.publi
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -68,6 +67,20 @@ from .errors import (
     TaskFailure,
     TransientError,
 )
+from .llm_errors import (
+    START_HINT,
+    connection_reason,
+    exception_chain,
+    failure_kind,
+    max_tokens_overflow_message,
+    overflow_kind,
+    overflow_message,
+    overflow_reason,
+    prompt_overflow_message,
+    retry_after_seconds,
+    secrets_of,
+    server_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +98,6 @@ PREFLIGHT_ATTEMPTS = 2
 PREFLIGHT_WAIT = 0.5
 #: A server message is quoted in errors up to this many characters.
 MESSAGE_LIMIT = 500
-START_HINT = "is vLLM running? start it with scripts/start_vllm.sh, or fix [VLLM] base_url"
-OVERFLOW_FIX = "lower [VLLM] max_tokens or start vLLM with a larger --max-model-len"
-PROMPT_FIX = (
-    "this task's prompt is too long for the model: start vLLM with a larger --max-model-len (MAX_MODEL_LEN=) "
-    "or leave the task out; lowering [VLLM] max_tokens cannot help"
-)
-MAX_TOKENS_FIX = "lower [VLLM] max_tokens below the context length, or start vLLM with a larger --max-model-len"
 #: While a request waits, the server's listener is probed this often (a share of the outage budget, bounded).
 PROBE_SHARE = 10
 PROBE_MIN_INTERVAL = 0.5
@@ -268,98 +274,6 @@ def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
     return sum(math.ceil(len(m.get("content", "")) / 3) + 8 for m in messages)
 
 
-def overflow_message(max_tokens: int, prompt: int, context: int) -> str:
-    """The ContextOverflow message when prompt + max_tokens do not fit: the two ways to fix it."""
-    return (
-        f"max_tokens {max_tokens} + prompt {prompt} exceeds the model's context of {context}: {OVERFLOW_FIX}"
-    )
-
-
-def prompt_overflow_message(prompt: int | None, context: int | None, *, at_least: bool = False) -> str:
-    """The ContextOverflow message when the prompt alone does not fit (``at_least``: the count is a bound)."""
-    count = "" if prompt is None else f" ({'at least ' if at_least else ''}{prompt} tokens)"
-    limit = f"the model's context of {context} tokens" if context else "the model's context"
-    return f"the prompt alone{count} does not fit {limit}: {PROMPT_FIX}"
-
-
-def max_tokens_overflow_message(max_tokens: int | None, context: int | None) -> str:
-    """The ContextOverflow message when max_tokens alone is larger than the whole context."""
-    asked = f" {max_tokens}" if max_tokens is not None else ""
-    limit = f" of {context} tokens" if context else ""
-    return f"[VLLM] max_tokens{asked} is larger than the model's whole context{limit}: {MAX_TOKENS_FIX}"
-
-
-def _retry_after(headers: httpx2.Headers) -> float | None:
-    """Seconds the server asked us to wait (retry-after-ms, or Retry-After as seconds or an HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        seconds = email.utils.mktime_tz(parsed) - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _server_message(exc: openai.APIError) -> str:
-    """The human part of an error body: vLLM's {"message"} or OpenAI's {"error": {"message"}}."""
-    body = exc.body
-    if isinstance(body, Mapping):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, Mapping) else inner
-        if isinstance(message, str) and message:
-            return message
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    if isinstance(body, str) and body.strip():
-        return body.strip()
-    return exc.message
-
-
-def _connection_reason(exc: BaseException) -> str:
-    """Why a connection failed, from the innermost cause (httpx2 wraps the OSError a few times)."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            break
-        if isinstance(seen, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(seen, ConnectionResetError):
-            return "connection reset by the server"
-        if isinstance(seen, httpx2.RemoteProtocolError):
-            return "the server closed the connection without answering"
-        seen = seen.__cause__ or seen.__context__
-    text = str(exc.__cause__ or exc)
-    return text or type(exc).__name__
-
-
-def _failure_kind(exc: BaseException) -> str:
-    """What went wrong with a connection: "connect" (never connected), "timeout" (connected, no answer in
-    time) or "dropped" (connected, then the connection broke), from the httpx2 error under the openai one."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            break
-        if isinstance(seen, (httpx2.ConnectError, httpx2.ConnectTimeout, ConnectionRefusedError)):
-            return "connect"
-        if isinstance(seen, (httpx2.ReadTimeout, httpx2.WriteTimeout)):
-            return "timeout"
-        if isinstance(seen, (httpx2.RemoteProtocolError, httpx2.ReadError, httpx2.WriteError,
-                             ConnectionResetError)):
-            return "dropped"
-        seen = seen.__cause__ or seen.__context__
-    return "timeout" if isinstance(exc, openai.APITimeoutError) else "connect"
-
-
 class ModelClient:
     """The run's connection to the model server. Build it with :meth:`open`, never directly."""
 
@@ -386,7 +300,7 @@ class ModelClient:
         #: vLLM serves /tokenize at the server root, not under /v1 (credentials kept: requests need them).
         self._root_url = model.base_url.rstrip("/").removesuffix("/v1")
         self.root_url = redact_url(self._root_url)
-        self._secrets = _secrets_of(model)
+        self._secrets = secrets_of(model)
         self._probe_lock = anyio.Lock()
         self._probe_at: float | None = None
         self._probe_result: str | None = None
@@ -463,7 +377,7 @@ class ModelClient:
         if isinstance(exc, openai.APIError):  # an error event inside a stream
             return ServerBusy(
                 f"{route}: the server at {url} reported an error mid-answer: "
-                f"{self._redact(_server_message(exc))}"
+                f"{self._redact(server_message(exc))}"
             )
         if isinstance(exc, json.JSONDecodeError):
             return ServerBusy(f"{route}: the server at {url} answered with a body that is not valid JSON")
@@ -477,7 +391,7 @@ class ModelClient:
     ) -> str:
         """Says which failure it was: never connected, connected but no answer, or connection dropped."""
         url = self.base_url
-        kind = _failure_kind(exc)
+        kind = failure_kind(exc)
         if kind == "timeout":
             limit = timeout if timeout is not None else self._settings.request_timeout
             return (
@@ -488,28 +402,28 @@ class ModelClient:
             when = "in the middle of its answer" if partial else "before answering"
             return (
                 f"{route}: the server at {url} dropped the connection {when} "
-                f"({self._redact(_connection_reason(exc))})"
+                f"({self._redact(connection_reason(exc))})"
             )
         if isinstance(exc, openai.APITimeoutError) or any(
-            isinstance(e, httpx2.ConnectTimeout) for e in _chain(exc)
+            isinstance(e, httpx2.ConnectTimeout) for e in exception_chain(exc)
         ):
             return (
                 f"{route}: cannot connect to {url}: no answer to the connection within "
                 f"{self._settings.connect_timeout:g} s (timed out)"
             )
-        return f"{route}: cannot connect to {url}: {self._redact(_connection_reason(exc))}"
+        return f"{route}: cannot connect to {url}: {self._redact(connection_reason(exc))}"
 
     def _convert_status(
         self, exc: openai.APIStatusError, *, route: str, max_tokens: int | None, prompt: int | None
     ) -> PipelineError:
         status = exc.status_code
-        message = self._redact(_server_message(exc))
+        message = self._redact(server_message(exc))
         url = self.base_url
         if status in RETRYABLE_STATUSES or status >= 500:
             return ServerBusy(
                 f"{route}: the server at {url} answered HTTP {status}: {message}",
                 status=status,
-                retry_after=_retry_after(exc.response.headers),
+                retry_after=retry_after_seconds(exc.response.headers),
             )
         if status in (401, 403):
             return ModelUnavailable(
@@ -521,46 +435,15 @@ class ModelClient:
                 f"the server at {url} answered HTTP 404 for {route}: {message}: "
                 f"check [VLLM] base_url and [VLLM] model"
             )
-        if status == 400 and _overflow_kind(message) is not None:
+        if status == 400 and overflow_kind(message) is not None:
             return ContextOverflow(self._overflow_from_server(message, max_tokens=max_tokens, prompt=prompt))
         return RequestFailed(
             f"{route}: the server refused the request (HTTP {status}): {message}", status=status
         )
 
     def _overflow_from_server(self, message: str, *, max_tokens: int | None, prompt: int | None) -> str:
-        """Which part is too long, from vLLM 0.32's wording or older servers', with the matching fix."""
-        kind = _overflow_kind(message)
-        context = _first_int(r"maximum context length is (\d+)", message) or _first_int(
-            r"max_model_len=(?:max_total_tokens=)?(\d+)", message)
-        if context is None and self._info is not None:
-            context = self._info.max_model_len
-        if kind == "max_tokens":
-            return max_tokens_overflow_message(_first_int(r"max_tokens=(\d+)", message) or max_tokens, context)
-        if kind == "prompt":
-            bound = _first_int(r"at least (\d+) input tokens", message)
-            if bound is not None:
-                return prompt_overflow_message(bound, context, at_least=True)
-            counted = _first_int(r"requested (\d+) tokens in the messages", message)
-            if counted is not None:
-                return prompt_overflow_message(counted, context)
-            # "max_tokens must be at least 1, got 0": the prompt takes the whole context.
-            return prompt_overflow_message(context, context, at_least=True)
-        prompt = (
-            _first_int(r"\((\d+) in the messages", message)
-            or _first_int(r"has (\d+) input tokens", message)
-            or prompt
-        )
-        asked = (
-            _first_int(r"(\d+) in the completion", message)
-            or _first_int(r"is too large: (\d+)", message)
-            or max_tokens
-        )
-        if context is not None and prompt is not None and prompt >= context:
-            return prompt_overflow_message(prompt, context)
-        if context is None or prompt is None or asked is None:
-            return f"the prompt and max_tokens do not fit the model's context: {message}: {OVERFLOW_FIX}"
-        return overflow_message(asked, prompt, context)
-
+        known = self._info.max_model_len if self._info is not None else None
+        return overflow_reason(message, max_tokens=max_tokens, prompt=prompt, known_context=known)
     async def _model_not_served(self, exc: openai.NotFoundError) -> ModelUnavailable:
         """A 404 on the chat route: say which models the server does serve."""
         try:
@@ -568,12 +451,12 @@ class ModelClient:
         except PipelineError as listing:
             return ModelUnavailable(
                 f"model {self._model.model} is not served by {self.base_url} (HTTP 404: "
-                f"{self._redact(_server_message(exc))}); listing the served models failed too: {listing}"
+                f"{self._redact(server_message(exc))}); listing the served models failed too: {listing}"
             )
         if self._model.model in served:
             return ModelUnavailable(
                 f"the server at {self.base_url} answered HTTP 404 for chat/completions: "
-                f"{self._redact(_server_message(exc))}"
+                f"{self._redact(server_message(exc))}"
             )
         return self._not_served_error(served)
 
@@ -628,16 +511,16 @@ class ModelClient:
             )
         except ServerUnreachable as exc:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
-            if _failure_kind(cause) != "connect":
+            if failure_kind(cause) != "connect":
                 # It accepted the connection: something listens there, but does not answer as vLLM would.
                 raise ModelUnavailable(
                     f"{exc}; is vLLM still loading the model, or is another program listening there? "
                     f"check [VLLM] base_url"
                 ) from exc
-            if any(isinstance(e, httpx2.ConnectTimeout) for e in _chain(cause)):
+            if any(isinstance(e, httpx2.ConnectTimeout) for e in exception_chain(cause)):
                 reason = f"no answer to the connection within {self._settings.connect_timeout:g} s (timed out)"
             else:
-                reason = self._redact(_connection_reason(cause))
+                reason = self._redact(connection_reason(cause))
             raise ModelUnavailable(f"cannot connect to {self.base_url}: {reason}; {START_HINT}") from exc
         except ServerBusy as exc:
             raise ModelUnavailable(
@@ -935,7 +818,7 @@ class ModelClient:
             except TimeoutError:
                 result = f"no answer to a connection within {self._settings.connect_timeout:g} s"
             except OSError as exc:
-                refused = any(isinstance(e, ConnectionRefusedError) for e in _chain(exc))
+                refused = any(isinstance(e, ConnectionRefusedError) for e in exception_chain(exc))
                 result = "connection refused" if refused or "refused" in str(exc).lower() else str(exc)
             now = self._clock()
             health = self._health
@@ -1016,56 +899,6 @@ class ModelClient:
                 f"{route}: the stream from {self.base_url} ended before the answer was complete"
             )
         return _Reply("".join(parts), finish, counts)
-
-
-def _overflow_kind(message: str) -> str | None:
-    """Which part of a request a server's 400 says is too long: "prompt", "max_tokens", "both", or None.
-
-    Knows vLLM 0.32's wording ("at least N input tokens", "max_tokens must be at least 1",
-    "cannot be greater than max_model_len") and older servers' ("N in the messages, M in the completion",
-    "N tokens in the messages", "'max_tokens' ... is too large").
-    """
-    low = message.lower()
-    if "cannot be greater than max_model_len" in low or "cannot be greater than max_total_tokens" in low:
-        return "max_tokens"
-    if re.search(r"at least \d+ input tokens", low) or "max_tokens must be at least 1" in low:
-        return "prompt"
-    if "in the messages" in low and "in the completion" not in low:
-        return "prompt"
-    if "context length" in low or "max_model_len" in low or ("max_tokens" in low and "too large" in low):
-        return "both"
-    return None
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and its causes, innermost last (at most ten)."""
-    out: list[BaseException] = []
-    seen: BaseException | None = exc
-    while seen is not None and len(out) < 10:
-        out.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return out
-
-
-def _secrets_of(model: ModelSettings) -> tuple[str, ...]:
-    """What must never appear in a message: the API key, and the password and user:password of the URL."""
-    secrets: list[str] = []
-    key = model.api_key
-    if key and key != "EMPTY" and len(key) >= 4:
-        secrets.append(key)
-    authority = model.base_url.partition("://")[2].partition("/")[0]
-    if "@" in authority:
-        userinfo = authority.rpartition("@")[0]
-        secrets.append(userinfo)
-        password = userinfo.partition(":")[2]
-        if len(password) >= 4:
-            secrets.append(password)
-    return tuple(sorted(secrets, key=len, reverse=True))
-
-
-def _first_int(pattern: str, text: str) -> int | None:
-    found = re.search(pattern, text)
-    return int(found.group(1)) if found else None
 
 
 __all__ = [
