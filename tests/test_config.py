@@ -80,7 +80,7 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
         pytest.param('[VLLM]\nmodle = "x"\n', r"\[VLLM\] unknown key 'modle'\. Did you mean 'model'\?", id="typo-key"),
         pytest.param('[pipline]\nworkers = 2\n', r"unknown section \[pipline\]\. Did you mean 'pipeline'\?",
                      id="typo-section"),
-        pytest.param('[VLLM]\nmax_tokens = "lots"\n', r"\[VLLM\] max_tokens must be an int, not str", id="type"),
+        pytest.param('[VLLM]\nmax_tokens = "lots"\n', r"\[VLLM\] max_tokens must be a whole number, not str 'lots'", id="type"),
         pytest.param('[pipeline]\nworkers = 0\n', r"\[pipeline\] workers = 0 must be greater than zero",
                      id="zero-limit"),
         pytest.param('[general]\ntimeout_seconds = -5\n', r"\[general\] timeout_seconds = -5.0 must be greater",
@@ -121,5 +121,5 @@ def test_api_key_is_never_shown(tmp_path: Path) -> None:
 
 def test_bad_flag_value_is_rejected(tmp_path: Path) -> None:
     """A zero --workers is refused like a zero in the file."""
-    with pytest.raises(ConfigError, match="workers = 0 must be greater than zero"):
+    with pytest.raises(ConfigError, match="--workers 0 must be greater than zero"):
         load_config(None, environ={}, flags={"workers": 0}, default_path=tmp_path / "absent.toml")
