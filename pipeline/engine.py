@@ -352,7 +352,7 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
                 "settings_fingerprint": run.fingerprint,
                 "sandbox": isolation,
             },
-            "server": {"base_url": config.model.base_url, "model": config.model.model,
+            "server": {"base_url": config.model.public_url, "model": config.model.model,
                        "max_model_len": info.max_model_len if info else None},
             "config": config.public(),
             "totals": task_totals,
