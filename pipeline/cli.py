@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import tempfile
@@ -85,8 +86,19 @@ def _corpus_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--job", type=Path, metavar="FILE", help="a jobs/*.toml corpus-run definition; flags override it")
     g.add_argument("--retry-failed", action="store_const", const=True, help="redo tasks that failed before")
     g.add_argument("--force", action="store_true", help="redo every task, even finished ones")
-    g.add_argument("--progress-interval", type=float, default=30.0, metavar="SECONDS",
+    g.add_argument("--progress-interval", type=_seconds, default=30.0, metavar="SECONDS",
                    help="seconds between progress lines when not on a terminal")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds greater than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds greater than zero")
+    return value
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
@@ -109,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Shown in the top-level help; parsing goes through the `run` sub-command (main() inserts it).
     _run_options(parser)
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check}")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check}",
+                                prog=parser.prog)
     run = sub.add_parser("run", help="translate a corpus (the default command)")
     _run_options(run)
     tr = sub.add_parser("translate", help="translate one C file (like `sactor translate`)")

@@ -41,6 +41,8 @@ BAD_VALUES = [
                  id="flag-not-a-number"),
     pytest.param(["--num-tests", "0"], {}, None, None, ["--num-tests 0 must be greater than zero"],
                  id="flag-num-tests-zero"),
+    pytest.param(["--progress-interval", "nan"], {}, None, None,
+                 ["--progress-interval: nan must be a finite number of seconds"], id="flag-cli-only-nan"),
     pytest.param([], {"VLLM_TEMPERATURE": "nan"}, None, None,
                  ["environment variable VLLM_TEMPERATURE=nan must be a finite number"], id="env-nan"),
     pytest.param([], {"VLLM_MAX_TOKENS": "0"}, None, None,
