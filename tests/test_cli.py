@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Cli, Corpus
+from tests.conftest import Cli, Corpus
+from tests.test_batch_e2e import _start_run, _wait_for
 
 
 def closed_port() -> int:
@@ -279,21 +276,6 @@ def test_top_level_help_shows_the_corpus_flags_and_the_commands(cli: Cli) -> Non
         assert text in result.stdout, text
 
 
-def _start(cli: Cli, *args: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
-    argv = [sys.executable, str(ROOT / "batch_translate_generic.py"), *map(str, args), "--cache-dir",
-            str(cli.cache_dir)]
-    return subprocess.Popen(argv, cwd=cli.cwd, env={**base, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(predicate: Any, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_run_lock_holds_pid_host_and_time_but_never_the_key(
     cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
 ) -> None:
@@ -304,16 +286,15 @@ def test_run_lock_holds_pid_host_and_time_but_never_the_key(
         corpus.add_task(name)
     _sim, url = simulator_factory(answers_dir=corpus.answers, load=LoadModel(capacity=1, latency=0.5))
     out = tmp_path / "out"
-    flags = ("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out, "--base-url", url,
-             "--model", "sim-model", "--workers", "1")
-    first = _start(cli, *flags, "--api-key", "sk-lock-secret-1234")
+    first = _start_run(cli, corpus.corpus, out, url, "--workers", "1", "--api-key", "sk-lock-secret-1234")
     try:
         lock = out / ".run.lock"
         _wait_for(lambda: lock.exists() and "pid" in lock.read_text())
         text = lock.read_text()
         assert "sk-lock-secret-1234" not in text and "--api-key" not in text
         assert text.startswith(f"pid {first.pid} on {socket.gethostname()} since ")
-        second = cli(*flags, env={"VLLM_API_KEY": "sk-lock-secret-1234"}, timeout=30)
+        second = cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out, "--base-url", url,
+                     "--model", "sim-model", env={"VLLM_API_KEY": "sk-lock-secret-1234"}, timeout=30)
         assert second.returncode == 2, second.output
         assert f"pid {first.pid}" in second.stderr
         assert "sk-lock-secret-1234" not in second.output

