@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import signal
 import sys
 import tempfile
@@ -211,25 +212,27 @@ class _Scrubber(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        self.pairs: list[tuple[str, str]] = []
+        self.patterns: list[tuple[re.Pattern[str], str]] = []
 
     def learn(self, config: Config) -> None:
         url = config.model.base_url
-        if config.model.public_url != url:
-            self.pairs.append((url.rstrip("/"), config.model.public_url.rstrip("/")))
-            userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-            self.pairs.append((userinfo, "***"))
+        scheme, _, rest = url.partition("://")
+        userinfo = rest.partition("/")[0].rpartition("@")[0]
+        if userinfo:
+            # Any form of the URL (with or without /v1, as the client's root URL) shows the same authority.
+            self.patterns.append((re.compile(re.escape(f"{scheme}://{userinfo}@")), f"{scheme}://***@"))
         key = config.model.api_key
-        if len(key) >= 4 and key != "EMPTY":
-            self.pairs.append((key, "***"))
+        if key and key != "EMPTY":
+            # A whole-token match: a short key such as "test" must not blank out "tests".
+            self.patterns.append((re.compile(rf"(?<![\w.-]){re.escape(key)}(?![\w.-])"), "***"))
 
     def __call__(self, text: str) -> str:
-        for secret, shown in self.pairs:
-            text = text.replace(secret, shown)
+        for pattern, shown in self.patterns:
+            text = pattern.sub(shown, text)
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.pairs:
+        if self.patterns:
             record.msg, record.args = self(record.getMessage()), None
         return True
 
