@@ -289,6 +289,7 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
     from .translate import input_hash, translate_task
 
     state: dict[str, str] = {}
+    failure: Exception | None = None
     async with open_services(config) as (env, _info), anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -299,10 +300,15 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
                     return
 
         tg.start_soon(watch)
-        result, transcript = await translate_task(env, task, input_hash(task))
-        with anyio.CancelScope(shield=True):
-            await write_task_results(args.result_dir, result, transcript)
+        try:
+            result, transcript = await translate_task(env, task, input_hash(task))
+            with anyio.CancelScope(shield=True):
+                await write_task_results(args.result_dir, result, transcript)
+        except Exception as exc:
+            failure = exc  # raised below as it is, not inside the task group's exception group
         tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
     if "interrupted" in state:
         _say(f"interrupted by {state['interrupted']}", err=True)
         return EXIT_INTERRUPTED

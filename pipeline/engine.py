@@ -105,16 +105,22 @@ async def open_services(
     """
     async with AsyncExitStack() as stack:
         state: dict[str, Any] = {"interrupted": None}
+        failure: Exception | None = None
         # The services outlive this task group: none of them holds a cancel scope across its yield.
         async with anyio.create_task_group() as startup:
             startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
-            toolchain = await Toolchain.prepare(config.toolchain)
-            sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
-            client = await stack.enter_async_context(
-                ModelClient.open(config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers))
-            )
-            info = await client.preflight()
+            try:
+                toolchain = await Toolchain.prepare(config.toolchain)
+                sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
+                client = await stack.enter_async_context(ModelClient.open(
+                    config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                ))
+                info = await client.preflight()
+            except Exception as exc:
+                failure = exc  # raised below as it is, not inside the task group's exception group
             startup.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
         if state["interrupted"]:
             raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
         env = StageEnv(config, client, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))

@@ -317,6 +317,7 @@ def test_credentials_in_the_server_url_are_never_shown_or_stored(
                  secret_url, "--model", "sim-model", "--api-key", "sk-flag-secret-5678")
     assert result.returncode == 0, result.output
     assert "pw-s3cret-9" not in result.output and "sk-flag-secret-5678" not in result.output
+    assert "--api-key puts the key on the command line" in result.stderr
     assert url.replace("http://", "http://***@") in result.stderr
     summary = (out / "batch_summary.json").read_text()
     assert "pw-s3cret-9" not in summary and "alice" not in summary
