@@ -133,28 +133,21 @@ def test_read_only_output_is_refused(cli: Cli, corpus: Corpus, simulator_factory
     assert sim.requests == []
 
 
-def test_translate_into_a_file_is_refused_before_any_request(
-    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+@pytest.mark.parametrize("case", ["file", "held-by-a-batch"])
+def test_translate_result_dir_that_cannot_be_used_is_refused_before_any_request(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path, case: str
 ) -> None:
-    """`translate -r FILE` exits 2 naming -r before the server is asked anything."""
+    """`translate -r` naming a file, or a directory a batch holds (named by its pid): exit 2, no request."""
     corpus.add_task("t")
     sim, url = simulator_factory(answers_dir=corpus.answers)
-    target = tmp_path / "result.txt"
-    target.write_text("x")
-    result = cli("translate", corpus.corpus / "t.c", corpus.corpus / "t.json", "-r", target, "--base-url", url,
-                 "--model", "sim-model")
-    _refused(result, sim, f"-r/--result-dir {target} is a file")
-
-
-def test_translate_into_a_directory_a_batch_holds_is_refused(
-    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
-) -> None:
-    """`translate -r DIR` while a batch holds DIR exits 2 naming the holder's pid; nothing is written there."""
-    corpus.add_task("t")
-    sim, url = simulator_factory(answers_dir=corpus.answers)
-    held = tmp_path / "batch-out"
-    with run_lock(held):
-        result = cli("translate", corpus.corpus / "t.c", corpus.corpus / "t.json", "-r", held, "--base-url", url,
-                     "--model", "sim-model")
-    _refused(result, sim, f"pid {os.getpid()}", "-r/--result-dir")
-    assert sorted(p.name for p in held.iterdir()) == [".run.lock"]
+    target = tmp_path / ("result.txt" if case == "file" else "batch-out")
+    if case == "file":
+        target.write_text("x")
+    with run_lock(tmp_path / "batch-out"):
+        result = cli("translate", corpus.corpus / "t.c", corpus.corpus / "t.json", "-r", target, "--base-url",
+                     url, "--model", "sim-model")
+    if case == "file":
+        _refused(result, sim, f"-r/--result-dir {target} is a file")
+    else:
+        _refused(result, sim, f"pid {os.getpid()}", "-r/--result-dir")
+        assert sorted(p.name for p in target.iterdir()) == [".run.lock"]
