@@ -35,7 +35,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import FatalError
+from .errors import FatalError, Interrupted
 from .extract import BEGIN_MARK
 from .ledger import Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
@@ -64,7 +64,6 @@ class RunOptions:
     output: Path
     retry_failed: bool = False
     force: bool = False
-    command: str = ""
 
 
 @dataclass
@@ -100,15 +99,30 @@ async def open_services(
 ) -> AsyncIterator[tuple[StageEnv, ServerInfo]]:
     """Toolchain, sandbox and model client for a run, opened in one place and closed in reverse order.
 
+    Start-up (the libc build, the sandbox probe, preflight) stops at SIGINT/SIGTERM: what was opened is
+    closed again (no scratch, no half-built cache) and Interrupted (exit 130) is raised.
     Raises ConfigError (toolchain, strict sandbox) or ModelUnavailable (preflight).
     """
     async with AsyncExitStack() as stack:
-        toolchain = await Toolchain.prepare(config.toolchain)
-        sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
-        client = await stack.enter_async_context(
-            ModelClient.open(config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers))
-        )
-        info = await client.preflight()
+        state: dict[str, Any] = {"interrupted": None}
+        failure: Exception | None = None
+        # The services outlive this task group: none of them holds a cancel scope across its yield.
+        async with anyio.create_task_group() as startup:
+            startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
+            try:
+                toolchain = await Toolchain.prepare(config.toolchain)
+                sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
+                client = await stack.enter_async_context(ModelClient.open(
+                    config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                ))
+                info = await client.preflight()
+            except Exception as exc:
+                failure = exc  # raised below as it is, not inside the task group's exception group
+            startup.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if state["interrupted"]:
+            raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
         env = StageEnv(config, client, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
         yield env, info
 
@@ -197,11 +211,14 @@ class _Run:
             c.completion_tokens += stage.usage.completion_tokens
 
 
-async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any]) -> None:
+async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase: str = "run") -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             state["interrupted"] = signal.Signals(signum).name
-            log.warning("received %s: stopping; finished tasks are kept", state["interrupted"])
+            if phase == "run":
+                log.warning("received %s: stopping; finished tasks are kept", state["interrupted"])
+            else:
+                log.warning("received %s during %s: stopping", state["interrupted"], phase)
             scope.cancel()
             return
 
@@ -247,7 +264,7 @@ async def run_batch(
     isolation = ""
     run: _Run | None = None
     try:
-        with run_lock(options.output, options.command):
+        with run_lock(options.output):
             async with _open_ledger(options.output) as ledger, \
                     open_services(config, scratch_root=scratch_root) as (env, info):
                 isolation = env.sandbox.isolation.describe()
@@ -341,7 +358,7 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
                 "settings_fingerprint": run.fingerprint,
                 "sandbox": isolation,
             },
-            "server": {"base_url": config.model.base_url, "model": config.model.model,
+            "server": {"base_url": config.model.public_url, "model": config.model.model,
                        "max_model_len": info.max_model_len if info else None},
             "config": config.public(),
             "totals": task_totals,
