@@ -46,6 +46,7 @@ from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task
 from .translate import input_hash, translate_task
+from .verifier import LocalVerifier
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -93,10 +94,19 @@ def settings_fingerprint(config: Config) -> str:
     })
 
 
+@dataclass(frozen=True)
+class Services:
+    """What a run opened: the stage environment (settings, model, verifier) and what the engine reads beside
+    it (the server's facts, the client's live counters, the sandbox's isolation)."""
+
+    env: StageEnv
+    info: ServerInfo
+    client: ModelClient
+    sandbox: Sandbox
+
+
 @asynccontextmanager
-async def open_services(
-    config: Config, *, scratch_root: Path | None = None
-) -> AsyncIterator[tuple[StageEnv, ServerInfo]]:
+async def open_services(config: Config, *, scratch_root: Path | None = None) -> AsyncIterator[Services]:
     """Toolchain, sandbox and model client for a run, opened in one place and closed in reverse order.
 
     Start-up (the libc build, the sandbox probe, preflight) stops at SIGINT/SIGTERM: what was opened is
@@ -123,8 +133,8 @@ async def open_services(
             raise failure
         if state["interrupted"]:
             raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
-        env = StageEnv(config, client, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
-        yield env, info
+        verifier = LocalVerifier(config, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
+        yield Services(StageEnv(config, client, verifier), info, client, sandbox)
 
 
 class _Run:
@@ -223,9 +233,9 @@ async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase:
             return
 
 
-async def _track_in_flight(env: StageEnv, counters: Counters) -> None:
+async def _track_in_flight(client: ModelClient, counters: Counters) -> None:
     while True:
-        counters.in_flight_requests = env.client.stats.in_flight
+        counters.in_flight_requests = client.stats.in_flight
         await anyio.sleep(0.25)
 
 
@@ -266,15 +276,16 @@ async def run_batch(
     try:
         with run_lock(options.output):
             async with _open_ledger(options.output) as ledger, \
-                    open_services(config, scratch_root=scratch_root) as (env, info):
-                isolation = env.sandbox.isolation.describe()
-                run = _Run(config, options, env, ledger, counters)
+                    open_services(config, scratch_root=scratch_root) as services:
+                info = services.info
+                isolation = services.sandbox.isolation.describe()
+                run = _Run(config, options, services.env, ledger, counters)
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(_watch_signals, tg.cancel_scope, state)
                         if reporter is not None:
                             tg.start_soon(reporter.run, counters)
-                        tg.start_soon(_track_in_flight, env, counters)
+                        tg.start_soon(_track_in_flight, services.client, counters)
                         async with anyio.create_task_group() as work:
                             send, receive = anyio.create_memory_object_stream[tuple[Task, str]](
                                 config.client.workers

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import anyio
 
 from .errors import DiskFull
-from .stages import StageResult
+from .records import StageResult
 
 STAGES = ("unidiomatic", "idiomatic")
 
