@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,7 +31,16 @@ class Task:
 
 @dataclass(frozen=True)
 class Orphan:
-    """A file discovery could not pair or read, with the reason, for the summary."""
+    """A file discovery could not pair or read, with the reason, for the summary.
+
+    ``incomplete`` marks a folder that could not be listed: tasks under it may exist unseen.
+    """
 
     path: Path
     reason: str
+    incomplete: bool = False
+
+
+def printable(path: Path | str) -> str:
+    """A path as valid UTF-8 text for records, prompts and messages (undecodable bytes shown as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

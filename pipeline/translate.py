@@ -18,7 +18,7 @@ from .errors import TaskFailure, TaskInputError
 from .ledger import hash_files
 from .results import TaskResult
 from .stages import StageEnv, StageResult, run_stage
-from .task import Task
+from .task import Task, printable
 from .testing import TestSuite, input_files, load_test_suite
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
     env = dataclasses.replace(env, record=transcript.append)
-    ident = (task.id, str(task.c_path), str(task.test_path), key_hash)
+    ident = (task.id, printable(task.c_path), printable(task.test_path), key_hash)
     try:
         inputs = await anyio.to_thread.run_sync(
             lambda: load_inputs(task, num_tests=env.config.translation.num_tests)
@@ -82,7 +82,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
         log.info("%s: %s", task.id, exc)
         transcript.append({"event": "input_error", "message": str(exc)})
         return TaskResult(*ident, reason=str(exc), wall_seconds=time.perf_counter() - started), transcript
-    name = Path(task.c_path).name
+    name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
     stages: list[StageResult] = []
     unidiomatic = await _with_clippy(
         env, await run_stage(env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite)
