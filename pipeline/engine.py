@@ -42,7 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import ConfigError, FatalError
+from .errors import ConfigError, DiskFull, FatalError
 from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
@@ -332,7 +332,13 @@ async def run_batch(
     assert run is not None
     if reporter is not None:
         reporter.close(counters)
-    summary = await anyio.to_thread.run_sync(_write_summary, config, options, run, started, state)
+    try:
+        summary = await anyio.to_thread.run_sync(_write_summary, config, options, run, started, state)
+    except DiskFull as exc:
+        # The earlier batch_summary.json stays whole (atomic write); say first what stopped the run.
+        cause = fatal or exc
+        also = "" if cause is exc else f"; {exc}"
+        return RunOutcome(cause.exit_code, message=f"run stopped: {cause}{also}")
     table = render_table(summary)
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)
