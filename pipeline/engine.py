@@ -414,7 +414,7 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, started: floa
             "totals": task_totals,
             "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},
             "skipped_unchanged": run.counters.skipped,
-            "orphans": [{"path": printable(o.path), "reason": o.reason} for o in run.orphans],
+            "orphans": [{"path": printable(o.path), "reason": printable(o.reason)} for o in run.orphans],
         }
         fh.write("\n  ]," + json.dumps(summary, indent=2)[1:] + "\n")
     return summary

@@ -41,6 +41,11 @@ class Orphan:
     incomplete: bool = False
 
 
-def printable(path: Path | str) -> str:
-    """A path as valid UTF-8 text for records, prompts and messages (undecodable bytes shown as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def printable(text: Path | str) -> str:
+    """A path (or a message naming one) as valid UTF-8 text for records, prompts and messages: bytes of a file
+    name that are not UTF-8 are shown as ``\\xNN``, any other lone surrogate as ``\\udNNN``."""
+    raw = os.fspath(text)
+    try:
+        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "backslashreplace").decode("utf-8")
