@@ -322,6 +322,10 @@ async def run_batch(
                     raise first from None
     except FatalError as exc:
         state["fatal"] = exc
+    except BaseException:
+        if reporter is not None:
+            reporter.close(counters, final=False)
+        raise
     fatal: FatalError | None = state["fatal"]
     if fatal is not None and (run is None or run.env is None):
         # Nothing was translated: bad configuration, toolchain, lock, preflight, corpus folders. The previous
