@@ -66,7 +66,8 @@ def _result(out: Path, task: str) -> dict[str, Any]:
             ("unidiomatic_failure_info.json", "llm_stat_unidiomatic.json"),
             id="stage-failed-and-next-not-run",
         ),
-        pytest.param("input_invalid", (*STAGE_FILES["unidiomatic"], *STAGE_FILES["idiomatic"]), (),
+        pytest.param("input_invalid",
+                     (*STAGE_FILES["unidiomatic"], *STAGE_FILES["idiomatic"], "attempts/unidiomatic-1.rs"), (),
                      id="input-became-invalid"),
     ],
 )
@@ -77,10 +78,11 @@ def test_rerun_removes_results_of_stages_it_did_not_verify(
     is left beside a result.json that says the stage failed or did not run."""
     corpus = tmp_path / "corpus"
     flat_corpus(corpus, 1)
+    (corpus / "prog000.c").write_text(directive_c("prog000", "out prog000", unidiomatic=("compile_error", "pass")))
     _sim, url = simulator_factory()
     out = tmp_path / "out"
     assert run(cli, corpus, out, url).returncode == 0
-    for name in (*STAGE_FILES["unidiomatic"], *STAGE_FILES["idiomatic"]):
+    for name in (*STAGE_FILES["unidiomatic"], *STAGE_FILES["idiomatic"], "attempts/unidiomatic-1.rs"):
         assert (out / "prog000" / name).is_file(), name
     if change == "unidiomatic_fails":
         (corpus / "prog000.c").write_text(directive_c("prog000-v2", "out prog000", unidiomatic=("compile_error",)))
