@@ -414,11 +414,10 @@ class _Walker:
                 continue
             c_path = self.c_dir / name / f"{name}.c"
             json_path = self.json_dir / name / "test_task" / "test_task.json"
-            odd = _not_regular(c_path)
             if os.path.isfile(c_path):
                 self.c_files += 1
                 yield self._pair(name, c_path, json_path)
-            elif odd is not None:
+            elif (odd := _not_regular(c_path)) is not None:
                 yield Orphan(c_path, _skipped(odd))
             elif self.same_dir and os.path.isfile(json_path):
                 yield Orphan(json_path, f"no C file: {c_path} not found")
@@ -472,6 +471,7 @@ class _Walker:
                 trouble.append(entry)
                 continue
             name, kind = entry
+            trouble.extend(self._odd(jdir, name, kind, ".json"))
             if kind == _FILE and name.endswith(".json") and not name.endswith(_SAMPLES_SUFFIX):
                 stems.add(name[:-5])
         shared = next(iter(stems)) if len(stems) == 1 else None
