@@ -51,6 +51,15 @@ def flat_corpus(root: Path, count: int, *, prefix: str = "prog") -> list[str]:
     return names
 
 
+def sactor_corpus(root: Path, names: tuple[str, ...], *, tests: Any = task_json) -> None:
+    """NAME/NAME.c, NAME/test_task/NAME_samples.json and NAME/test_task/test_task.json (``tests(name)``)."""
+    for name in names:
+        (root / name / "test_task").mkdir(parents=True)
+        (root / name / f"{name}.c").write_text(directive_c(name, f"out {name}"))
+        (root / name / "test_task" / f"{name}_samples.json").write_text(samples_json(f"out {name}"))
+        (root / name / "test_task" / "test_task.json").write_text(tests(name))
+
+
 def run(cli: Cli, corpus: Path, out: Path, url: str, *extra: str, **kw: Any) -> Any:
     return cli("--c-files", corpus, "--json-files", corpus, "--output", out, "--base-url", url,
                "--model", "sim-model", *extra, **kw)
@@ -91,11 +100,7 @@ def test_flat_layout_with_orphans(cli: Cli, simulator_factory: Any, tmp_path: Pa
 def test_sactor_layout(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """NAME/NAME.c with NAME/test_task/test_task.json."""
     corpus = tmp_path / "corpus"
-    for name in ("alpha", "beta"):
-        (corpus / name / "test_task").mkdir(parents=True)
-        (corpus / name / f"{name}.c").write_text(directive_c(name, name))
-        (corpus / name / "test_task" / f"{name}_samples.json").write_text(samples_json(name))
-        (corpus / name / "test_task" / "test_task.json").write_text(task_json(name))
+    sactor_corpus(corpus, ("alpha", "beta"))
     _sim, url = simulator_factory()
     out = tmp_path / "out"
     result = run(cli, corpus, out, url)

@@ -30,9 +30,9 @@ from tests.test_batch_e2e import (
     flat_corpus,
     requested_ids,
     run,
+    sactor_corpus,
     samples_json,
     summary,
-    task_json,
 )
 
 STAGE_FILES = {
@@ -112,14 +112,13 @@ def test_absolute_samples_paths_fall_back_to_the_file_beside_the_test_task(
     and the run says so once."""
     corpus = tmp_path / "corpus"
     names = ("alpha", "beta")
-    for name in names:
-        (corpus / name / "test_task").mkdir(parents=True)
-        (corpus / name / f"{name}.c").write_text(directive_c(name, f"out {name}"))
-        (corpus / name / "test_task" / f"{name}_samples.json").write_text(samples_json(f"out {name}"))
+
+    def authors_paths(name: str) -> str:
         gone = f"/home/sactor-author/sactor-datasets/codenet/{name}/{name}_samples.json"
-        (corpus / name / "test_task" / "test_task.json").write_text(json.dumps(
-            [{"command": f"sactor run-tests --type bin {gone} %t {i} --feed-as-stdin"} for i in range(2)]
-        ))
+        return json.dumps([{"command": f"sactor run-tests --type bin {gone} %t {i} --feed-as-stdin"}
+                           for i in range(2)])
+
+    sactor_corpus(corpus, names, tests=authors_paths)
     _sim, url = simulator_factory()
     out = tmp_path / "out"
     result = run(cli, corpus, out, url)
@@ -302,11 +301,7 @@ def test_an_output_directory_inside_the_corpus_is_not_an_orphan(
     """--output inside --c-files: the run and its rerun see only the corpus (exit 0, no orphan); --output equal to
     the corpus folder is refused."""
     corpus = tmp_path / "corpus"
-    for name in ("alpha", "beta"):
-        (corpus / name / "test_task").mkdir(parents=True)
-        (corpus / name / f"{name}.c").write_text(directive_c(name, name))
-        (corpus / name / "test_task" / f"{name}_samples.json").write_text(samples_json(name))
-        (corpus / name / "test_task" / "test_task.json").write_text(task_json(name))
+    sactor_corpus(corpus, ("alpha", "beta"))
     _sim, url = simulator_factory()
     out = corpus / "results"
     for _ in range(2):
