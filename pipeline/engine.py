@@ -343,6 +343,12 @@ async def run_batch(
         cause = fatal or exc
         also = "" if cause is exc else f"; {exc}"
         return RunOutcome(cause.exit_code, message=f"run stopped: {cause}{also}")
+    except OSError as exc:
+        path = options.output / SUMMARY
+        message = (f"cannot write {printable(path)}: {exc.strerror or exc}; move whatever is in its place away "
+                   "and rerun (finished tasks are kept)")
+        return RunOutcome(fatal.exit_code if fatal else EXIT_FAILED,
+                          message=f"run stopped: {fatal}; {message}" if fatal else message)
     table = render_table(summary)
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)

@@ -161,6 +161,20 @@ def test_a_task_whose_results_cannot_be_written_fails_alone(
     assert requested_ids(sim) == {"prog001"}
 
 
+def test_an_unwritable_summary_is_reported_not_a_crash(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
+    """A folder where batch_summary.json goes: the tasks and the ledger are written, the run says what to move."""
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 1)
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    (out / "batch_summary.json").mkdir(parents=True)
+    result = run(cli, corpus, out, url)
+    assert result.returncode == 1, result.output
+    assert "Traceback" not in result.stderr
+    assert f"cannot write {out / 'batch_summary.json'}" in result.stderr
+    assert _result(out, "prog000")["status"] == "verified" and _finished(out) == {"prog000"}
+
+
 def _can_mount_tmpfs(tmp_path: Path) -> bool:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         return False
