@@ -186,10 +186,16 @@ class Ledger:
             if journal.exists():
                 journal.unlink()
             return
+        dropped = 0
         with atomic_writer(self.directory / SNAPSHOT) as fh:
             for record in self.latest():
                 if keep is None or record["task_id"] in keep:
                     fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                else:
+                    dropped += 1
+        if dropped:
+            log.info("%s: forgot %d task(s) no longer in the corpus (their result folders stay)",
+                     self.directory / SNAPSHOT, dropped)
         if journal.exists():
             journal.unlink()
 
