@@ -306,6 +306,21 @@ def test_an_interrupted_rerun_keeps_every_task_in_the_summary(
     assert s["totals"]["tasks"] == len(names)
 
 
+def test_tasks_removed_from_the_corpus_leave_the_summary(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
+    """A rerun that saw the whole corpus lists only its tasks (the ledger forgets the removed one)."""
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 3)
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    assert run(cli, corpus, out, url).returncode == 0
+    for suffix in (".c", ".json", "_samples.json"):
+        (corpus / f"prog002{suffix}").unlink()
+    again = run(cli, corpus, out, _closed_port_url())
+    assert again.returncode == 0, again.output
+    assert sorted(t["task_id"] for t in summary(out)["tasks"]) == ["prog000", "prog001"]
+    assert _finished(out) == {"prog000", "prog001"}
+
+
 # -- discovery -----------------------------------------------------------------------------------------------------
 
 
