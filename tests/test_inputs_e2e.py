@@ -161,6 +161,34 @@ def test_a_task_whose_results_cannot_be_written_fails_alone(
     assert requested_ids(sim) == {"prog001"}
 
 
+def test_a_task_folder_that_refuses_writes_fails_that_task_alone(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A result folder the system will not let us change (here immutable, as root; permission denied for a
+    user): the redone task fails naming the error, the other redone task and the summary are written."""
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 2)
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    assert run(cli, corpus, out, url).returncode == 0
+    locked = out / "prog001"
+    if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        for name in ("prog000", "prog001"):
+            (corpus / f"{name}.c").write_text(directive_c(f"{name}-v2", f"out {name}"))
+        result = run(cli, corpus, out, url)
+    finally:
+        subprocess.run(["chattr", "-i", str(locked)], check=True)
+    assert result.returncode == 1, result.output
+    assert "Traceback" not in result.stderr
+    tasks = {t["task_id"]: t for t in summary(out)["tasks"]}
+    assert tasks["prog000"]["status"] == "verified"
+    assert tasks["prog001"]["status"] == "failed"
+    assert "cannot be written" in tasks["prog001"]["reason"]
+    assert "not permitted" in tasks["prog001"]["reason"] or "denied" in tasks["prog001"]["reason"]
+
+
 def test_an_unwritable_summary_is_reported_not_a_crash(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """A folder where batch_summary.json goes: the tasks and the ledger are written, the run says what to move."""
     corpus = tmp_path / "corpus"
