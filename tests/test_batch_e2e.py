@@ -65,6 +65,16 @@ def run(cli: Cli, corpus: Path, out: Path, url: str, *extra: str, **kw: Any) -> 
                "--model", "sim-model", *extra, **kw)
 
 
+def finished_run(cli: Cli, simulator_factory: Any, tmp_path: Path, count: int) -> tuple[Path, Path, Any, str]:
+    """A flat corpus of ``count`` tasks run once to the end: (corpus, output, simulator, url)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    flat_corpus(corpus, count)
+    sim, url = simulator_factory()
+    first = run(cli, corpus, out, url)
+    assert first.returncode == 0, first.output
+    return corpus, out, sim, url
+
+
 def summary(out: Path) -> dict[str, Any]:
     return json.loads((out / "batch_summary.json").read_text())  # type: ignore[no-any-return]
 
@@ -151,11 +161,7 @@ def test_injected_faults_leave_every_task_in_a_final_state(
 
 def test_rerun_of_a_finished_corpus_sends_no_request(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """Unchanged inputs and settings: everything is skipped; changing one C file redoes that task alone."""
-    corpus = tmp_path / "corpus"
-    flat_corpus(corpus, 4)
-    sim, url = simulator_factory()
-    out = tmp_path / "out"
-    assert run(cli, corpus, out, url).returncode == 0
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 4)
     first = len(sim.chat_requests)
     assert first == 8
     sim.reset_log()

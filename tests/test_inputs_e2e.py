@@ -27,6 +27,7 @@ from tests.test_batch_e2e import (
     _signal_when,
     _start_run,
     directive_c,
+    finished_run,
     flat_corpus,
     requested_ids,
     run,
@@ -166,11 +167,7 @@ def test_a_task_folder_that_refuses_writes_fails_that_task_alone(
 ) -> None:
     """A result folder the system will not let us change (here immutable, as root; permission denied for a
     user): the redone task fails naming the error, the other redone task and the summary are written."""
-    corpus = tmp_path / "corpus"
-    flat_corpus(corpus, 2)
-    _sim, url = simulator_factory()
-    out = tmp_path / "out"
-    assert run(cli, corpus, out, url).returncode == 0
+    corpus, out, _sim, url = finished_run(cli, simulator_factory, tmp_path, 2)
     locked = out / "prog001"
     if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode != 0:
         pytest.skip("chattr +i is not available here")
@@ -292,11 +289,7 @@ def test_a_torn_last_journal_line_does_not_swallow_the_next_record(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
     """After a crash mid-append, the next run's records are kept: a third run finds everything done."""
-    corpus = tmp_path / "corpus"
-    flat_corpus(corpus, 2)
-    sim, url = simulator_factory()
-    out = tmp_path / "out"
-    assert run(cli, corpus, out, url).returncode == 0
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 2)
     snapshot = (out / "ledger.jsonl").read_text().splitlines()
     (out / "ledger.journal.jsonl").write_text(snapshot[0][: len(snapshot[0]) // 2])  # killed mid-append
     (corpus / "prog001.c").write_text(directive_c("prog001-v2", "out prog001"))
@@ -336,11 +329,7 @@ def test_an_interrupted_rerun_keeps_every_task_in_the_summary(
 
 def test_tasks_removed_from_the_corpus_leave_the_summary(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """A rerun that saw the whole corpus lists only its tasks (the ledger forgets the removed one)."""
-    corpus = tmp_path / "corpus"
-    flat_corpus(corpus, 3)
-    _sim, url = simulator_factory()
-    out = tmp_path / "out"
-    assert run(cli, corpus, out, url).returncode == 0
+    corpus, out, _sim, _url = finished_run(cli, simulator_factory, tmp_path, 3)
     for suffix in (".c", ".json", "_samples.json"):
         (corpus / f"prog002{suffix}").unlink()
     again = run(cli, corpus, out, _closed_port_url())
@@ -429,11 +418,8 @@ def test_no_progress_line_after_a_failed_preflight(cli: Cli, tmp_path: Path) -> 
 
 def test_rerun_of_a_finished_corpus_needs_no_server(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """Every task finished and unchanged: the rerun exits 0 with the server down and rewrites the same summary."""
-    corpus = tmp_path / "corpus"
-    names = flat_corpus(corpus, 3)
-    _sim, url = simulator_factory()
-    out = tmp_path / "out"
-    assert run(cli, corpus, out, url).returncode == 0
+    corpus, out, _sim, _url = finished_run(cli, simulator_factory, tmp_path, 3)
+    names = [f"prog{i:03d}" for i in range(3)]
     before = summary(out)["tasks"]
     again = run(cli, corpus, out, _closed_port_url(), timeout=60)
     assert again.returncode == 0, again.output
