@@ -1,5 +1,8 @@
 # The two commands a newcomer needs: `make demo` and `make test`.
+# PYTHON creates the project's virtual environment .venv (make PYTHON=/usr/bin/python3 ...); everything else
+# runs in .venv, so pip never installs into a system (externally managed), pyenv or conda interpreter.
 PYTHON ?= python3
+VENV_PYTHON := .venv/bin/python
 
 .PHONY: setup demo test lint bench
 
@@ -7,14 +10,14 @@ setup:
 	@$(PYTHON) scripts/setup.py
 
 demo: setup
-	$(PYTHON) scripts/demo.py
+	$(VENV_PYTHON) scripts/demo.py
 
 test: setup
-	$(PYTHON) -m pytest -q
+	$(VENV_PYTHON) -m pytest -q
 
 lint: setup
-	$(PYTHON) -m ruff check .
-	$(PYTHON) -m mypy
+	$(VENV_PYTHON) -m ruff check .
+	$(VENV_PYTHON) -m mypy
 
 bench: setup
-	$(PYTHON) bench/throughput.py --preset balanced
+	$(VENV_PYTHON) bench/throughput.py --preset balanced

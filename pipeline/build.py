@@ -35,7 +35,7 @@ import anyio
 from .config import ToolchainSettings
 from .errors import ConfigError
 from .rust_source import forbidden_constructs, unsafe_stats
-from .sandbox import Limits, ProcessResult, run_process, tool_env
+from .sandbox import Limits, ProcessResult, _pid_alive, run_process, tool_env
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +60,8 @@ CODEGEN_FLAGS = (
 #: Warnings are dropped anyway; not computing them is cheaper. Deny-by-default lints stay errors.
 BUILD_FLAGS = (*CODEGEN_FLAGS, "-A", "warnings")
 BINARY_NAME = "main"
+#: A libc build in progress, in the cache directory: ``.libc-build-<pid>-<random>``.
+LIBC_BUILD_PREFIX = ".libc-build-"
 _RUSTC_OUTPUT_CAP = 4 << 20
 _CACHED_DIAGNOSTICS_CAP = 200_000
 
@@ -420,7 +422,10 @@ async def _ensure_libc(
     if await anyio.to_thread.run_sync(rlib.is_file):
         return rlib
     log.info("toolchain: building the libc crate %s from %s (once)", version, libc_src)
-    tmp = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix=".libc-build-", dir=cache_dir)))
+    await anyio.to_thread.run_sync(_remove_stale_builds, cache_dir)
+    tmp = Path(await anyio.to_thread.run_sync(
+        lambda: tempfile.mkdtemp(prefix=f"{LIBC_BUILD_PREFIX}{os.getpid()}-", dir=cache_dir)
+    ))
     try:
         limits = Limits(
             wall_seconds=max(settings.compile_timeout, 300.0),
@@ -449,8 +454,19 @@ async def _ensure_libc(
                 "cfgs": cfgs, "rustc": version_text}
         await anyio.to_thread.run_sync(_publish_libc, tmp, final, info)
     finally:
-        await anyio.to_thread.run_sync(_remove, tmp)
+        # Also when start-up is cancelled (SIGINT/SIGTERM): no half-built crate stays in the cache.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(_remove, tmp)
     return rlib
+
+
+def _remove_stale_builds(cache_dir: Path) -> None:
+    """Remove libc build directories of runs that were killed mid-build (SIGKILL leaves no chance to clean)."""
+    for entry in cache_dir.glob(f"{LIBC_BUILD_PREFIX}*"):
+        pid = entry.name[len(LIBC_BUILD_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not _pid_alive(int(pid)):
+            log.info("toolchain: removing %s, left by a libc build that was killed", entry)
+            _remove(entry)
 
 
 def _read_manifest(libc_src: Path) -> dict[str, Any]:

@@ -2,181 +2,284 @@
 
 Exit status: 0 every task verified both stages; 1 the run finished but some tasks failed (or inputs were
 skipped); 2 bad usage, configuration or input directories; 3 the model server is unusable; 130 interrupted.
+
+The setting flags come from :data:`pipeline.config.SETTINGS` (one table for keys, flags, variables and job
+keys); this module adds the corpus flags and the job file's own keys. Nothing it prints or logs shows the API
+key or credentials in the server URL.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shlex
+import math
+import re
+import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 from . import __version__
-from .config import Config, load_config
+from .config import JOB_SETTINGS, SETTINGS, Config, load_config, read_toml
 from .discovery import classify_test_file
-from .engine import EXIT_INTERRUPTED, RunOptions, open_services, run_batch
+from .engine import EXIT_INTERRUPTED, EXIT_USAGE, RunOptions, open_services, run_batch
 from .errors import ConfigError, FatalError
+from .ledger import run_lock
 from .progress import LogReporter, Reporter, TqdmReporter
 from .results import write_task_results
 from .task import Task
 
 log = logging.getLogger("pipeline")
 
-#: Keys a jobs/*.toml file may set, with the flag each stands for.
-JOB_KEYS = {
-    "c_files": "c_files", "json_files": "json_files", "output": "output", "config": "config",
-    "workers": "workers", "jobs": "jobs", "model": "model", "base_url": "base_url", "num_tests": "num_tests",
-    "max_attempts": "max_attempts", "test_timeout": "test_timeout", "max_tokens": "max_tokens",
-    "temperature": "temperature", "retry_failed": "retry_failed", "feed": "feed", "outage_budget": "outage_budget",
-    "request_timeout": "request_timeout",
-}
-_PATH_KEYS = ("c_files", "json_files", "output", "config")
+#: A job file's own keys (besides the settings of JOB_SETTINGS): paths are relative to the job file.
+JOB_PATHS = ("c_files", "json_files", "output", "config")
+JOB_SWITCHES = ("retry_failed",)
+JOB_KEYS = (*JOB_PATHS, *JOB_SWITCHES, *JOB_SETTINGS)
 
 
-def _model_options(p: argparse.ArgumentParser) -> None:
+class UsageError(Exception):
+    """Bad usage found by the CLI itself: exit 2 with the message."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _setting_flags(group: argparse._ArgumentGroup, panel: str) -> None:
+    for s in SETTINGS:
+        if s.panel != panel:
+            continue
+        if s.flag:
+            metavar = s.metavar or ("N" if s.kind is int else "SECONDS" if s.kind is float else "VALUE")
+            group.add_argument(s.flag, dest=s.name, metavar=metavar, help=s.help)
+        if len(s.switches) == 1:
+            flag, value, text = s.switches[0]
+            group.add_argument(flag, dest=s.name, action="store_const", const=value, help=text)
+        elif s.switches:
+            exclusive = group.add_mutually_exclusive_group()
+            for flag, value, text in s.switches:
+                exclusive.add_argument(flag, dest=s.name, action="store_const", const=value, help=text)
+
+
+def _server_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model server (override sactor.toml and VLLM_* environment variables)")
-    g.add_argument("--config", type=Path, help="settings file (default: ./sactor.toml if present)")
-    g.add_argument("--base-url", help="OpenAI-compatible base URL ending in /v1, e.g. http://localhost:8000/v1")
-    g.add_argument("--model", help="model name as the server serves it")
-    g.add_argument("--api-key", help="API key, if the server wants one (never printed)")
-    g.add_argument("--max-tokens", type=int, help="cap on generated tokens per request")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--request-timeout", type=float, help="seconds one request may take")
-    g.add_argument("--outage-budget", type=float, help="seconds the server may be unreachable before the run stops")
-    g.add_argument("--stream", action="store_true", default=None, help="stream answers (SSE)")
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="settings file (default: $SACTOR_CONFIG, or ./sactor.toml if present)")
+    _setting_flags(g, "server")
     g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     g.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
 
 
 def _translation_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("translation")
-    g.add_argument("--workers", type=int, help="model requests in flight (default 8)")
-    g.add_argument("--jobs", type=int, help="compile and test processes at once (default: CPU cores)")
-    g.add_argument("--num-tests", type=int, help="use the first N tests of each task (default: all)")
-    g.add_argument("--max-attempts", type=int, help="attempts per stage (SACToR's max_translation_attempts)")
-    g.add_argument("--test-timeout", type=float, help="seconds per test command (default 60)")
-    g.add_argument("--no-idiomatic", dest="idiomatic", action="store_false", default=None,
-                   help="stop after the unidiomatic stage")
-    g.add_argument("--strict-sandbox", action="store_true", default=None,
-                   help="refuse to run when full isolation is not available")
-    g.add_argument("--cache-dir", help="where the libc rlib and the compile cache live")
-    feed = g.add_mutually_exclusive_group()
-    feed.add_argument("--feed-as-stdin", dest="feed", action="store_const", const="stdin",
-                      help="for sample-list JSON files: give the input on stdin (default)")
-    feed.add_argument("--feed-as-args", dest="feed", action="store_const", const="args",
-                      help="for sample-list JSON files: give the input as arguments")
+    _setting_flags(p.add_argument_group("translation"), "translation")
+
+
+def _corpus_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("corpus (the default command, `run`)")
+    g.add_argument("--c-files", type=Path, metavar="DIR", help="directory of C files")
+    g.add_argument("--json-files", type=Path, metavar="DIR", help="directory of JSON test tasks (may equal --c-files)")
+    g.add_argument("--output", type=Path, metavar="DIR",
+                   help="results directory (one folder per task, batch_summary.json)")
+    g.add_argument("--job", type=Path, metavar="FILE", help="a jobs/*.toml corpus-run definition; flags override it")
+    g.add_argument("--retry-failed", action="store_const", const=True, help="redo tasks that failed before")
+    g.add_argument("--force", action="store_true", help="redo every task, even finished ones")
+    g.add_argument("--progress-interval", type=_seconds, default=30.0, metavar="SECONDS",
+                   help="seconds between progress lines when not on a terminal")
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds greater than zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number of seconds greater than zero")
+    return value
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    _corpus_options(p)
+    _server_options(p)
+    _translation_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line. Its own help shows the corpus flags, as the original script's did."""
     parser = argparse.ArgumentParser(
         prog="batch_translate_generic.py",
+        usage="%(prog)s [run] --c-files DIR --json-files DIR --output DIR [options]\n"
+              "       %(prog)s translate C_FILE TEST_FILE -r RESULT_DIR [options]\n"
+              "       %(prog)s check [options]",
         description="Translate C programs to Rust with a self-hosted model: unidiomatic, then idiomatic; "
-                    "each compiled, tested and repaired.",
+                    "each compiled, tested and repaired. Without a command, the flags are those of `run`.",
+        epilog="`%(prog)s COMMAND --help` shows a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command")
+    # Shown in the top-level help; parsing goes through the `run` sub-command (main() inserts it).
+    _run_options(parser)
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check}",
+                                prog=parser.prog)
     run = sub.add_parser("run", help="translate a corpus (the default command)")
-    run.add_argument("--c-files", type=Path, help="directory of C files")
-    run.add_argument("--json-files", type=Path, help="directory of JSON test tasks (may equal --c-files)")
-    run.add_argument("--output", type=Path, help="results directory (one folder per task, batch_summary.json)")
-    run.add_argument("--job", type=Path, help="a jobs/*.toml corpus-run definition; flags override it")
-    run.add_argument("--retry-failed", action="store_true", default=None, help="redo tasks that failed before")
-    run.add_argument("--force", action="store_true", help="redo every task, even finished ones")
-    run.add_argument("--progress-interval", type=float, default=30.0,
-                     help="seconds between progress lines when not on a terminal")
-    _model_options(run)
-    _translation_options(run)
+    _run_options(run)
     tr = sub.add_parser("translate", help="translate one C file (like `sactor translate`)")
     tr.add_argument("c_file", type=Path)
     tr.add_argument("test_file", type=Path, help="its JSON test task (or sample list)")
-    tr.add_argument("-r", "--result-dir", type=Path, required=True)
-    _model_options(tr)
+    tr.add_argument("-r", "--result-dir", type=Path, required=True, help="results directory")
+    _server_options(tr)
     _translation_options(tr)
     ck = sub.add_parser("check", help="check the model server: models, context length, one short request")
-    _model_options(ck)
+    _server_options(ck)
     return parser
 
 
-def _apply_job(args: argparse.Namespace) -> None:
-    """Fill unset options from a jobs/*.toml file (relative paths are relative to the job file)."""
+# --------------------------------------------------------------------------------------------------------
+# Job files and settings
+
+
+def _read_job(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill unset corpus options from a jobs/*.toml file; return its settings (relative paths: to the file)."""
     path: Path = args.job
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: job file not found: check the --job path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+    data = read_toml(path, "job file", "the --job path")
     job = data.get("job", data)
+    if not isinstance(job, dict):
+        raise ConfigError(f"{path}: [job] must be a table of settings")
+    settings: dict[str, Any] = {}
     for key, value in job.items():
         if key not in JOB_KEYS:
             raise ConfigError(f"{path}: [job] unknown key '{key}'; known keys: {', '.join(sorted(JOB_KEYS))}")
-        attr = JOB_KEYS[key]
-        if key in _PATH_KEYS:
-            value = (path.parent / str(value)).resolve()
-        if getattr(args, attr, None) in (None, False):
-            setattr(args, attr, value)
+        if key in JOB_PATHS:
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"{path}: [job] {key} must be a path (text), not {type(value).__name__} "
+                                  f"{value!r}: write it like {key} = \"../corpus\"")
+            if getattr(args, key) is None:
+                setattr(args, key, (path.parent / value).resolve())
+                if key == "config":
+                    args.config_hint = f"{path}: [job] config"
+        elif key in JOB_SWITCHES:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [job] {key} must be true or false, not {type(value).__name__} "
+                                  f"{value!r}")
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        else:
+            settings[key] = value
+    return settings
 
 
-def _config(args: argparse.Namespace) -> Config:
-    flags: dict[str, Any] = {}
-    for name in ("base_url", "api_key", "model", "max_tokens", "temperature", "workers", "jobs", "num_tests",
-                 "max_attempts", "test_timeout", "request_timeout", "outage_budget", "feed", "stream",
-                 "idiomatic", "cache_dir"):
-        value = getattr(args, name, None)
-        if value is not None:
-            flags[name] = value
-    if getattr(args, "strict_sandbox", None):
-        flags["strict_sandbox"] = True
-    return load_config(args.config, flags=flags)
+def _config(args: argparse.Namespace, job: dict[str, Any] | None = None) -> Config:
+    flags = {s.name: getattr(args, s.name, None) for s in SETTINGS}
+    if flags.get("api_key") is not None:
+        log.warning("--api-key puts the key on the command line, where other users of this machine can see it "
+                    "(ps): prefer VLLM_API_KEY or [VLLM] api_key in a file only you can read")
+    config = load_config(
+        args.config, flags=flags, job=job, job_path=getattr(args, "job", None),
+        path_hint=getattr(args, "config_hint", "the --config path"),
+    )
+    _SCRUB.learn(config)
+    return config
+
+
+def _check_output(path: Path, flag: str) -> None:
+    """Create the results directory ``path`` if needed; UsageError when it cannot hold results."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is a file, not a directory: name a directory (it is created if missing)")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, so no directory can be created under it: "
+                                 f"name a directory")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path} is not writable ({exc.strerror}): name a directory you can write to") \
+            from None
+
+
+# --------------------------------------------------------------------------------------------------------
+# What the user sees: never a key, never credentials in a URL
+
+
+class _Scrubber(logging.Filter):
+    """Replaces the API key and a URL's credentials in every line the CLI prints or logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patterns: list[tuple[re.Pattern[str], str]] = []
+
+    def learn(self, config: Config) -> None:
+        url = config.model.base_url
+        scheme, _, rest = url.partition("://")
+        userinfo = rest.partition("/")[0].rpartition("@")[0]
+        if userinfo:
+            # Any form of the URL (with or without /v1, as the client's root URL) shows the same authority.
+            self.patterns.append((re.compile(re.escape(f"{scheme}://{userinfo}@")), f"{scheme}://***@"))
+        key = config.model.api_key
+        if key and key != "EMPTY":
+            # A whole-token match: a short key such as "test" must not blank out "tests".
+            self.patterns.append((re.compile(rf"(?<![\w.-]){re.escape(key)}(?![\w.-])"), "***"))
+
+    def __call__(self, text: str) -> str:
+        for pattern, shown in self.patterns:
+            text = pattern.sub(shown, text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.patterns:
+            record.msg, record.args = self(record.getMessage()), None
+        return True
+
+
+_SCRUB = _Scrubber()
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    print(_SCRUB(text), file=sys.stderr if err else sys.stdout)
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_SCRUB)
     for noisy in ("httpx", "httpx2", "httpcore", "openai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    if args.job is not None:
-        _apply_job(args)
+# --------------------------------------------------------------------------------------------------------
+# Commands
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    job = _read_job(args) if args.job is not None else None
     missing = [f for f, v in (("--c-files", args.c_files), ("--json-files", args.json_files),
                               ("--output", args.output)) if v is None]
     if missing:
-        print(f"error: {', '.join(missing)} required (or give --job FILE)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{', '.join(missing)} required (or give --job FILE)")
     for flag, directory in (("--c-files", args.c_files), ("--json-files", args.json_files)):
         if not directory.is_dir():
-            print(f"error: {flag} {directory}: not a directory", file=sys.stderr)
-            return 2
-    config = _config(args)
-    options = RunOptions(
-        c_dir=args.c_files, json_dir=args.json_files, output=args.output,
-        retry_failed=bool(args.retry_failed), force=args.force,
-        command=shlex.join(["batch_translate_generic.py", *argv]),
-    )
+            raise UsageError(f"{flag} {directory}: not a directory")
+    config = _config(args, job)
+    _check_output(args.output, "--output")
+    options = RunOptions(c_dir=args.c_files, json_dir=args.json_files, output=args.output,
+                         retry_failed=bool(args.retry_failed), force=args.force)
     reporter: Reporter = TqdmReporter() if sys.stderr.isatty() else LogReporter(args.progress_interval)
-    print(f"model {config.model.model} at {config.model.base_url}; {config.client.workers} requests in flight, "
-          f"{config.run.jobs} compile/test jobs; results in {args.output}", file=sys.stderr)
+    _say(f"model {config.model.model} at {config.model.public_url}; {config.client.workers} requests in flight, "
+         f"{config.run.jobs} compile/test jobs; results in {args.output}", err=True)
     outcome = anyio.run(lambda: run_batch(config, options, reporter=reporter))
     for line in outcome.table:
-        print(line)
+        _say(line)
     if outcome.summary:
-        print(f"results: {args.output}/<task>/ ; summary: {args.output / 'batch_summary.json'}")
+        _say(f"results: {args.output}/<task>/ ; summary: {args.output / 'batch_summary.json'}")
     if outcome.message:
-        print(("error: " if outcome.exit_code not in (0, EXIT_INTERRUPTED) else "") + outcome.message,
-              file=sys.stderr)
+        _say(("error: " if outcome.exit_code not in (0, EXIT_INTERRUPTED) else "") + outcome.message, err=True)
     return outcome.exit_code
 
 
@@ -185,25 +288,47 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
                 test_kind=classify_test_file(args.test_file), feed=config.run.feed)
     from .translate import input_hash, translate_task
 
-    async with open_services(config) as (env, _info):
-        result, transcript = await translate_task(env, task, input_hash(task))
-        await write_task_results(args.result_dir, result, transcript)
+    state: dict[str, str] = {}
+    failure: Exception | None = None
+    async with open_services(config) as (env, _info), anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for signum in signals:
+                    state["interrupted"] = signal.Signals(signum).name
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        try:
+            result, transcript = await translate_task(env, task, input_hash(task))
+            with anyio.CancelScope(shield=True):
+                await write_task_results(args.result_dir, result, transcript)
+        except Exception as exc:
+            failure = exc  # raised below as it is, not inside the task group's exception group
+        tg.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if "interrupted" in state:
+        _say(f"interrupted by {state['interrupted']}", err=True)
+        return EXIT_INTERRUPTED
     for stage in result.stages:
-        print(f"{stage.stage}: {stage.status} after {len(stage.attempts)} attempt(s)"
-              + (f": {stage.reason}" if stage.reason else ""))
+        _say(f"{stage.stage}: {stage.status} after {len(stage.attempts)} attempt(s)"
+             + (f": {stage.reason}" if stage.reason else ""))
     if result.reason:
-        print(f"failed: {result.reason}")
-    print(f"results: {args.result_dir}")
+        _say(f"failed: {result.reason}")
+    _say(f"results: {args.result_dir}")
     return 0 if result.status == "verified" else 1
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
     for label, path in (("C file", args.c_file), ("test file", args.test_file)):
         if not path.is_file():
-            print(f"error: {label} {path} does not exist", file=sys.stderr)
-            return 2
+            raise UsageError(f"{label} {path} does not exist")
+    _check_output(args.result_dir, "-r/--result-dir")
     config = _config(args)
-    return anyio.run(_translate_one, config, args)
+    with run_lock(args.result_dir, flag="-r/--result-dir"):
+        return anyio.run(_translate_one, config, args)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -212,29 +337,39 @@ def _cmd_check(args: argparse.Namespace) -> int:
     config = _config(args)
     report = anyio.run(run_check, config)
     for line in report.lines():
-        print(line)
+        _say(line)
     return 0 if report.ok else 1
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
+    # Until the event loop takes the signals over, SIGTERM stops the CLI like Ctrl-C (exit 130, cleaned up).
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
         if args.command == "run":
-            return _cmd_run(args, argv[1:])
+            return _cmd_run(args)
         if args.command == "translate":
             return _cmd_translate(args)
         if args.command == "check":
             return _cmd_check(args)
         parser.print_help()
-        return 2
+        return EXIT_USAGE
+    except UsageError as exc:
+        _say(f"error: {exc}", err=True)
+        return EXIT_USAGE
     except FatalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(("" if exc.exit_code == EXIT_INTERRUPTED else "error: ") + str(exc), err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        _say("interrupted", err=True)
         return EXIT_INTERRUPTED
+

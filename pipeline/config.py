@@ -1,11 +1,17 @@
-"""Settings: built-in defaults < sactor.toml (or --config FILE) < environment < command-line flags.
+"""Settings: built-in defaults < sactor.toml (or --config FILE) < environment < job file < command-line flags.
 
-The result is one frozen :class:`Config`, validated once at start-up. Every problem raises
-:class:`~pipeline.errors.ConfigError` whose message names the file, the key and the fix.
+The result is one frozen :class:`Config`, checked value by value as it is read. Every problem raises
+:class:`~pipeline.errors.ConfigError` whose message names where the value came from (the file and key, the
+environment variable, the job file's key or the flag) and the fix.
+
+One table, :data:`SETTINGS`, declares each setting once: its place in :class:`Config`, its type, its file key,
+flag, environment variable, whether a job file may set it, and its limits. Keys, flags, variables, job keys and
+validation all derive from it.
 
 The file is SACToR-compatible: ``[general]`` and ``[VLLM]`` use SACToR's names; what SACToR has no name for
-lives in our own sections ``[pipeline]``, ``[toolchain]`` and ``[sandbox]``. SACToR sections we do not use
-(``[litellm]``, ``[logging]``, other providers) produce one notice each and are otherwise ignored.
+lives in our own sections ``[pipeline]``, ``[toolchain]`` and ``[sandbox]``. Whatever else a SACToR file
+carries (``[litellm]``, ``[test_runner]``, provider sections, ``[general] encoding`` ...) is listed once as
+ignored. Our own sections are strict: an unknown key there is an error with a suggestion.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
+import math
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +37,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_BACKENDS = ("VLLM",)
-#: SACToR sections that a user's file may carry; we read none of them.
-IGNORED_SECTIONS = (
-    "litellm", "logging", "OpenAI", "AzureOpenAI", "Anthropic", "Google", "DeepSeek", "Ollama",
-    "test_generator", "verifier", "CustomModel",
-)
-ENV_OVERRIDES = {"VLLM_BASE_URL": "base_url", "VLLM_API_KEY": "api_key", "VLLM_MODEL": "model"}
 
 DEFAULT_SYSTEM_MESSAGE = (
     "You are an expert C and Rust programmer. You translate C programs into Rust programs that behave "
@@ -80,7 +80,7 @@ class TranslationSettings:
     test_timeout: float = 60.0
     output_byte_limit: int = 40_000
     system_message: str = DEFAULT_SYSTEM_MESSAGE
-    num_tests: int | None = None
+    num_tests: int | None = None  # None: every test
     idiomatic: bool = True
 
 
@@ -157,224 +157,433 @@ class Config:
         """The configuration as plain data without secrets, for summaries and logs."""
         data = dataclasses.asdict(self)
         data["model"].pop("api_key", None)
+        data["model"]["base_url"] = self.model.public_url
         return data
 
 
-# (section, key in file) -> (settings group, field name, type). Types: int, float, str, bool, "int?".
-_KEYS: dict[tuple[str, str], tuple[str, str, str]] = {
-    ("general", "llm"): ("model", "backend", "str"),
-    ("general", "max_translation_attempts"): ("translation", "max_attempts", "int"),
-    ("general", "timeout_seconds"): ("translation", "test_timeout", "float"),
-    ("general", "command_output_byte_limit"): ("translation", "output_byte_limit", "int"),
-    ("general", "system_message"): ("translation", "system_message", "str"),
-    ("general", "num_tests"): ("translation", "num_tests", "int?"),
-    ("general", "idiomatic"): ("translation", "idiomatic", "bool"),
-    ("VLLM", "base_url"): ("model", "base_url", "str"),
-    ("VLLM", "api_key"): ("model", "api_key", "str"),
-    ("VLLM", "model"): ("model", "model", "str"),
-    ("VLLM", "max_tokens"): ("model", "max_tokens", "int"),
-    ("VLLM", "temperature"): ("model", "temperature", "float"),
-    ("pipeline", "workers"): ("client", "workers", "int"),
-    ("pipeline", "request_timeout"): ("client", "request_timeout", "float"),
-    ("pipeline", "connect_timeout"): ("client", "connect_timeout", "float"),
-    ("pipeline", "retry_attempts"): ("client", "retry_attempts", "int"),
-    ("pipeline", "retry_deadline"): ("client", "retry_deadline", "float"),
-    ("pipeline", "retry_max_wait"): ("client", "retry_max_wait", "float"),
-    ("pipeline", "outage_budget"): ("client", "outage_budget", "float"),
-    ("pipeline", "context_margin"): ("client", "context_margin", "int"),
-    ("pipeline", "stream"): ("client", "stream", "bool"),
-    ("pipeline", "jobs"): ("run", "jobs", "int"),
-    ("pipeline", "feed"): ("run", "feed", "str"),
-    ("toolchain", "rustc"): ("toolchain", "rustc", "str"),
-    ("toolchain", "clippy_driver"): ("toolchain", "clippy_driver", "str"),
-    ("toolchain", "edition"): ("toolchain", "edition", "str"),
-    ("toolchain", "libc_source"): ("toolchain", "libc_source", "str"),
-    ("toolchain", "cache_dir"): ("toolchain", "cache_dir", "str"),
-    ("toolchain", "compile_cache"): ("toolchain", "compile_cache", "bool"),
-    ("toolchain", "compile_timeout"): ("toolchain", "compile_timeout", "float"),
-    ("toolchain", "compile_memory_mb"): ("toolchain", "compile_memory_mb", "int"),
-    ("toolchain", "clippy"): ("toolchain", "clippy", "bool"),
-    ("sandbox", "strict"): ("sandbox", "strict", "bool"),
-    ("sandbox", "memory_mb"): ("sandbox", "memory_mb", "int"),
-    ("sandbox", "cpu_seconds"): ("sandbox", "cpu_seconds", "int"),
-    ("sandbox", "max_processes"): ("sandbox", "max_processes", "int"),
-    ("sandbox", "max_file_mb"): ("sandbox", "max_file_mb", "int"),
-    ("sandbox", "open_files"): ("sandbox", "open_files", "int"),
-    ("sandbox", "network"): ("sandbox", "network", "bool"),
-}
-_SECTIONS = sorted({s for s, _ in _KEYS})
-#: Settings that must be strictly positive.
-_POSITIVE = {
-    "max_attempts", "test_timeout", "output_byte_limit", "max_tokens", "workers", "request_timeout",
-    "connect_timeout", "retry_attempts", "retry_deadline", "outage_budget", "jobs", "compile_timeout",
-    "compile_memory_mb", "memory_mb", "cpu_seconds", "max_processes", "max_file_mb", "open_files",
-    "num_tests", "retry_max_wait",
-}
-#: Flag name (as the CLI stores it) -> (group, field). Only flags that were given are passed in.
-FLAG_FIELDS: dict[str, tuple[str, str]] = {
-    "base_url": ("model", "base_url"),
-    "api_key": ("model", "api_key"),
-    "model": ("model", "model"),
-    "max_tokens": ("model", "max_tokens"),
-    "temperature": ("model", "temperature"),
-    "workers": ("client", "workers"),
-    "jobs": ("run", "jobs"),
-    "num_tests": ("translation", "num_tests"),
-    "max_attempts": ("translation", "max_attempts"),
-    "test_timeout": ("translation", "test_timeout"),
-    "request_timeout": ("client", "request_timeout"),
-    "outage_budget": ("client", "outage_budget"),
-    "feed": ("run", "feed"),
-    "strict_sandbox": ("sandbox", "strict"),
-    "stream": ("client", "stream"),
-    "idiomatic": ("translation", "idiomatic"),
-    "cache_dir": ("toolchain", "cache_dir"),
-}
+# --------------------------------------------------------------------------------------------------------
+# The table of settings
 
 
-def _suggest(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its place in :class:`Config`, its name in every source, and the values it accepts.
+
+    ``name`` is the field of ``group`` and also the setting's key in a job file and the CLI's dest. A valued
+    flag is ``flag``; ``switches`` are flags that set a fixed value (``--no-idiomatic`` sets False).
+    """
+
+    group: str
+    name: str
+    kind: type
+    section: str
+    key: str
+    flag: str | None = None
+    switches: tuple[tuple[str, Any, str], ...] = ()  # (flag, value it sets, help)
+    env: str | None = None
+    job: bool = False
+    panel: str = ""  # where the CLI lists the flag: "server" or "translation"
+    help: str = ""
+    metavar: str = ""
+    optional: bool = False  # None allowed (absent means "all" or "default")
+    positive: bool = False
+    low: float | None = None
+    high: float | None = None  # refused above
+    cap: int | None = None  # lowered to this, with a warning
+    choices: tuple[str, ...] = ()
+    secret: bool = False  # never shown in a message
+    rule: Callable[[Any], str | None] | None = None  # extra check: what is wrong, with the fix, or None
+
+    @property
+    def file_key(self) -> str:
+        return f"[{self.section}] {self.key}"
+
+
+SUPPORTED_BACKENDS = ("VLLM",)
+WEEK = 7 * 24 * 3600.0
+#: More requests in flight than any single vLLM server schedules (its --max-num-seqs defaults to 256);
+#: each one also keeps two tasks in flight, so an absurd value would only cost memory.
+MAX_WORKERS = 1024
+#: Compile and test processes at once: far beyond any machine's cores, short of a fork bomb.
+MAX_JOBS = 256
+
+
+def _base_url_rule(value: str) -> str | None:
+    url = value.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        return "must start with http:// or https://"
+    if not url.endswith("/v1"):
+        return f"must end with /v1, where vLLM serves its OpenAI routes: use {redact_url(url + '/v1')!r}"
+    return None
+
+
+def _backend_rule(value: str) -> str | None:
+    if value in SUPPORTED_BACKENDS:
+        return None
+    return ("is not supported: this tool talks to an OpenAI-compatible vLLM server; set llm = \"VLLM\" and "
+            "fill in [VLLM]")
+
+
+def _not_empty(value: str) -> str | None:
+    return "is empty: name the model the server serves (see `check`)" if not value.strip() else None
+
+
+
+def _s(group: str, name: str, kind: type, section: str, key: str | None = None, **kw: Any) -> Setting:
+    return Setting(group, name, kind, section, key or name, **kw)
+
+
+#: Every setting, once. Flags, environment variables, file keys, job keys and checks all come from here.
+SETTINGS: tuple[Setting, ...] = (
+    # [general]: SACToR's names
+    _s("model", "backend", str, "general", "llm", rule=_backend_rule),
+    _s("translation", "max_attempts", int, "general", "max_translation_attempts", flag="--max-attempts",
+       job=True, panel="translation", positive=True, high=1000,
+       help="attempts per stage (SACToR's max_translation_attempts)"),
+    _s("translation", "test_timeout", float, "general", "timeout_seconds", flag="--test-timeout", job=True,
+       panel="translation", positive=True, high=WEEK, help="seconds per test command (default 60)"),
+    _s("translation", "output_byte_limit", int, "general", "command_output_byte_limit", positive=True,
+       high=1 << 30),
+    _s("translation", "system_message", str, "general"),
+    _s("translation", "num_tests", int, "general", flag="--num-tests", job=True, panel="translation",
+       optional=True, positive=True, help="use the first N tests of each task (default: all)"),
+    _s("translation", "idiomatic", bool, "general", job=True, panel="translation",
+       switches=(("--no-idiomatic", False, "stop after the unidiomatic stage"),)),
+    # [VLLM]: each key also has the environment variable VLLM_<KEY>
+    _s("model", "base_url", str, "VLLM", flag="--base-url", env="VLLM_BASE_URL", job=True, panel="server",
+       rule=_base_url_rule, metavar="URL",
+       help="OpenAI-compatible base URL ending in /v1, e.g. http://localhost:8000/v1"),
+    _s("model", "api_key", str, "VLLM", flag="--api-key", env="VLLM_API_KEY", panel="server", secret=True,
+       metavar="KEY", help="API key, if the server wants one (never printed; other users see command lines: prefer "
+            "VLLM_API_KEY)"),
+    _s("model", "model", str, "VLLM", flag="--model", env="VLLM_MODEL", job=True, panel="server",
+       rule=_not_empty, metavar="NAME", help="model name as the server serves it"),
+    _s("model", "max_tokens", int, "VLLM", flag="--max-tokens", env="VLLM_MAX_TOKENS", job=True,
+       panel="server", positive=True, high=10_000_000, help="cap on generated tokens per request"),
+    _s("model", "temperature", float, "VLLM", flag="--temperature", env="VLLM_TEMPERATURE", job=True,
+       panel="server", metavar="T", low=0.0, high=2.0, help="sampling temperature, 0 to 2 (default 0)"),
+    # [pipeline]: ours
+    _s("client", "workers", int, "pipeline", flag="--workers", job=True, panel="translation", positive=True,
+       cap=MAX_WORKERS, help="model requests in flight (default 8)"),
+    _s("client", "request_timeout", float, "pipeline", flag="--request-timeout", job=True, panel="server",
+       positive=True, high=WEEK, help="seconds one request may take"),
+    _s("client", "connect_timeout", float, "pipeline", positive=True, high=WEEK),
+    _s("client", "retry_attempts", int, "pipeline", positive=True, high=1000),
+    _s("client", "retry_deadline", float, "pipeline", positive=True, high=WEEK),
+    _s("client", "retry_max_wait", float, "pipeline", positive=True, high=WEEK),
+    _s("client", "outage_budget", float, "pipeline", flag="--outage-budget", job=True, panel="server",
+       positive=True, high=WEEK, help="seconds the server may be unreachable before the run stops"),
+    _s("client", "context_margin", int, "pipeline", low=0, high=1_000_000),
+    _s("client", "stream", bool, "pipeline", job=True, panel="server",
+       switches=(("--stream", True, "stream answers (SSE)"),)),
+    _s("run", "jobs", int, "pipeline", flag="--jobs", job=True, panel="translation", positive=True,
+       cap=MAX_JOBS, help="compile and test processes at once (default: CPU cores)"),
+    _s("run", "feed", str, "pipeline", job=True, panel="translation", choices=("stdin", "args"), switches=(
+        ("--feed-as-stdin", "stdin", "for sample-list JSON files: give the input on stdin (default)"),
+        ("--feed-as-args", "args", "for sample-list JSON files: give the input as arguments"),
+    )),
+    # [toolchain]
+    _s("toolchain", "rustc", str, "toolchain", rule=_not_empty),
+    _s("toolchain", "clippy_driver", str, "toolchain"),
+    _s("toolchain", "edition", str, "toolchain", choices=("2015", "2018", "2021", "2024")),
+    _s("toolchain", "libc_source", str, "toolchain"),
+    _s("toolchain", "cache_dir", str, "toolchain", flag="--cache-dir", panel="translation", metavar="DIR",
+       help="where the libc rlib and the compile cache live"),
+    _s("toolchain", "compile_cache", bool, "toolchain"),
+    _s("toolchain", "compile_timeout", float, "toolchain", positive=True, high=WEEK),
+    _s("toolchain", "compile_memory_mb", int, "toolchain", positive=True, high=1 << 20),
+    _s("toolchain", "clippy", bool, "toolchain"),
+    # [sandbox]
+    _s("sandbox", "strict", bool, "sandbox", job=True, panel="translation", switches=(
+        ("--strict-sandbox", True, "refuse to run when full isolation is not available"),)),
+    _s("sandbox", "memory_mb", int, "sandbox", positive=True, high=1 << 20),
+    _s("sandbox", "cpu_seconds", int, "sandbox", positive=True, high=int(WEEK)),
+    _s("sandbox", "max_processes", int, "sandbox", positive=True, high=1 << 22),
+    _s("sandbox", "max_file_mb", int, "sandbox", positive=True, high=1 << 20),
+    _s("sandbox", "open_files", int, "sandbox", positive=True, high=1 << 20),
+    _s("sandbox", "network", bool, "sandbox"),
+)
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+BY_FILE_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
+#: Sections whose every key is ours: strict.
+OWN_SECTIONS = ("VLLM", "pipeline", "toolchain", "sandbox")
+SECTIONS = ("general", *OWN_SECTIONS)
+#: Settings a job file may set (by name), besides the CLI's own job keys (the corpus paths).
+JOB_SETTINGS = tuple(s.name for s in SETTINGS if s.job)
+
+#: What SACToR's sactor.toml may carry (its sactor.default.toml, past and present) that this tool does not read.
+SACTOR_SECTIONS = (
+    "test_runner", "test_generator", "verifier", "logging", "litellm", "OpenAI", "AzureOpenAI", "DeepSeek",
+    "Anthropic", "Google", "Ollama", "CustomModel",
+)
+SACTOR_GENERAL_KEYS = (
+    "max_verifier_harness_attempts", "unidiomatic_fallback_c2rust", "unidiomatic_fallback_c2rust_fix_attempts",
+    "const_global_max_translation_len", "max_llm_input_tokens", "encoding", "model",
+)
+CONFIG_ENV = "SACTOR_CONFIG"  # SACToR's variable naming the settings file
+
+# --------------------------------------------------------------------------------------------------------
+# Checking one value from one source
+
+_KIND_NAMES = {int: ("a whole number", "8"), float: ("a number", "60"), str: ("text", '"text"'),
+               bool: ("true or false", "true")}
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_INT_TEXT = re.compile(r"[+-]?[0-9][0-9_]*")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from, to name it in messages: a file key, a job key, a variable or a flag."""
+
+    kind: str  # "file", "job", "env", "flag"
+    path: Path | None = None
+
+    def label(self, setting: Setting, flag: str | None = None) -> str:
+        if self.kind == "file":
+            return f"{self.path}: {setting.file_key}"
+        if self.kind == "job":
+            return f"{self.path}: [job] {setting.name}"
+        if self.kind == "env":
+            return f"environment variable {setting.env}"
+        return flag or setting.flag or setting.name
+
+    @property
+    def textual(self) -> bool:
+        return self.kind in ("env", "flag")
+
+    @property
+    def sep(self) -> str:
+        return "=" if self.kind == "env" else " " if self.kind == "flag" else " = "
+
+
+def _show(setting: Setting, value: Any) -> str:
+    if setting.secret:
+        return "'***'"
+    if setting.name == "base_url" and isinstance(value, str):
+        return repr(redact_url(value))
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_value(setting: Setting, value: Any, source: Source, *, flag: str | None = None) -> Any:
+    """``value`` as ``setting`` holds it (converted from text for flags and variables), or ConfigError.
+
+    The error names ``source`` and says what to write instead. Values above ``setting.cap`` come back
+    lowered to it, with a warning.
+    """
+    where = source.label(setting, flag)
+    shown = f"{where}{source.sep}{_show(setting, value)}"
+    kind_name, example = _KIND_NAMES[setting.kind]
+    if source.textual and isinstance(value, str) and setting.kind is not str:
+        text = value.strip()
+        if setting.kind is bool and text.lower() in _TRUE + _FALSE:
+            value = text.lower() in _TRUE
+        elif setting.kind is int and _INT_TEXT.fullmatch(text):
+            value = int(text)
+        elif setting.kind is float:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ConfigError(f"{shown} is not {kind_name}: write it like {example}") from None
+        else:
+            raise ConfigError(f"{shown} is not {kind_name}: write it like {example}")
+        shown = f"{where}{source.sep}{_show(setting, value)}"
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }[setting.kind]
+    if not ok:
+        raise ConfigError(
+            f"{where} must be {kind_name}, not {type(value).__name__} {_show(setting, value)}: write it like "
+            f"{example}"
+        )
+    if setting.kind is float:
+        value = float(value)
+        shown = f"{where}{source.sep}{_show(setting, value)}"
+        if not math.isfinite(value):
+            raise ConfigError(f"{shown} must be a finite number{_range_text(setting)}")
+    if setting.kind in (int, float):
+        if setting.positive and value <= 0:
+            raise ConfigError(f"{shown} must be greater than zero"
+                              + ("; leave it out to use all" if setting.optional else ""))
+        if setting.low is not None and value < setting.low:
+            raise ConfigError(f"{shown} must be at least {setting.low:g}{_range_text(setting)}")
+        if setting.high is not None and value > setting.high:
+            raise ConfigError(f"{shown} must be at most {setting.high:g}")
+        if setting.cap is not None and value > setting.cap:
+            log.warning("%s is more than %d; using %d", shown, setting.cap, setting.cap)
+            value = setting.cap
+    if setting.choices and value not in setting.choices:
+        raise ConfigError(f"{shown} must be one of {', '.join(repr(c) for c in setting.choices)}")
+    if setting.rule is not None:
+        problem = setting.rule(value)
+        if problem:
+            raise ConfigError(f"{shown} {problem}")
+    return value
+
+
+def _range_text(setting: Setting) -> str:
+    if setting.positive:
+        return " greater than zero"
+    if setting.low is not None and setting.high is not None:
+        return f" between {setting.low:g} and {setting.high:g}"
+    return ""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Sources
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" Did you mean '{close[0]}'?" if close else ""
 
 
-def _coerce(where: str, value: Any, kind: str) -> Any:
-    optional = kind.endswith("?")
-    kind = kind.rstrip("?")
-    if optional and value in (None, 0, ""):
-        return None
-    ok = {
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-    }[kind]
-    if not ok:
-        example = {"int": "8", "float": "60.0", "str": '"text"', "bool": "true"}[kind]
-        raise ConfigError(
-            f"{where} must be {'an' if kind == 'int' else 'a'} {kind}, not {type(value).__name__} {value!r}: "
-            f"write it like {example}"
-        )
-    return float(value) if kind == "float" else value
+def read_toml(path: Path, what: str, hint: str) -> dict[str, Any]:
+    """Parse a TOML file (UTF-8, a BOM allowed), or raise ConfigError naming ``path`` and the fix.
 
-
-def read_config_file(path: Path, *, explicit: bool) -> dict[str, dict[str, Any]]:
-    """Parse and check a sactor.toml. Returns {group: {field: value}} for the keys it sets.
-
-    Raises ConfigError for a missing explicit file, bad TOML, unknown keys and wrong types.
+    ``what`` names the file in messages ("configuration file", "job file"); ``hint`` says what named it.
     """
-    if not path.exists():
-        if explicit:
-            raise ConfigError(f"{path}: configuration file not found: check the --config path")
-        return {}
     try:
-        with path.open("rb") as fh:
-            raw = tomllib.load(fh)
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: {what} not found: check {hint}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what}: check {hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from exc
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save the {what} as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}): fix the syntax at that line") from exc
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the configuration file ({exc.strerror})") from exc
-    values: dict[str, dict[str, Any]] = {}
+
+
+def read_config_file(path: Path, *, explicit: bool, hint: str = "the --config path") -> dict[str, Any]:
+    """Parse and check a sactor.toml. Returns {setting name: value} for the keys it sets.
+
+    Raises ConfigError for a missing explicit file, bad encoding or TOML, unknown keys of our sections, wrong
+    types and bad values. SACToR's keys and sections that we do not read are logged once, as ignored.
+    """
+    if not explicit and not path.exists():
+        return {}
+    raw = read_toml(path, "configuration file", hint)
+    source = Source("file", path)
+    values: dict[str, Any] = {}
+    ignored: list[str] = []
     for section, body in raw.items():
-        if section in IGNORED_SECTIONS:
-            log.info("%s: section [%s] is SACToR's and not used by this tool; ignoring it", path, section)
+        if section not in SECTIONS:
+            close = _suggest(section, SECTIONS)
+            if section not in SACTOR_SECTIONS and close:
+                raise ConfigError(f"{path}: unknown section [{section}].{close} Known sections: "
+                                  f"{', '.join('[' + s + ']' for s in SECTIONS)}")
+            ignored.append(f"[{section}]")
             continue
-        if section not in _SECTIONS:
-            raise ConfigError(
-                f"{path}: unknown section [{section}].{_suggest(section, _SECTIONS + list(IGNORED_SECTIONS))}"
-                f" Known sections: {', '.join('[' + s + ']' for s in _SECTIONS)}"
-            )
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: '{section}' must be a table ([{section}]), not a value")
-        known = [k for s, k in _KEYS if s == section]
+        skipped: list[str] = []
         for key, value in body.items():
-            if (section, key) not in _KEYS:
-                raise ConfigError(
-                    f"{path}: [{section}] unknown key '{key}'.{_suggest(key, known)}"
-                    f" Keys of [{section}]: {', '.join(sorted(known))}"
-                )
-            group, name, kind = _KEYS[(section, key)]
-            values.setdefault(group, {})[name] = _coerce(f"{path}: [{section}] {key}", value, kind)
+            setting = BY_FILE_KEY.get((section, key))
+            if setting is None:
+                known = [s.key for s in SETTINGS if s.section == section]
+                close = _suggest(key, known)
+                # Our sections are strict; [general] is SACToR's, so only a near-miss of a key we read is an error.
+                if section in OWN_SECTIONS or (close and key not in SACTOR_GENERAL_KEYS):
+                    raise ConfigError(f"{path}: [{section}] unknown key '{key}'.{close}"
+                                      f" Keys of [{section}]: {', '.join(sorted(known))}")
+                skipped.append(key)
+                continue
+            values[setting.name] = check_value(setting, value, source)
+        if skipped:
+            ignored.append(f"[{section}] {', '.join(skipped)}")
+    if ignored:
+        log.info("%s: not used by this tool (SACToR's settings), ignored: %s", path, "; ".join(ignored))
+    if values.get("api_key") not in (None, "", "EMPTY"):
+        _warn_if_readable(path)
     return values
 
 
-def _file_key(group: str, name: str) -> str:
-    for (section, key), (g, n, _) in _KEYS.items():
-        if (g, n) == (group, name):
-            return f"[{section}] {key}"
-    return f"{group}.{name}"
+def _warn_if_readable(path: Path) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o004:
+        log.warning("%s holds [VLLM] api_key and other users can read it: chmod 600 %s (or set VLLM_API_KEY "
+                    "instead)", path, path)
 
 
-def _validate(config: Config, where: str) -> None:
-    for group_field in dataclasses.fields(config):
-        group = getattr(config, group_field.name)
-        if not dataclasses.is_dataclass(group):
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings given by environment variables (empty ones count as unset)."""
+    source = Source("env")
+    return {s.name: check_value(s, environ[s.env], source) for s in SETTINGS if s.env and environ.get(s.env)}
+
+
+def read_job_settings(job: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The settings of a job file's ``[job]`` table (only names in :data:`JOB_SETTINGS`), checked."""
+    source = Source("job", path)
+    return {name: check_value(BY_NAME[name], value, source) for name, value in job.items()}
+
+
+def read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings given as flags, keyed by setting name (None: not given), checked."""
+    source = Source("flag")
+    out: dict[str, Any] = {}
+    for name, value in flags.items():
+        if value is None:
             continue
-        for f in dataclasses.fields(group):
-            value = getattr(group, f.name)
-            if f.name in _POSITIVE and value is not None and value <= 0:
-                raise ConfigError(
-                    f"{where}: {_file_key(group_field.name, f.name)} = {value} must be greater than zero"
-                )
-    m = config.model
-    if m.backend not in SUPPORTED_BACKENDS:
-        raise ConfigError(
-            f"{where}: [general] llm = {m.backend!r} is not supported: this tool talks to an OpenAI-compatible "
-            f"vLLM server; set llm = \"VLLM\" and fill in [VLLM]"
-        )
-    url = m.base_url.rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: [VLLM] base_url = {m.base_url!r} must start with http:// or https://")
-    if not url.endswith("/v1"):
-        raise ConfigError(
-            f"{where}: [VLLM] base_url = {m.base_url!r} must end with /v1, where vLLM serves its OpenAI routes: "
-            f"use {url + '/v1'!r}"
-        )
-    if not m.model:
-        raise ConfigError(f"{where}: [VLLM] model is empty: name the model the server serves (see `check`)")
-    if not 0.0 <= m.temperature <= 2.0:
-        raise ConfigError(f"{where}: [VLLM] temperature = {m.temperature} must be between 0 and 2")
-    if config.run.feed not in ("stdin", "args"):
-        raise ConfigError(f"{where}: [pipeline] feed = {config.run.feed!r} must be \"stdin\" or \"args\"")
-    if config.toolchain.edition not in ("2015", "2018", "2021", "2024"):
-        raise ConfigError(f"{where}: [toolchain] edition = {config.toolchain.edition!r} is not a Rust edition")
+        setting = BY_NAME[name]
+        flag = setting.flag or next((f for f, v, _ in setting.switches if v == value), None)
+        out[name] = check_value(setting, value, source, flag=flag)
+    return out
 
 
-def _apply(config: Config, overrides: Mapping[str, Mapping[str, Any]]) -> Config:
-    groups = {g: dataclasses.replace(getattr(config, g), **vals) for g, vals in overrides.items() if vals}
-    return dataclasses.replace(config, **groups)
+def _apply(config: Config, values: Mapping[str, Any]) -> Config:
+    groups: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        groups.setdefault(BY_NAME[name].group, {})[name] = value
+    replaced = {g: dataclasses.replace(getattr(config, g), **vals) for g, vals in groups.items()}
+    return dataclasses.replace(config, **replaced)
 
 
 def load_config(
     path: Path | None = None,
     *,
     flags: Mapping[str, Any] | None = None,
+    job: Mapping[str, Any] | None = None,
+    job_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     default_path: Path = Path("sactor.toml"),
+    path_hint: str = "the --config path",
 ) -> Config:
-    """Build the run's Config from defaults, the file, the environment and flags (later wins).
+    """Build the run's Config from defaults, the file, the environment, a job file and flags (later wins).
 
-    ``path`` is the --config value (a missing one is an error); without it ``default_path`` is read if it exists.
-    ``flags`` holds only the flags the user gave, keyed as in :data:`FLAG_FIELDS`.
-    Raises ConfigError with the file, key and fix.
+    ``path`` is the --config value (or a job file's ``config``, named by ``path_hint``); a missing one is an
+    error. Without it, ``$SACTOR_CONFIG`` names the file, else ``default_path`` is read if it exists.
+    ``flags`` and ``job`` are keyed by setting name (see :data:`SETTINGS`).
+    Raises ConfigError naming the source of the bad value and the fix.
     """
     environ = os.environ if environ is None else environ
+    explicit = path is not None
+    if path is None and environ.get(CONFIG_ENV):
+        path, explicit, path_hint = Path(environ[CONFIG_ENV]).expanduser(), True, f"${CONFIG_ENV}"
     file = path if path is not None else default_path
+    layers = [
+        (str(file), read_config_file(file, explicit=explicit, hint=path_hint)),
+        ("environment", read_environment(environ)),
+        (f"job {job_path}", read_job_settings(job or {}, job_path or Path("job"))),
+        ("flags", read_flags(flags or {})),
+    ]
     config = Config()
-    file_values = read_config_file(file, explicit=path is not None)
-    where = str(file) if file_values or path is not None else "configuration"
-    config = _apply(config, file_values)
-    env_values = {f: environ[k] for k, f in ENV_OVERRIDES.items() if environ.get(k)}
-    if env_values:
-        config = _apply(config, {"model": env_values})
-    flag_values: dict[str, dict[str, Any]] = {}
-    for name, value in (flags or {}).items():
-        if value is None:
-            continue
-        group, fld = FLAG_FIELDS[name]
-        flag_values.setdefault(group, {})[fld] = value
-    config = _apply(config, flag_values)
-    sources = [where if file_values else None, "environment" if env_values else None,
-               "flags" if flag_values else None]
-    config = dataclasses.replace(config, source=" < ".join(s for s in ["defaults", *sources] if s))
-    _validate(config, where)
-    return config
+    for _name, values in layers:
+        config = _apply(config, values)
+    used = [name for name, values in layers if values]
+    return dataclasses.replace(config, source=" < ".join(["defaults", *used]))

@@ -42,7 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import ConfigError, DiskFull, FatalError
+from .errors import ConfigError, DiskFull, FatalError, Interrupted
 from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
@@ -71,7 +71,6 @@ class RunOptions:
     output: Path
     retry_failed: bool = False
     force: bool = False
-    command: str = ""
 
 
 @dataclass
@@ -107,15 +106,30 @@ async def open_services(
 ) -> AsyncIterator[tuple[StageEnv, ServerInfo]]:
     """Toolchain, sandbox and model client for a run, opened in one place and closed in reverse order.
 
+    Start-up (the libc build, the sandbox probe, preflight) stops at SIGINT/SIGTERM: what was opened is
+    closed again (no scratch, no half-built cache) and Interrupted (exit 130) is raised.
     Raises ConfigError (toolchain, strict sandbox) or ModelUnavailable (preflight).
     """
     async with AsyncExitStack() as stack:
-        toolchain = await Toolchain.prepare(config.toolchain)
-        sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
-        client = await stack.enter_async_context(
-            ModelClient.open(config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers))
-        )
-        info = await client.preflight()
+        state: dict[str, Any] = {"interrupted": None}
+        failure: Exception | None = None
+        # The services outlive this task group: none of them holds a cancel scope across its yield.
+        async with anyio.create_task_group() as startup:
+            startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
+            try:
+                toolchain = await Toolchain.prepare(config.toolchain)
+                sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
+                client = await stack.enter_async_context(ModelClient.open(
+                    config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                ))
+                info = await client.preflight()
+            except Exception as exc:
+                failure = exc  # raised below as it is, not inside the task group's exception group
+            startup.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if state["interrupted"]:
+            raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
         env = StageEnv(config, client, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
         yield env, info
 
@@ -188,8 +202,12 @@ class _Run:
                 await send.send((item, key))
         self.counters.discovery_finished = True
 
-    async def work_all(self, receive: MemoryObjectReceiveStream[tuple[Task, str]]) -> None:
-        """Translate every task the producer sends; the services are opened only once the first one comes."""
+    async def work_all(self, receive: MemoryObjectReceiveStream[tuple[Task, str]], stop: anyio.CancelScope,
+                       state: dict[str, Any]) -> None:
+        """Translate every task the producer sends; the services are opened only once the first one comes.
+
+        ``stop`` and ``state`` are the run's: SIGINT/SIGTERM cancel ``stop`` and are noted in ``state``.
+        """
         try:
             first = await receive.receive()
         except anyio.EndOfStream:
@@ -198,6 +216,9 @@ class _Run:
             self.env, self.info = env, info
             self.isolation = env.sandbox.isolation.describe()
             async with anyio.create_task_group() as side:
+                # Start-up listened for signals itself, which took the handlers from the run's watcher and
+                # removed them when it ended: the run listens again.
+                side.start_soon(_watch_signals, stop, state)
                 side.start_soon(_track_in_flight, env, self.counters)
                 async with anyio.create_task_group() as work:
                     work.start_soon(self.work, receive.clone(), first)
@@ -262,11 +283,14 @@ def _unwritable(result_dir: Path, exc: OSError) -> str:
             "that and rerun (the task is redone)")
 
 
-async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any]) -> None:
+async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase: str = "run") -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
             state["interrupted"] = signal.Signals(signum).name
-            log.warning("received %s: stopping; finished tasks are kept", state["interrupted"])
+            if phase == "run":
+                log.warning("received %s: stopping; finished tasks are kept", state["interrupted"])
+            else:
+                log.warning("received %s during %s: stopping", state["interrupted"], phase)
             scope.cancel()
             return
 
@@ -301,7 +325,7 @@ async def run_batch(
     run: _Run | None = None
     try:
         _check_output(options)
-        with run_lock(options.output, options.command):
+        with run_lock(options.output):
             async with _Run.open(config, options, counters, scratch_root) as run:
                 try:
                     async with anyio.create_task_group() as tg:
@@ -313,7 +337,7 @@ async def run_batch(
                         )
                         tg.start_soon(run.produce, send)
                         async with receive:
-                            await run.work_all(receive)
+                            await run.work_all(receive, tg.cancel_scope, state)
                         tg.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
                     first = _first_fatal(group)
@@ -418,7 +442,7 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, started: floa
                 "settings_fingerprint": run.fingerprint,
                 "sandbox": run.isolation or None,
             },
-            "server": {"base_url": config.model.base_url, "model": config.model.model,
+            "server": {"base_url": config.model.public_url, "model": config.model.model,
                        "max_model_len": info.max_model_len if info else None},
             "config": config.public(),
             "totals": task_totals,

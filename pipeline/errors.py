@@ -12,7 +12,8 @@
         ├── ConfigError         a setting is wrong (names the file, the key and the fix)
         ├── ModelUnavailable    preflight failed, model not served, or the outage budget is spent
         ├── DiskFull            results cannot be written
-        └── RunLocked           another run holds the output directory
+        ├── RunLocked           another run holds the output directory
+        └── Interrupted         SIGINT/SIGTERM arrived before the run started (exit 130)
 
 Lower-layer errors (openai, OSError) are converted once, at the boundary that sees them, with
 ``raise ... from exc``; code above that boundary only ever sees these classes.
@@ -44,6 +45,9 @@ class ServerUnreachable(TransientError):
 
 class TaskFailure(PipelineError):
     """This task cannot succeed as asked; it is recorded as failed with this message."""
+
+    #: Model requests sent before it failed (retries included); the model client sets it.
+    requests: int = 0
 
 
 class TaskInputError(TaskFailure):
@@ -90,3 +94,9 @@ class RunLocked(FatalError):
     """Another run holds the output directory."""
 
     exit_code = 2
+
+
+class Interrupted(FatalError):
+    """SIGINT or SIGTERM arrived during start-up; what was opened has been closed again."""
+
+    exit_code = 130

@@ -226,8 +226,12 @@ def _cut_torn_tail(path: Path) -> None:
 
 
 @contextmanager
-def run_lock(directory: Path, command: str) -> Iterator[None]:
-    """Hold the output directory for this run; raise RunLocked naming the holder if another run has it."""
+def run_lock(directory: Path, *, flag: str = "--output") -> Iterator[None]:
+    """Hold ``directory`` for this run; raise RunLocked naming the holder's pid if another run has it.
+
+    The lock file records the pid, host and start time, never the command line (it may carry an API key).
+    ``flag`` names the option that chose the directory, for the message.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK
     fh = path.open("a+", encoding="utf-8")
@@ -236,16 +240,15 @@ def run_lock(directory: Path, command: str) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
+            holder = fh.read(200).strip() or "another process"
             raise RunLocked(
                 f"{directory} is in use by another run ({holder}); wait for it to finish or choose another "
-                "--output directory"
+                f"{flag} directory"
             ) from None
         try:
             fh.seek(0)
             fh.truncate()
-            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {command}\n")
+            fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             fh.flush()
         except OSError as exc:
             raise DiskFull(f"cannot write {path}: {exc.strerror}") from exc

@@ -174,7 +174,7 @@ def _llm_stat(stage: StageResult) -> dict[str, Any]:
     outputs = [a.usage.completion_tokens for a in stage.attempts]
     times = [round(a.llm_seconds, 4) for a in stage.attempts]
     return {
-        "total_queries": len(stage.attempts),
+        "total_queries": stage.requests,  # requests sent, retries and refused ones included
         "total_costed_input_tokens": sum(inputs),
         "total_costed_output_tokens": sum(outputs),
         "total_costed_time": round(sum(times), 4),

@@ -19,7 +19,7 @@ from .config import Config
 from .errors import TaskFailure
 from .extract import extract_rust
 from .llm import ModelClient, Usage
-from .prompts import Turn, conversation, idiomatic_prompt, unidiomatic_prompt
+from .prompts import Turn, conversation, cut_off_turn, idiomatic_prompt, unidiomatic_prompt
 from .rust_source import first_unsafe_line
 from .sandbox import Sandbox
 from .testing import TestSuite, TestVerdict, run_test_suite
@@ -191,10 +191,15 @@ async def run_stage(
         except TaskFailure as exc:
             # The server refused this request for good (context overflow, a 4xx, retries spent while the server
             # answered others): asking again with a longer conversation cannot help.
+            requests += exc.requests
             attempts.append(Attempt(number, "request_failed", str(exc), None, Usage(), 0.0))
             env.record({"stage": stage, "attempt": number, "event": "verdict", "kind": "request_failed",
                         "message": str(exc)})
-            return StageResult(stage, "failed", tuple(attempts), reason=str(exc),
+            reason = str(exc)
+            if attempts[-2:-1] and attempts[-2].kind == "truncated":
+                # The cause is the cut-off answer before, not this request: say so first.
+                reason = f"truncated: attempt {number - 1} was cut off at the length limit; then {exc}"
+            return StageResult(stage, "failed", tuple(attempts), reason=reason,
                                wall_seconds=time.perf_counter() - started, requests=requests)
         requests += completion.requests
         env.record({"stage": stage, "attempt": number, "event": "answer", "content": completion.text,
@@ -219,8 +224,15 @@ async def run_stage(
         if check.kind == "verified":
             return StageResult(stage, "verified", tuple(attempts), code=check.code,
                                wall_seconds=time.perf_counter() - started, requests=requests)
-        turns.append(Turn(completion.text, check.message, check.feedback))
+        if completion.truncated:
+            # A cut-off answer filled what the context left: sent back whole, the repair would not fit.
+            turns.append(cut_off_turn(completion.usage.completion_tokens, check.code or extraction.code, check.message,
+                                      check.feedback))
+        else:
+            turns.append(Turn(completion.text, check.message, check.feedback))
     last = attempts[-1].message if attempts else "no attempt was made"
+    if attempts and attempts[-1].kind == "truncated" and "truncated" not in last:
+        last = f"{last} (truncated)"
     return StageResult(
         stage, "failed", tuple(attempts),
         reason=f"not verified after {len(attempts)} attempts; last: {last}",

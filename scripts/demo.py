@@ -39,9 +39,10 @@ def main() -> int:
         cmd = [
             sys.executable, str(ROOT / "batch_translate_generic.py"), "--c-files", str(corpus),
             "--json-files", str(corpus), "--output", str(args.output), "--workers", str(args.workers),
-            "--base-url", url, "--model", "sim-model", "--api-key", "demo", *args.extra,
+            "--base-url", url, "--model", "sim-model", *args.extra,
         ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+        # The key goes through the environment, never the command line (other users see command lines).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")} | {"VLLM_API_KEY": "demo"}
         code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         print(f"demo: results in {args.output} (each task's combined.rs under "
               "translated_code_unidiomatic/ and translated_code_idiomatic/)")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config import BY_NAME, SECTIONS, SETTINGS, Config, Setting, load_config
 from pipeline.errors import ConfigError
+from tests.conftest import Cli
 
 GOOD = """
 [general]
@@ -80,7 +83,8 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
         pytest.param('[VLLM]\nmodle = "x"\n', r"\[VLLM\] unknown key 'modle'\. Did you mean 'model'\?", id="typo-key"),
         pytest.param('[pipline]\nworkers = 2\n', r"unknown section \[pipline\]\. Did you mean 'pipeline'\?",
                      id="typo-section"),
-        pytest.param('[VLLM]\nmax_tokens = "lots"\n', r"\[VLLM\] max_tokens must be an int, not str", id="type"),
+        pytest.param('[VLLM]\nmax_tokens = "lots"\n', r"\[VLLM\] max_tokens must be a whole number, not str 'lots'",
+                     id="type"),
         pytest.param('[pipeline]\nworkers = 0\n', r"\[pipeline\] workers = 0 must be greater than zero",
                      id="zero-limit"),
         pytest.param('[general]\ntimeout_seconds = -5\n', r"\[general\] timeout_seconds = -5.0 must be greater",
@@ -121,5 +125,62 @@ def test_api_key_is_never_shown(tmp_path: Path) -> None:
 
 def test_bad_flag_value_is_rejected(tmp_path: Path) -> None:
     """A zero --workers is refused like a zero in the file."""
-    with pytest.raises(ConfigError, match="workers = 0 must be greater than zero"):
+    with pytest.raises(ConfigError, match="--workers 0 must be greater than zero"):
         load_config(None, environ={}, flags={"workers": 0}, default_path=tmp_path / "absent.toml")
+
+
+def _other_value(setting: Setting, default: Any) -> Any:
+    if setting.choices:
+        return next(c for c in setting.choices if c != default)
+    if setting.kind is bool:
+        return not default
+    if setting.kind is int:
+        return 2 if default is None else min(default + 1, setting.cap or default + 1)
+    if setting.kind is float:
+        return 0.5 if setting.high is not None and setting.high <= 2 else default + 0.5
+    return "http://gpu:8000/v1" if setting.name == "base_url" else f"x-{setting.name}"
+
+
+@pytest.mark.parametrize("source", ["file", "environment", "job", "flag"])
+def test_every_setting_reaches_the_config_from_each_source_the_table_gives_it(tmp_path: Path, source: str) -> None:
+    """One table declares each setting; its file key, variable, job key and flag all land in the same field."""
+    defaults = Config()
+    wanted: dict[str, Any] = {}
+    for s in SETTINGS:
+        if s.name == "backend":
+            continue
+        if (source == "environment" and not s.env) or (source == "job" and not s.job) or \
+                (source == "flag" and not (s.flag or s.switches)):
+            continue
+        default = getattr(getattr(defaults, s.group), s.name)
+        wanted[s.name] = s.switches[-1][1] if source == "flag" and s.switches else _other_value(s, default)
+    assert wanted
+    absent = tmp_path / "absent.toml"
+    if source == "file":
+        lines = []
+        for section in SECTIONS:
+            lines.append(f"[{section}]")
+            lines += [f"{s.key} = {json.dumps(wanted[s.name])}" for s in SETTINGS if s.section == section
+                      and s.name in wanted]
+        config = load_config(write(tmp_path, "\n".join(lines) + "\n"), environ={})
+    elif source == "environment":
+        config = load_config(None, environ={BY_NAME[n].env or "": str(v) for n, v in wanted.items()},
+                             default_path=absent)
+    elif source == "job":
+        config = load_config(None, environ={}, job=wanted, job_path=tmp_path / "j.toml", default_path=absent)
+    else:
+        config = load_config(None, environ={}, flags={n: v if isinstance(v, bool) or n == "feed" else str(v)
+                                                      for n, v in wanted.items()}, default_path=absent)
+    got = {n: getattr(getattr(config, BY_NAME[n].group), n) for n in wanted}
+    assert got == wanted
+
+
+def test_sactor_config_variable_names_the_file(cli: Cli, tmp_path: Path) -> None:
+    """$SACTOR_CONFIG (SACToR's variable) picks the settings file; a missing one is named by the variable."""
+    result = cli("check", env={"SACTOR_CONFIG": str(tmp_path / "gone.toml")})
+    assert result.returncode == 2, result.output
+    assert "gone.toml: configuration file not found: check $SACTOR_CONFIG" in result.stderr
+    (tmp_path / "mine.toml").write_text('[VLLM]\nbase_url = "http://localhost:8000"\n')
+    result = cli("check", env={"SACTOR_CONFIG": str(tmp_path / "mine.toml")})
+    assert result.returncode == 2, result.output
+    assert "mine.toml: [VLLM] base_url = 'http://localhost:8000' must end with /v1" in result.stderr

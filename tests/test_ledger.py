@@ -42,11 +42,10 @@ def test_a_torn_last_line_is_not_trusted(tmp_path: Path) -> None:
 
 
 def test_second_lock_names_the_holder(tmp_path: Path) -> None:
-    """While a run holds the directory, another is refused with the holder's description."""
-    with run_lock(tmp_path, "first command"), pytest.raises(RunLocked, match="first command"), \
-            run_lock(tmp_path, "second"):
+    """While a run holds the directory, another is refused with the holder's pid."""
+    with run_lock(tmp_path), pytest.raises(RunLocked, match=f"pid {os.getpid()} on "), run_lock(tmp_path):
         pass
-    with run_lock(tmp_path, "third"):
+    with run_lock(tmp_path):
         pass
 
 

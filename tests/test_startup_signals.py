@@ -1,0 +1,91 @@
+"""Ctrl-C or SIGTERM while a run starts (first libc build, preflight): exit 130, nothing half-made left behind."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.sandbox import SCRATCH_PREFIX
+from tests.conftest import Cli, Corpus
+from tests.test_batch_e2e import _signal_when, _start_run
+
+SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
+
+
+class SilentServer:
+    """Accepts connections and never answers: preflight waits on it until the signal comes."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _scratch_of(pid: int) -> list[Path]:
+    return [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(f"{SCRATCH_PREFIX}{pid}-")]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in ps.splitlines() if text in line and "ps -eo" not in line]
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_signal_during_the_first_libc_build_leaves_no_half_built_cache(
+    cli: Cli, corpus: Corpus, tmp_path: Path, silent_server: SilentServer, signum: int
+) -> None:
+    """Interrupted while building the libc crate into a fresh cache: exit 130, the cache holds no partial build."""
+    corpus.add_task("t")
+    cache = tmp_path / "fresh-cache"
+    proc = _start_run(cli, corpus.corpus, tmp_path / "out", silent_server.url, "--cache-dir", cache)
+    stderr = _signal_when(proc, lambda: any(cache.glob(".libc-build-*")), signum)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in cache.iterdir()) == [], "a partial libc build was left in the cache"
+    assert not _processes_mentioning(str(cache))
+    assert not _scratch_of(proc.pid)
+    assert not silent_server.accepted, "no request may be sent when start-up was interrupted"
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_signal_during_preflight_exits_130_and_removes_the_scratch(
+    cli: Cli, corpus: Corpus, tmp_path: Path, silent_server: SilentServer, signum: int
+) -> None:
+    """Interrupted while the server keeps preflight waiting: exit 130, the sandbox scratch is gone."""
+    corpus.add_task("t")
+    proc = _start_run(cli, corpus.corpus, tmp_path / "out", silent_server.url)
+    stderr = _signal_when(proc, lambda: bool(silent_server.accepted), signum)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not _scratch_of(proc.pid)
+    assert not (tmp_path / "out" / "ledger.journal.jsonl").exists()
