@@ -15,6 +15,9 @@ Discovery is lazy: directories are read with :func:`os.scandir` in chunks of :da
 all file-system work happens in worker threads, a small batch at a time, and nothing holds a list of the
 corpus. Memory is bounded by one chunk (plus, for codenet, the JSON names of one problem folder).
 
+Never opened: FIFOs, devices, sockets and broken links (each reported as an Orphan with what it is; a FIFO
+would block ``open`` forever), and the output directory when it lies inside the corpus (skipped silently).
+
 Order is deterministic: each chunk is sorted by name, so a directory of at most :data:`LISTING_CHUNK` entries
 comes out fully sorted; a larger one comes out in sorted runs whose boundaries follow the file system's own
 (stable while the directory is unchanged) listing order. Task ids never depend on the order.
@@ -28,8 +31,9 @@ import json
 import logging
 import os
 import re
+import stat
 import time
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, Collection, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
@@ -67,21 +71,25 @@ _RUN_TESTS_REF = re.compile(r'run-tests\b[^"\n]*?([^\s"\\]+\.json)(?=[\s"\\])')
 Item = Task | Orphan
 
 
-def task_id(relative: str) -> str:
+def task_id(relative: str, reserved: Collection[str] = ()) -> str:
     """The task id for a corpus-relative path without extension ('NAME' or 'PROBLEM/SUB').
 
-    Keeps ``[A-Za-z0-9._-]`` and ``/``; any other character becomes ``_``. When that (or a '.'/'..' part, or a
-    part longer than 200 characters) changed the text, ``-`` and 8 hex digits of the original path's SHA-256
-    are appended: a rewritten id never takes the plain id of another file, whatever else the corpus holds.
+    Keeps ``[A-Za-z0-9._-]`` and ``/``; any other character becomes ``_``, and so does a leading ``.`` (hidden
+    names in the output directory are the tool's temporary files). When that (or a '.'/'..' part, a part
+    longer than 200 characters, or a first part in ``reserved``: the names of the tool's own files in the
+    output directory) changed the text, ``-`` and 8 hex digits of the original path's SHA-256 are appended: a
+    rewritten id never takes the plain id of another file, nor the name of one of the tool's files.
     """
     parts: list[str] = []
     for part in relative.split("/"):
         safe = _ID_UNSAFE.sub("_", part)[:_ID_PART_MAX]
         if safe in ("", ".", ".."):
             safe = "_" * max(1, len(safe))
+        elif safe.startswith("."):
+            safe = "_" + safe[1:]
         parts.append(safe)
     ident = "/".join(parts)
-    if ident != relative:
+    if ident != relative or parts[0] in reserved:
         digest = hashlib.sha256(relative.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         ident = f"{ident}-{digest}"
     return ident
@@ -107,23 +115,69 @@ def _check_dirs(c_dir: Path, json_dir: Path) -> None:
     _check_dir(json_dir, "--json-files", "JSON test files")
 
 
+def _special(mode: int) -> str:
+    """What a file that is neither a regular file nor a directory is, for a reason."""
+    for test, what in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
 def _kind(entry: os.DirEntry[str]) -> str:
+    """_DIR, _FILE, or what else the entry is ("a FIFO", "a broken symbolic link", ...), without opening it."""
     try:
         if entry.is_dir():
             return _DIR
         if entry.is_file():
             return _FILE
-    except OSError:
-        pass
-    return "?"
+        return _special(entry.stat().st_mode)
+    except FileNotFoundError:
+        return "a broken symbolic link"
+    except OSError as exc:
+        return f"unreadable ({exc.strerror or exc})"
 
 
-def _listing(directory: Path) -> Iterator[tuple[str, str]]:
+def _skipped(kind: str) -> str:
+    return f"{kind}, not a regular file: skipped without opening it"
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a device or a socket: reading it could block or have side effects."""
+
+
+def _open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``, refused (NotRegularFile) unless it is a regular file.
+
+    Checked before opening (a device is never opened) and again on the descriptor (it may have been replaced
+    in between; O_NONBLOCK keeps such a FIFO from blocking the open). Raises OSError.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotRegularFile(f"{path} is {_special(mode)}")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"{path} is {_special(mode)}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: (st_dev, st_ino) of a directory that discovery never enters (the output directory inside the corpus).
+Skip = tuple[int, int]
+
+
+def _listing(directory: Path, skip: Skip | None = None) -> Iterator[tuple[str, str]]:
     """(name, kind) of a directory's visible entries, sorted chunk by chunk. Raises OSError."""
     with os.scandir(directory) as it:
         while True:
             chunk: list[tuple[str, str]] = []
             for entry in it:
+                if skip is not None and entry.inode() == skip[1] and _is_skipped(entry, skip):
+                    continue
                 if not entry.name.startswith("."):
                     chunk.append((entry.name, _kind(entry)))
                     if len(chunk) >= LISTING_CHUNK:
@@ -132,6 +186,17 @@ def _listing(directory: Path) -> Iterator[tuple[str, str]]:
             yield from chunk
             if len(chunk) < LISTING_CHUNK:
                 return
+
+
+def _is_skipped(entry: os.DirEntry[str], skip: Skip) -> bool:
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError:
+        return False
+    if (info.st_dev, info.st_ino) == skip:
+        log.debug("not looking into %s: it is the output directory", entry.path)
+        return True
+    return False
 
 
 def detect_layout(c_dir: Path, json_dir: Path) -> Layout:
@@ -175,12 +240,15 @@ def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         bad = exc.object[exc.start : exc.start + 1]
         return f"not valid UTF-8 (byte 0x{bad.hex()} at offset {exc.start})"
+    if isinstance(exc, NotRegularFile):
+        return _skipped(str(exc).rpartition(" is ")[2])
     return f"cannot read the file ({exc.strerror or exc})"
 
 
 def _peek_text(path: Path, limit: int) -> tuple[str, bool]:
-    """The first ``limit`` bytes decoded and whether that was all. Raises OSError, UnicodeDecodeError."""
-    with path.open("rb") as fh:
+    """The first ``limit`` bytes decoded and whether that was all. Raises OSError (NotRegularFile for a FIFO
+    or device, which is never read), UnicodeDecodeError."""
+    with os.fdopen(_open_regular(path), "rb") as fh:
         data = fh.read(limit + 1)
     whole = len(data) <= limit
     # An incremental decoder accepts a multi-byte character cut at the end of a partial read.
@@ -229,11 +297,14 @@ def classify_test_file(path: Path) -> TestKind:
 class _Walker:
     """One discovery run over one corpus: blocking, lazy, run a batch at a time in a worker thread."""
 
-    def __init__(self, c_dir: Path, json_dir: Path, layout: Layout, feed: Feed) -> None:
+    def __init__(self, c_dir: Path, json_dir: Path, layout: Layout, feed: Feed, *,
+                 skip: Skip | None = None, reserved: Collection[str] = ()) -> None:
         self.c_dir = c_dir
         self.json_dir = json_dir
         self.layout: Layout = layout
         self.feed: Feed = feed
+        self.skip = skip
+        self.reserved = reserved
         self.same_dir = c_dir.resolve() == json_dir.resolve()
         self.c_files = 0
         # Samples lists named by test tasks, kept only for unusual names (not *_samples.json): usually empty.
@@ -266,7 +337,8 @@ class _Walker:
             return Orphan(json_path, f"{_unreadable(exc)}; {c_path.name} has no usable tests")
         self._note(peek)
         kind: TestKind = peek.kind or "task"
-        return Task(task_id(relative), c_path, json_path, test_kind=kind, feed=self.feed, layout=self.layout)
+        return Task(task_id(relative, self.reserved), c_path, json_path, test_kind=kind, feed=self.feed,
+                    layout=self.layout)
 
     def _stray_json(self, json_path: Path, c_path: Path, pending: list[Path]) -> Iterator[Orphan]:
         """A JSON with no C file: an orphan unless it is a samples list (decided later when oddly named)."""
@@ -290,9 +362,15 @@ class _Walker:
 
     def _listed(self, directory: Path) -> Iterator[tuple[str, str] | Orphan]:
         try:
-            yield from _listing(directory)
+            yield from _listing(directory, self.skip)
         except OSError as exc:
-            yield Orphan(directory, f"cannot list the directory ({exc.strerror or exc})")
+            yield Orphan(directory, f"cannot list the directory ({exc.strerror or exc})", incomplete=True)
+
+    @staticmethod
+    def _odd(directory: Path, name: str, kind: str, suffix: str) -> Iterator[Orphan]:
+        """An Orphan for a ``suffix`` name that is not a regular file or a folder (a FIFO, a device, ...)."""
+        if kind not in (_DIR, _FILE) and name.endswith(suffix):
+            yield Orphan(directory / name, _skipped(kind))
 
     def _no_c_files(self) -> Iterator[Orphan]:
         if self.c_files == 0:
@@ -306,6 +384,7 @@ class _Walker:
                 yield entry
                 continue
             name, kind = entry
+            yield from self._odd(self.c_dir, name, kind, ".c")
             if kind == _FILE and name.endswith(".c"):
                 self.c_files += 1
                 stem = name[:-2]
@@ -317,6 +396,8 @@ class _Walker:
                 yield entry
                 continue
             name, kind = entry
+            if kind not in (_DIR, _FILE) and not os.path.isfile(self.c_dir / f"{name[:-5]}.c"):
+                yield from self._odd(self.json_dir, name, kind, ".json")  # else its C file's pairing says so
             if kind == _FILE and name.endswith(".json"):
                 c_path = self.c_dir / f"{name[:-5]}.c"
                 if not os.path.isfile(c_path):
@@ -336,6 +417,8 @@ class _Walker:
             if os.path.isfile(c_path):
                 self.c_files += 1
                 yield self._pair(name, c_path, json_path)
+            elif (odd := _not_regular(c_path)) is not None:
+                yield Orphan(c_path, _skipped(odd))
             elif self.same_dir and os.path.isfile(json_path):
                 yield Orphan(json_path, f"no C file: {c_path} not found")
             else:
@@ -388,6 +471,7 @@ class _Walker:
                 trouble.append(entry)
                 continue
             name, kind = entry
+            trouble.extend(self._odd(jdir, name, kind, ".json"))
             if kind == _FILE and name.endswith(".json") and not name.endswith(_SAMPLES_SUFFIX):
                 stems.add(name[:-5])
         shared = next(iter(stems)) if len(stems) == 1 else None
@@ -418,6 +502,7 @@ class _Walker:
                 yield entry
                 continue
             name, kind = entry
+            yield from self._odd(cdir, name, kind, ".c")
             if kind != _FILE or not name.endswith(".c"):
                 continue
             count += 1
@@ -440,6 +525,17 @@ class _Walker:
         yield from self._unreferenced(pending)
 
 
+def _not_regular(path: Path) -> str | None:
+    """What ``path`` is when it exists but is neither a regular file nor a folder, else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "a broken symbolic link" if os.path.islink(path) else None
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else _special(mode)
+
+
 def _take(items: Iterator[Item], limit: int) -> list[Item]:
     """Up to ``limit`` items, fewer if producing them takes longer than a moment: keeps the consumer fed."""
     batch: list[Item] = []
@@ -451,19 +547,33 @@ def _take(items: Iterator[Item], limit: int) -> list[Item]:
     return batch
 
 
+def _identity(path: Path | None) -> Skip | None:
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
+
+
 async def discover(
-    c_dir: Path, json_dir: Path, *, feed: Feed = "stdin"
+    c_dir: Path, json_dir: Path, *, feed: Feed = "stdin", output: Path | None = None,
+    reserved: Collection[str] = (),
 ) -> AsyncGenerator[Task | Orphan, None]:
     """Yield every task of a corpus, and an Orphan for every file that cannot become one, lazily.
 
     Use it as the engine's producer: the first task arrives after one directory chunk has been read, whatever
     the corpus size. ``feed`` is how samples-list JSON files are fed to the program ("stdin" or "args").
+    ``output``, when it exists and lies inside the corpus, is never entered (the run's own results are no
+    input); ``reserved`` are names no task id may take (the tool's files in the output directory).
     Close it with ``aclose()`` (or ``contextlib.aclosing``) when stopping early. Never raises for a single bad
     file; raises ConfigError, naming the flag, when ``c_dir`` or ``json_dir`` is missing, not a directory or
     unreadable.
     """
     layout = await anyio.to_thread.run_sync(detect_layout, c_dir, json_dir)
-    items = _Walker(c_dir, json_dir, layout, feed).walk()
+    skip = await anyio.to_thread.run_sync(_identity, output)
+    items = _Walker(c_dir, json_dir, layout, feed, skip=skip, reserved=reserved).walk()
     try:
         limit = 1
         while True:

@@ -11,19 +11,25 @@ There are more task workers than model slots plus CPU slots, so while some tasks
 others keep every model slot busy. Memory is proportional to the tasks in flight (plus one small index
 entry per task in the ledger).
 
-Failures of a task are data (its result records them). A FatalError (model server gone past the outage
-budget, a full disk) stops the run; SIGINT/SIGTERM stop it too. Either way every finished task stays
-recorded and a rerun continues where this one stopped.
+The services (toolchain, sandbox, model client and its preflight) are opened when the producer hands over
+the first task that needs work, so a rerun over a finished, unchanged corpus needs no model server.
+
+Failures of a task are data (its result records them; so is a task whose results cannot be written). A
+FatalError (model server gone past the outage budget, a full disk) stops the run; SIGINT/SIGTERM stop it
+too. Either way every finished task stays recorded and a rerun continues where this one stopped, and
+``batch_summary.json`` covers every task the ledger knows (never only the part a stopped run saw).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Container, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,20 +37,21 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import FatalError, Interrupted
+from .errors import ConfigError, DiskFull, FatalError, Interrupted
 from .extract import BEGIN_MARK
-from .ledger import Ledger, fingerprint, run_lock
+from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
 from .results import TaskResult, atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
-from .task import Orphan, Task
+from .task import Orphan, Task, printable
 from .translate import input_hash, translate_task
 from .verifier import LocalVerifier
 
@@ -138,16 +145,38 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
 
 
 class _Run:
-    def __init__(self, config: Config, options: RunOptions, env: StageEnv, ledger: Ledger,
-                 counters: Counters) -> None:
+    def __init__(self, config: Config, options: RunOptions, ledger: Ledger, counters: Counters,
+                 scratch_root: Path | None) -> None:
         self.config = config
         self.options = options
-        self.env = env
         self.ledger = ledger
         self.counters = counters
+        self.scratch_root = scratch_root
         self.fingerprint = settings_fingerprint(config)
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
+        self.listing_complete = True
+        self.env: StageEnv | None = None
+        self.info: ServerInfo | None = None
+        self.isolation = ""
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, config: Config, options: RunOptions, counters: Counters,
+                   scratch_root: Path | None) -> AsyncIterator[_Run]:
+        """The run with its ledger; closing folds the journal in, keeping only the corpus's tasks when
+        discovery saw all of it."""
+        ledger = await anyio.to_thread.run_sync(Ledger.load, options.output)
+        run = cls(config, options, ledger, counters, scratch_root)
+        try:
+            yield run
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(ledger.close, run.corpus_ids())
+
+    def corpus_ids(self) -> Container[str] | None:
+        """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
+        return self.seen if self.counters.discovery_finished and self.listing_complete else None
 
     def _inspect(self, task: Task) -> tuple[str, bool]:
         """The task's ledger key, and whether a finished result with that key is on disk (runs in a thread)."""
@@ -163,10 +192,12 @@ class _Run:
 
     async def produce(self, send: ObjectSendStream[tuple[Task, str]]) -> None:
         async with send:
-            async for item in discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed):
+            async for item in discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
+                                       output=self.options.output, reserved=OUTPUT_FILES):
                 if isinstance(item, Orphan):
                     self.orphans.append(item)
                     self.counters.orphans += 1
+                    self.listing_complete &= not item.incomplete
                     log.warning("skipped %s: %s", item.path, item.reason)
                     continue
                 if item.id in self.seen:
@@ -181,12 +212,39 @@ class _Run:
                 await send.send((item, key))
         self.counters.discovery_finished = True
 
-    async def work(self, receive: ObjectReceiveStream[tuple[Task, str]]) -> None:
+    async def work_all(self, receive: MemoryObjectReceiveStream[tuple[Task, str]], stop: anyio.CancelScope,
+                       state: dict[str, Any]) -> None:
+        """Translate every task the producer sends; the services are opened only once the first one comes.
+
+        ``stop`` and ``state`` are the run's: SIGINT/SIGTERM cancel ``stop`` and are noted in ``state``.
+        """
+        try:
+            first = await receive.receive()
+        except anyio.EndOfStream:
+            return  # every task is finished and unchanged: no server, toolchain or sandbox needed
+        async with open_services(self.config, scratch_root=self.scratch_root) as services:
+            self.env, self.info = services.env, services.info
+            self.isolation = services.sandbox.isolation.describe()
+            async with anyio.create_task_group() as side:
+                # Start-up listened for signals itself, which took the handlers from the run's watcher and
+                # removed them when it ended: the run listens again.
+                side.start_soon(_watch_signals, stop, state)
+                side.start_soon(_track_in_flight, services.client, self.counters)
+                async with anyio.create_task_group() as work:
+                    work.start_soon(self.work, receive.clone(), first)
+                    for _ in range(task_worker_count(self.config) - 1):
+                        work.start_soon(self.work, receive.clone(), None)
+                side.cancel_scope.cancel()
+
+    async def work(self, receive: ObjectReceiveStream[tuple[Task, str]], first: tuple[Task, str] | None) -> None:
         async with receive:
+            if first is not None:
+                await self.run_one(*first)
             async for task, key in receive:
                 await self.run_one(task, key)
 
     async def run_one(self, task: Task, key: str) -> None:
+        assert self.env is not None
         digest = key.split(":")[0]
         try:
             result, transcript = await translate_task(self.env, task, digest)
@@ -196,12 +254,20 @@ class _Run:
             # A bug must not cost the night's run: the task is recorded as failed with the error, and the
             # traceback goes to the log for a bug report. Fatal conditions and cancellation still propagate.
             log.exception("%s: internal error", task.id)
-            result = TaskResult(task.id, str(task.c_path), str(task.test_path), digest,
+            result = TaskResult(task.id, printable(task.c_path), printable(task.test_path), digest,
                                 reason=f"internal error: {type(exc).__name__}: {exc}")
             transcript = [{"event": "internal_error", "message": f"{type(exc).__name__}: {exc}"}]
         # Finished work must reach the disk even when the run is being cancelled around it.
         with anyio.CancelScope(shield=True):
-            await write_task_results(self.options.output / task.id, result, transcript)
+            result_dir = self.options.output / task.id
+            try:
+                await write_task_results(result_dir, result, transcript)
+            except OSError as exc:
+                # This task's folder cannot hold results (a file in the way, permissions, an I/O error): the
+                # task fails with the reason, the others go on. A full disk is DiskFull, fatal, not here.
+                reason = _unwritable(result_dir, exc)
+                log.error("%s: %s", task.id, reason)
+                result = dataclasses.replace(result, reason=reason)
             summary = result.summary()
             await anyio.to_thread.run_sync(self.ledger.record, key, summary)
         self._count(result)
@@ -221,6 +287,12 @@ class _Run:
             c.completion_tokens += stage.usage.completion_tokens
 
 
+def _unwritable(result_dir: Path, exc: OSError) -> str:
+    where = f" ({printable(exc.filename)})" if exc.filename and str(exc.filename) != str(result_dir) else ""
+    return (f"the results cannot be written to {printable(result_dir)}: {exc.strerror or exc}{where}; fix "
+            "that and rerun (the task is redone)")
+
+
 async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase: str = "run") -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
@@ -237,16 +309,6 @@ async def _track_in_flight(client: ModelClient, counters: Counters) -> None:
     while True:
         counters.in_flight_requests = client.stats.in_flight
         await anyio.sleep(0.25)
-
-
-@asynccontextmanager
-async def _open_ledger(directory: Path) -> AsyncIterator[Ledger]:
-    ledger = await anyio.to_thread.run_sync(Ledger.load, directory)
-    try:
-        yield ledger
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(ledger.close)
 
 
 def task_worker_count(config: Config) -> int:
@@ -270,30 +332,22 @@ async def run_batch(
     counters = Counters()
     state: dict[str, Any] = {"interrupted": None, "fatal": None}
     started = time.time()
-    info: ServerInfo | None = None
-    isolation = ""
     run: _Run | None = None
     try:
+        _check_output(options)
         with run_lock(options.output):
-            async with _open_ledger(options.output) as ledger, \
-                    open_services(config, scratch_root=scratch_root) as services:
-                info = services.info
-                isolation = services.sandbox.isolation.describe()
-                run = _Run(config, options, services.env, ledger, counters)
+            async with _Run.open(config, options, counters, scratch_root) as run:
                 try:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(_watch_signals, tg.cancel_scope, state)
                         if reporter is not None:
                             tg.start_soon(reporter.run, counters)
-                        tg.start_soon(_track_in_flight, services.client, counters)
-                        async with anyio.create_task_group() as work:
-                            send, receive = anyio.create_memory_object_stream[tuple[Task, str]](
-                                config.client.workers
-                            )
-                            work.start_soon(run.produce, send)
-                            async with receive:
-                                for _ in range(task_worker_count(config)):
-                                    work.start_soon(run.work, receive.clone())
+                        send, receive = anyio.create_memory_object_stream[tuple[Task, str]](
+                            config.client.workers
+                        )
+                        tg.start_soon(run.produce, send)
+                        async with receive:
+                            await run.work_all(receive, tg.cancel_scope, state)
                         tg.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
                     first = _first_fatal(group)
@@ -302,17 +356,33 @@ async def run_batch(
                     raise first from None
     except FatalError as exc:
         state["fatal"] = exc
-    finally:
+    except BaseException:
         if reporter is not None:
-            reporter.close(counters)
+            reporter.close(counters, final=False)
+        raise
     fatal: FatalError | None = state["fatal"]
-    if run is None:
-        # Nothing ran: bad configuration, toolchain, lock or preflight.
-        assert fatal is not None
+    if fatal is not None and (run is None or run.env is None):
+        # Nothing was translated: bad configuration, toolchain, lock, preflight, corpus folders. The previous
+        # summary (if any) stays as it was, and there is no progress to show.
+        if reporter is not None:
+            reporter.close(counters, final=False)
         return RunOutcome(getattr(fatal, "exit_code", EXIT_FAILED), message=str(fatal))
-    summary = await anyio.to_thread.run_sync(
-        _write_summary, config, options, run, info, isolation, started, state
-    )
+    assert run is not None
+    if reporter is not None:
+        reporter.close(counters)
+    try:
+        summary = await anyio.to_thread.run_sync(_write_summary, config, options, run, started, state)
+    except DiskFull as exc:
+        # The earlier batch_summary.json stays whole (atomic write); say first what stopped the run.
+        cause = fatal or exc
+        also = "" if cause is exc else f"; {exc}"
+        return RunOutcome(cause.exit_code, message=f"run stopped: {cause}{also}")
+    except OSError as exc:
+        path = options.output / SUMMARY
+        message = (f"cannot write {printable(path)}: {exc.strerror or exc}; move whatever is in its place away "
+                   "and rerun (finished tasks are kept)")
+        return RunOutcome(fatal.exit_code if fatal else EXIT_FAILED,
+                          message=f"run stopped: {fatal}; {message}" if fatal else message)
     table = render_table(summary)
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)
@@ -323,6 +393,18 @@ async def run_batch(
     t = summary["totals"]
     ok = t["failed"] == 0 and not run.orphans and t["tasks"] > 0
     return RunOutcome(EXIT_OK if ok else EXIT_FAILED, summary, None, table)
+
+
+def _check_output(options: RunOptions) -> None:
+    """The output directory may lie inside the corpus (discovery skips it) but may not be a corpus folder."""
+    for flag, directory in (("--c-files", options.c_dir), ("--json-files", options.json_dir)):
+        try:
+            same = options.output.exists() and os.path.samefile(options.output, directory)
+        except OSError:
+            same = False
+        if same:
+            raise ConfigError(f"--output {options.output} is the {flag} folder: results would mix with the "
+                              f"inputs; choose another folder, e.g. --output {options.output / 'results'}")
 
 
 def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
@@ -336,18 +418,19 @@ def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
     return None
 
 
-def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerInfo | None, isolation: str,
-                   started: float, state: dict[str, Any]) -> dict[str, Any]:
+def _write_summary(config: Config, options: RunOptions, run: _Run, started: float,
+                   state: dict[str, Any]) -> dict[str, Any]:
+    """Every task the ledger knows (closed, so it holds the corpus's tasks once discovery saw them all)."""
     ledger = run.ledger
+    info = run.info
 
     def records() -> Iterator[dict[str, Any]]:
         # Streamed from the ledger on disk, so the summary costs no memory per task.
         for record in ledger.latest():
-            if record["task_id"] in run.seen:
-                record.pop("recorded_at", None)
-                yield record
+            record.pop("recorded_at", None)
+            yield record
 
-    with atomic_writer(options.output / "batch_summary.json") as fh:
+    with atomic_writer(options.output / SUMMARY) as fh:
         # One pass over the ledger: each task is written as it streams by and counted on the way.
         fh.write('{\n  "tasks": [')
 
@@ -367,7 +450,7 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
                 "interrupted": state["interrupted"],
                 "stopped_by": str(state["fatal"]) if state["fatal"] else None,
                 "settings_fingerprint": run.fingerprint,
-                "sandbox": isolation,
+                "sandbox": run.isolation or None,
             },
             "server": {"base_url": config.model.public_url, "model": config.model.model,
                        "max_model_len": info.max_model_len if info else None},
@@ -375,7 +458,7 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, info: ServerI
             "totals": task_totals,
             "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},
             "skipped_unchanged": run.counters.skipped,
-            "orphans": [{"path": str(o.path), "reason": o.reason} for o in run.orphans],
+            "orphans": [{"path": printable(o.path), "reason": printable(o.reason)} for o in run.orphans],
         }
         fh.write("\n  ]," + json.dumps(summary, indent=2)[1:] + "\n")
     return summary

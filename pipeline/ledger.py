@@ -6,9 +6,11 @@ Layout in the output directory::
     ledger.journal.jsonl   records appended during a run, one line each, fsync'd; folded into the snapshot
                            when the run ends
     .run.lock              held with flock() by the running process; the kernel drops it when the process dies
+    batch_summary.json     written by the engine from the ledger (every task it knows) when a run ends
 
-A record is trusted only when its line is complete JSON; a run killed mid-append leaves a torn last line
-that is ignored, so the task is simply redone. A task counts as done when its record's key (input hash and
+A record is trusted only when its line is complete JSON; a run killed mid-append (or a full disk) leaves a
+torn last line, which is cut off before the next append so that it never swallows the record after it: the
+torn task is simply redone. A task counts as done when its record's key (input hash and
 settings fingerprint) equals the key of the task as it is now.
 
 Memory: the index keeps one small tuple per task (id, key, status), not the records themselves; summaries
@@ -17,6 +19,7 @@ stream the records from disk.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -24,11 +27,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any
 
 from .errors import DiskFull, RunLocked
 from .results import atomic_writer
@@ -38,19 +41,9 @@ log = logging.getLogger(__name__)
 SNAPSHOT = "ledger.jsonl"
 JOURNAL = "ledger.journal.jsonl"
 LOCK = ".run.lock"
-
-
-def hash_files(paths: list[Path]) -> str:
-    """A digest of the named files' names and contents (missing files count as absent)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"<missing>")
-        digest.update(b"\0")
-    return digest.hexdigest()[:32]
+SUMMARY = "batch_summary.json"
+#: The tool's own files at the top of an output directory: no task's folder may take one of these names.
+OUTPUT_FILES = frozenset({SNAPSHOT, JOURNAL, LOCK, SUMMARY})
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -71,23 +64,26 @@ class Ledger:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._index: dict[str, Entry] = {}
-        self._journal: TextIO | None = None
+        self._journal: IO[bytes] | None = None
 
     @classmethod
     def load(cls, directory: Path) -> Ledger:
         """Read the ledger and open its journal for appends. Blocking: call it from a worker thread."""
         ledger = cls(directory)
-        ledger._load()
         directory.mkdir(parents=True, exist_ok=True)
-        ledger._journal = (directory / JOURNAL).open("a", encoding="utf-8")
+        _cut_torn_tail(directory / JOURNAL)
+        ledger._load()
+        # Unbuffered: a record is on disk whole or (after _undo_append) not at all, never left in a buffer.
+        ledger._journal = (directory / JOURNAL).open("ab", buffering=0)
         return ledger
 
-    def close(self) -> None:
-        """Close the journal and fold it into the snapshot. Blocking."""
+    def close(self, keep: Container[str] | None = None) -> None:
+        """Close the journal and fold it into the snapshot, keeping only the ids in ``keep`` when given
+        (see :meth:`compact`). Blocking."""
         if self._journal is not None:
             self._journal.close()
             self._journal = None
-        self.compact()
+        self.compact(keep)
 
     @classmethod
     @contextmanager
@@ -131,17 +127,30 @@ class Ledger:
         """Append one finished task (durably) and update the index. Raises DiskFull."""
         assert self._journal is not None, "the ledger is not open"
         record = {**summary, "key": key, "recorded_at": time.time()}
-        line = json.dumps(record, ensure_ascii=False) + "\n"
+        # backslashreplace: a record always serialises (file names need not be UTF-8).
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
+        fd = self._journal.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
-            self._journal.write(line)
-            self._journal.flush()
-            os.fsync(self._journal.fileno())
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         except OSError as exc:
-            if exc.errno == 28:
+            self._undo_append(start)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(f"no space left while writing {self.directory / JOURNAL}: free some space and "
                                "rerun; finished tasks are kept") from exc
             raise
         self._index[str(summary["task_id"])] = Entry(key, str(summary["status"]))
+
+    def _undo_append(self, start: int) -> None:
+        """Cut a half-written record off the journal (best effort: the next load cuts it otherwise)."""
+        assert self._journal is not None
+        try:
+            os.truncate(self._journal.fileno(), start)
+        except OSError:
+            pass
 
     def latest(self) -> Iterator[dict[str, Any]]:
         """Each task's latest record, streamed from disk (the last record of an id wins)."""
@@ -152,17 +161,55 @@ class Ledger:
             if last_line.get(record["task_id"]) == number:
                 yield record
 
-    def compact(self) -> None:
-        """Fold the journal into the snapshot atomically, then drop the journal."""
+    def compact(self, keep: Container[str] | None = None) -> None:
+        """Fold the journal into the snapshot atomically, then drop the journal.
+
+        With ``keep`` (the ids of a complete discovery), records of tasks no longer in the corpus are dropped,
+        so the ledger, and the summary streamed from it, know the corpus's tasks and only those.
+        """
         journal = self.directory / JOURNAL
-        if not journal.exists() or journal.stat().st_size == 0:
+        has_journal = journal.exists() and journal.stat().st_size > 0
+        if not has_journal and (keep is None or all(r["task_id"] in keep for r in self._records())):
             if journal.exists():
                 journal.unlink()
             return
+        dropped = 0
         with atomic_writer(self.directory / SNAPSHOT) as fh:
             for record in self.latest():
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        journal.unlink()
+                if keep is None or record["task_id"] in keep:
+                    fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+                else:
+                    dropped += 1
+        if dropped:
+            log.info("%s: forgot %d task(s) no longer in the corpus (their result folders stay)",
+                     self.directory / SNAPSHOT, dropped)
+        if journal.exists():
+            journal.unlink()
+
+
+def _cut_torn_tail(path: Path) -> None:
+    """Cut a journal's incomplete last line (a crash or a full disk mid-append) so the next append starts
+    on a line of its own. Raises OSError (DiskFull never: truncating frees space)."""
+    try:
+        fh = path.open("r+b")
+    except FileNotFoundError:
+        return
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        position = end
+        while position > 0:
+            step = min(position, 1 << 16)
+            fh.seek(position - step)
+            block = fh.read(step)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                position = position - step + newline + 1
+                break
+            position -= step
+        if position < end:
+            log.warning("%s: cutting off an incomplete last record (an interrupted write); that task is redone",
+                        path)
+            fh.truncate(position)
 
 
 @contextmanager

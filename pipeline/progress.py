@@ -49,8 +49,8 @@ class Reporter(Protocol):
     async def run(self, counters: Counters) -> None:
         """Show progress until cancelled."""
 
-    def close(self, counters: Counters) -> None:
-        """Show the final state."""
+    def close(self, counters: Counters, *, final: bool = True) -> None:
+        """Show the final state; with ``final=False`` (nothing ran) just stop, showing nothing."""
 
 
 class LogReporter:
@@ -64,8 +64,9 @@ class LogReporter:
             await anyio.sleep(self.interval)
             log.info("progress: %s", counters.line())
 
-    def close(self, counters: Counters) -> None:
-        log.info("finished: %s", counters.line())
+    def close(self, counters: Counters, *, final: bool = True) -> None:
+        if final:
+            log.info("finished: %s", counters.line())
 
 
 class TqdmReporter:
@@ -98,7 +99,10 @@ class TqdmReporter:
             self._render(counters)
             await anyio.sleep(self.interval)
 
-    def close(self, counters: Counters) -> None:
-        self._render(counters)
+    def close(self, counters: Counters, *, final: bool = True) -> None:
+        if final:
+            self._render(counters)
+        elif self._bar is not None:
+            self._bar.leave = False  # type: ignore[attr-defined]  # erase it: there is no progress to show
         if self._bar is not None:
             self._bar.close()  # type: ignore[attr-defined]

@@ -13,13 +13,18 @@ Per task (SACToR's names, so users' scripts keep working)::
     RESULT/transcript.jsonl
 
 Every file is written to a temporary name and moved into place (``os.replace``), so a killed run never
-leaves a half-written file under a final name. ``result.json`` is written last.
+leaves a half-written file under a final name, with the mode the user's umask gives new files. Before a
+task's new results are written, ``result.json`` and every file of an earlier run that the new result does
+not vouch for (a stage that now failed, did not run, or an input that became invalid) are removed, so the
+folder always describes the latest run. ``result.json`` is written last.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,6 +38,25 @@ from .errors import DiskFull
 from .records import StageResult
 
 STAGES = ("unidiomatic", "idiomatic")
+#: errno values that mean the disk (or the quota) is full: fatal for the run, never one task's failure.
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (mkstemp would give 0600)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # read at import, before any worker thread exists
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
 
 
 @dataclass(frozen=True)
@@ -104,10 +128,17 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
     For large files written piece by piece (summaries, ledger snapshots) without holding them in memory.
     Raises DiskFull when the disk is full; other OSErrors propagate.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno in FULL_DISK:
+            raise _disk_full(path) from exc
+        raise
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        # backslashreplace: text that cannot be UTF-8 (a lone surrogate from a file name) never fails a write.
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -117,10 +148,14 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
-            raise DiskFull(f"no space left on the device while writing {path}: free some space and rerun; "
-                           "finished tasks are kept") from exc
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+            raise _disk_full(path) from exc
         raise
+
+
+def _disk_full(path: Path) -> DiskFull:
+    return DiskFull(f"no space left on the device while writing {path}: free some space and rerun; "
+                    "finished tasks are kept")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -158,24 +193,63 @@ def _failure_info(stage: StageResult) -> dict[str, Any]:
     }
 
 
-def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]) -> None:
-    result_dir.mkdir(parents=True, exist_ok=True)
-    # A previous run's result.json must not vouch for files this run is about to replace.
+_ATTEMPT_FILE = re.compile("(?:" + "|".join(STAGES) + r")-[0-9]+\.rs")
+
+
+def _remove(path: Path) -> None:
+    """Remove one of our result files if it is there. Raises OSError (IsADirectoryError for a folder)."""
     try:
-        (result_dir / "result.json").unlink()
+        os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
+    """Remove an earlier run's files that this result does not replace, result.json first.
+
+    Only our own file names are touched: anything else a user put in the folder stays.
+    """
+    _remove(result_dir / "result.json")  # it must not vouch for files this run is about to change
+    for name in STAGES:
+        stage = result.stage(name)
+        ran = stage is not None and stage.status != "skipped"
+        if not (ran and stage is not None and stage.verified and stage.code is not None):
+            code_dir = result_dir / f"translated_code_{name}"
+            _remove(code_dir / "combined.rs")
+            _remove(code_dir / "clippy_stat.json")
+            try:
+                code_dir.rmdir()
+            except OSError:
+                pass  # not empty (a user's file) or not there
+        if not ran:
+            _remove(result_dir / f"{name}_failure_info.json")
+            _remove(result_dir / f"llm_stat_{name}.json")
+    attempts = result_dir / "attempts"
+    try:
+        with os.scandir(attempts) as it:
+            old = [entry.name for entry in it if _ATTEMPT_FILE.fullmatch(entry.name)]
+    except (FileNotFoundError, NotADirectoryError):
+        old = []
+    for name in old:
+        _remove(attempts / name)
+
+
+def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]) -> None:
+    if not result_dir.is_dir() or result_dir.is_symlink():
+        # A folder only: not a file in the way, and not a link that would put results somewhere else.
+        what = "a symbolic link" if result_dir.is_symlink() else "a file" if result_dir.exists() else None
+        if what is not None:
+            raise NotADirectoryError(errno.ENOTDIR, f"{result_dir} is {what}, not a folder: move it away")
+        result_dir.mkdir(parents=True)
+    _clear_earlier_results(result_dir, result)
     for name in STAGES:
         stage = result.stage(name)
         code_dir = result_dir / f"translated_code_{name}"
-        combined = code_dir / "combined.rs"
         if stage is None or stage.status == "skipped":
             continue
         if stage.verified and stage.code is not None:
-            atomic_write_text(combined, stage.code)
+            atomic_write_text(code_dir / "combined.rs", stage.code)
             atomic_write_json(code_dir / "clippy_stat.json", stage.clippy or {})
-        elif combined.exists():
-            combined.unlink()
         atomic_write_json(result_dir / f"{name}_failure_info.json", _failure_info(stage))
         atomic_write_json(result_dir / f"llm_stat_{name}.json", _llm_stat(stage))
         for attempt in stage.attempts:
@@ -191,9 +265,18 @@ def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable
 async def write_task_results(
     result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]
 ) -> None:
-    """Write one task's SACToR-style results; result.json last. Runs in a worker thread."""
+    """Write one task's SACToR-style results; result.json last. Runs in a worker thread.
+
+    Raises DiskFull when the disk or quota is full, and OSError for anything else that stops this task's
+    results from being written (its folder is a file, permission denied, an I/O error).
+    """
     events = list(transcript)
-    await anyio.to_thread.run_sync(_write_task_files, result_dir, result, events)
+    try:
+        await anyio.to_thread.run_sync(_write_task_files, result_dir, result, events)
+    except OSError as exc:
+        if exc.errno in FULL_DISK:
+            raise _disk_full(result_dir) from exc
+        raise
 
 
 def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

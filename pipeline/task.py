@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -30,7 +32,34 @@ class Task:
 
 @dataclass(frozen=True)
 class Orphan:
-    """A file discovery could not pair or read, with the reason, for the summary."""
+    """A file discovery could not pair or read, with the reason, for the summary.
+
+    ``incomplete`` marks a folder that could not be listed: tasks under it may exist unseen.
+    """
 
     path: Path
     reason: str
+    incomplete: bool = False
+
+
+def printable(text: Path | str) -> str:
+    """A path (or a message naming one) as valid UTF-8 text for records, prompts and messages: bytes of a file
+    name that are not UTF-8 are shown as ``\\xNN``, any other lone surrogate as ``\\udNNN``."""
+    raw = os.fspath(text)
+    try:
+        return raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return raw.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def hash_files(paths: list[Path]) -> str:
+    """A digest of the named files' names and contents (missing files count as absent)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(os.fsencode(path.name) + b"\0")  # names need not be UTF-8
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<missing>")
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]

@@ -21,6 +21,9 @@ never produce (a trailing newline, a line with surrounding blanks, ``\\r\\n`` li
 translation, so loading rejects it with :class:`~pipeline.errors.TaskInputError`.
 
 Without a feed flag, ``sactor run-tests`` feeds the sample as arguments (``args``), as SACToR's command does.
+
+The published SACToR datasets name samples files by absolute paths of the authors' machines. When such a
+path does not exist here, the file of the same name beside the test task is used (a warning says so once).
 """
 
 from __future__ import annotations
@@ -30,9 +33,10 @@ import json
 import logging
 import os
 import shlex
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
@@ -228,7 +232,7 @@ def input_files(task: Task) -> list[Path]:
         if _is_run_tests(argv):
             parsed = _parse_run_tests(argv)
             if isinstance(parsed, tuple):
-                candidate = _resolve(base_dir, parsed[0])
+                candidate = _samples_path(base_dir, parsed[0])
                 if _is_file(candidate):
                     found.add(candidate)
         else:
@@ -335,6 +339,27 @@ def _resolve(base_dir: Path, name: str) -> Path:
     return Path(os.path.normpath(base_dir / name))  # an absolute name replaces base_dir
 
 
+_moved_samples_told = threading.Lock()  # held for good once the warning is out: said once per process (run)
+
+
+def _samples_path(base_dir: Path, name: str) -> Path:
+    """Where a ``run-tests`` command's samples file is: as named, or, for an absolute path that does not
+    exist here (one from the dataset authors' machine), the file of the same name beside the test task."""
+    named = _resolve(base_dir, name)
+    if not os.path.isabs(name) or _is_file(named):
+        return named
+    beside = base_dir / PurePosixPath(name).name
+    if not _is_file(beside):
+        return named
+    if _moved_samples_told.acquire(blocking=False):
+        log.warning(
+            "test tasks name samples files by absolute paths that do not exist on this machine (first: %s, in "
+            "a test task in %s); using the file of the same name beside each test task instead",
+            name, base_dir,
+        )
+    return beside
+
+
 def _resolve_run_tests(
     argv: Sequence[str], path: Path, index: int, cache: dict[Path, list[Any]]
 ) -> SampleRun:
@@ -349,11 +374,13 @@ def _resolve_run_tests(
         sample_index = int(number)
     except ValueError:
         raise TaskInputError(f"{where}: the sample number {number!r} is not an integer") from None
-    samples_path = _resolve(path.parent, samples_name)
+    samples_path = _samples_path(path.parent, samples_name)
     samples = cache.get(samples_path)
     if samples is None:
         if not _is_file(samples_path):
-            raise TaskInputError(f"{where}: the samples file {samples_path} does not exist")
+            beside = "" if not os.path.isabs(samples_name) else (
+                f", nor does {path.parent / PurePosixPath(samples_name).name} beside the test task")
+            raise TaskInputError(f"{where}: the samples file {samples_path} does not exist{beside}")
         loaded = _read_json(samples_path)
         if not isinstance(loaded, list):
             raise TaskInputError(f"{samples_path}: the samples must be a JSON list, not {_json_type(loaded)}")

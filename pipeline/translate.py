@@ -15,11 +15,10 @@ from typing import Any
 import anyio
 
 from .errors import TaskFailure, TaskInputError
-from .ledger import hash_files
 from .records import StageResult
 from .results import TaskResult
 from .stages import StageEnv, run_stage
-from .task import Task
+from .task import Task, hash_files, printable
 from .testing import TestSuite, input_files, load_test_suite
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
     env = dataclasses.replace(env, record=transcript.append)
-    ident = (task.id, str(task.c_path), str(task.test_path), key_hash)
+    ident = (task.id, printable(task.c_path), printable(task.test_path), key_hash)
     try:
         inputs = await anyio.to_thread.run_sync(
             lambda: load_inputs(task, num_tests=env.config.translation.num_tests)
@@ -94,7 +93,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
         transcript.append({"event": "vacuous_tests", "message": vacuous})
         return TaskResult(*ident, reason=vacuous, failure_kind="vacuous_tests",
                           wall_seconds=time.perf_counter() - started), transcript
-    name = Path(task.c_path).name
+    name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
     stages: list[StageResult] = []
     unidiomatic = await _with_code_stats(
         env, await run_stage(env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite)

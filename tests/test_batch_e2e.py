@@ -51,9 +51,28 @@ def flat_corpus(root: Path, count: int, *, prefix: str = "prog") -> list[str]:
     return names
 
 
+def sactor_corpus(root: Path, names: tuple[str, ...], *, tests: Any = task_json) -> None:
+    """NAME/NAME.c, NAME/test_task/NAME_samples.json and NAME/test_task/test_task.json (``tests(name)``)."""
+    for name in names:
+        (root / name / "test_task").mkdir(parents=True)
+        (root / name / f"{name}.c").write_text(directive_c(name, f"out {name}"))
+        (root / name / "test_task" / f"{name}_samples.json").write_text(samples_json(f"out {name}"))
+        (root / name / "test_task" / "test_task.json").write_text(tests(name))
+
+
 def run(cli: Cli, corpus: Path, out: Path, url: str, *extra: str, **kw: Any) -> Any:
     return cli("--c-files", corpus, "--json-files", corpus, "--output", out, "--base-url", url,
                "--model", "sim-model", *extra, **kw)
+
+
+def finished_run(cli: Cli, simulator_factory: Any, tmp_path: Path, count: int) -> tuple[Path, Path, Any, str]:
+    """A flat corpus of ``count`` tasks run once to the end: (corpus, output, simulator, url)."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    flat_corpus(corpus, count)
+    sim, url = simulator_factory()
+    first = run(cli, corpus, out, url)
+    assert first.returncode == 0, first.output
+    return corpus, out, sim, url
 
 
 def summary(out: Path) -> dict[str, Any]:
@@ -91,11 +110,7 @@ def test_flat_layout_with_orphans(cli: Cli, simulator_factory: Any, tmp_path: Pa
 def test_sactor_layout(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """NAME/NAME.c with NAME/test_task/test_task.json."""
     corpus = tmp_path / "corpus"
-    for name in ("alpha", "beta"):
-        (corpus / name / "test_task").mkdir(parents=True)
-        (corpus / name / f"{name}.c").write_text(directive_c(name, name))
-        (corpus / name / "test_task" / f"{name}_samples.json").write_text(samples_json(name))
-        (corpus / name / "test_task" / "test_task.json").write_text(task_json(name))
+    sactor_corpus(corpus, ("alpha", "beta"))
     _sim, url = simulator_factory()
     out = tmp_path / "out"
     result = run(cli, corpus, out, url)
@@ -146,11 +161,7 @@ def test_injected_faults_leave_every_task_in_a_final_state(
 
 def test_rerun_of_a_finished_corpus_sends_no_request(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """Unchanged inputs and settings: everything is skipped; changing one C file redoes that task alone."""
-    corpus = tmp_path / "corpus"
-    flat_corpus(corpus, 4)
-    sim, url = simulator_factory()
-    out = tmp_path / "out"
-    assert run(cli, corpus, out, url).returncode == 0
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 4)
     first = len(sim.chat_requests)
     assert first == 8
     sim.reset_log()

@@ -374,3 +374,33 @@ async def test_bundled_examples_corpus_is_5_tasks_without_orphans() -> None:
     tasks, orphans = await collect(EXAMPLES)
     assert orphans == []
     assert [t.id for t in tasks] == ["gcdlcm", "reverse", "rpn", "sieve", "wordfreq"]
+
+
+@pytest.mark.parametrize("name", ["ledger.jsonl", "ledger.journal.jsonl", "batch_summary.json", ".run.lock"])
+def test_ids_never_take_the_name_of_the_tools_own_files(name: str) -> None:
+    """A task named like a file of the output directory gets a rewritten id (a hash appended)."""
+    from pipeline.ledger import OUTPUT_FILES
+
+    ident = task_id(name, OUTPUT_FILES)
+    assert ident not in OUTPUT_FILES and not ident.startswith(".")
+    assert re.fullmatch(r"[A-Za-z0-9._-]+-[0-9a-f]{8}", ident)
+    assert task_id(f"p1/{name}", OUTPUT_FILES).startswith("p1/")
+
+
+async def test_special_files_are_reported_and_never_opened(tmp_path: Path) -> None:
+    """A FIFO test task (sactor layout) is an orphan with the reason; discovery does not block on it."""
+    write(tmp_path, {"a/a.c": C_SOURCE, "b/b.c": C_SOURCE, "b/test_task/test_task.json": TEST_TASK})
+    (tmp_path / "a" / "test_task").mkdir()
+    os.mkfifo(tmp_path / "a" / "test_task" / "test_task.json")
+    tasks, orphans = await collect(tmp_path)
+    assert [t.id for t in tasks] == ["b"]
+    assert [(o.path.name, "a FIFO" in o.reason) for o in orphans] == [("test_task.json", True)]
+
+
+async def test_the_output_directory_inside_the_corpus_is_not_entered(tmp_path: Path) -> None:
+    """discover(output=...) skips that folder: no orphan for it, whatever it holds."""
+    write(tmp_path, {"a/a.c": C_SOURCE, "a/test_task/test_task.json": TEST_TASK, "out/a/result.json": "{}"})
+    tasks, orphans = [], []
+    async for item in discover(tmp_path, tmp_path, output=tmp_path / "out"):
+        (tasks if isinstance(item, Task) else orphans).append(item)
+    assert [t.id for t in tasks] == ["a"] and orphans == []

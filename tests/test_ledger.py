@@ -47,3 +47,42 @@ def test_second_lock_names_the_holder(tmp_path: Path) -> None:
         pass
     with run_lock(tmp_path):
         pass
+
+
+def test_a_torn_last_line_never_swallows_the_next_record(tmp_path: Path) -> None:
+    """The next run's first record, appended after a torn line, is read back whole (the torn part is cut)."""
+    torn = json.dumps({**record("half"), "key": "k"})[:-7]
+    (tmp_path / JOURNAL).write_text(torn)
+    with Ledger.open(tmp_path) as ledger:
+        ledger.record("k2", record("next"))
+    with Ledger.open(tmp_path) as ledger:
+        entry = ledger.get("next")
+        assert entry is not None and entry.key == "k2"
+        assert ledger.get("half") is None
+
+
+def test_compaction_keeps_only_the_ids_of_a_complete_discovery(tmp_path: Path) -> None:
+    """Closing with the corpus's ids drops tasks no longer in it; closing without them keeps everything."""
+    with Ledger.open(tmp_path) as ledger:
+        ledger.record("k", record("a"))
+        ledger.record("k", record("gone"))
+    ledger = Ledger.load(tmp_path)
+    ledger.close()
+    assert [r["task_id"] for r in Ledger(tmp_path).latest()] == ["a", "gone"]
+    ledger = Ledger.load(tmp_path)
+    ledger.close({"a"})
+    assert [r["task_id"] for r in Ledger(tmp_path).latest()] == ["a"]
+
+
+def test_non_utf8_names_are_hashed_and_recorded(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 neither breaks the input hash nor the journal."""
+    from pipeline.task import hash_files
+
+    name = tmp_path / os.fsdecode(b"caf\xe9.c")
+    name.write_text("int main(void) { return 0; }\n")
+    assert len(hash_files([name])) == 32
+    with Ledger.open(tmp_path) as ledger:
+        ledger.record("k", {**record("t"), "c_file": str(name)})
+    assert Ledger(tmp_path).get("t") is None  # the index is filled by load
+    with Ledger.open(tmp_path) as ledger:
+        assert ledger.get("t") is not None

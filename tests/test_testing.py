@@ -535,3 +535,18 @@ def test_suite_is_a_plain_value(tmp_path: Path) -> None:
     sample = SampleRun("1", "1", "args", str(tmp_path / "samples.json"), 0)
     raw = "sactor run-tests --type bin ./samples.json %t 0"
     assert load_test_suite(task) == TestSuite(tmp_path, (TestCase(0, raw, tuple(raw.split()), sample),), ())
+
+
+def test_absolute_samples_path_from_another_machine_uses_the_file_beside(tmp_path: Path) -> None:
+    """A run-tests command naming a missing absolute path reads the samples file of that name beside the task;
+    when that is missing too, the error names both places."""
+    gone = "/home/sactor-author/data/p1/p1_samples.json"
+    tests = write_json(tmp_path / "test_task.json",
+                       [{"command": f"sactor run-tests --type bin {gone} %t 0 --feed-as-stdin"}])
+    task = Task("t", tmp_path / "t.c", tests)
+    with pytest.raises(TaskInputError, match=r"nor does .*p1_samples\.json beside the test task"):
+        load_test_suite(task)
+    beside = write_json(tmp_path / "p1_samples.json", [{"input": "1", "output": "2"}])
+    suite = load_test_suite(task)
+    assert suite.cases[0].sample == SampleRun("1", "2", "stdin", str(beside), 0)
+    assert beside in input_files(task)
