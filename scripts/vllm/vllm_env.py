@@ -44,7 +44,7 @@ MODEL_BUILDER = HERE / "build_model.py"
 #: Local text the tiny model's tokenizer is trained on: the bundled corpus and answers, the prompts.
 TRAINING_TEXT = ("examples/corpus/*.c", "examples/answers/*/*.md", "pipeline/prompts.py", "README.md")
 SERVED_NAME = "tiny-coder"
-MAX_MODEL_LEN = 2048
+MAX_MODEL_LEN = 8192
 #: Environment every server gets: no network, no telemetry, a small KV cache (the model is tiny).
 SERVER_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
               "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}
