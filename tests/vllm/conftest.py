@@ -36,15 +36,17 @@ import vllm_env  # noqa: E402
 EXAMPLE_ANSWERS = ROOT / "examples" / "answers"
 EXAMPLE_CORPUS = ROOT / "examples" / "corpus"
 _ACCESS = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+_CANNED = re.compile(r"canned answer \S*/([^/\s]+)/(unidiomatic|idiomatic)-\d+\.md")
 _MAX_TOKENS = re.compile(r"Received request \S+: params: SamplingParams\(.*?\bmax_tokens=(\d+)")
 
 
 @dataclass(frozen=True)
 class Seen:
-    """What the server logged between two points: each request line, and max_tokens of each generation."""
+    """What the server logged between two points: requests, max_tokens of each generation, canned answers given."""
 
     requests: list[tuple[str, str, int]]  # (method, path, status)
     max_tokens: list[int]
+    answered: list[tuple[str, str]]  # (task, stage) of every canned answer vLLM was made to give
 
     def statuses(self, path: str, method: str = "POST") -> list[int]:
         return [status for m, p, status in self.requests if m == method and p == path]
@@ -84,7 +86,7 @@ class Server:
     def seen_since(self, mark: int) -> Seen:
         text = self.proc.log_text()[mark:]
         requests = [(m["method"], m["path"], int(m["status"])) for m in _ACCESS.finditer(text)]
-        return Seen(requests, [int(v) for v in _MAX_TOKENS.findall(text)])
+        return Seen(requests, [int(v) for v in _MAX_TOKENS.findall(text)], _CANNED.findall(text))
 
     def metrics(self) -> dict[str, float]:
         """vLLM's Prometheus gauges and counters for our model, labels dropped (``vllm:name`` -> value)."""
