@@ -34,7 +34,8 @@ import anyio
 
 from .config import ToolchainSettings
 from .errors import ConfigError
-from .sandbox import Limits, ProcessResult, run_process
+from .rust_source import forbidden_constructs, unsafe_stats
+from .sandbox import Limits, ProcessResult, run_process, tool_env
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,7 +62,6 @@ BUILD_FLAGS = (*CODEGEN_FLAGS, "-A", "warnings")
 BINARY_NAME = "main"
 _RUSTC_OUTPUT_CAP = 4 << 20
 _CACHED_DIAGNOSTICS_CAP = 200_000
-ALLOWED_CRATES = frozenset({"libc", "std", "core", "alloc", "self"})
 
 
 @dataclass(frozen=True)
@@ -75,208 +75,6 @@ class BuildResult:
     cached: bool
     seconds: float
     refused: str | None = None
-
-
-# --------------------------------------------------------------------------------------------------------
-# Reading Rust source without a parser
-
-_TOKEN = re.compile(r"""//|/\*|(?<![A-Za-z0-9_])[bc]?r(#*)"|"|'""")
-_CHAR_LITERAL = re.compile(
-    r"""'(?:[^\\'\n]|\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F_]{1,8}\}|[nrt\\0'"]))'"""
-)
-
-
-def mask_comments_and_strings(source: str) -> str:
-    """``source`` with the insides of comments, string and char literals replaced by spaces.
-
-    Offsets and line breaks are kept, so positions in the result are positions in ``source``.
-    """
-    out = list(source)
-    n = len(source)
-
-    def blank(start: int, end: int) -> None:
-        for k in range(start, min(end, n)):
-            if out[k] != "\n":
-                out[k] = " "
-
-    i = 0
-    while True:
-        m = _TOKEN.search(source, i)
-        if m is None:
-            break
-        tok, start = m.group(0), m.start()
-        if tok == "//":
-            end = source.find("\n", start)
-            end = n if end < 0 else end
-            blank(start, end)
-            i = end
-        elif tok == "/*":
-            depth, j = 1, start + 2
-            while j < n and depth:
-                if source.startswith("/*", j):
-                    depth, j = depth + 1, j + 2
-                elif source.startswith("*/", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    j += 1
-            blank(start, j)
-            i = j
-        elif tok.endswith('"') and m.group(1) is not None:  # raw string r#"..."#
-            closing = '"' + m.group(1)
-            end = source.find(closing, m.end())
-            end = n if end < 0 else end
-            blank(m.end(), end)
-            i = end + len(closing)
-        elif tok == '"':
-            j = start + 1
-            while j < n and source[j] != '"':
-                j += 2 if source[j] == "\\" else 1
-            blank(start + 1, j)
-            i = j + 1
-        else:  # a quote: a char literal, or a lifetime / label
-            lit = _CHAR_LITERAL.match(source, start)
-            if lit:
-                blank(start + 1, lit.end() - 1)
-                i = lit.end()
-            else:
-                i = start + 1
-    return "".join(out)
-
-
-_HOST_MACRO = re.compile(r"(?<![A-Za-z0-9_])(include_str|include_bytes|include|option_env|env)\s*!")
-# The same macros reached without writing `name!`: imported under another name, or called through a macro
-# variable (`$m!` with `m` = include_str, or `$($t)*!`).
-_HOST_MACRO_NAME = re.compile(r"(?<![A-Za-z0-9_$])(include_str|include_bytes|option_env)(?![A-Za-z0-9_])")
-_RENAMED = re.compile(r"(?<![A-Za-z0-9_])(env|include)\s+as\s+[A-Za-z_]")
-_MACRO_VAR_CALL = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\s*!|\$\([^)]*\)\s*[*+?]\s*!")
-_EXTERN_CRATE = re.compile(r"(?<![A-Za-z0-9_])extern\s+crate\s+([A-Za-z_][A-Za-z0-9_]*)")
-_LINK_ATTR = re.compile(r"#\s*!?\s*\[\s*link\s*\(")
-_PATH_ATTR = re.compile(r"#\s*!?\s*\[\s*path\s*=")
-_OUTLINE_MOD = re.compile(r"(?<![A-Za-z0-9_])mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;")
-_ASM = re.compile(r"(?<![A-Za-z0-9_])(?:global_asm|naked_asm|asm)\s*!")
-_ASM_INCLUDE = re.compile(r"\.(?:incbin|include)\b", re.IGNORECASE)
-
-
-def forbidden_constructs(source: str) -> str | None:
-    """Why ``source`` must not be compiled, or None when it may be.
-
-    Refused: ``include_str!``, ``include_bytes!``, ``include!``, ``env!``, ``option_env!`` (they read the build
-    machine), also when renamed by ``use ... as`` or called through a macro variable; ``#[link(...)]`` and
-    ``extern crate`` of anything but libc and the standard library; ``#[path = ...]`` and out-of-line
-    ``mod name;`` (they read other files); assembler ``.incbin`` / ``.include``.
-    Comments and string literals are ignored. The reason names the construct and the line.
-    This is a textual check, not a parser: it errs on the side of refusing.
-    """
-    masked = mask_comments_and_strings(source)
-    found: list[tuple[int, str]] = []
-
-    def line_of(pos: int) -> int:
-        return masked.count("\n", 0, pos) + 1
-
-    for m in (_HOST_MACRO.search(masked), _HOST_MACRO_NAME.search(masked)):
-        if m:
-            found.append((m.start(), _host_macro_reason(m.group(1))))
-    m = _RENAMED.search(masked)
-    if m:
-        found.append((m.start(), f"imports `{m.group(1)}` under another name, which would call the "
-                                 f"{m.group(1)}! macro; it is not allowed: use the std::{m.group(1)} path as it is"
-                      if m.group(1) == "env" else
-                      f"imports `{m.group(1)}` under another name (the {m.group(1)}! macro, which reads files of "
-                      f"the build machine); it is not allowed"))
-    m = _MACRO_VAR_CALL.search(masked)
-    if m:
-        found.append((m.start(), "calls a macro through a macro variable ($m!), which could reach include_str! "
-                                 "or env!; it is not allowed: call macros by their names"))
-    for m in _EXTERN_CRATE.finditer(masked):
-        if m.group(1) not in ALLOWED_CRATES:
-            found.append((m.start(), f"uses `extern crate {m.group(1)}`; only the standard library and libc "
-                                     f"are available: remove the dependency"))
-            break
-    m = _LINK_ATTR.search(masked)
-    if m:
-        found.append((m.start(), "uses #[link(...)], which links a library of the build machine; it is not "
-                                 "allowed: only the standard library and libc are available"))
-    m = _PATH_ATTR.search(masked)
-    if m:
-        found.append((m.start(), "uses #[path = ...], which reads another file of the build machine; it is not "
-                                 "allowed: write the module inline (mod name { ... })"))
-    m = _OUTLINE_MOD.search(masked)
-    if m:
-        name = m.group(1)
-        found.append((m.start(), f"declares `mod {name};`, which reads {name}.rs from the build machine; it is "
-                                 f"not allowed: write the module inline (mod {name} {{ ... }})"))
-    m = _ASM.search(masked)
-    if m and _ASM_INCLUDE.search(source):
-        found.append((m.start(), "uses an assembler .incbin/.include directive, which reads files of the build "
-                                 "machine; it is not allowed"))
-    if not found:
-        return None
-    pos, why = min(found)
-    return f"line {line_of(pos)} {why}"
-
-
-def _host_macro_reason(name: str) -> str:
-    if name in ("env", "option_env"):
-        return (f"uses {name}!, which reads the build machine's environment when compiling; it is not allowed: "
-                f"read the environment at run time with std::env::var instead")
-    return f"uses {name}!, which reads files of the build machine; it is not allowed: inline the data instead"
-
-
-_UNSAFE = re.compile(r"(?<![A-Za-z0-9_])unsafe(?![A-Za-z0-9_])")
-
-
-def unsafe_stats(source: str) -> dict[str, Any]:
-    """The share of non-blank lines inside ``unsafe`` blocks, fns and impls (a brace-matching scan)."""
-    masked = mask_comments_and_strings(source)
-    lines = source.splitlines()
-    nonblank = {i + 1 for i, text in enumerate(lines) if text.strip()}
-    covered: set[int] = set()
-    blocks = fns = 0
-    n = len(masked)
-    for m in _UNSAFE.finditer(masked):
-        j = m.end()
-        while j < n and masked[j].isspace():
-            j += 1
-        if j < n and masked[j] == "(":
-            continue  # #[unsafe(no_mangle)]: an attribute, not a region
-        depth = 0
-        while j < n:
-            ch = masked[j]
-            if ch in "([":
-                depth += 1
-            elif ch in ")]":
-                depth -= 1
-            elif depth <= 0 and ch in "{;":
-                break
-            j += 1
-        if j >= n or masked[j] == ";":
-            continue  # a declaration without a body
-        header = masked[m.end():j]
-        level = 0
-        while j < n:
-            if masked[j] == "{":
-                level += 1
-            elif masked[j] == "}":
-                level -= 1
-                if level == 0:
-                    break
-            j += 1
-        first = masked.count("\n", 0, m.start()) + 1
-        last = first + masked.count("\n", m.start(), min(j, n))
-        covered.update(range(first, last + 1))
-        if not header.strip():
-            blocks += 1
-        elif re.search(r"(?<![A-Za-z0-9_])fn(?![A-Za-z0-9_])", header):
-            fns += 1
-    unsafe_lines = len(covered & nonblank)
-    total = len(nonblank)
-    return {
-        "unsafe_lines": unsafe_lines,
-        "total_lines": total,
-        "unsafe_fraction": round(unsafe_lines / total, 4) if total else 0.0,
-        "unsafe_blocks": blocks,
-        "unsafe_fns": fns,
-    }
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -415,7 +213,7 @@ class Toolchain:
                 f"[toolchain] rustc = {settings.rustc!r} was not found: install Rust (rustup, or apt-get install "
                 f"rustc) or set [toolchain] rustc to the compiler's path"
             )
-        env = _tool_env()
+        env = tool_env()
         quick = Limits(wall_seconds=60.0, memory_bytes=2 << 30, output_bytes=200_000)
         here = Path(tempfile.gettempdir())
         vv = await run_process([found, "-vV"], cwd=here, limits=quick, env=env)
@@ -562,14 +360,6 @@ class Toolchain:
                 else _describe_failure(result, "clippy-driver")[:500]
             )
         return stats
-
-
-def _tool_env() -> dict[str, str]:
-    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
-    for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
-        if os.environ.get(name):
-            env[name] = os.environ[name]
-    return env
 
 
 def _find_libc_source(settings: ToolchainSettings) -> Path:

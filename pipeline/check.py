@@ -1,7 +1,9 @@
 """``check``: is the model server reachable, serving our model, and answering? One short request says.
 
 Use :func:`run_check` before a long run (the CLI's ``check`` command prints :meth:`CheckReport.lines`).
-It never raises for server problems: the report carries ``ok=False`` and the reason, with the fix.
+It never raises for server problems: the report carries ``ok=False`` and the reason, with the fix. An
+answer that is empty or cut off at max_tokens fails the check too: translations would fail the same way.
+The server URL is shown without credentials and the API key never.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ CHECK_RETRY_ATTEMPTS = 2
 CHECK_DEADLINE = 30.0
 CHECK_OUTAGE_BUDGET = 20.0
 CHECK_REQUEST_TIMEOUT = 120.0
+MODEL_FIX = (
+    "check that the served model is an instruction-tuned (chat) model and that vLLM uses its chat template "
+    "(--chat-template)"
+)
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,7 @@ async def run_check(config: Config) -> CheckReport:
         request_timeout=min(config.client.request_timeout, CHECK_REQUEST_TIMEOUT),
     )
     report = CheckReport(
-        ok=False, base_url=model.base_url.rstrip("/"), model=model.model, served=(), max_model_len=None,
+        ok=False, base_url=model.public_url.rstrip("/"), model=model.model, served=(), max_model_len=None,
         latency_seconds=None, prompt_tokens=0, completion_tokens=0, answer="", error=None,
     )
     try:
@@ -94,4 +100,14 @@ async def run_check(config: Config) -> CheckReport:
             )
     except PipelineError as exc:
         return dataclasses.replace(report, ok=False, error=str(exc))
+    if completion.truncated:
+        return dataclasses.replace(report, ok=False, error=(
+            f"the model's answer to {CHECK_PROMPT!r} was cut off at max_tokens {model.max_tokens} "
+            f"(finish_reason length) instead of a one-word reply: {MODEL_FIX}"
+        ))
+    if not completion.text.strip():
+        return dataclasses.replace(report, ok=False, error=(
+            f"the model's answer to {CHECK_PROMPT!r} was empty (finish_reason {completion.finish_reason}): "
+            f"the server answers but the model generates no text: {MODEL_FIX}"
+        ))
     return report

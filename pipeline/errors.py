@@ -45,6 +45,9 @@ class ServerUnreachable(TransientError):
 class TaskFailure(PipelineError):
     """This task cannot succeed as asked; it is recorded as failed with this message."""
 
+    #: Model requests sent before it failed (retries included); the model client sets it.
+    requests: int = 0
+
 
 class TaskInputError(TaskFailure):
     """The task's own files are unusable (encoding, JSON shape, missing samples file)."""

@@ -16,12 +16,14 @@ Use :func:`extract_rust` on every answer; it never raises. The rules, in order:
 4. Bare code, when there are neither markers nor fences: an answer with ``fn main`` is taken from its first
    line that starts a Rust item (``use``, ``fn``, ``#[``, ``struct``, ...) to its last line that is ``}``.
 
-When several blocks qualify (marker pairs or fences): the ones with ``fn main`` are preferred and of those the
-longest wins (the last one on a tie, as a later block is usually the corrected one). When exactly one block
-has ``fn main``, the other Rust blocks are helpers and are joined in answer order, but only those that define
-at least one item (``fn``, ``struct``, ...) and none that the program block, or an earlier helper, already
-defines: a snippet that repeats a function of the full program is an excerpt, not a helper. When no block has
-``fn main`` the longest Rust block is returned (the compiler will then say what is missing).
+When several blocks qualify (marker pairs or fences), the ones with ``fn main`` are the complete programs.
+With several of them, each is a candidate (:attr:`Extraction.candidates`), the last one first, as a later
+block is usually the corrected one; the stage compiles them in that order and keeps the first that compiles
+(a long "before" version or a usage example must not win over the program that builds). When exactly one
+block has ``fn main``, the other Rust blocks are helpers and are joined in answer order, but only those that
+define at least one item (``fn``, ``struct``, ...) and none that the program block, or an earlier helper,
+already defines: a snippet that repeats a function of the full program is an excerpt, not a helper. When no
+block has ``fn main`` the longest Rust block is returned (the compiler will then say what is missing).
 
 Exactly one of :attr:`Extraction.code` and :attr:`Extraction.problem` is ``None``. Problems are written for
 the model. An answer flagged ``truncated`` (finish_reason=length) is a problem even when a complete block was
@@ -75,6 +77,8 @@ class Extraction:
     code: str | None
     problem: str | None
     source: Source
+    #: Every complete program found, in the order to try them; ``code`` is the first. Empty without code.
+    candidates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,21 +215,22 @@ def _result(blocks: list[_Block], source: Source, unterminated: bool, truncated:
         return Extraction(None, TRUNCATED if truncated else UNTERMINATED, source)
     if truncated:
         return Extraction(None, TRUNCATED, source)
-    code = _choose(blocks)
-    if code is None:
+    found = _choose(blocks)
+    if not found:
         return Extraction(None, NO_CODE, source)
-    return Extraction(code.strip("\n").rstrip() + "\n", None, source)
+    candidates = tuple(dict.fromkeys(code.strip("\n").rstrip() + "\n" for code in found))
+    return Extraction(candidates[0], None, source, candidates)
 
 
-def _choose(blocks: list[_Block]) -> str | None:
+def _choose(blocks: list[_Block]) -> list[str]:
     if not blocks:
-        return None
+        return []
     mains = [n for n, block in enumerate(blocks) if _FN_MAIN.search(block.body)]
     if len(mains) > 1:
-        return max((blocks[n].body for n in reversed(mains)), key=len)
+        return [blocks[n].body for n in reversed(mains)]
     if not mains:
         tagged = [block.body for block in blocks if block.tagged]
-        return max(reversed(tagged), key=len) if tagged else None
+        return [max(reversed(tagged), key=len)] if tagged else []
     main = mains[0]
     defined = _item_names(blocks[main].body)
     chosen: dict[int, str] = {main: blocks[main].body}
@@ -236,7 +241,7 @@ def _choose(blocks: list[_Block]) -> str | None:
         if names and not names & defined:
             chosen[n] = block.body
             defined |= names
-    return "\n\n".join(chosen[n] for n in sorted(chosen))
+    return ["\n\n".join(chosen[n] for n in sorted(chosen))]
 
 
 def _item_names(code: str) -> set[str]:

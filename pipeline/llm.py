@@ -3,12 +3,15 @@
 Use :meth:`ModelClient.open` once per run, call :meth:`ModelClient.preflight` before any task, then
 :meth:`ModelClient.complete` from as many tasks as you like; the client bounds the requests in flight itself.
 
-Every openai/httpx2 error is converted here, once, into :mod:`pipeline.errors`:
+Every openai/httpx2 error is converted here, once, into :mod:`pipeline.errors` (the words come from
+:mod:`pipeline.llm_errors`):
 
-* connection refused / dropped / timed out -> :class:`~pipeline.errors.ServerUnreachable` (retried)
+* connection refused, connection dropped, no answer, an answer not finished within ``request_timeout`` ->
+  :class:`~pipeline.errors.ServerUnreachable` (retried); each says which of these happened
 * 408, 409, 429, 5xx, a 200 whose body is not JSON -> :class:`~pipeline.errors.ServerBusy` (retried,
   honouring Retry-After)
-* 400 context overflow -> :class:`~pipeline.errors.ContextOverflow`; other 400/422 ->
+* 400 context overflow (vLLM 0.32's wording and older servers') -> :class:`~pipeline.errors.ContextOverflow`
+  naming the part that is too long (the prompt alone, max_tokens alone, or the two together); other 400/422 ->
   :class:`~pipeline.errors.RequestFailed` (never retried)
 * 401/403 and 404 (model not served) -> :class:`~pipeline.errors.ModelUnavailable` (never retried, stops
   the run)
@@ -17,19 +20,25 @@ Retries live in :func:`retry_transient` only (the SDK's own retries are off). Wh
 out, the shared health record decides: another request succeeded meanwhile -> the problem is this request's
 (RequestFailed); the server has failed for longer than the outage budget -> ModelUnavailable; otherwise the
 request waits and starts over, so tasks do not burn their translation attempts on a dead server.
+
+``request_timeout`` bounds each request's whole duration (a server trickling bytes cannot hold it longer).
+While a request waits for its answer, a watcher checks that the server still accepts new connections: a
+vLLM stopped with SIGTERM refuses them while the requests it had hang, and once that has lasted the outage
+budget the run stops (ModelUnavailable) instead of waiting for every hanging request to time out.
+
+Messages and logs show the server URL without credentials (``ModelSettings.public_url``) and never the key.
 """
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -47,7 +56,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from .config import ClientSettings, ModelSettings
+from .config import ClientSettings, ModelSettings, redact_url
 from .errors import (
     ContextOverflow,
     ModelUnavailable,
@@ -55,7 +64,22 @@ from .errors import (
     RequestFailed,
     ServerBusy,
     ServerUnreachable,
+    TaskFailure,
     TransientError,
+)
+from .llm_errors import (
+    START_HINT,
+    connection_reason,
+    exception_chain,
+    failure_kind,
+    max_tokens_overflow_message,
+    overflow_kind,
+    overflow_message,
+    overflow_reason,
+    prompt_overflow_message,
+    retry_after_seconds,
+    secrets_of,
+    server_message,
 )
 
 log = logging.getLogger(__name__)
@@ -74,8 +98,10 @@ PREFLIGHT_ATTEMPTS = 2
 PREFLIGHT_WAIT = 0.5
 #: A server message is quoted in errors up to this many characters.
 MESSAGE_LIMIT = 500
-START_HINT = "is vLLM running? start it with scripts/start_vllm.sh, or fix [VLLM] base_url"
-OVERFLOW_FIX = "lower [VLLM] max_tokens or start vLLM with a larger --max-model-len"
+#: While a request waits, the server's listener is probed this often (a share of the outage budget, bounded).
+PROBE_SHARE = 10
+PROBE_MIN_INTERVAL = 0.5
+PROBE_MAX_INTERVAL = 30.0
 
 
 @dataclass(frozen=True)
@@ -136,10 +162,12 @@ class _Health:
 
     last_success: float | None = None
     failing_since: float | None = None
+    refusing_since: float | None = None  # since when probes find new connections refused (None: accepted)
 
     def success(self, now: float) -> None:
         self.last_success = now
         self.failing_since = None
+        self.refusing_since = None
 
     def failure(self, now: float) -> None:
         if self.failing_since is None:
@@ -163,6 +191,24 @@ class _Reply:
     text: str
     finish_reason: str
     usage: Usage
+
+
+@dataclass
+class _Progress:
+    """How far the request in flight got: set by the HTTP client's response hook and the stream reader."""
+
+    answered: bool = False  # the response head arrived
+    parts: int = 0  # stream events read
+
+
+#: The request in flight in this task (the response hook runs in the task that sent the request).
+_PROGRESS: ContextVar[_Progress | None] = ContextVar("pipeline_llm_progress", default=None)
+
+
+async def _mark_answered(response: httpx2.Response) -> None:
+    progress = _PROGRESS.get()
+    if progress is not None:
+        progress.answered = True
 
 
 class _wait_backoff_or_retry_after(wait_base):
@@ -228,66 +274,6 @@ def estimate_tokens(messages: Sequence[Mapping[str, str]]) -> int:
     return sum(math.ceil(len(m.get("content", "")) / 3) + 8 for m in messages)
 
 
-def overflow_message(max_tokens: int, prompt: int, context: int) -> str:
-    """The ContextOverflow message: what did not fit, and the two ways to fix it."""
-    return (
-        f"max_tokens {max_tokens} + prompt {prompt} exceeds the model's context of {context}: {OVERFLOW_FIX}"
-    )
-
-
-def _retry_after(headers: httpx2.Headers) -> float | None:
-    """Seconds the server asked us to wait (retry-after-ms, or Retry-After as seconds or an HTTP date)."""
-    millis = headers.get("retry-after-ms")
-    if millis is not None:
-        try:
-            return max(0.0, float(millis) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        parsed = email.utils.parsedate_tz(value)
-        if parsed is None:
-            return None
-        seconds = email.utils.mktime_tz(parsed) - time.time()
-    return max(0.0, seconds) if math.isfinite(seconds) else None
-
-
-def _server_message(exc: openai.APIError) -> str:
-    """The human part of an error body: vLLM's {"message"} or OpenAI's {"error": {"message"}}."""
-    body = exc.body
-    if isinstance(body, Mapping):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, Mapping) else inner
-        if isinstance(message, str) and message:
-            return message
-        if isinstance(body.get("message"), str):
-            return str(body["message"])
-    if isinstance(body, str) and body.strip():
-        return body.strip()
-    return exc.message
-
-
-def _connection_reason(exc: BaseException) -> str:
-    """Why a connection failed, from the innermost cause (httpx2 wraps the OSError a few times)."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            break
-        if isinstance(seen, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(seen, ConnectionResetError):
-            return "connection reset by the server"
-        if isinstance(seen, httpx2.RemoteProtocolError):
-            return "the server closed the connection without answering"
-        seen = seen.__cause__ or seen.__context__
-    text = str(exc.__cause__ or exc)
-    return text or type(exc).__name__
-
-
 class ModelClient:
     """The run's connection to the model server. Build it with :meth:`open`, never directly."""
 
@@ -309,9 +295,15 @@ class ModelClient:
         self._clock = clock
         self._health = _Health()
         self._info: ServerInfo | None = None
-        self.base_url = model.base_url.rstrip("/")
-        #: vLLM serves /tokenize at the server root, not under /v1.
-        self.root_url = self.base_url.removesuffix("/v1")
+        #: The server URL as messages and logs show it: without credentials.
+        self.base_url = model.public_url.rstrip("/")
+        #: vLLM serves /tokenize at the server root, not under /v1 (credentials kept: requests need them).
+        self._root_url = model.base_url.rstrip("/").removesuffix("/v1")
+        self.root_url = redact_url(self._root_url)
+        self._secrets = secrets_of(model)
+        self._probe_lock = anyio.Lock()
+        self._probe_at: float | None = None
+        self._probe_result: str | None = None
         self.stats = ClientStats()
 
     def __repr__(self) -> str:
@@ -337,6 +329,7 @@ class ModelClient:
         http = openai.DefaultAsyncHttpxClient(
             limits=httpx2.Limits(max_connections=client.workers, max_keepalive_connections=client.workers),
             timeout=timeout,
+            event_hooks={"response": [_mark_answered]},
         )
         try:
             oa = openai.AsyncOpenAI(
@@ -362,22 +355,18 @@ class ModelClient:
     # error conversion: the boundary
 
     def _redact(self, text: str) -> str:
-        key = self._model.api_key
-        if key and key != "EMPTY" and len(key) >= 4:
-            text = text.replace(key, "***")
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
         return text[:MESSAGE_LIMIT]
 
     def _convert(
-        self, exc: Exception, *, route: str, max_tokens: int | None = None, prompt: int | None = None
+        self, exc: Exception, *, route: str, max_tokens: int | None = None, prompt: int | None = None,
+        timeout: float | None = None,
     ) -> PipelineError:
         """One openai/httpx2/JSON error -> the pipeline error that says what to do about it."""
         url = self.base_url
-        if isinstance(exc, openai.APITimeoutError):
-            return ServerUnreachable(f"{route}: no answer from {url} in time (timed out)")
-        if isinstance(exc, openai.APIConnectionError):
-            return ServerUnreachable(
-                f"{route}: cannot connect to {url}: {self._redact(_connection_reason(exc))}"
-            )
+        if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError)):
+            return ServerUnreachable(self._connection_message(exc, route=route, timeout=timeout))
         if isinstance(exc, openai.APIResponseValidationError):
             return ServerBusy(
                 f"{route}: the server at {url} sent a malformed answer (HTTP {exc.status_code})",
@@ -388,7 +377,7 @@ class ModelClient:
         if isinstance(exc, openai.APIError):  # an error event inside a stream
             return ServerBusy(
                 f"{route}: the server at {url} reported an error mid-answer: "
-                f"{self._redact(_server_message(exc))}"
+                f"{self._redact(server_message(exc))}"
             )
         if isinstance(exc, json.JSONDecodeError):
             return ServerBusy(f"{route}: the server at {url} answered with a body that is not valid JSON")
@@ -397,17 +386,44 @@ class ModelClient:
             f"{self._redact(str(exc))}"
         )
 
+    def _connection_message(
+        self, exc: BaseException, *, route: str, timeout: float | None = None, partial: bool = False
+    ) -> str:
+        """Says which failure it was: never connected, connected but no answer, or connection dropped."""
+        url = self.base_url
+        kind = failure_kind(exc)
+        if kind == "timeout":
+            limit = timeout if timeout is not None else self._settings.request_timeout
+            return (
+                f"{route}: the server at {url} accepted the connection but sent no answer within {limit:g} s "
+                f"([pipeline] request_timeout): it may be overloaded or stuck"
+            )
+        if kind == "dropped":
+            when = "in the middle of its answer" if partial else "before answering"
+            return (
+                f"{route}: the server at {url} dropped the connection {when} "
+                f"({self._redact(connection_reason(exc))})"
+            )
+        if isinstance(exc, openai.APITimeoutError) or any(
+            isinstance(e, httpx2.ConnectTimeout) for e in exception_chain(exc)
+        ):
+            return (
+                f"{route}: cannot connect to {url}: no answer to the connection within "
+                f"{self._settings.connect_timeout:g} s (timed out)"
+            )
+        return f"{route}: cannot connect to {url}: {self._redact(connection_reason(exc))}"
+
     def _convert_status(
         self, exc: openai.APIStatusError, *, route: str, max_tokens: int | None, prompt: int | None
     ) -> PipelineError:
         status = exc.status_code
-        message = self._redact(_server_message(exc))
+        message = self._redact(server_message(exc))
         url = self.base_url
         if status in RETRYABLE_STATUSES or status >= 500:
             return ServerBusy(
                 f"{route}: the server at {url} answered HTTP {status}: {message}",
                 status=status,
-                retry_after=_retry_after(exc.response.headers),
+                retry_after=retry_after_seconds(exc.response.headers),
             )
         if status in (401, 403):
             return ModelUnavailable(
@@ -419,30 +435,15 @@ class ModelClient:
                 f"the server at {url} answered HTTP 404 for {route}: {message}: "
                 f"check [VLLM] base_url and [VLLM] model"
             )
-        if status == 400 and _is_overflow(message):
+        if status == 400 and overflow_kind(message) is not None:
             return ContextOverflow(self._overflow_from_server(message, max_tokens=max_tokens, prompt=prompt))
         return RequestFailed(
             f"{route}: the server refused the request (HTTP {status}): {message}", status=status
         )
 
     def _overflow_from_server(self, message: str, *, max_tokens: int | None, prompt: int | None) -> str:
-        context = _first_int(r"maximum context length is (\d+)", message)
-        if context is None and self._info is not None:
-            context = self._info.max_model_len
-        prompt = (
-            _first_int(r"\((\d+) in the messages", message)
-            or _first_int(r"has (\d+) input tokens", message)
-            or prompt
-        )
-        asked = (
-            _first_int(r"(\d+) in the completion", message)
-            or _first_int(r"is too large: (\d+)", message)
-            or max_tokens
-        )
-        if context is None or prompt is None or asked is None:
-            return f"the prompt does not fit the model's context: {message}: {OVERFLOW_FIX}"
-        return overflow_message(asked, prompt, context)
-
+        known = self._info.max_model_len if self._info is not None else None
+        return overflow_reason(message, max_tokens=max_tokens, prompt=prompt, known_context=known)
     async def _model_not_served(self, exc: openai.NotFoundError) -> ModelUnavailable:
         """A 404 on the chat route: say which models the server does serve."""
         try:
@@ -450,12 +451,12 @@ class ModelClient:
         except PipelineError as listing:
             return ModelUnavailable(
                 f"model {self._model.model} is not served by {self.base_url} (HTTP 404: "
-                f"{self._redact(_server_message(exc))}); listing the served models failed too: {listing}"
+                f"{self._redact(server_message(exc))}); listing the served models failed too: {listing}"
             )
         if self._model.model in served:
             return ModelUnavailable(
                 f"the server at {self.base_url} answered HTTP 404 for chat/completions: "
-                f"{self._redact(_server_message(exc))}"
+                f"{self._redact(server_message(exc))}"
             )
         return self._not_served_error(served)
 
@@ -481,7 +482,7 @@ class ModelClient:
                 if isinstance(length, int) and not isinstance(length, bool) and length > 0:
                     lengths[str(entry.id)] = length
         except (openai.OpenAIError, json.JSONDecodeError) as exc:
-            raise self._convert(exc, route="GET /models") from exc
+            raise self._convert(exc, route="GET /models", timeout=self._short_timeout().read) from exc
         except (AttributeError, TypeError) as exc:  # a 200 that is not a model list
             raise ServerBusy(
                 f"GET /models: the server at {self.base_url} sent a malformed model list"
@@ -509,11 +510,17 @@ class ModelClient:
                 what="preflight",
             )
         except ServerUnreachable as exc:
-            cause = exc.__cause__
-            if isinstance(cause, openai.APITimeoutError):
-                reason = f"no answer within {self._settings.connect_timeout:g} s (timed out)"
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            if failure_kind(cause) != "connect":
+                # It accepted the connection: something listens there, but does not answer as vLLM would.
+                raise ModelUnavailable(
+                    f"{exc}; is vLLM still loading the model, or is another program listening there? "
+                    f"check [VLLM] base_url"
+                ) from exc
+            if any(isinstance(e, httpx2.ConnectTimeout) for e in exception_chain(cause)):
+                reason = f"no answer to the connection within {self._settings.connect_timeout:g} s (timed out)"
             else:
-                reason = self._redact(_connection_reason(cause if cause is not None else exc))
+                reason = self._redact(connection_reason(cause))
             raise ModelUnavailable(f"cannot connect to {self.base_url}: {reason}; {START_HINT}") from exc
         except ServerBusy as exc:
             raise ModelUnavailable(
@@ -565,7 +572,7 @@ class ModelClient:
         """POST {root}/tokenize. None when the server has no such route (404/405) or answers oddly."""
         try:
             data = await self._openai.post(
-                f"{self.root_url}/tokenize",
+                f"{self._root_url}/tokenize",
                 cast_to=object,
                 body={"model": self._model.model, "messages": [dict(m) for m in messages]},
                 options={"timeout": self._short_timeout(), "security": {"bearer_auth": True}},
@@ -575,7 +582,7 @@ class ModelClient:
                 return None
             raise self._convert(exc, route="POST /tokenize") from exc
         except (openai.OpenAIError, json.JSONDecodeError) as exc:
-            raise self._convert(exc, route="POST /tokenize") from exc
+            raise self._convert(exc, route="POST /tokenize", timeout=self._short_timeout().read) from exc
         if not isinstance(data, dict) or not isinstance(data.get("count"), int):
             return None
         return cast(dict[str, Any], data)
@@ -607,6 +614,8 @@ class ModelClient:
         prompt, how = await self._count_prompt(messages)
         budget = min(configured, context - prompt - self._settings.context_margin)
         floor = min(configured, max(MIN_COMPLETION_TOKENS, configured // MIN_COMPLETION_SHARE))
+        if budget < 1:
+            raise ContextOverflow(f"{prompt_overflow_message(prompt, context)} (prompt tokens {how})")
         if budget < floor:
             raise ContextOverflow(f"{overflow_message(configured, prompt, context)} (prompt tokens {how})")
         return budget
@@ -633,7 +642,14 @@ class ModelClient:
                 )
                 break
             except TransientError as exc:
-                await self._after_exhausted(call, exc)
+                try:
+                    await self._after_exhausted(call, exc)
+                except TaskFailure as failed:
+                    failed.requests = call.requests
+                    raise
+            except TaskFailure as exc:
+                exc.requests = call.requests  # llm_stat counts every request sent, refused ones too
+                raise
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
         return Completion(
@@ -690,10 +706,7 @@ class ModelClient:
                 self.stats.requests_sent += 1
                 if call.requests > 1:
                     self.stats.retries += 1
-                if self._settings.stream:
-                    reply = await self._chat_stream(messages, call.max_tokens)
-                else:
-                    reply = await self._chat_once(messages, call.max_tokens)
+                reply = await self._send(call, messages, call.max_tokens)
             except TransientError:
                 now = self._clock()
                 self._health.failure(now)
@@ -705,6 +718,117 @@ class ModelClient:
         # Only a chat answer proves the server is serving; /tokenize works even when the engine is stuck.
         self._health.success(self._clock())
         return reply
+
+    async def _send(self, call: _Call, messages: Sequence[Mapping[str, str]], max_tokens: int) -> _Reply:
+        """One chat request, bounded as a whole by request_timeout, watched for a server that stopped accepting.
+
+        Raises ServerUnreachable when the deadline passes (saying whether any answer had begun), and
+        ModelUnavailable when the server has refused new connections for the outage budget meanwhile.
+        """
+        progress = _Progress()
+        stopped: list[ModelUnavailable] = []
+        failure: Exception | None = None
+        reply: _Reply | None = None
+        limit = self._settings.request_timeout
+        token = _PROGRESS.set(progress)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_listener, call, stopped, tg.cancel_scope)
+                try:
+                    with anyio.fail_after(limit):
+                        if self._settings.stream:
+                            reply = await self._chat_stream(messages, max_tokens, progress)
+                        else:
+                            reply = await self._chat_once(messages, max_tokens)
+                except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
+                    failure = exc
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            _PROGRESS.reset(token)
+        if stopped:
+            raise stopped[0]
+        if isinstance(failure, TimeoutError):
+            route = "chat/completions (stream)" if self._settings.stream else "chat/completions"
+            if progress.answered or progress.parts:
+                raise ServerUnreachable(
+                    f"{route}: the server at {self.base_url} started answering but did not finish within "
+                    f"{limit:g} s ([pipeline] request_timeout bounds a whole request): it sends too slowly"
+                ) from failure
+            raise ServerUnreachable(
+                f"{route}: the server at {self.base_url} accepted the connection but sent no answer within "
+                f"{limit:g} s ([pipeline] request_timeout): it may be overloaded or stuck"
+            ) from failure
+        if failure is not None:
+            raise failure
+        assert reply is not None
+        return reply
+
+    def _probe_interval(self) -> float:
+        share = self._settings.outage_budget / PROBE_SHARE
+        return min(PROBE_MAX_INTERVAL, max(PROBE_MIN_INTERVAL, share))
+
+    async def _watch_listener(
+        self, call: _Call, stopped: list[ModelUnavailable], scope: anyio.CancelScope
+    ) -> None:
+        """While a request waits, check that the server still accepts connections; stop the run if not.
+
+        A vLLM told to stop (SIGTERM) refuses new connections while the requests it had hang: no error ever
+        reaches them. Once new connections have been refused for the outage budget, the waiting request is
+        cancelled with ModelUnavailable (finished work is kept; a rerun resumes).
+        """
+        interval = self._probe_interval()
+        budget = self._settings.outage_budget
+        while True:
+            # Real time: the watcher watches a real socket, whatever clock the retries use.
+            await anyio.sleep(interval)
+            health = self._health
+            if health.last_success is not None and self._clock() - health.last_success < interval:
+                continue  # answers are arriving: the server is serving
+            refused = await self._probe_listener(interval)
+            if refused is None or health.refusing_since is None:
+                continue
+            down_for = self._clock() - health.refusing_since
+            if down_for >= budget:
+                stopped.append(ModelUnavailable(
+                    f"{call.purpose}: the model server at {self.base_url} has refused new connections for "
+                    f"{down_for:.0f} s ({refused}; outage budget {budget:g} s) while this request still waits "
+                    f"for its answer: the server is probably shutting down; finished work is kept: restart the "
+                    f"server and rerun to resume"
+                ))
+                scope.cancel()
+                return
+
+    async def _probe_listener(self, interval: float) -> str | None:
+        """Whether a new TCP connection to the server is refused now (the reason) or accepted (None).
+
+        One probe serves every waiting request for half an interval; the result updates the health record.
+        """
+        async with self._probe_lock:
+            now = self._clock()
+            if self._probe_at is not None and 0 <= now - self._probe_at < interval / 2:
+                return self._probe_result
+            url = httpx2.URL(self._root_url)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            result: str | None = None
+            try:
+                with anyio.fail_after(self._settings.connect_timeout):
+                    stream = await anyio.connect_tcp(url.host, port)
+                await stream.aclose()
+            except TimeoutError:
+                result = f"no answer to a connection within {self._settings.connect_timeout:g} s"
+            except OSError as exc:
+                refused = any(isinstance(e, ConnectionRefusedError) for e in exception_chain(exc))
+                result = "connection refused" if refused or "refused" in str(exc).lower() else str(exc)
+            now = self._clock()
+            health = self._health
+            if result is None:
+                health.refusing_since = None
+            elif health.refusing_since is None:
+                health.refusing_since = now
+                log.warning("the model server at %s refuses new connections (%s)", self.base_url, result)
+            self._probe_at, self._probe_result = now, result
+            return result
 
     def _request_args(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> dict[str, Any]:
         return {
@@ -737,7 +861,9 @@ class ModelClient:
             raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed completion") from exc
         return _Reply(text, finish, counts)
 
-    async def _chat_stream(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> _Reply:
+    async def _chat_stream(
+        self, messages: Sequence[Mapping[str, str]], max_tokens: int, progress: _Progress
+    ) -> _Reply:
         route = "chat/completions (stream)"
         parts: list[str] = []
         finish: str | None = None
@@ -750,6 +876,7 @@ class ModelClient:
             )
             async with stream:
                 async for chunk in stream:
+                    progress.parts += 1
                     if chunk.usage is not None:
                         counts = Usage(int(chunk.usage.prompt_tokens), int(chunk.usage.completion_tokens))
                     for choice in chunk.choices or ():
@@ -759,6 +886,10 @@ class ModelClient:
                             finish = str(choice.finish_reason)
         except openai.NotFoundError as exc:
             raise await self._model_not_served(exc) from exc
+        except (openai.APITimeoutError, openai.APIConnectionError) as exc:
+            raise ServerUnreachable(self._connection_message(exc, route=route, partial=progress.parts > 0)) from exc
+        except httpx2.TransportError as exc:  # the SDK passes errors from inside a stream through unwrapped
+            raise ServerUnreachable(self._connection_message(exc, route=route, partial=progress.parts > 0)) from exc
         except (openai.OpenAIError, json.JSONDecodeError) as exc:
             raise self._convert(exc, route=route, max_tokens=max_tokens) from exc
         except (AttributeError, TypeError, ValueError) as exc:
@@ -770,20 +901,6 @@ class ModelClient:
         return _Reply("".join(parts), finish, counts)
 
 
-def _is_overflow(message: str) -> bool:
-    lowered = message.lower()
-    return (
-        "context length" in lowered
-        or "max_model_len" in lowered
-        or ("max_tokens" in lowered and "too large" in lowered)
-    )
-
-
-def _first_int(pattern: str, text: str) -> int | None:
-    found = re.search(pattern, text)
-    return int(found.group(1)) if found else None
-
-
 __all__ = [
     "ClientStats",
     "Completion",
@@ -791,6 +908,8 @@ __all__ = [
     "ServerInfo",
     "Usage",
     "estimate_tokens",
+    "max_tokens_overflow_message",
     "overflow_message",
+    "prompt_overflow_message",
     "retry_transient",
 ]

@@ -2,7 +2,9 @@
 
 A stage is one conversation. Its first user message never changes; each repair adds the previous answer and
 the feedback. To keep the context bounded, only the latest answer and feedback are sent in full; earlier
-turns are replaced by one-line stubs (so the model still sees how many attempts failed, and why).
+turns are replaced by one-line stubs (so the model still sees how many attempts failed, and why). An answer
+cut off at the length limit is never sent back whole (it filled the room the context left, so the repair
+request would not fit): :func:`cut_off_turn` keeps only its complete program, if any.
 
 The request format asks for the code between :data:`~pipeline.extract.BEGIN_MARK` and
 :data:`~pipeline.extract.END_MARK`; :mod:`pipeline.extract` also accepts a plain fenced block.
@@ -88,6 +90,21 @@ class Turn:
     answer: str
     summary: str
     feedback: str
+
+
+CUT_OFF_STUB = "(my answer was cut off at the length limit after {tokens} tokens; it is not repeated here)"
+CUT_OFF_ADVICE = (
+    "Your previous answer was cut off at the length limit. Reply with the whole program only, as compactly as "
+    "you can: no explanation before or after it, no comments."
+)
+
+
+def cut_off_turn(completion_tokens: int, code: str | None, summary: str, feedback: str) -> Turn:
+    """The turn for an answer cut off at the length limit: its complete program if one was found, else a stub."""
+    shown = (f"{BEGIN_MARK}\n{code.rstrip()}\n{END_MARK}" if code is not None
+             else CUT_OFF_STUB.format(tokens=completion_tokens))
+    advice = feedback if CUT_OFF_ADVICE in feedback else f"{feedback.rstrip()}\n\n{CUT_OFF_ADVICE}".lstrip()
+    return Turn(shown, summary, advice)
 
 
 def conversation(system: str, first: str, turns: list[Turn]) -> list[Message]:

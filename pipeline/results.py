@@ -45,6 +45,8 @@ class TaskResult:
     input_hash: str
     stages: tuple[StageResult, ...] = ()
     reason: str | None = None
+    #: Why a task that never reached its stages failed: "input_error" or "vacuous_tests" (None otherwise).
+    failure_kind: str | None = None
     wall_seconds: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -83,6 +85,7 @@ class TaskResult:
             "input_hash": self.input_hash,
             "status": self.status,
             "reason": self.reason or self._first_stage_reason(),
+            "failure_kind": self.failure_kind,
             "wall_seconds": round(self.wall_seconds, 3),
             "stages": stages,
         }
@@ -136,7 +139,7 @@ def _llm_stat(stage: StageResult) -> dict[str, Any]:
     outputs = [a.usage.completion_tokens for a in stage.attempts]
     times = [round(a.llm_seconds, 4) for a in stage.attempts]
     return {
-        "total_queries": len(stage.attempts),
+        "total_queries": stage.requests,  # requests sent, retries and refused ones included
         "total_costed_input_tokens": sum(inputs),
         "total_costed_output_tokens": sum(outputs),
         "total_costed_time": round(sum(times), 4),
@@ -195,11 +198,17 @@ async def write_task_results(
 
 def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts and token sums over task records (pure; accepts an empty iterable)."""
-    out: dict[str, Any] = {"tasks": 0, "verified": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    out: dict[str, Any] = {"tasks": 0, "verified": 0, "failed": 0, "vacuous_tests": 0, "input_errors": 0,
+                           "prompt_tokens": 0, "completion_tokens": 0}
     per_stage = {name: {"verified": 0, "failed": 0, "not_run": 0} for name in STAGES}
     for rec in records:
         out["tasks"] += 1
         out["verified" if rec.get("status") == "verified" else "failed"] += 1
+        kind = rec.get("failure_kind")
+        if kind == "vacuous_tests":
+            out["vacuous_tests"] += 1
+        elif kind == "input_error":
+            out["input_errors"] += 1
         for name in STAGES:
             st = rec.get("stages", {}).get(name, {})
             status = st.get("status", "not_run")
@@ -224,4 +233,7 @@ def render_table(summary: Mapping[str, Any]) -> list[str]:
         f"{summary.get('skipped_unchanged', 0)} unchanged from earlier runs), "
         f"orphans: {len(summary.get('orphans', []))}, tokens: {t['prompt_tokens']} in / {t['completion_tokens']} out"
     )
+    if t.get("vacuous_tests") or t.get("input_errors"):
+        lines.append(f"not translated: {t.get('vacuous_tests', 0)} with tests that do not exercise the program, "
+                     f"{t.get('input_errors', 0)} with unusable inputs")
     return lines

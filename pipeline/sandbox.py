@@ -13,12 +13,13 @@ Every untrusted run goes through :meth:`Sandbox.run`. What it puts in force, whe
   there is no network but a loopback that is down, and ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``
   are private, size-capped tmpfs (the sandbox's scratch root stays visible at its own path).
 
-How a run is started: ``unshare --pid --fork --kill-child --mount-proc [--net] python -I -S -c HELPER``. The
-helper (pid 1 of the namespace, still root) mounts the private tmpfs, forks, and the child sets the rlimits,
-drops to the run's uid/gid with no supplementary groups and ``no_new_privs``, and execs the program. The helper
-reaps everything, and reports the program's exit status and CPU time on a private pipe. When it exits, the
-kernel kills whatever is left in the namespace. After every run the host's ``/proc`` is swept for processes of
-the run's uid (or, without a separate uid, of the run's environment marker) until none is left.
+How a run is started: ``unshare --pid --fork --kill-child --mount-proc [--net] python -I -S sandbox_init.py``.
+The helper (:mod:`pipeline.sandbox_init`, pid 1 of the namespace, still root) mounts the private tmpfs, forks,
+and the child sets the rlimits, drops to the run's uid/gid with no supplementary groups and ``no_new_privs``,
+and execs the program. The helper reaps everything, and reports the program's exit status and CPU time on a
+private pipe. When it exits, the kernel kills whatever is left in the namespace. After every run the host's
+``/proc`` is swept for processes of the run's uid (or, without a separate uid, of the run's environment marker)
+until none is left.
 
 Without root or ``unshare`` the same helper runs without namespaces (a child subreaper that kills what its
 program left behind); :class:`Isolation` says what is in force, and a single warning names what is missing.
@@ -72,107 +73,8 @@ _DRAIN_GRACE = 0.3
 #: How long the sweep keeps killing a run's leftovers before it gives up and logs an error.
 _SWEEP_SECONDS = 5.0
 _STATUS_MAX = 1 << 16
-#: The helper's code travels in this variable (keeping ``ps`` readable); the helper removes it before exec.
-_HELPER_VAR = "C2R_SANDBOX_HELPER"
-_HELPER_BOOT = f"import os; exec(os.environ.pop({_HELPER_VAR!r}))"
-
-# The helper runs as ``python -I -S -c _HELPER_BOOT CONFIG_JSON ARGV...`` with its code in _HELPER_VAR. It is
-# root inside the namespaces when we are root; it never runs untrusted code itself (the program is exec'd in a
-# forked child after the drop).
-_HELPER = r"""
-import ctypes, json, os, resource, signal, sys, time, warnings  # warnings: execvp needs it after the drop
-cfg = json.loads(sys.argv[1])
-argv = sys.argv[2:]
-fd = cfg["fd"]
-rep = {"rl": True, "tmp": None}
-libc = ctypes.CDLL(None, use_errno=True)
-
-def _mount(src, tgt, fstype, flags, data):
-    if libc.mount(src.encode(), tgt.encode(), fstype.encode() if fstype else None, ctypes.c_ulong(flags),
-                  data.encode() if data else None) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), tgt)
-
-if cfg["tmp"]:
-    done = []
-    try:
-        keep = cfg["keep"]
-        kfd = os.open(keep, os.O_PATH | os.O_DIRECTORY)
-        for d in cfg["tmp"]:
-            if os.path.isdir(d) and not os.path.islink(d):
-                _mount("tmpfs", d, "tmpfs", 2 | 4, "size=%d,mode=1777" % cfg["tmp_size"])
-                done.append(d)
-        if not os.path.isdir(keep):
-            os.makedirs(keep, 0o711)
-            _mount("/proc/self/fd/%d" % kfd, keep, None, 4096 | 16384, None)
-            done.append(keep)
-        os.close(kfd)
-        os.chdir(cfg["cwd"])
-        rep["tmp"] = True
-    except OSError as exc:
-        for d in reversed(done):
-            libc.umount2(d.encode(), 2)
-        rep["tmp"] = str(exc)
-if not cfg["pid1"]:
-    libc.prctl(36, 1, 0, 0, 0)
-pid = os.fork()
-if pid == 0:
-    try:
-        os.close(fd)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
-            signal.signal(sig, signal.SIG_DFL)
-        for name, soft, hard in cfg["rl"]:
-            resource.setrlimit(getattr(resource, name), (soft, hard))
-        if cfg["uid"] is not None:
-            os.setgroups([])
-            os.setresgid(cfg["uid"], cfg["uid"], cfg["uid"])
-            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-        if libc.prctl(38, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        os.write(2, ("sandbox: cannot run %s: %s\n" % (argv[0], exc.strerror or exc)).encode())
-        os._exit(127 if exc.errno == 2 else 126)
-    except BaseException as exc:
-        os.write(2, ("sandbox: cannot run %s: %r\n" % (argv[0], exc)).encode())
-        os._exit(126)
-while True:
-    try:
-        wpid, status, ru = os.wait4(-1, 0)
-    except ChildProcessError:
-        status, ru = None, None
-        break
-    if wpid == pid:
-        break
-if status is not None:
-    rep["rc"] = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
-    rep["sig"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-    rep["cpu"] = ru.ru_utime + ru.ru_stime
-os.write(fd, json.dumps(rep).encode())
-os.close(fd)
-if not cfg["pid1"]:
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        kids = set()
-        try:
-            for t in os.listdir("/proc/self/task"):
-                with open("/proc/self/task/%s/children" % t) as fh:
-                    kids.update(int(x) for x in fh.read().split())
-        except OSError:
-            pass
-        for k in kids:
-            try:
-                os.kill(k, 9)
-            except OSError:
-                pass
-        try:
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
-        except ChildProcessError:
-            break
-        time.sleep(0.005)
-os._exit(0)
-"""
+#: The pid-1 helper of every run, run as a script: ``python -I -S sandbox_init.py CONFIG_JSON ARGV...``.
+HELPER_SCRIPT = str(Path(__file__).resolve().with_name("sandbox_init.py"))
 
 
 #: Scratch roots are named PREFIX<pid>-<random>, so a later run can tell a killed run's leftovers.
@@ -562,8 +464,7 @@ class Sandbox:
             "cwd": str(cwd),
             "pid1": mode.unshare is not None,
         }
-        cmd = [*(mode.unshare or ()), sys.executable, "-I", "-S", "-c", _HELPER_BOOT, json.dumps(config), *argv]
-        full_env[_HELPER_VAR] = _HELPER
+        cmd = [*(mode.unshare or ()), sys.executable, "-I", "-S", HELPER_SCRIPT, json.dumps(config), *argv]
         with pipe:
             raw = await _execute(
                 cmd, cwd=Path(cwd), env=full_env, stdin=stdin, limits=limits, pass_fds=(pipe.write_fd,),
@@ -630,6 +531,15 @@ class Sandbox:
         raise OSError(errno.EAGAIN, "no free uid for a sandboxed run")
 
 
+def tool_env() -> dict[str, str]:
+    """The environment trusted tools get: PATH, HOME, the rustup variables when set, LC_ALL=C."""
+    env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
+    for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
 async def run_process(
     argv: Sequence[str],
     *,
@@ -647,10 +557,7 @@ async def run_process(
     if not argv:
         raise ValueError("empty argv")
     if env is None:
-        env = {"PATH": os.environ.get("PATH", os.defpath), "HOME": os.environ.get("HOME", "/"), "LC_ALL": "C"}
-        for name in ("RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN"):
-            if os.environ.get(name):
-                env[name] = os.environ[name]
+        env = tool_env()
     pipe = _StatusPipe()
     config = {
         "fd": pipe.write_fd,
@@ -665,10 +572,10 @@ async def run_process(
         "cwd": str(cwd),
         "pid1": False,
     }
-    cmd = [sys.executable, "-I", "-S", "-c", _HELPER_BOOT, json.dumps(config), *argv]
+    cmd = [sys.executable, "-I", "-S", HELPER_SCRIPT, json.dumps(config), *argv]
     with pipe:
         raw = await _execute(
-            cmd, cwd=Path(cwd), env={**env, _HELPER_VAR: _HELPER}, stdin=stdin, limits=limits,
+            cmd, cwd=Path(cwd), env=dict(env), stdin=stdin, limits=limits,
             pass_fds=(pipe.write_fd,), after_spawn=pipe.close_write, sweep=None,
         )
         status = pipe.read_status()

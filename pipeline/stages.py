@@ -7,7 +7,6 @@ errors (the model server gone past its outage budget, a full disk) propagate, an
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +14,13 @@ from typing import Any, Literal
 
 import anyio
 
-from .build import BuildResult, Toolchain, mask_comments_and_strings
+from .build import BuildResult, Toolchain
 from .config import Config
 from .errors import TaskFailure
 from .extract import extract_rust
 from .llm import ModelClient, Usage
-from .prompts import Turn, conversation, idiomatic_prompt, unidiomatic_prompt
+from .prompts import Turn, conversation, cut_off_turn, idiomatic_prompt, unidiomatic_prompt
+from .rust_source import first_unsafe_line
 from .sandbox import Sandbox
 from .testing import TestSuite, TestVerdict, run_test_suite
 
@@ -33,16 +33,6 @@ AttemptKind = Literal[
 
 #: Feedback longer than this is trimmed: the compiler and test output must not crowd out the program.
 FEEDBACK_CHARS = 6000
-
-_UNSAFE = re.compile(r"\bunsafe\b")
-
-
-def unsafe_line(code: str) -> int | None:
-    """The first line that uses `unsafe` outside comments and string literals, or None."""
-    masked = mask_comments_and_strings(code)
-    match = _UNSAFE.search(masked)
-    return masked.count("\n", 0, match.start()) + 1 if match else None
-
 
 @dataclass(frozen=True)
 class Attempt:
@@ -102,12 +92,13 @@ class _Check:
     feedback: str
     build_seconds: float = 0.0
     test_seconds: float = 0.0
+    code: str | None = None  # the candidate this verdict is about
 
 
 def refusal(stage: str, code: str) -> tuple[AttemptKind, str, str] | None:
     """(kind, message, feedback) when a candidate is rejected before compiling, else None."""
     if stage == "idiomatic":
-        line = unsafe_line(code)
+        line = first_unsafe_line(code)
         if line is not None:
             msg = f"the idiomatic program uses `unsafe` (line {line}); it was rejected without compiling"
             return "refused", msg, msg + ". Rewrite it in safe Rust: no unsafe, no libc, no raw pointers."
@@ -125,35 +116,47 @@ def build_failure(build: BuildResult) -> tuple[AttemptKind, str, str] | None:
     return None
 
 
-async def _verify(env: StageEnv, stage: StageName, code: str, suite: TestSuite) -> _Check:
-    """Refuse, build and test one candidate program."""
-    refused = refusal(stage, code)
-    if refused is not None:
-        return _Check(*refused)
+async def _verify(env: StageEnv, stage: StageName, candidates: tuple[str, ...], suite: TestSuite) -> _Check:
+    """Refuse, build and test a program: the first of ``candidates`` (complete programs found in one answer,
+    in order of preference) that compiles; when none does, the verdict on the first."""
+    first: _Check | None = None
+    build_seconds = 0.0
     limits = env.sandbox.limits(
         wall_seconds=env.config.translation.test_timeout,
         output_bytes=env.config.translation.output_byte_limit,
     )
     async with env.sandbox.build_dir() as out_dir:
-        async with env.cpu:
-            build: BuildResult = await env.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS)
-        failed = build_failure(build)
-        if failed is not None or build.binary is None:
+        for code in candidates:
+            refused = refusal(stage, code)
+            if refused is not None:
+                first = first or _Check(*refused, code=code)
+                continue
+            async with env.cpu:
+                build: BuildResult = await env.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS)
+            build_seconds += build.seconds
+            failed = build_failure(build)
+            if failed is None and build.binary is not None:
+                break
             kind, message, feedback = failed or ("compile_error", "no binary was produced", "")
-            return _Check(kind, message, feedback, build.seconds)
+            first = first or _Check(kind, message, feedback, code=code)
+        else:
+            assert first is not None, "a stage verifies at least one candidate"
+            first.build_seconds = build_seconds
+            return first
         started = time.perf_counter()
         async with env.cpu:
             verdict: TestVerdict = await run_test_suite(build.binary, suite, sandbox=env.sandbox, limits=limits)
         test_seconds = time.perf_counter() - started
     if verdict.passed:
-        return _Check("verified", f"all {len(verdict.outcomes)} tests passed", "", build.seconds, test_seconds)
+        return _Check("verified", f"all {len(verdict.outcomes)} tests passed", "", build_seconds, test_seconds, code)
     failures = verdict.failures
     return _Check(
         "test_failure",
         f"{len(failures)} of {len(verdict.outcomes)} tests failed; first: {failures[0].summary}",
         verdict.feedback(FEEDBACK_CHARS),
-        build.seconds,
+        build_seconds,
         test_seconds,
+        code,
     )
 
 
@@ -188,10 +191,15 @@ async def run_stage(
         except TaskFailure as exc:
             # The server refused this request for good (context overflow, a 4xx, retries spent while the server
             # answered others): asking again with a longer conversation cannot help.
+            requests += exc.requests
             attempts.append(Attempt(number, "request_failed", str(exc), None, Usage(), 0.0))
             env.record({"stage": stage, "attempt": number, "event": "verdict", "kind": "request_failed",
                         "message": str(exc)})
-            return StageResult(stage, "failed", tuple(attempts), reason=str(exc),
+            reason = str(exc)
+            if attempts[-2:-1] and attempts[-2].kind == "truncated":
+                # The cause is the cut-off answer before, not this request: say so first.
+                reason = f"truncated: attempt {number - 1} was cut off at the length limit; then {exc}"
+            return StageResult(stage, "failed", tuple(attempts), reason=reason,
                                wall_seconds=time.perf_counter() - started, requests=requests)
         requests += completion.requests
         env.record({"stage": stage, "attempt": number, "event": "answer", "content": completion.text,
@@ -205,19 +213,26 @@ async def run_stage(
             problem = extraction.problem or "the answer contains no Rust code"
             check = _Check(kind, problem, problem)
         else:
-            check = await _verify(env, stage, extraction.code, suite)
+            check = await _verify(env, stage, extraction.candidates or (extraction.code,), suite)
         attempts.append(Attempt(
-            number, check.kind, check.message, extraction.code, completion.usage, completion.seconds,
+            number, check.kind, check.message, check.code, completion.usage, completion.seconds,
             check.build_seconds, check.test_seconds,
         ))
         env.record({"stage": stage, "attempt": number, "event": "verdict", "kind": check.kind,
                     "message": check.message})
         log.debug("%s %s attempt %d: %s", name, stage, number, check.message)
         if check.kind == "verified":
-            return StageResult(stage, "verified", tuple(attempts), code=extraction.code,
+            return StageResult(stage, "verified", tuple(attempts), code=check.code,
                                wall_seconds=time.perf_counter() - started, requests=requests)
-        turns.append(Turn(completion.text, check.message, check.feedback))
+        if completion.truncated:
+            # A cut-off answer filled what the context left: sent back whole, the repair would not fit.
+            turns.append(cut_off_turn(completion.usage.completion_tokens, check.code or extraction.code, check.message,
+                                      check.feedback))
+        else:
+            turns.append(Turn(completion.text, check.message, check.feedback))
     last = attempts[-1].message if attempts else "no attempt was made"
+    if attempts and attempts[-1].kind == "truncated" and "truncated" not in last:
+        last = f"{last} (truncated)"
     return StageResult(
         stage, "failed", tuple(attempts),
         reason=f"not verified after {len(attempts)} attempts; last: {last}",

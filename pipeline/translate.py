@@ -20,6 +20,7 @@ from .results import TaskResult
 from .stages import StageEnv, StageResult, run_stage
 from .task import Task
 from .testing import TestSuite, input_files, load_test_suite
+from .vacuity import find_vacuous
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,20 @@ async def _with_clippy(env: StageEnv, result: StageResult) -> StageResult:
     return dataclasses.replace(result, clippy=stats)
 
 
+async def _vacuous_tests(env: StageEnv, suite: TestSuite, key_hash: str) -> str | None:
+    """Why the task's tests cannot verify anything, or None when every test exercises the program."""
+    limits = env.sandbox.limits(
+        wall_seconds=env.config.translation.test_timeout, output_bytes=env.config.translation.output_byte_limit,
+    )
+    found = await find_vacuous(suite, sandbox=env.sandbox, limits=limits, cpu=env.cpu,
+                               cache_dir=env.config.toolchain.resolved_cache_dir(), key=key_hash)
+    if not found:
+        return None
+    shown = "; ".join(v.message() for v in found[:3])
+    more = f" (and {len(found) - 3} more tests)" if len(found) > 3 else ""
+    return shown + more
+
+
 async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[TaskResult, list[dict[str, Any]]]:
     """Run both stages of one task. Returns its result and transcript; raises only fatal errors."""
     started = time.perf_counter()
@@ -81,7 +96,14 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
     except TaskFailure as exc:
         log.info("%s: %s", task.id, exc)
         transcript.append({"event": "input_error", "message": str(exc)})
-        return TaskResult(*ident, reason=str(exc), wall_seconds=time.perf_counter() - started), transcript
+        return TaskResult(*ident, reason=str(exc), failure_kind="input_error",
+                          wall_seconds=time.perf_counter() - started), transcript
+    vacuous = await _vacuous_tests(env, inputs.suite, key_hash)
+    if vacuous is not None:
+        log.info("%s: %s", task.id, vacuous)
+        transcript.append({"event": "vacuous_tests", "message": vacuous})
+        return TaskResult(*ident, reason=vacuous, failure_kind="vacuous_tests",
+                          wall_seconds=time.perf_counter() - started), transcript
     name = Path(task.c_path).name
     stages: list[StageResult] = []
     unidiomatic = await _with_clippy(

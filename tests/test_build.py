@@ -13,15 +13,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pipeline.build import (
-    BINARY_NAME,
-    Toolchain,
-    forbidden_constructs,
-    mask_comments_and_strings,
-    unsafe_stats,
-)
+from pipeline.build import BINARY_NAME, Toolchain
 from pipeline.config import SandboxSettings, ToolchainSettings, load_config
 from pipeline.errors import ConfigError
+from pipeline.rust_source import forbidden_constructs, mask_comments_and_strings, unsafe_stats
 from pipeline.sandbox import Limits, Sandbox
 
 GOOD = """

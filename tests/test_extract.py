@@ -10,7 +10,6 @@ from pipeline.extract import (
     NO_CODE,
     TRUNCATED,
     UNTERMINATED,
-    Extraction,
     extract_rust,
 )
 
@@ -109,7 +108,8 @@ def fence(body: str, tag: str = "rust", ticks: str = "```") -> str:
 def test_extracts_the_program(answer: str, code: str, source: str) -> None:
     """The program is found, whatever shape the answer took."""
     result = extract_rust(answer)
-    assert result == Extraction(code=code, problem=None, source=source)  # type: ignore[arg-type]
+    assert (result.code, result.problem, result.source) == (code, None, source)
+    assert result.candidates[0] == code
 
 
 @pytest.mark.parametrize(

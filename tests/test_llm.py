@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -27,6 +28,8 @@ from pipeline.simulator import FaultPlan, LoadModel, SimConfig, Simulator
 
 MODEL = "sim-model"
 HELLO = [{"role": "user", "content": "Translate this C program into Rust."}]
+#: The simulator's protocols: vLLM 0.32 (default) and older servers; tests of behaviour that differs run on both.
+COMPATS = [pytest.param("0.32", id="vllm-0.32"), pytest.param("legacy", id="legacy")]
 
 
 class FakeTime:
@@ -61,13 +64,16 @@ def make_sim(
     latency: float = 0.0,
     capacity: int = 8,
     stall_seconds: float = 30.0,
+    compat: str = "0.32",
+    api_key: str | None = None,
+    trickle_interval: float = 2.0,
 ) -> Simulator:
     return Simulator(SimConfig(
         answers_dir=None, model=MODEL, max_model_len=max_model_len,
         load=LoadModel(capacity=capacity, latency=latency, decode_per_token=0.0),
         faults=FaultPlan(rate=rate, kinds=kinds, script=script, seed=0, retry_after=retry_after,
-                         stall_seconds=stall_seconds),
-        tokenize=tokenize, log_path=None, record_bodies=True,
+                         stall_seconds=stall_seconds, trickle_interval=trickle_interval),
+        tokenize=tokenize, log_path=None, record_bodies=True, compat=compat, api_key=api_key,
     ))
 
 
@@ -116,9 +122,10 @@ def chat_bodies(sim: Simulator) -> list[dict[str, Any]]:
     pytest.param(("malformed",), id="malformed-body"),
     pytest.param(("drop", "503", "malformed"), id="mixed-up-to-the-last-attempt"),
 ])
-async def test_rides_out_transient_faults(script: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_rides_out_transient_faults(script: tuple[str, ...], compat: str) -> None:
     """Scripted transient faults are retried until an answer arrives, one request per attempt."""
-    sim, fake = make_sim(script=script), FakeTime()
+    sim, fake = make_sim(script=script, compat=compat), FakeTime()
     async with sim.serve() as url, client_for(url, fake, retry_attempts=4) as llm:
         completion = await llm.complete(HELLO, purpose="t:unidiomatic:1")
     assert completion.text
@@ -133,7 +140,7 @@ async def test_rides_out_transient_faults(script: tuple[str, ...]) -> None:
 async def test_a_stalled_request_times_out_and_is_retried(stream: bool) -> None:
     """A server that holds the connection without answering is cut off at request_timeout and retried."""
     sim, fake = make_sim(script=("stall",), stall_seconds=30.0), FakeTime()
-    async with sim.serve() as url, client_for(url, fake, request_timeout=0.3, stream=stream) as llm:
+    async with sim.serve() as url, client_for(url, fake, request_timeout=1.0, stream=stream) as llm:
         with anyio.fail_after(10):
             completion = await llm.complete(HELLO)
     assert completion.requests == 2
@@ -165,23 +172,32 @@ async def test_a_request_is_never_sent_more_than_retry_attempts_times() -> None:
     assert isinstance(failed.value.__cause__, ServerBusy)
 
 
-@pytest.mark.parametrize("down", [
-    pytest.param("503", id="every-request-503"),
-    pytest.param("drop", id="every-connection-dropped"),
-    pytest.param("refused", id="port-closed"),
+@pytest.mark.parametrize(("down", "says"), [
+    pytest.param("503", "answered HTTP 503: The server is overloaded", id="every-request-503"),
+    pytest.param("drop", "dropped the connection before answering", id="every-connection-dropped"),
+    pytest.param("refused", "cannot connect to http://127.0.0.1:", id="port-closed"),
 ])
-async def test_outage_waits_then_stops_the_run_after_the_outage_budget(down: str, closed_port: int) -> None:
-    """A dead server: the request waits through retry cycles, then ModelUnavailable when the budget is out."""
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_outage_waits_then_stops_the_run_after_the_outage_budget(
+    down: str, says: str, compat: str, closed_port: int,
+) -> None:
+    """A dead server: the request waits through retry cycles, then ModelUnavailable when the budget is out.
+
+    The message says what happened: an error status, a dropped connection, or no connection at all.
+    """
     fake = FakeTime()
-    sim = make_sim(rate=1.0, kinds=(down,)) if down != "refused" else None
+    sim = make_sim(rate=1.0, kinds=(down,), compat=compat) if down != "refused" else None
     async with _maybe_serve(sim) as url:
         url = url or f"http://127.0.0.1:{closed_port}/v1"
         async with client_for(url, fake, preflight=False, retry_attempts=2, retry_max_wait=1.0,
                               outage_budget=20.0) as llm:
             started = fake.now
-            with pytest.raises(ModelUnavailable, match=r"has not answered for \d+ s \(outage budget 20 s\)"):
+            with pytest.raises(ModelUnavailable, match=r"has not answered for \d+ s \(outage budget 20 s\)") as stop:
                 await llm.complete(HELLO)
             sent = llm.stats.requests_sent
+    assert says in str(stop.value)
+    if down != "refused":
+        assert "cannot connect" not in str(stop.value)
     assert fake.now - started >= 20.0
     assert sent > 2, "it must start the retry cycle again rather than give up after one cycle"
     assert sent % 2 == 0, "every cycle is exactly retry_attempts requests"
@@ -212,9 +228,10 @@ async def test_an_outage_that_ends_within_the_budget_is_waited_out() -> None:
 # permanent errors fail at once
 
 
-async def test_unknown_model_fails_at_once_listing_served_models() -> None:
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_unknown_model_fails_at_once_listing_served_models(compat: str) -> None:
     """A 404 for the model is ModelUnavailable naming what the server serves, after one chat request."""
-    sim, fake = make_sim(), FakeTime()
+    sim, fake = make_sim(compat=compat), FakeTime()
     async with sim.serve() as url, client_for(url, fake, model="no-such-model", preflight=False) as llm:
         with pytest.raises(ModelUnavailable) as failed:
             await llm.complete(HELLO)
@@ -258,34 +275,94 @@ async def test_preflight_against_a_closed_port_says_how_to_start_vllm(closed_por
     assert len(fake.sleeps) <= 2
 
 
+PROMPT_FIX = ("this task's prompt is too long for the model: start vLLM with a larger --max-model-len "
+              "(MAX_MODEL_LEN=) or leave the task out; lowering [VLLM] max_tokens cannot help")
+BOTH_FIX = "lower [VLLM] max_tokens or start vLLM with a larger --max-model-len"
+
+
 @pytest.mark.parametrize("tokenize", [pytest.param(True, id="tokenize"), pytest.param(False, id="estimate")])
-async def test_context_overflow_is_caught_before_sending(tokenize: bool) -> None:
-    """A prompt that leaves too little room fails with the fix, and no chat request is sent."""
-    sim, fake = make_sim(max_model_len=2048, tokenize=tokenize), FakeTime()
-    prompt = [{"role": "user", "content": "x" * 7000}]  # 1754 tokens by the simulator's rule
+@pytest.mark.parametrize(("chars", "context", "part"), [
+    pytest.param(4000, 1400, "both", id="prompt-plus-max-tokens"),
+    pytest.param(7000, 1500, "prompt", id="prompt-alone"),
+])
+async def test_context_overflow_is_caught_before_sending(tokenize: bool, chars: int, context: int, part: str) -> None:
+    """A prompt that leaves too little room fails naming the part that is too long and its fix; nothing is sent."""
+    sim, fake = make_sim(max_model_len=context, tokenize=tokenize), FakeTime()
+    prompt = [{"role": "user", "content": "x" * chars}]
     async with sim.serve() as url, client_for(url, fake, max_tokens=4096) as llm:
         assert llm.stats.requests_sent == 0
         with pytest.raises(ContextOverflow) as failed:
             await llm.complete(prompt)
-    counted = 1754 if tokenize else estimate_tokens(prompt)
-    assert str(failed.value).startswith(
-        f"max_tokens 4096 + prompt {counted} exceeds the model's context of 2048: lower [VLLM] max_tokens or "
-        f"start vLLM with a larger --max-model-len"
-    )
-    assert ("counted by /tokenize" if tokenize else "estimated") in str(failed.value)
+    counted = chars // 4 + 4 if tokenize else estimate_tokens(prompt)
+    how = "counted by /tokenize" if tokenize else "estimated"
+    if part == "both":
+        expected = f"max_tokens 4096 + prompt {counted} exceeds the model's context of {context}: {BOTH_FIX}"
+    else:
+        expected = (f"the prompt alone ({counted} tokens) does not fit the model's context of {context} tokens: "
+                    f"{PROMPT_FIX}")
+    assert str(failed.value) == f"{expected} (prompt tokens {how})"
+    assert failed.value.requests == 0
     assert sim.chat_requests == []
 
 
-async def test_server_side_context_overflow_is_not_retried() -> None:
-    """Without a preflight budget, vLLM's 400 overflow becomes ContextOverflow with its numbers, at once."""
-    sim, fake = make_sim(max_model_len=2048), FakeTime()
-    prompt = [{"role": "user", "content": "x" * 7000}]
-    async with sim.serve() as url, client_for(url, fake, max_tokens=4096, preflight=False) as llm:
-        expected = r"max_tokens 4096 \+ prompt 1754 exceeds the model's context of 2048: lower \[VLLM\]"
-        with pytest.raises(ContextOverflow, match=expected):
-            await llm.complete(prompt)
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_prompt_plus_max_tokens_over_the_context(compat: str) -> None:
+    """Without a preflight budget: vLLM 0.32 shortens max_tokens and cuts the answer (finish_reason length);
+    an older server refuses with a 400 that becomes ContextOverflow with its numbers, never retried."""
+    sim, fake = make_sim(max_model_len=2048, compat=compat), FakeTime()
+    directive = '// @sim {"id": "long", "tokens": 800}\n'  # asks the simulator for an 800-token answer
+    prompt = [{"role": "user", "content": directive + "x" * (7000 - len(directive))}]  # 1754 tokens
+    async with sim.serve() as url, client_for(url, fake, max_tokens=1000, preflight=False) as llm:
+        if compat == "legacy":
+            with pytest.raises(ContextOverflow) as failed:
+                await llm.complete(prompt)
+            assert str(failed.value) == f"max_tokens 1000 + prompt 1754 exceeds the model's context of 2048: {BOTH_FIX}"
+            assert failed.value.requests == 1
+        else:
+            cut = await llm.complete(prompt)
+            assert (cut.finish_reason, cut.truncated) == ("length", True)
+            assert cut.usage.completion_tokens == 2048 - 1754 == sim.chat_requests[0].max_tokens
     assert len(sim.chat_requests) == 1
     assert fake.sleeps == []
+
+
+@pytest.mark.parametrize(("compat", "chars", "max_tokens", "expected"), [
+    pytest.param("0.32", 9000, 100, "the prompt alone (at least 2049 tokens) does not fit the model's context of "
+                 f"2048 tokens: {PROMPT_FIX}", id="0.32-prompt-alone-at-least"),
+    pytest.param("0.32", (2048 - 4) * 4, 100, f"the prompt alone does not fit the model's context: {PROMPT_FIX}",
+                 id="0.32-prompt-fills-the-context"),  # "max_tokens must be at least 1, got 0." gives no count
+    pytest.param("0.32", 400, 4096, "[VLLM] max_tokens 4096 is larger than the model's whole context of 2048 "
+                 "tokens: lower [VLLM] max_tokens below the context length, or start vLLM with a larger "
+                 "--max-model-len", id="0.32-max-tokens-alone"),
+    pytest.param("legacy", 9000, 100, "the prompt alone (2254 tokens) does not fit the model's context of 2048 "
+                 f"tokens: {PROMPT_FIX}", id="legacy-prompt-alone"),
+    pytest.param("legacy", 400, 4096, f"max_tokens 4096 + prompt 104 exceeds the model's context of 2048: {BOTH_FIX}",
+                 id="legacy-prompt-plus-max-tokens"),
+])
+async def test_server_overflow_messages_name_the_part_that_is_too_long(
+    compat: str, chars: int, max_tokens: int, expected: str,
+) -> None:
+    """The server's 400 (0.32's wording or older) becomes ContextOverflow naming the part and its fix, at once."""
+    sim, fake = make_sim(max_model_len=2048, compat=compat), FakeTime()
+    async with sim.serve() as url, client_for(url, fake, max_tokens=max_tokens, preflight=False) as llm:
+        with pytest.raises(ContextOverflow) as failed:
+            await llm.complete([{"role": "user", "content": "x" * chars}])
+    assert str(failed.value) == expected
+    assert len(sim.chat_requests) == 1 and sim.chat_requests[0].status == 400
+    assert fake.sleeps == []
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_a_refused_request_that_is_no_overflow_fails_at_once(compat: str) -> None:
+    """A 400 that is not about the context (a negative temperature) is RequestFailed with the server's words."""
+    sim, fake = make_sim(compat=compat), FakeTime()
+    async with sim.serve() as url:
+        model_settings = ModelSettings(base_url=url, model=MODEL, temperature=-0.5)
+        async with ModelClient.open(model_settings, settings(), sleep=fake.sleep, clock=fake.clock) as llm:
+            with pytest.raises(RequestFailed, match=r"HTTP 400\): temperature must be non-negative") as failed:
+                await llm.complete(HELLO)
+    assert not isinstance(failed.value, ContextOverflow)
+    assert failed.value.requests == 1 and len(sim.chat_requests) == 1
 
 
 @pytest.mark.parametrize(("configured", "tokenize"), [
@@ -348,9 +425,11 @@ async def test_usage_and_truncation_are_reported() -> None:
     pytest.param(("malformed",), id="after-a-broken-event"),
     pytest.param(("length",), id="truncated"),
 ])
-async def test_streaming_reassembles_the_answer(script: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_streaming_reassembles_the_answer(script: tuple[str, ...], compat: str) -> None:
     """With stream on, the text, finish_reason and usage match what a plain request reports."""
-    sim, plain_sim, fake = make_sim(script=script), make_sim(script=script), FakeTime()
+    sim, plain_sim = make_sim(script=script, compat=compat), make_sim(script=script, compat=compat)
+    fake = FakeTime()
     async with sim.serve() as url, client_for(url, fake, stream=True) as llm:
         streamed = await llm.complete(HELLO)
     async with plain_sim.serve() as url, client_for(url, fake) as llm:
@@ -517,3 +596,138 @@ async def test_a_stream_that_breaks_midway_is_retried(broken: Callable[[], httpx
     assert (completion.text, completion.finish_reason, completion.requests) == ("fn main() {}", "stop", 2)
     assert (completion.usage.prompt_tokens, completion.usage.completion_tokens) == (5, 4)
     assert len(fake.sleeps) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# time is bounded; what went wrong is said as it happened
+
+
+@pytest.mark.parametrize("stream", [pytest.param(False, id="plain"), pytest.param(True, id="stream")])
+async def test_a_trickling_server_cannot_hold_a_request_past_request_timeout(
+    stream: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A byte every 0.2 s keeps every read short, but request_timeout bounds the whole request; then a retry."""
+    sim, fake = make_sim(script=("trickle",), trickle_interval=0.2), FakeTime()
+    caplog.set_level(logging.INFO, logger="pipeline.llm")
+    async with sim.serve() as url, client_for(url, fake, request_timeout=1.5, stream=stream) as llm:
+        began = time.monotonic()
+        with anyio.fail_after(20):
+            completion = await llm.complete(HELLO)
+        took = time.monotonic() - began
+    assert completion.requests == 2
+    assert [r.fault or "ok" for r in sim.chat_requests] == ["trickle", "ok"]
+    assert took < 5, "the trickle would have held the request for about a minute"
+    assert "started answering but did not finish within 1.5 s ([pipeline] request_timeout" in caplog.text
+
+
+@pytest.mark.parametrize("stream", [pytest.param(False, id="plain"), pytest.param(True, id="stream")])
+async def test_a_server_that_accepts_but_never_answers_is_reported_as_such(stream: bool) -> None:
+    """Every request accepted and held: the run stops naming the silence, never 'cannot connect'."""
+    sim, fake = make_sim(rate=1.0, kinds=("stall",), stall_seconds=30.0), FakeTime()
+    async with sim.serve() as url, client_for(url, fake, preflight=False, request_timeout=0.5, stream=stream,
+                                              retry_attempts=2, retry_max_wait=1.0, outage_budget=2.0) as llm:
+        with anyio.fail_after(30), pytest.raises(ModelUnavailable) as stop:
+            await llm.complete(HELLO)
+    message = str(stop.value)
+    assert f"the server at {url} accepted the connection but sent no answer within 0.5 s" in message
+    assert "cannot connect" not in message
+
+
+async def test_a_server_that_stops_accepting_stops_the_run_while_old_requests_hang() -> None:
+    """vLLM after SIGTERM: new connections refused, requests in flight hang. Past the outage budget the waiting
+    requests end with ModelUnavailable, long before request_timeout."""
+    sim = make_sim(latency=0.5)
+    fake = FakeTime(real_clock=True)
+    stops: list[BaseException] = []
+    async with sim.serve() as url, client_for(url, fake, workers=2, request_timeout=120.0,
+                                              outage_budget=2.0) as llm:
+
+        async def one(name: str) -> None:
+            try:
+                await llm.complete([{"role": "user", "content": f"task {name}"}], purpose=name)
+            except ModelUnavailable as exc:
+                stops.append(exc)
+
+        began = time.monotonic()
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(one, "a")
+                tg.start_soon(one, "b")
+                await anyio.sleep(0.2)
+                sim.stop_accepting()
+        took = time.monotonic() - began
+    assert len(stops) == 2
+    assert 2.0 <= took < 10
+    assert "has refused new connections for" in str(stops[0])
+    assert "connection refused; outage budget 2 s" in str(stops[0])
+    assert "rerun to resume" in str(stops[0])
+    assert isinstance(stops[0], ModelUnavailable) and stops[0].exit_code == 3
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+async def test_a_wrong_api_key_stops_at_preflight_without_showing_it(compat: str) -> None:
+    """vLLM's --api-key answers 401 {"error": "Unauthorized"}: ModelUnavailable with the fix, the key never shown."""
+    secret = "sk-wrong-key-5678"
+    sim, fake = make_sim(api_key="sk-right-key", compat=compat), FakeTime()
+    async with sim.serve() as url:
+        with pytest.raises(ModelUnavailable) as failed:
+            async with client_for(url, fake, api_key=secret):
+                pass
+        async with client_for(url, fake, api_key="sk-right-key") as llm:
+            assert (await llm.complete(HELLO)).text
+    assert str(failed.value).startswith(f"the server at {url} refused the API key (HTTP 401): set [VLLM] api_key")
+    assert secret not in str(failed.value)
+    assert [r.status for r in sim.requests][:1] == [401]
+
+
+async def test_credentials_in_the_url_never_show(caplog: pytest.LogCaptureFixture, closed_port: int) -> None:
+    """http://user:pass@host/v1: every message and log line shows http://***@host/v1, never the password."""
+    password = "s3cret-pass"
+    sim, fake = make_sim(script=("503", "drop", "ok")), FakeTime()
+    caplog.set_level(logging.INFO, logger="pipeline.llm")
+    seen: list[str] = []
+    async with sim.serve() as url:
+        secret_url = url.replace("http://", f"http://admin:{password}@")
+        async with client_for(secret_url, fake, retry_attempts=4) as llm:
+            seen += [repr(llm), llm.base_url, llm.root_url]
+            await llm.complete(HELLO)
+    dead = f"http://admin:{password}@127.0.0.1:{closed_port}/v1"
+    with pytest.raises(ModelUnavailable) as failed:
+        async with client_for(dead, fake):
+            pass
+    seen += [str(failed.value), caplog.text]
+    shown = "\n".join(seen)
+    assert password not in shown and "admin" not in shown
+    assert url.replace("http://", "http://***@") in shown
+    assert f"cannot connect to http://***@127.0.0.1:{closed_port}/v1: connection refused" in str(failed.value)
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    pytest.param({"error": {"message": "max_tokens=9000 cannot be greater than max_model_len=4096. "
+                            "Please request fewer output tokens.", "type": "BadRequestError", "param": "max_tokens",
+                            "code": 400}},
+                 "[VLLM] max_tokens 9000 is larger than the model's whole context of 4096 tokens", id="0.32-nested"),
+    pytest.param({"object": "error", "message": "'max_tokens' or 'max_completion_tokens' is too large: 8000. This "
+                  "model's maximum context length is 4096 tokens and your request has 2778 input tokens "
+                  "(8000 > 4096 - 2778).", "type": "BadRequestError", "param": None, "code": 400},
+                 "max_tokens 8000 + prompt 2778 exceeds the model's context of 4096", id="older-flat"),
+    pytest.param({"error": {"message": "This model's maximum context length is 4096 tokens. However, your request "
+                            "has at least 4097 input tokens. Please reduce the length of the input messages.",
+                            "type": "BadRequestError", "param": "input_tokens", "code": 400}},
+                 "the prompt alone (at least 4097 tokens) does not fit the model's context of 4096 tokens",
+                 id="0.32-at-least"),
+])
+async def test_server_messages_are_read_from_both_body_shapes(body: dict[str, Any], expected: str) -> None:
+    """Nested (0.32) and flat (older) error bodies both give the server's message to the overflow reader."""
+    sent: list[httpx2.Request] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        sent.append(request)
+        return httpx2.Response(400, json=body)
+
+    llm, http = _mock_client(handler, fake := FakeTime())
+    async with http:
+        with pytest.raises(ContextOverflow) as failed:
+            await llm.complete(HELLO)
+    assert str(failed.value).startswith(expected)
+    assert len(sent) == 1 and fake.sleeps == []

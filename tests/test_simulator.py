@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -314,59 +315,173 @@ def test_directive_pads_to_tokens_and_truncates() -> None:
 
 
 # ------------------------------------------------------------------------------------------ validation
+# vLLM 0.32 is the default; "legacy" is the older behaviour users still run. Each row of docs/vllm-protocol.md
+# names the test here that pins it.
+
+COMPATS = [pytest.param("0.32", id="vllm-0.32"), pytest.param("legacy", id="legacy")]
 
 
-def test_unknown_model_is_404_with_vllm_body() -> None:
-    """A model the server does not serve gets vLLM's NotFoundError body."""
-    with Simulator().running() as url, client_for(url) as c:
+def error_of(response: httpx2.Response, compat: str) -> dict[str, Any]:
+    """The error object of a response, checking the body shape of ``compat`` on the way."""
+    body = response.json()
+    if compat == "legacy":
+        assert body["object"] == "error", body
+        return {k: v for k, v in body.items() if k != "object"}
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}, body
+    return dict(body["error"])
+
+
+@pytest.mark.parametrize(("compat", "message"), [
+    pytest.param("0.32", "The model `gpt-9` does not exist. Valid aliases: sim-model.", id="vllm-0.32"),
+    pytest.param("legacy", "The model `gpt-9` does not exist.", id="legacy"),
+])
+def test_unknown_model_is_404_naming_the_served_alias(compat: str, message: str) -> None:
+    """A model the server does not serve: 404 NotFoundError; 0.32 ends with 'Valid aliases: NAME.'"""
+    with Simulator(SimConfig(compat=compat)).running() as url, client_for(url) as c:
         response = c.post("/chat/completions", json={"model": "gpt-9", "messages": conversation("hi")})
     assert response.status_code == 404
-    assert response.json() == {"object": "error", "message": "The model `gpt-9` does not exist.",
-                               "type": "NotFoundError", "param": None, "code": 404}
+    assert error_of(response, compat) == {"message": message, "type": "NotFoundError", "param": None,
+                                          "code": 404}
 
 
-@pytest.mark.parametrize(("max_tokens", "status", "message"), [
-    pytest.param(60, 400, "This model's maximum context length is 100 tokens. However, you requested "
-                 "114 tokens (54 in the messages, 60 in the completion). Please reduce the length of the messages or "
-                 "completion.", id="prompt-plus-max-tokens-over"),
-    pytest.param(46, 200, None, id="exactly-fits"),
+def test_error_bodies_are_nested_in_0_32_and_flat_in_legacy() -> None:
+    """The same fault: {"error": {message, type, param, code}} from 0.32, {"object": "error", ...} from legacy."""
+    bodies = {}
+    for compat in ("0.32", "legacy"):
+        sim = Simulator(SimConfig(compat=compat, faults=FaultPlan(script=("503",))))
+        with sim.running() as url, client_for(url) as c:
+            bodies[compat] = chat(c, conversation("x"), max_tokens=5).json()
+    assert bodies["0.32"] == {"error": {
+        "message": "The server is overloaded, please retry later (simulated).",
+        "type": "ServiceUnavailableError", "param": None, "code": 503}}
+    assert bodies["legacy"] == {"object": "error", **bodies["0.32"]["error"]}
+
+
+LIMIT = 100
+PROMPT_54 = [{"role": "user", "content": "x" * 200}]  # 50 + 4 tokens
+
+
+@pytest.mark.parametrize(("compat", "messages", "max_tokens", "status", "expect"), [
+    pytest.param("0.32", PROMPT_54, 60, 200, 46, id="0.32-prompt-plus-max-tokens-over-is-shortened"),
+    pytest.param("0.32", PROMPT_54, 46, 200, 46, id="0.32-exactly-fits"),
+    pytest.param("0.32", [{"role": "user", "content": "x" * 400}], 10, 400,
+                 "This model's maximum context length is 100 tokens. However, your request has at least 101 "
+                 "input tokens. Please reduce the length of the input messages.", id="0.32-prompt-alone-over"),
+    pytest.param("0.32", [{"role": "user", "content": "x" * 384}], 10, 400,
+                 "max_tokens must be at least 1, got 0.", id="0.32-prompt-exactly-max-model-len"),
+    pytest.param("0.32", PROMPT_54, 101, 400,
+                 "max_tokens=101 cannot be greater than max_model_len=100. Please request fewer output tokens.",
+                 id="0.32-max-tokens-over-max-model-len"),
+    pytest.param("legacy", PROMPT_54, 60, 400,
+                 "This model's maximum context length is 100 tokens. However, you requested 114 tokens (54 in "
+                 "the messages, 60 in the completion). Please reduce the length of the messages or completion.",
+                 id="legacy-prompt-plus-max-tokens-over-is-400"),
+    pytest.param("legacy", PROMPT_54, 46, 200, 46, id="legacy-exactly-fits"),
 ])
-def test_context_overflow_is_400_with_vllm_text(max_tokens: int, status: int, message: str | None) -> None:
-    """prompt_tokens + max_tokens > max_model_len is refused with vLLM's message."""
-    messages = [{"role": "user", "content": "x" * 200}]  # 50 + 4 tokens
-    with Simulator(SimConfig(max_model_len=100)).running() as url, client_for(url) as c:
+def test_context_limits(
+    compat: str, messages: list[dict[str, str]], max_tokens: int, status: int, expect: int | str,
+) -> None:
+    """0.32 shortens max_tokens to what the context leaves (finish_reason length); legacy refuses with a 400.
+
+    0.32's refusals are type BadRequestError with param "input_tokens" (the prompt) or "max_tokens".
+    """
+    sim = Simulator(SimConfig(max_model_len=LIMIT, compat=compat))
+    with sim.running() as url, client_for(url) as c:
         response = chat(c, messages, max_tokens=max_tokens)
-    assert response.status_code == status
-    if message is not None:
-        assert response.json() == {"object": "error", "message": message, "type": "BadRequestError",
-                                   "param": None, "code": 400}
+    assert response.status_code == status, response.text
+    if status == 400:
+        param = None if compat == "legacy" else "input_tokens" if "input tokens" in str(expect) else "max_tokens"
+        assert error_of(response, compat) == {"message": expect, "type": "BadRequestError", "param": param,
+                                              "code": 400}
+        return
+    assert sim.chat_requests[0].max_tokens == expect
+    assert response.json()["usage"]["completion_tokens"] <= expect
 
 
-def test_prompt_alone_over_the_context_is_400_and_absent_max_tokens_fills_the_rest() -> None:
-    """Without max_tokens, a prompt >= max_model_len is refused; a smaller one may use the rest."""
-    with Simulator(SimConfig(max_model_len=50)).running() as url, client_for(url) as c:
-        refused = chat(c, [{"role": "user", "content": "x" * 184}])  # 46 + 4 = 50 tokens
+def test_0_32_cuts_an_answer_at_the_shortened_max_tokens() -> None:
+    """A long answer asked with prompt + max_tokens over the context ends at the context with finish length."""
+    messages = [{"role": "user", "content": directive_prompt("long", tokens=400)}]
+    sim = Simulator(SimConfig(max_model_len=200))
+    with sim.running() as url, client_for(url) as c:
+        response = chat(c, messages, max_tokens=190)
+    answer = response.json()
+    prompt = answer["usage"]["prompt_tokens"]
+    assert prompt + 190 > 200
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert answer["usage"]["completion_tokens"] == 200 - prompt == sim.chat_requests[0].max_tokens
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+def test_prompt_alone_over_the_context_is_400_and_absent_max_tokens_fills_the_rest(compat: str) -> None:
+    """Without max_tokens, a prompt over max_model_len is refused; a smaller one may use the rest."""
+    with Simulator(SimConfig(max_model_len=50, compat=compat)).running() as url, client_for(url) as c:
+        refused = chat(c, [{"role": "user", "content": "x" * 188}])  # 47 + 4 = 51 tokens
         fits = chat(c, [{"role": "user", "content": "fib.c"}])  # 2 + 4 tokens
     assert refused.status_code == 400
-    assert refused.json()["message"].startswith(
-        "This model's maximum context length is 50 tokens. However, you requested 50 tokens")
+    assert error_of(refused, compat)["message"].startswith("This model's maximum context length is 50 tokens.")
     assert fits.json()["choices"][0]["finish_reason"] == "length"  # the refusal prose is about 60 tokens
     assert fits.json()["usage"]["completion_tokens"] == 50 - 6
 
 
-@pytest.mark.parametrize("body", [
-    pytest.param(b"{not json", id="invalid-json"),
-    pytest.param(b"[1, 2]", id="not-an-object"),
-    pytest.param(json.dumps({"model": MODEL}).encode(), id="no-messages"),
-    pytest.param(json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}],
-                             "max_tokens": 0}).encode(), id="max-tokens-0"),
+X = [{"role": "user", "content": "x"}]
+
+
+@pytest.mark.parametrize("compat", COMPATS)
+@pytest.mark.parametrize(("body", "kind", "param"), [
+    pytest.param(b"{not json", "schema", "body", id="invalid-json"),
+    pytest.param(b"[1, 2]", "schema", "body", id="not-an-object"),
+    pytest.param(json.dumps({"model": MODEL}).encode(), "schema", "body.messages", id="no-messages"),
+    pytest.param(json.dumps({"model": MODEL, "messages": "hello"}).encode(), "schema", "body.messages",
+                 id="messages-not-a-list"),
+    pytest.param(json.dumps({"model": MODEL, "messages": X, "max_tokens": "many"}).encode(), "schema",
+                 "body.max_tokens", id="max-tokens-wrong-type"),
+    pytest.param(json.dumps({"model": MODEL, "messages": X, "max_tokens": 0}).encode(), "value", "max_tokens",
+                 id="max-tokens-0"),
+    pytest.param(json.dumps({"model": MODEL, "messages": X, "temperature": -0.5}).encode(), "value",
+                 "temperature", id="negative-temperature"),
 ])
-def test_malformed_chat_request_is_400(body: bytes) -> None:
-    """Bodies vLLM would reject get a 400 BadRequestError."""
-    with Simulator().running() as url, client_for(url) as c:
+def test_malformed_chat_request_is_400(body: bytes, kind: str, param: str, compat: str) -> None:
+    """Bodies vLLM rejects get a 400. 0.32: a schema failure is type "Bad Request", param the field's location,
+    a "validation error" message; a refused value is "BadRequestError", param the field. Legacy: BadRequestError."""
+    with Simulator(SimConfig(compat=compat)).running() as url, client_for(url) as c:
         response = c.post("/chat/completions", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400
-    assert response.json()["type"] == "BadRequestError"
+    error = error_of(response, compat)
+    if compat == "legacy":
+        assert error["type"] == "BadRequestError"
+    elif kind == "schema":
+        assert (error["type"], error["param"]) == ("Bad Request", param)
+        assert "validation error" in error["message"]
+    else:
+        assert (error["type"], error["param"]) == ("BadRequestError", param)
+    if param == "temperature":
+        assert error["message"].startswith("temperature must be non-negative")
+
+
+def test_api_key_guards_every_v1_route_but_not_health_or_tokenize() -> None:
+    """With api_key, /v1/* answers 401 {"error": "Unauthorized"} (a string) without the key; others stay open."""
+    sim = Simulator(SimConfig(api_key="sk-sim-key"))
+    with sim.running() as url, client_for(url) as c:
+        root = url.removesuffix("/v1")
+        refused = [c.get("/models"), chat(c, conversation("x"), max_tokens=5), c.get("/nowhere"),
+                   c.get("/models", headers={"authorization": "Bearer wrong"})]
+        opened = [c.get(f"{root}/health"), c.post(f"{root}/tokenize", json={"model": MODEL, "prompt": "x"})]
+        allowed = c.get("/models", headers={"authorization": "Bearer sk-sim-key"})
+    assert [(r.status_code, r.json()) for r in refused] == [(401, {"error": "Unauthorized"})] * 4
+    assert [r.status_code for r in opened] == [200, 200]
+    assert allowed.status_code == 200
+    assert sim.chat_requests[0].status == 401
+
+
+def test_tokenize_count_is_the_prompt_tokens_of_a_chat_request() -> None:
+    """/tokenize of chat messages counts the chat template too: the same count the chat's usage reports."""
+    messages = conversation(unidiomatic_prompt("fib"), attempt=2)
+    with Simulator().running() as url, client_for(url) as c:
+        counted = c.post(url.removesuffix("/v1") + "/tokenize", json={"model": MODEL, "messages": messages})
+        answered = chat(c, messages, max_tokens=5)
+    text_only = sum(-(-len(m["content"]) // 4) for m in messages)
+    assert counted.json()["count"] == answered.json()["usage"]["prompt_tokens"] > text_only
 
 
 # ------------------------------------------------------------------------------------------- streaming
@@ -381,11 +496,17 @@ def read_sse(response: httpx2.Response) -> list[Any]:
     return events
 
 
-def test_streaming_chunks_reassemble_to_the_same_answer_and_carry_usage(sim_url: Served) -> None:
-    """SSE deltas join to the non-streamed text; the last chunk has finish_reason, then usage, then [DONE]."""
-    sim, url = sim_url
+@pytest.mark.parametrize(("compat", "tokens_per_chunk"), [
+    pytest.param("0.32", 1, id="vllm-0.32"), pytest.param("legacy", 4, id="legacy")])
+def test_streaming_chunks_reassemble_to_the_same_answer_and_carry_usage(compat: str, tokens_per_chunk: int) -> None:
+    """SSE deltas join to the plain text, then a usage chunk with choices [], then [DONE].
+
+    vLLM 0.32 sends one token per chunk and finish_reason on the last content chunk; older servers sent a few
+    tokens per chunk and finish_reason on an empty chunk after the content.
+    """
+    sim = Simulator(SimConfig(compat=compat))
     messages = conversation(directive_prompt("streamed", tokens=120))
-    with client_for(url) as c:
+    with sim.running() as url, client_for(url) as c:
         whole = chat(c, messages, max_tokens=500).json()
         payload = {"model": MODEL, "messages": messages, "max_tokens": 500, "stream": True,
                    "stream_options": {"include_usage": True}}
@@ -396,9 +517,16 @@ def test_streaming_chunks_reassemble_to_the_same_answer_and_carry_usage(sim_url:
     chunks = [e for e in events[:-1] if e["choices"]]
     text = "".join(e["choices"][0]["delta"].get("content", "") for e in chunks)
     assert text == whole["choices"][0]["message"]["content"]
-    assert len(chunks) > 10
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert [e["choices"][0]["finish_reason"] for e in chunks][-2:] == [None, "stop"]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    content = [e["choices"][0]["delta"]["content"] for e in chunks[1:] if e["choices"][0]["delta"].get("content")]
+    assert max(len(piece) for piece in content) == 4 * tokens_per_chunk
+    finishes = [e["choices"][0]["finish_reason"] for e in chunks]
+    assert finishes[-1] == "stop" and set(finishes[:-1]) == {None}
+    last_delta = chunks[-1]["choices"][0]["delta"]
+    if compat == "0.32":
+        assert last_delta["content"] == content[-1], "finish_reason rides on the last content chunk"
+    else:
+        assert last_delta == {}, "older servers sent finish_reason on an empty chunk"
     assert events[-2]["choices"] == [] and events[-2]["usage"] == whole["usage"]
     assert [r.stream for r in sim.chat_requests] == [False, True]
 
@@ -487,7 +615,7 @@ def test_scripted_fault_hits_the_first_request_and_ok_passes_the_next(kind: str)
     assert faulted is not None and faulted.status_code == first.status
     if kind in ("500", "502", "503", "429"):
         assert faulted.status_code == int(kind)
-        assert faulted.json()["object"] == "error" and faulted.json()["code"] == int(kind)
+        assert error_of(faulted, "0.32")["code"] == int(kind)
         assert faulted.headers.get("retry-after") == ("0.05" if kind == "429" else None)
     elif kind == "length":
         whole = content_of(normal)
@@ -497,6 +625,71 @@ def test_scripted_fault_hits_the_first_request_and_ok_passes_the_next(kind: str)
         assert faulted.status_code == 200
         with pytest.raises(json.JSONDecodeError):
             json.loads(faulted.content)
+
+
+def test_trickle_sends_the_head_at_once_then_one_byte_per_interval() -> None:
+    """A 'trickle' answer: the head at once, then a byte per interval, so every read is short but the whole is slow."""
+    sim = Simulator(SimConfig(faults=FaultPlan(script=("trickle",), trickle_interval=0.2)))
+    with sim.running() as url:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with _raw_chat(port, "x") as sock:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(1)
+            began = time.monotonic()
+            body = b""
+            while time.monotonic() - began < 1.0:
+                body += sock.recv(65536)
+        deadline = time.monotonic() + 5
+        while not sim.chat_requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert head.startswith(b"HTTP/1.1 200 OK")
+    length = int(re.search(rb"content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+    assert length > 100
+    assert 2 <= len(body) <= 1.0 / 0.2 + 2, "about one byte per interval"
+    assert sim.chat_requests[0].fault == "trickle" and sim.chat_requests[0].status == 499
+
+
+def _raw_chat(port: int, content: str) -> socket.socket:
+    body = json.dumps({"model": MODEL, "messages": conversation(content), "max_tokens": 5}).encode()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                 + body)
+    return sock
+
+
+@pytest.mark.parametrize("how", [pytest.param("method", id="stop_accepting"),
+                                 pytest.param("fault", id="shutdown-fault")])
+def test_a_stopping_server_refuses_new_connections_while_requests_in_flight_hang(how: str) -> None:
+    """As vLLM after SIGTERM: connecting is refused, idle keep-alive connections close, open requests hang."""
+    script = ("ok", "shutdown") if how == "fault" else ()
+    sim = Simulator(SimConfig(load=LoadModel(capacity=4, latency=0.3), faults=FaultPlan(script=script)))
+    with sim.running() as url, client_for(url) as idle:
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        assert idle.get("/models").status_code == 200  # leaves an idle keep-alive connection
+        in_flight = _raw_chat(port, "in flight")
+        time.sleep(0.1)
+        if how == "method":
+            sim.stop_accepting()
+        else:
+            _raw_chat(port, "triggers the shutdown").close()
+        deadline = time.monotonic() + 5
+        while not sim.stopping and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        with pytest.raises(httpx2.TransportError):
+            idle.get("/models")
+        in_flight.settimeout(0.8)
+        with pytest.raises(TimeoutError):
+            in_flight.recv(65536)  # the generation (0.3 s) finished long ago; no answer comes
+        in_flight.close()
+        deadline = time.monotonic() + 5
+        while len(sim.chat_requests) < 2 - (how == "method") and time.monotonic() < deadline:
+            time.sleep(0.01)
+    statuses = {r.body["messages"][1]["content"]: r.status for r in sim.chat_requests}
+    assert statuses["in flight"] == 499
 
 
 def fault_sequence(seed: int, n: int = 16) -> list[str | None]:
@@ -576,15 +769,24 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
     return line
 
 
+@contextlib.contextmanager
+def simulator_process(*args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m pipeline.simulator ARGS` in its own session, killed with its group if still running at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.simulator", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_cli_prints_the_listening_line_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     """`python -m pipeline.simulator --port 0` prints one line when ready and stops cleanly on SIGTERM."""
     log_path = tmp_path / "cli.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.simulator", "--port", "0", "--model", "cli-model",
-         "--max-model-len", "512", "--log", str(log_path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    try:
+    with simulator_process("--port", "0", "--model", "cli-model", "--max-model-len", "512",
+                           "--log", str(log_path)) as proc:
         line = read_line(proc, timeout=20).decode()
         match = re.fullmatch(r"listening on (http://127\.0\.0\.1:\d+/v1)\n", line)
         assert match, line
@@ -592,10 +794,6 @@ def test_cli_prints_the_listening_line_and_exits_0_on_sigterm(tmp_path: Path) ->
             assert c.get("/models").json()["data"][0]["max_model_len"] == 512
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=20)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, stderr
     assert stdout == b""
     assert len(log_path.read_text().splitlines()) == 1
@@ -613,3 +811,25 @@ def test_a_stopped_simulator_restarts_on_the_same_port() -> None:
         assert c.get("/models").status_code == 200
     assert again == url
     assert [r.id for r in sim.requests] == [1, 2]
+
+
+def test_cli_on_sigterm_hang_refuses_connections_until_a_second_signal(tmp_path: Path) -> None:
+    """`--on-sigterm hang`: the first SIGTERM closes the listener as vLLM does; the second one exits 0."""
+    with simulator_process("--port", "0", "--on-sigterm", "hang", "--compat", "legacy") as proc:
+        url = read_line(proc, timeout=20).decode().split()[-1]
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        with client_for(url) as c:
+            assert c.get("/models").status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        refused = False
+        while not refused and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                time.sleep(0.05)
+            except ConnectionRefusedError:
+                refused = True
+        assert refused and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr

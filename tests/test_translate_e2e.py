@@ -140,3 +140,21 @@ def test_translate_command_handles_one_task(
     assert stat["total_queries"] == 1 and stat["total_costed_input_tokens"] > 0
     events = [json.loads(line) for line in (result_dir / "transcript.jsonl").read_text().splitlines()]
     assert [e["event"] for e in events] == ["prompt", "answer", "verdict"] * 2
+
+
+def test_answer_with_several_programs_uses_the_one_that_compiles(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Two complete programs in one answer: the one that compiles is verified, not the longest or the last."""
+    good = RUST_OK.format(out="hello")
+    draft = ('fn main() {\n    // a longer sketch that does not build\n    let total: u64 = "many";\n'
+             '    for i in 0..total {\n        println!("{}", i);\n    }\n}\n')
+    two = f"Here is the program:\n\n```rust\n{good}```\n\nAnd a variant:\n\n```rust\n{draft}```\n"
+    corpus.add_task("twice", unidiomatic=[two], idiomatic=[two])
+    sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out)
+    assert result.returncode == 0, result.output
+    assert len(requests_for(sim, "twice")) == 2  # one per stage: no repair was needed
+    for stage in ("unidiomatic", "idiomatic"):
+        assert (out / "twice" / f"translated_code_{stage}" / "combined.rs").read_text().strip() == good.strip()

@@ -2,7 +2,8 @@
 
 Prints exactly one line, ``listening on http://HOST:PORT/v1``, to stdout when ready (``--port 0`` picks a
 free port); diagnostics go to stderr. Exit status: 0 after a signal, 1 when the server cannot start, 2 for
-bad arguments.
+bad arguments. With ``--on-sigterm hang`` the first SIGTERM does what vLLM does: new connections are refused
+while requests in flight hang; a second SIGTERM (or SIGINT) exits.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .model import FaultPlan, LoadModel, SimConfig
+from .model import COMPAT_MODES, COMPAT_VLLM, FAULT_KINDS, FaultPlan, LoadModel, SimConfig
 from .server import Simulator
 
 
@@ -39,11 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-per-token", type=float, default=0.0, help="seconds per prompt token")
     p.add_argument("--fault-rate", type=float, default=0.0, help="probability that a chat request faults")
     p.add_argument("--fault-kinds", type=_kinds, default=("503",),
-                   help="comma-separated kinds for --fault-rate: 500,502,503,429,drop,stall,length,malformed")
+                   help=f"comma-separated kinds for --fault-rate: {','.join(FAULT_KINDS)}")
     p.add_argument("--fault-script", type=_kinds, default=(),
                    help="comma-separated kinds for the first chat requests, 'ok' for none (e.g. 503,ok,429)")
     p.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds of a 429")
     p.add_argument("--stall-seconds", type=float, default=30.0, help="seconds a 'stall' holds the connection")
+    p.add_argument("--trickle-interval", type=float, default=2.0,
+                   help="seconds between the bytes of a 'trickle' answer (default: %(default)s)")
+    p.add_argument("--compat", choices=COMPAT_MODES, default=COMPAT_VLLM,
+                   help="answer as vLLM 0.32 (default) or as older servers (legacy: flat error bodies, a 400 "
+                        "when prompt + max_tokens exceed the context)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1 routes, as vLLM's --api-key")
+    p.add_argument("--on-sigterm", choices=("exit", "hang"), default="exit",
+                   help="exit at once (default), or stop accepting and leave requests hanging as vLLM does "
+                        "(a second signal exits)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault RNG")
     p.add_argument("--log", type=Path, default=None, help="append one JSON line per request to this file")
     p.add_argument("--no-bodies", action="store_true", help="leave request bodies out of the log")
@@ -52,11 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(sim: Simulator, host: str, port: int) -> int:
+async def _serve(sim: Simulator, host: str, port: int, *, hang_on_sigterm: bool = False) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_sigterm() -> None:
+        if hang_on_sigterm and not sim.stopping:
+            sim.stop_accepting()
+        else:
+            stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         async with sim.serve(host, port) as url:
             print(f"listening on {url}", flush=True)
@@ -81,16 +99,19 @@ def main(argv: list[str] | None = None) -> int:
             load=LoadModel(capacity=args.capacity, latency=args.latency,
                            decode_per_token=args.decode_per_token, prefill_per_token=args.prefill_per_token),
             faults=FaultPlan(rate=args.fault_rate, kinds=args.fault_kinds, script=args.fault_script,
-                             seed=args.seed, retry_after=args.retry_after, stall_seconds=args.stall_seconds),
+                             seed=args.seed, retry_after=args.retry_after, stall_seconds=args.stall_seconds,
+                             trickle_interval=args.trickle_interval),
             tokenize=not args.no_tokenize,
             log_path=args.log,
             record_bodies=not args.no_bodies,
+            compat=args.compat,
+            api_key=args.api_key,
         )
     except ValueError as exc:
         parser.error(str(exc))
     if args.answers is not None and not args.answers.is_dir():
         parser.error(f"--answers {args.answers}: not a directory")
-    return asyncio.run(_serve(Simulator(config), args.host, args.port))
+    return asyncio.run(_serve(Simulator(config), args.host, args.port, hang_on_sigterm=args.on_sigterm == "hang"))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the
 every time this answer is served, or only the first N times with ``"fault_times": N``.
 
 The directory is scanned once (keys and match strings); answer files are read on first use and cached.
+
+Without a canned answer or a directive, a first user message that is exactly ``Reply with the word X.`` is
+obeyed (the answer is ``X``), as a model would, so a server check passes; anything else gets a refusal.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ STAGES = ("unidiomatic", "idiomatic")
 DIRECTIVE_KEY = "directive"
 _ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic)-(\d+)\.md$")
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
+_REPLY_WITH_WORD = re.compile(r"^\s*Reply with the word (\w+)\.?\s*$")
 
 NOT_FOUND_TEXT = (
     "I could not find a translation for this task: the simulator has no canned answer that matches it and "
@@ -232,4 +236,7 @@ class AnswerBook:
         if found is not None:
             text, finish = directive.render(found, stage, attempt)
             return Answer(text, finish, DIRECTIVE_KEY, stage, attempt)
+        word = _REPLY_WITH_WORD.match(first_user)
+        if word is not None:
+            return Answer(word.group(1), "stop", None, stage, attempt)
         return Answer(NOT_FOUND_TEXT, "stop", None, stage, attempt)

@@ -10,8 +10,10 @@ from typing import Any
 
 #: Fault kinds that answer with an HTTP error status (JSON body) instead of generating.
 STATUS_FAULTS = ("500", "502", "503", "429")
-#: Fault kinds that never send a response: the connection is closed (at once, or after a stall).
-CONNECTION_FAULTS = ("drop", "stall")
+#: Fault kinds that never send a whole response: the connection is closed (at once, or after a stall), the
+#: answer trickles in a byte at a time, or the server starts shutting down as vLLM does on SIGTERM (the
+#: listener closes, this and every other request in flight hangs).
+CONNECTION_FAULTS = ("drop", "stall", "trickle", "shutdown")
 #: Fault kinds that spoil a generated answer (sent with status 200).
 ANSWER_FAULTS = ("length", "malformed")
 FAULT_KINDS = STATUS_FAULTS + CONNECTION_FAULTS + ANSWER_FAULTS
@@ -21,6 +23,10 @@ NO_FAULT = "ok"
 STATUS_NO_RESPONSE = 0
 #: Status recorded when the client went away before its response was complete (nginx's convention).
 STATUS_CLIENT_GONE = 499
+#: What :attr:`SimConfig.compat` accepts: the vLLM 0.32 behaviour (default) or older servers'.
+COMPAT_VLLM = "0.32"
+COMPAT_LEGACY = "legacy"
+COMPAT_MODES = (COMPAT_VLLM, COMPAT_LEGACY)
 
 
 def check_fault_kind(kind: str, *, allow_ok: bool = False) -> str:
@@ -67,7 +73,8 @@ class FaultPlan:
     ``script`` applies its kinds to the first chat requests in arrival order (``"ok"`` = no fault); after the
     script, each chat request fails with probability ``rate``, its kind drawn from ``kinds`` by an RNG seeded
     with ``seed`` (so the same arrival order gives the same faults). ``retry_after`` is the Retry-After header
-    of a 429 (seconds, may be fractional); ``stall_seconds`` is how long a ``stall`` holds the connection.
+    of a 429 (seconds, may be fractional); ``stall_seconds`` is how long a ``stall`` holds the connection;
+    ``trickle_interval`` is the pause between the bytes of a ``trickle`` answer (its head goes out at once).
     Raises ValueError for an unknown kind or a rate outside [0, 1].
     """
 
@@ -77,6 +84,7 @@ class FaultPlan:
     seed: int = 0
     retry_after: float = 1.0
     stall_seconds: float = 30.0
+    trickle_interval: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.rate <= 1.0:
@@ -87,13 +95,19 @@ class FaultPlan:
             check_fault_kind(kind, allow_ok=True)
         if self.rate > 0 and not self.kinds:
             raise ValueError("FaultPlan.kinds must not be empty when rate > 0")
-        if self.retry_after < 0 or self.stall_seconds < 0:
-            raise ValueError("FaultPlan.retry_after and stall_seconds must not be negative")
+        if self.retry_after < 0 or self.stall_seconds < 0 or self.trickle_interval < 0:
+            raise ValueError("FaultPlan.retry_after, stall_seconds and trickle_interval must not be negative")
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Everything a :class:`~pipeline.simulator.Simulator` needs (formats: see the package docstring)."""
+    """Everything a :class:`~pipeline.simulator.Simulator` needs (formats: see the package docstring).
+
+    ``compat`` picks the protocol: ``"0.32"`` (default) answers as vLLM 0.32 does, ``"legacy"`` as older
+    servers (flat error bodies, a 400 when prompt + max_tokens exceed the context); docs/vllm-protocol.md
+    lists the differences. ``api_key`` set: every /v1 route wants ``Authorization: Bearer KEY`` (vLLM's
+    ``--api-key``); /health, /version and /tokenize stay open.
+    """
 
     answers_dir: Path | None = None
     model: str = "sim-model"
@@ -103,8 +117,12 @@ class SimConfig:
     tokenize: bool = True
     log_path: Path | None = None
     record_bodies: bool = True
+    compat: str = COMPAT_VLLM
+    api_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.compat not in COMPAT_MODES:
+            raise ValueError(f"SimConfig.compat must be one of {', '.join(COMPAT_MODES)}, got {self.compat!r}")
         if self.max_model_len < 1:
             raise ValueError(f"SimConfig.max_model_len must be at least 1, got {self.max_model_len}")
         # Accept plain strings for the paths: callers write SimConfig(answers_dir="...") in scripts.
@@ -121,8 +139,10 @@ class RequestRecord:
     Times are ``time.monotonic()`` values: ``arrival`` when the request was fully read, ``start`` when a
     generation slot was granted (so ``start - arrival`` is the queueing delay; requests that take no slot have
     ``start == arrival``), ``end`` just before the last byte of the response was sent (or the connection
-    closed). ``status`` is the HTTP status sent, 0 for a dropped or stalled connection, 499 when the client
-    went away first. ``answer_key`` is the canned answer's key, ``"directive"``, or None.
+    closed). ``status`` is the HTTP status sent, 0 for a dropped or stalled connection (or one left hanging
+    by a shutdown), 499 when the client went away first. ``max_tokens`` is the completion budget the server
+    used (vLLM 0.32 lowers the requested one to what the context leaves). ``answer_key`` is the canned
+    answer's key, ``"directive"``, or None.
     """
 
     id: int
@@ -142,6 +162,7 @@ class RequestRecord:
     stage: str | None = None
     attempt: int | None = None
     body: Any = None
+    max_tokens: int | None = None
 
     @property
     def queued(self) -> float:

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 from . import answers as answers_mod
 from .model import (
+    COMPAT_LEGACY,
     CONNECTION_FAULTS,
     NO_FAULT,
     STATUS_CLIENT_GONE,
@@ -31,8 +32,13 @@ from .wire import LAST_CHUNK, Connection, HttpError, Request, chunk, full_respon
 log = logging.getLogger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
-#: Tokens per streamed content chunk ("a few tokens", as vLLM sends them).
-STREAM_CHUNK_TOKENS = 4
+#: Tokens per streamed content chunk: vLLM 0.32 sends one, older servers "a few".
+STREAM_CHUNK_TOKENS = 1
+LEGACY_STREAM_CHUNK_TOKENS = 4
+#: vLLM 0.32's error types: "Bad Request" for a body that fails schema validation (param: the field's location),
+#: "BadRequestError" for a valid body whose values are refused (param: the field). Older servers: the latter only.
+SCHEMA_ERROR_TYPE = "Bad Request"
+VALUE_ERROR_TYPE = "BadRequestError"
 
 _FAULT_ERRORS = {
     "500": ("Simulated internal server error.", "InternalServerError"),
@@ -42,9 +48,11 @@ _FAULT_ERRORS = {
 }
 
 
-def _error_body(message: str, err_type: str, code: int) -> bytes:
-    """vLLM's error shape."""
-    return _json({"object": "error", "message": message, "type": err_type, "param": None, "code": code})
+def _error_body(message: str, err_type: str, code: int, *, legacy: bool = False, param: str | None = None) -> bytes:
+    """vLLM's error shape: nested under "error" (0.32), or flat with "object": "error" (older servers)."""
+    if legacy:
+        return _json({"object": "error", "message": message, "type": err_type, "param": param, "code": code})
+    return _json({"error": {"message": message, "type": err_type, "param": param, "code": code}})
 
 
 def _json(data: Any) -> bytes:
@@ -109,7 +117,9 @@ class _Draft:
     stage: str | None = None
     attempt: int | None = None
     body: Any = None
+    max_tokens: int | None = None
     committed: bool = False
+    gone: asyncio.Future[None] | None = None  # set while something already watches for the client leaving
     keep_alive: bool = True  # what the client asked for (HTTP/1.1 default, or Connection: close)
 
 
@@ -140,6 +150,11 @@ class Simulator:
         self._connections: set[asyncio.Task[Any]] = set()
         self._log_file: IO[str] | None = None
         self._log_lock: asyncio.Lock | None = None
+        self._legacy = self.config.compat == COMPAT_LEGACY
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._stopping: asyncio.Event | None = None
+        self._idle: set[Connection] = set()
 
     # ----------------------------------------------------------------------------------------------- records
 
@@ -167,6 +182,41 @@ class Simulator:
     def base_url(self) -> str | None:
         """The base URL while serving, else None."""
         return self._base_url
+
+    def stop_accepting(self) -> None:
+        """Behave as vLLM after SIGTERM: refuse new connections, leave requests in flight hanging.
+
+        The listener closes (a new connection is refused), idle keep-alive connections are closed, and every
+        request in flight, or arriving on a connection already open, never gets an answer: it hangs until the
+        client gives up or the simulator stops. Safe to call from any thread, and more than once.
+        """
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._stop_accepting_now()
+        else:
+            loop.call_soon_threadsafe(self._stop_accepting_now)
+
+    def _stop_accepting_now(self) -> None:
+        if self._stopping is None or self._stopping.is_set():
+            return
+        log.info("simulator: shutting down: new connections are refused, requests in flight hang")
+        self._stopping.set()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._idle):
+            conn.shut()
+        self._idle.clear()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop_accepting` ran (or a ``shutdown`` fault fired)."""
+        return self._stopping is not None and self._stopping.is_set()
 
     # -------------------------------------------------------------------------------------------- lifecycle
 
@@ -222,9 +272,12 @@ class Simulator:
             if self.config.log_path is not None:
                 self._log_file = await asyncio.to_thread(self._open_log)
             self._log_lock = asyncio.Lock()
+            self._stopping = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
             self._slots = _Slots(self.config.load.capacity)
             # A deep backlog: benchmarks open hundreds of connections at once.
             server = await asyncio.start_server(self._handle, host, port, backlog=1024)
+            self._server = server
             bound = server.sockets[0].getsockname()[1]
             shown = f"[{host}]" if ":" in host else host
             self._base_url = f"http://{shown}:{bound}/v1"
@@ -244,6 +297,9 @@ class Simulator:
         finally:
             self._base_url = None
             self._serving = False
+            self._loop = None
+            self._server = None
+            self._idle.clear()
             if self._log_file is not None:
                 log_file, self._log_file = self._log_file, None
                 await asyncio.to_thread(log_file.close)
@@ -261,17 +317,24 @@ class Simulator:
         self._connections.add(task)
         conn = Connection(reader, writer)
         try:
+            if self.stopping:
+                # Accepted in the instant before the listener closed: a stopping server drops it.
+                conn.shut()
+                return
             while True:
+                self._idle.add(conn)
                 try:
                     request = await conn.read_request()
                 except HttpError as exc:
-                    body = _error_body(str(exc), "BadRequestError", exc.status)
+                    body = _error_body(str(exc), "BadRequestError", exc.status, legacy=self._legacy)
                     await conn.send(full_response(exc.status, body, keep_alive=False))
                     break
+                finally:
+                    self._idle.discard(conn)
                 if request is None:
                     break
                 keep_alive = await self._dispatch(conn, request)
-                if not (keep_alive and request.keep_alive):
+                if not (keep_alive and request.keep_alive) or self.stopping:
                     break
         except (_Closed, ConnectionError, OSError):
             pass
@@ -307,6 +370,7 @@ class Simulator:
             prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens,
             finish_reason=draft.finish_reason, answer_key=draft.answer_key, stage=draft.stage,
             attempt=draft.attempt, body=draft.body if self.config.record_bodies else None,
+            max_tokens=draft.max_tokens,
         )
         with self._lock:
             self._records.append(record)
@@ -327,13 +391,40 @@ class Simulator:
         keep_alive: bool = True,
     ) -> bool:
         keep_alive = keep_alive and draft.keep_alive
+        await self._hang_if_stopping(conn, draft)
         await self._commit(draft, status)
         await conn.send(full_response(status, body, content_type=content_type, headers=headers,
                                       keep_alive=keep_alive))
         return keep_alive
 
-    async def _error(self, conn: Connection, draft: _Draft, status: int, message: str, err_type: str) -> bool:
-        return await self._reply(conn, draft, status, _error_body(message, err_type, status))
+    async def _hang_if_stopping(self, conn: Connection, draft: _Draft) -> None:
+        """A stopping server never answers: wait until the client leaves (or the server ends), then _Closed."""
+        if not self.stopping:
+            return
+        try:
+            if draft.gone is not None:
+                await asyncio.shield(draft.gone)
+            else:
+                await conn.wait_client_gone()
+        except asyncio.CancelledError:
+            await self._commit(draft, STATUS_NO_RESPONSE)
+            raise
+        await self._commit(draft, STATUS_CLIENT_GONE)
+        raise _Closed
+
+    async def _error(
+        self, conn: Connection, draft: _Draft, status: int, message: str, err_type: str, param: str | None = None
+    ) -> bool:
+        body = _error_body(message, err_type, status, legacy=self._legacy, param=param)
+        return await self._reply(conn, draft, status, body)
+
+    async def _schema_error(self, conn: Connection, draft: _Draft, field: str, problem: str) -> bool:
+        """A 400 for a body that fails schema validation (vLLM 0.32: type "Bad Request", param "body.FIELD")."""
+        if self._legacy:
+            return await self._error(conn, draft, 400, f"{field}: {problem}", VALUE_ERROR_TYPE)
+        location = f"body.{field}" if field else "body"
+        message = f"1 validation error for ChatCompletionRequest\n{field or 'body'}\n  {problem}"
+        return await self._error(conn, draft, 400, message, SCHEMA_ERROR_TYPE, location)
 
     @staticmethod
     async def _unless_gone(work: Awaitable[Any], gone: asyncio.Future[None]) -> None:
@@ -366,6 +457,10 @@ class Simulator:
         if self.config.tokenize:
             routes["/tokenize"] = ("POST", self._tokenize)
         route = routes.get(request.path)
+        if self.config.api_key is not None and request.path.startswith("/v1") and (
+                request.headers.get("authorization") != f"Bearer {self.config.api_key}"):
+            # vLLM's --api-key middleware: every /v1 route, whatever its method, and a string body.
+            return await self._reply(conn, draft, 401, _json({"error": "Unauthorized"}))
         if route is None:
             return await self._reply(conn, draft, 404, _json({"detail": "Not Found"}))
         method, handler = route
@@ -405,12 +500,14 @@ class Simulator:
         model = body.get("model")
         if model is None or model == self.config.model:
             return None
-        return f"The model `{model}` does not exist."
+        if self._legacy:
+            return f"The model `{model}` does not exist."
+        return f"The model `{model}` does not exist. Valid aliases: {self.config.model}."
 
     async def _tokenize(self, conn: Connection, request: Request, draft: _Draft) -> bool:
         body, problem = self._parse_body(request, draft)
         if body is None:
-            return await self._error(conn, draft, 400, problem or "bad request", "BadRequestError")
+            return await self._schema_error(conn, draft, "", problem or "bad request")
         if (missing := self._unknown_model(body)) is not None:
             return await self._error(conn, draft, 404, missing, "NotFoundError")
         messages = body.get("messages")
@@ -422,8 +519,8 @@ class Simulator:
             count = text_tokens(prompt)
             seed = prompt
         else:
-            problem = "Give either 'prompt' (a string) or 'messages' (a list)."
-            return await self._error(conn, draft, 400, problem, "BadRequestError")
+            return await self._schema_error(conn, draft, "prompt", "Give either 'prompt' (a string) or 'messages' "
+                                            "(a list).")
         draft.prompt_tokens = count
         answer = {"count": count, "max_model_len": self.config.max_model_len,
                   "tokens": fake_token_ids(count, seed)}
@@ -447,36 +544,25 @@ class Simulator:
 
         # Validation in vLLM's order: body shape (400), model (404), sampling parameters and context (400).
         if body is None:
-            return await self._error(conn, draft, 400, problem or "bad request", "BadRequestError")
+            return await self._schema_error(conn, draft, "", problem or "bad request")
         if not isinstance(body.get("messages"), list) or not messages:
-            return await self._error(conn, draft, 400, "'messages' must be a non-empty list.",
-                                     "BadRequestError")
+            return await self._schema_error(conn, draft, "messages", "Input should be a non-empty list")
         if (missing := self._unknown_model(body)) is not None:
             return await self._error(conn, draft, 404, missing, "NotFoundError")
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool)):
-            return await self._error(conn, draft, 400, f"max_tokens must be an integer, got {max_tokens!r}.",
-                                     "BadRequestError")
+            return await self._schema_error(conn, draft, "max_tokens", "Input should be a valid integer")
+        temperature = body.get("temperature")
+        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature < 0:
+            return await self._error(conn, draft, 400, f"temperature must be non-negative, got {temperature}.",
+                                     VALUE_ERROR_TYPE, "temperature")
         if max_tokens is not None and max_tokens < 1:
             return await self._error(conn, draft, 400, f"max_tokens must be at least 1, got {max_tokens}.",
-                                     "BadRequestError")
-        prompt_tokens = message_tokens(messages)
-        limit = self.config.max_model_len
-        if max_tokens is None:
-            if prompt_tokens >= limit:
-                return await self._error(
-                    conn, draft, 400,
-                    f"This model's maximum context length is {limit} tokens. However, you requested "
-                    f"{prompt_tokens} tokens in the messages, Please reduce the length of the messages.",
-                    "BadRequestError")
-            max_tokens = limit - prompt_tokens
-        elif prompt_tokens + max_tokens > limit:
-            return await self._error(
-                conn, draft, 400,
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-                "completion). Please reduce the length of the messages or completion.",
-                "BadRequestError")
+                                     VALUE_ERROR_TYPE, "max_tokens")
+        refusal = self._context_refusal(message_tokens(messages), max_tokens)
+        if isinstance(refusal, tuple):
+            return await self._error(conn, draft, 400, refusal[0], VALUE_ERROR_TYPE, refusal[1])
+        max_tokens = draft.max_tokens = refusal
 
         try:
             answer = await asyncio.to_thread(self._book.choose, messages)
@@ -502,7 +588,7 @@ class Simulator:
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         assert self._slots is not None
         slots = self._slots
-        gone = asyncio.ensure_future(conn.wait_client_gone())
+        gone = draft.gone = asyncio.ensure_future(conn.wait_client_gone())
         acquired = False
         try:
             if draft.stream:
@@ -532,14 +618,51 @@ class Simulator:
             with contextlib.suppress(asyncio.CancelledError):
                 await gone
 
+    def _context_refusal(self, prompt: int, max_tokens: int | None) -> tuple[str, str | None] | int:
+        """The 400 (message, param) when the prompt and max_tokens do not fit, else the completion budget to use.
+
+        vLLM 0.32 refuses a prompt over the context (without counting it all), a max_tokens above the context,
+        and a prompt that leaves no token; otherwise it lowers max_tokens to what the context leaves. Older
+        servers refused prompt + max_tokens over the context, with both counts.
+        """
+        limit = self.config.max_model_len
+        if self._legacy:
+            if max_tokens is None:
+                if prompt >= limit:
+                    return (f"This model's maximum context length is {limit} tokens. However, you requested "
+                            f"{prompt} tokens in the messages, Please reduce the length of the messages.", None)
+                return limit - prompt
+            if prompt + max_tokens > limit:
+                return (f"This model's maximum context length is {limit} tokens. However, you requested "
+                        f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
+                        "completion). Please reduce the length of the messages or completion.", None)
+            return max_tokens
+        if max_tokens is not None and max_tokens > limit:
+            return (f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. Please request fewer "
+                    "output tokens.", "max_tokens")
+        if prompt > limit:
+            # vLLM 0.32 stops tokenizing one token past the context, so it never knows the whole count.
+            return (f"This model's maximum context length is {limit} tokens. However, your request has at "
+                    f"least {limit + 1} input tokens. Please reduce the length of the input messages.",
+                    "input_tokens")
+        budget = limit - prompt if max_tokens is None else min(max_tokens, limit - prompt)
+        if budget < 1:
+            return f"max_tokens must be at least 1, got {budget}.", "max_tokens"
+        return budget
+
     async def _fault_now(self, conn: Connection, draft: _Draft, fault: str) -> bool:
-        """Apply a fault that replaces the generation: an error status, a drop or a stall."""
+        """Apply a fault that replaces the generation: an error status, a drop, a stall, a trickle, a shutdown."""
         if fault in STATUS_FAULTS:
             message, err_type = _FAULT_ERRORS[fault]
             retry_after = _seconds_header(self.config.faults.retry_after)
             headers = [("retry-after", retry_after)] if fault == "429" else []
-            return await self._reply(conn, draft, int(fault), _error_body(message, err_type, int(fault)),
-                                     headers=headers)
+            body = _error_body(message, err_type, int(fault), legacy=self._legacy)
+            return await self._reply(conn, draft, int(fault), body, headers=headers)
+        if fault == "shutdown":
+            self._stop_accepting_now()
+            await self._hang_if_stopping(conn, draft)
+        if fault == "trickle":
+            await self._trickle(conn, draft)
         if fault == "stall":
             gone = asyncio.ensure_future(conn.wait_client_gone())
             try:
@@ -550,6 +673,26 @@ class Simulator:
                 with contextlib.suppress(asyncio.CancelledError):
                     await gone
         await self._commit(draft, STATUS_NO_RESPONSE)
+        raise _Closed
+
+    async def _trickle(self, conn: Connection, draft: _Draft) -> None:
+        """Send a short answer's head at once, then its body one byte per trickle_interval; never finishes early."""
+        body = self._completion(draft, "A trickled answer.", "stop")
+        await conn.send(response_head(200, [("content-type", "application/json"),
+                                            ("content-length", str(len(body)))], keep_alive=False))
+        gone = draft.gone = asyncio.ensure_future(conn.wait_client_gone())
+        try:
+            for at in range(len(body)):
+                await self._unless_gone(asyncio.sleep(self.config.faults.trickle_interval), gone)
+                await conn.send(body[at: at + 1])
+        except (_Closed, ConnectionError, OSError):
+            await self._commit(draft, STATUS_CLIENT_GONE)
+            raise _Closed from None
+        finally:
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+        await self._commit(draft, 200)
         raise _Closed
 
     def _completion(self, draft: _Draft, text: str, finish: str) -> bytes:
@@ -592,23 +735,29 @@ class Simulator:
         due = (draft.start or time.monotonic()) + load.service_time(draft.prompt_tokens or 0, 0)
         if due > time.monotonic():
             await self._unless_gone(asyncio.sleep(due - time.monotonic()), gone)
+        await self._hang_if_stopping(conn, draft)
         await conn.send(event([delta({"role": "assistant", "content": ""})]))
-        step = STREAM_CHUNK_TOKENS * CHARS_PER_TOKEN
-        for at in range(0, len(text), step):
+        step = (LEGACY_STREAM_CHUNK_TOKENS if self._legacy else STREAM_CHUNK_TOKENS) * CHARS_PER_TOKEN
+        starts = range(0, len(text), step)
+        for at in starts:
             piece = text[at: at + step]
             due += load.decode_per_token * text_tokens(piece)
             if due > time.monotonic():
                 await asyncio.sleep(due - time.monotonic())
             if gone.done():
                 raise _Closed
+            await self._hang_if_stopping(conn, draft)
             if malformed and at >= len(text) // 2:
                 broken = b'data: {"id": "chatcmpl-sim-' + str(draft.id).encode() + b'", "choi\n\n'
                 await conn.send(chunk(broken))
                 break
-            await conn.send(event([delta({"content": piece})]))
+            # vLLM 0.32 puts finish_reason on the last content chunk; older servers sent an empty one after.
+            last = not self._legacy and at == starts[-1] and not malformed
+            await conn.send(event([delta({"content": piece}, finish if last else None)]))
         if malformed and not text:
             await conn.send(chunk(b"data: {not json\n\n"))
-        await conn.send(event([delta({}, finish)]))
+        if self._legacy or not text or malformed:
+            await conn.send(event([delta({} if self._legacy else {"content": ""}, finish)]))
         if include_usage:
             prompt = draft.prompt_tokens or 0
             completion = draft.completion_tokens or 0

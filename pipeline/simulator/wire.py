@@ -211,6 +211,11 @@ class Connection:
         self._writer.write(data)
         await self._writer.drain()
 
+    def shut(self) -> None:
+        """Start closing the connection now (FIN, no response), from outside its handler."""
+        if not self._writer.is_closing():
+            self._writer.close()
+
     async def close(self) -> None:
         """Close the connection (FIN, no response) and wait for the transport to finish."""
         if not self._writer.is_closing():

@@ -1,0 +1,225 @@
+"""Reading Rust source without a parser: what the pipeline needs to know of a candidate before compiling it.
+
+- :func:`mask_comments_and_strings` blanks the insides of comments and literals, so that the scans below see
+  code only (memoised: the stage loop, the build and the statistics ask about the same candidate);
+- :func:`forbidden_constructs` refuses what would read the build machine (``include_str!``, ``env!``, ...);
+- :func:`first_unsafe_line` and :func:`unsafe_stats` apply the one rule for ``unsafe`` (the idiomatic stage's
+  refusal and the unsafe share in ``clippy_stat.json``).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+#: The crates a candidate may name: only the standard library and libc are available when it compiles.
+ALLOWED_CRATES = frozenset({"libc", "std", "core", "alloc", "self"})
+
+_TOKEN = re.compile(r"""//|/\*|(?<![A-Za-z0-9_])[bc]?r(#*)"|"|'""")
+_CHAR_LITERAL = re.compile(
+    r"""'(?:[^\\'\n]|\\(?:x[0-9a-fA-F]{2}|u\{[0-9a-fA-F_]{1,8}\}|[nrt\\0'"]))'"""
+)
+
+
+@functools.lru_cache(maxsize=64)
+def mask_comments_and_strings(source: str) -> str:
+    """``source`` with the insides of comments, string and char literals replaced by spaces.
+
+    Offsets and line breaks are kept, so positions in the result are positions in ``source``.
+    """
+    out = list(source)
+    n = len(source)
+
+    def blank(start: int, end: int) -> None:
+        for k in range(start, min(end, n)):
+            if out[k] != "\n":
+                out[k] = " "
+
+    i = 0
+    while True:
+        m = _TOKEN.search(source, i)
+        if m is None:
+            break
+        tok, start = m.group(0), m.start()
+        if tok == "//":
+            end = source.find("\n", start)
+            end = n if end < 0 else end
+            blank(start, end)
+            i = end
+        elif tok == "/*":
+            depth, j = 1, start + 2
+            while j < n and depth:
+                if source.startswith("/*", j):
+                    depth, j = depth + 1, j + 2
+                elif source.startswith("*/", j):
+                    depth, j = depth - 1, j + 2
+                else:
+                    j += 1
+            blank(start, j)
+            i = j
+        elif tok.endswith('"') and m.group(1) is not None:  # raw string r#"..."#
+            closing = '"' + m.group(1)
+            end = source.find(closing, m.end())
+            end = n if end < 0 else end
+            blank(m.end(), end)
+            i = end + len(closing)
+        elif tok == '"':
+            j = start + 1
+            while j < n and source[j] != '"':
+                j += 2 if source[j] == "\\" else 1
+            blank(start + 1, j)
+            i = j + 1
+        else:  # a quote: a char literal, or a lifetime / label
+            lit = _CHAR_LITERAL.match(source, start)
+            if lit:
+                blank(start + 1, lit.end() - 1)
+                i = lit.end()
+            else:
+                i = start + 1
+    return "".join(out)
+
+
+_HOST_MACRO = re.compile(r"(?<![A-Za-z0-9_])(include_str|include_bytes|include|option_env|env)\s*!")
+# The same macros reached without writing `name!`: imported under another name, or called through a macro
+# variable (`$m!` with `m` = include_str, or `$($t)*!`).
+_HOST_MACRO_NAME = re.compile(r"(?<![A-Za-z0-9_$])(include_str|include_bytes|option_env)(?![A-Za-z0-9_])")
+_RENAMED = re.compile(r"(?<![A-Za-z0-9_])(env|include)\s+as\s+[A-Za-z_]")
+_MACRO_VAR_CALL = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*\s*!|\$\([^)]*\)\s*[*+?]\s*!")
+_EXTERN_CRATE = re.compile(r"(?<![A-Za-z0-9_])extern\s+crate\s+([A-Za-z_][A-Za-z0-9_]*)")
+_LINK_ATTR = re.compile(r"#\s*!?\s*\[\s*link\s*\(")
+_PATH_ATTR = re.compile(r"#\s*!?\s*\[\s*path\s*=")
+_OUTLINE_MOD = re.compile(r"(?<![A-Za-z0-9_])mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;")
+_ASM = re.compile(r"(?<![A-Za-z0-9_])(?:global_asm|naked_asm|asm)\s*!")
+_ASM_INCLUDE = re.compile(r"\.(?:incbin|include)\b", re.IGNORECASE)
+
+
+def forbidden_constructs(source: str) -> str | None:
+    """Why ``source`` must not be compiled, or None when it may be.
+
+    Refused: ``include_str!``, ``include_bytes!``, ``include!``, ``env!``, ``option_env!`` (they read the build
+    machine), also when renamed by ``use ... as`` or called through a macro variable; ``#[link(...)]`` and
+    ``extern crate`` of anything but libc and the standard library; ``#[path = ...]`` and out-of-line
+    ``mod name;`` (they read other files); assembler ``.incbin`` / ``.include``.
+    Comments and string literals are ignored. The reason names the construct and the line.
+    This is a textual check, not a parser: it errs on the side of refusing.
+    """
+    masked = mask_comments_and_strings(source)
+    found: list[tuple[int, str]] = []
+
+    def line_of(pos: int) -> int:
+        return masked.count("\n", 0, pos) + 1
+
+    for m in (_HOST_MACRO.search(masked), _HOST_MACRO_NAME.search(masked)):
+        if m:
+            found.append((m.start(), _host_macro_reason(m.group(1))))
+    m = _RENAMED.search(masked)
+    if m:
+        found.append((m.start(), f"imports `{m.group(1)}` under another name, which would call the "
+                                 f"{m.group(1)}! macro; it is not allowed: use the std::{m.group(1)} path as it is"
+                      if m.group(1) == "env" else
+                      f"imports `{m.group(1)}` under another name (the {m.group(1)}! macro, which reads files of "
+                      f"the build machine); it is not allowed"))
+    m = _MACRO_VAR_CALL.search(masked)
+    if m:
+        found.append((m.start(), "calls a macro through a macro variable ($m!), which could reach include_str! "
+                                 "or env!; it is not allowed: call macros by their names"))
+    for m in _EXTERN_CRATE.finditer(masked):
+        if m.group(1) not in ALLOWED_CRATES:
+            found.append((m.start(), f"uses `extern crate {m.group(1)}`; only the standard library and libc "
+                                     f"are available: remove the dependency"))
+            break
+    m = _LINK_ATTR.search(masked)
+    if m:
+        found.append((m.start(), "uses #[link(...)], which links a library of the build machine; it is not "
+                                 "allowed: only the standard library and libc are available"))
+    m = _PATH_ATTR.search(masked)
+    if m:
+        found.append((m.start(), "uses #[path = ...], which reads another file of the build machine; it is not "
+                                 "allowed: write the module inline (mod name { ... })"))
+    m = _OUTLINE_MOD.search(masked)
+    if m:
+        name = m.group(1)
+        found.append((m.start(), f"declares `mod {name};`, which reads {name}.rs from the build machine; it is "
+                                 f"not allowed: write the module inline (mod {name} {{ ... }})"))
+    m = _ASM.search(masked)
+    if m and _ASM_INCLUDE.search(source):
+        found.append((m.start(), "uses an assembler .incbin/.include directive, which reads files of the build "
+                                 "machine; it is not allowed"))
+    if not found:
+        return None
+    pos, why = min(found)
+    return f"line {line_of(pos)} {why}"
+
+
+def _host_macro_reason(name: str) -> str:
+    if name in ("env", "option_env"):
+        return (f"uses {name}!, which reads the build machine's environment when compiling; it is not allowed: "
+                f"read the environment at run time with std::env::var instead")
+    return f"uses {name}!, which reads files of the build machine; it is not allowed: inline the data instead"
+
+
+#: The one rule for `unsafe`: the keyword outside comments and literals (blocks, fns, impls, traits, and
+#: unsafe attributes such as ``#[unsafe(no_mangle)]``).
+_UNSAFE = re.compile(r"(?<![A-Za-z0-9_])unsafe(?![A-Za-z0-9_])")
+
+
+def first_unsafe_line(source: str) -> int | None:
+    """The line of the first `unsafe` outside comments and string literals, or None for safe Rust."""
+    masked = mask_comments_and_strings(source)
+    match = _UNSAFE.search(masked)
+    return masked.count("\n", 0, match.start()) + 1 if match else None
+
+
+def unsafe_stats(source: str) -> dict[str, Any]:
+    """The share of non-blank lines inside ``unsafe`` blocks, fns and impls (a brace-matching scan)."""
+    masked = mask_comments_and_strings(source)
+    lines = source.splitlines()
+    nonblank = {i + 1 for i, text in enumerate(lines) if text.strip()}
+    covered: set[int] = set()
+    blocks = fns = 0
+    n = len(masked)
+    for m in _UNSAFE.finditer(masked):
+        j = m.end()
+        while j < n and masked[j].isspace():
+            j += 1
+        if j < n and masked[j] == "(":
+            continue  # #[unsafe(no_mangle)]: an attribute, not a region
+        depth = 0
+        while j < n:
+            ch = masked[j]
+            if ch in "([":
+                depth += 1
+            elif ch in ")]":
+                depth -= 1
+            elif depth <= 0 and ch in "{;":
+                break
+            j += 1
+        if j >= n or masked[j] == ";":
+            continue  # a declaration without a body
+        header = masked[m.end():j]
+        level = 0
+        while j < n:
+            if masked[j] == "{":
+                level += 1
+            elif masked[j] == "}":
+                level -= 1
+                if level == 0:
+                    break
+            j += 1
+        first = masked.count("\n", 0, m.start()) + 1
+        last = first + masked.count("\n", m.start(), min(j, n))
+        covered.update(range(first, last + 1))
+        if not header.strip():
+            blocks += 1
+        elif re.search(r"(?<![A-Za-z0-9_])fn(?![A-Za-z0-9_])", header):
+            fns += 1
+    unsafe_lines = len(covered & nonblank)
+    total = len(nonblank)
+    return {
+        "unsafe_lines": unsafe_lines,
+        "total_lines": total,
+        "unsafe_fraction": round(unsafe_lines / total, 4) if total else 0.0,
+        "unsafe_blocks": blocks,
+        "unsafe_fns": fns,
+    }
