@@ -22,7 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from . import __version__
-from .config import Config, load_config
+from .config import Config, load_config, redact_url
 from .discovery import classify_test_file
 from .engine import EXIT_INTERRUPTED, RunOptions, open_services, run_batch
 from .errors import ConfigError, FatalError
@@ -148,6 +148,24 @@ def _setup_logging(args: argparse.Namespace) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _shown_argv(argv: Sequence[str]) -> list[str]:
+    """``argv`` as it may be stored and shown (the run lock, the summary): no API key, no URL credentials."""
+    shown: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            shown.append("***")
+            hide_next = False
+        elif len(arg) > 4 and "--api-key".startswith(arg):  # argparse also takes an abbreviation
+            shown.append(arg)
+            hide_next = True
+        elif "=" in arg and len(flag := arg.partition("=")[0]) > 4 and "--api-key".startswith(flag):
+            shown.append(f"{flag}=***")
+        else:
+            shown.append(redact_url(arg) if "://" in arg else arg)
+    return shown
+
+
 def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.job is not None:
         _apply_job(args)
@@ -164,7 +182,7 @@ def _cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     options = RunOptions(
         c_dir=args.c_files, json_dir=args.json_files, output=args.output,
         retry_failed=bool(args.retry_failed), force=args.force,
-        command=shlex.join(["batch_translate_generic.py", *argv]),
+        command=shlex.join(["batch_translate_generic.py", *_shown_argv(argv)]),
     )
     reporter: Reporter = TqdmReporter() if sys.stderr.isatty() else LogReporter(args.progress_interval)
     print(f"model {config.model.model} at {config.model.base_url}; {config.client.workers} requests in flight, "

@@ -83,7 +83,7 @@ class CannedAnswers(LogitsProcessor):
         self.roots = [Path(p) for p in os.environ.get(ANSWERS_ENV, "").split(":") if p]
         self.requests: dict[int, _Forced] = {}
         self._encoded: dict[tuple[Path, float], list[int]] = {}
-        log.info("canned answers from %s", ", ".join(map(str, self.roots)) or "nowhere (%s unset)" % ANSWERS_ENV)
+        log.info("canned answers from %s", ", ".join(map(str, self.roots)) or f"nowhere ({ANSWERS_ENV} unset)")
 
     def is_argmax_invariant(self) -> bool:
         return False

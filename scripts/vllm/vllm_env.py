@@ -173,6 +173,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started the server dies (even by SIGKILL).
+
+    vLLM's engine processes exit when the API server does, so no server outlives a killed test run.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class VllmServer:
     """One ``vllm.entrypoints.openai.api_server`` on 127.0.0.1, in its own process group, logging to a file.
@@ -214,7 +225,8 @@ class VllmServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, cwd=self.log_path.parent, start_new_session=True)
+                                         env=env, cwd=self.log_path.parent, start_new_session=True,
+                                         preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> float:
         """Seconds until GET /health answered 200. Raises RuntimeError (with the log's tail) if it never does."""

@@ -31,7 +31,7 @@ if not os.environ.get("C2RUST_VLLM_SUITE"):
     collect_ignore_glob = ["test_*.py"]
 
 sys.path.insert(0, str(ROOT / "scripts" / "vllm"))
-import vllm_env  # noqa: E402
+import vllm_env
 
 EXAMPLE_ANSWERS = ROOT / "examples" / "answers"
 EXAMPLE_CORPUS = ROOT / "examples" / "corpus"

@@ -109,7 +109,7 @@ def test_max_tokens_above_the_context_is_budgeted_per_request(
 def test_cut_off_answer_is_reported_truncated_and_repaired_within_the_context(
     run_cli: Any, vllm: Server, corpus: Corpus, answers: Answers
 ) -> None:
-    """An answer vLLM stops at max_tokens (finish_reason length) is a truncated attempt; the repair fits and verifies."""
+    """An answer vLLM stops at max_tokens (finish_reason length) is a truncated attempt; the repair fits, verifies."""
     max_tokens = 1200
     long_code = "fn main() {\n" + "".join(f"    // {filler(12, f'l{i}')}\n" for i in range(160)) + "}\n"
     fixed = answer('fn main() {\n    println!("cut");\n}\n')

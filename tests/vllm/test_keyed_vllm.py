@@ -79,7 +79,7 @@ def test_right_key_works(cli: Cli, keyed: Server, how: str) -> None:
 
 
 def test_wrong_key_is_a_clear_error_and_is_never_printed(cli: Cli, keyed: Server, corpus: Corpus) -> None:
-    """A wrong key: check fails and a run exits 3 before any chat, saying which setting to fix; the key shows nowhere."""
+    """A wrong key: check fails, a run exits 3 before any chat, saying which setting to fix; the key shows nowhere."""
     check = cli("check", *keyed.args(), "--api-key", WRONG)
     assert check.returncode == 1
     assert "HTTP 401" in check.stdout and "--api-key" in check.stdout
