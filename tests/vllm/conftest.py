@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Cli, Corpus
+from tests.conftest import ROOT, Cli, Corpus, answer
 
 if not os.environ.get("C2RUST_VLLM_SUITE"):
     collect_ignore_glob = ["test_*.py"]
@@ -193,6 +193,17 @@ class Answers:
             link = self.root / folder.name
             assert not link.exists(), f"task name {folder.name} is already used in this session: pick another"
             link.symlink_to(folder, target_is_directory=True)
+
+
+def add_long_tasks(corpus: Corpus, answers: Answers, prefix: str, count: int, *, lines: int) -> list[str]:
+    """``count`` tasks whose canned unidiomatic answer passes after ``lines`` comment lines (about 11 tokens each),
+    so that each request keeps vLLM busy for a while; published to the server. Returns the task names."""
+    names = [f"{prefix}{i:02d}" for i in range(count)]
+    for name in names:
+        body = "".join(f"    // {name}: line {i} of a long translation\n" for i in range(lines))
+        corpus.add_task(name, expected=name, unidiomatic=[answer(f'fn main() {{\n{body}    println!("{name}");\n}}\n')])
+    answers.publish(corpus)
+    return names
 
 
 @pytest.fixture(scope="session")

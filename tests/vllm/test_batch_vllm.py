@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Corpus, answer
+from tests.conftest import Corpus
 from tests.test_batch_e2e import summary
-from tests.vllm.conftest import EXAMPLE_ANSWERS, EXAMPLE_CORPUS, Answers, MetricsSampler, Server
+from tests.vllm.conftest import EXAMPLE_ANSWERS, EXAMPLE_CORPUS, Answers, MetricsSampler, Server, add_long_tasks
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -51,12 +51,7 @@ def test_workers_keep_several_requests_running_in_vllm(
     run_cli: Any, vllm: Server, corpus: Corpus, answers: Answers, tmp_path: Path
 ) -> None:
     """--workers 8 over 12 tasks: vLLM's /metrics shows (nearly) 8 requests running at once, never more."""
-    names = [f"vwork_{i:02d}" for i in range(12)]
-    for name in names:
-        slow = 'fn main() {\n' + "".join(f"    // {name} line {i} of a long translation\n" for i in range(60)) \
-            + f'    println!("{name}");\n}}\n'
-        corpus.add_task(name, expected=name, unidiomatic=[answer(slow)])
-    answers.publish(corpus)
+    names = add_long_tasks(corpus, answers, "vwork_", 12, lines=60)
     out = tmp_path / "out"
     with MetricsSampler(vllm) as sampler:
         result = run_cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out,

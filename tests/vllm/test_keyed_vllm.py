@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, Cli, Corpus, answer
+from tests.conftest import ROOT, Cli, Corpus
 from tests.test_batch_e2e import _finished, _wait_for, summary
-from tests.vllm.conftest import Answers, Server, http, start_server
+from tests.vllm.conftest import Answers, Server, add_long_tasks, http, start_server
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -151,13 +151,8 @@ def test_server_stopped_mid_run_exits_3_and_a_rerun_resumes(
     answered at once, HTTP 200 with finish_reason "abort"; the streamed one stalls, with no finish chunk and no
     [DONE] (and vLLM may keep running until killed: seen in a standalone probe, not on every stop).
     """
-    names = [f"vstop_{i}" for i in range(4)]
-    for name in names:
-        # About 4,500 tokens (15 s or so): the next request is still in flight when the first task has finished.
-        slow = "fn main() {\n" + "".join(f"    // {name}: step {i} of a long answer\n" for i in range(400)) \
-            + f'    println!("{name}");\n}}\n'
-        corpus.add_task(name, expected=name, unidiomatic=[answer(slow)])
-    answers.publish(corpus)
+    # About 4,500 tokens each (15 s or so): the next request is still in flight when the first task has finished.
+    names = add_long_tasks(corpus, answers, "vstop_", 4, lines=400)
     out = corpus.root / "out"
     common = ("--no-idiomatic", "--outage-budget", "15")
     proc = start_run(cli, corpus, out, *keyed.args(), "--api-key", KEY, "--workers", "1", *common)
