@@ -751,9 +751,11 @@ class ModelClient:
         if isinstance(failure, TimeoutError):
             route = "chat/completions (stream)" if self._settings.stream else "chat/completions"
             if progress.answered or progress.parts:
+                # A streamed answer's head comes at once (vLLM sends it before queueing): only events count.
+                got = f"sent {progress.parts} events" if progress.parts else "sent its response head"
                 raise ServerUnreachable(
-                    f"{route}: the server at {self.base_url} started answering but did not finish within "
-                    f"{limit:g} s ([pipeline] request_timeout bounds a whole request): it sends too slowly"
+                    f"{route}: the server at {self.base_url} {got} but did not finish its answer within "
+                    f"{limit:g} s ([pipeline] request_timeout bounds a whole request): it is too slow or stuck"
                 ) from failure
             raise ServerUnreachable(
                 f"{route}: the server at {self.base_url} accepted the connection but sent no answer within "

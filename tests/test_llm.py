@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -617,7 +618,8 @@ async def test_a_trickling_server_cannot_hold_a_request_past_request_timeout(
     assert completion.requests == 2
     assert [r.fault or "ok" for r in sim.chat_requests] == ["trickle", "ok"]
     assert took < 5, "the trickle would have held the request for about a minute"
-    assert "started answering but did not finish within 1.5 s ([pipeline] request_timeout" in caplog.text
+    assert f"the server at {url} sent its response head but did not finish its answer within 1.5 s " \
+        "([pipeline] request_timeout bounds a whole request)" in caplog.text
 
 
 @pytest.mark.parametrize("stream", [pytest.param(False, id="plain"), pytest.param(True, id="stream")])
@@ -631,6 +633,16 @@ async def test_a_server_that_accepts_but_never_answers_is_reported_as_such(strea
     message = str(stop.value)
     assert f"the server at {url} accepted the connection but sent no answer within 0.5 s" in message
     assert "cannot connect" not in message
+
+
+async def test_a_stream_too_slow_to_finish_says_how_far_it_got() -> None:
+    """Tokens streaming slower than request_timeout allows: the error counts the events that did arrive."""
+    sim = Simulator(SimConfig(model=MODEL, load=LoadModel(decode_per_token=0.2)))
+    async with sim.serve() as url, client_for(url, FakeTime(), preflight=False, stream=True, request_timeout=1.0,
+                                              retry_attempts=1, retry_max_wait=1.0, outage_budget=0.5) as llm:
+        with anyio.fail_after(30), pytest.raises(ModelUnavailable) as stop:
+            await llm.complete(HELLO)
+    assert re.search(r"the server at \S+ sent \d+ events but did not finish its answer within 1 s", str(stop.value))
 
 
 async def test_a_server_that_stops_accepting_stops_the_run_while_old_requests_hang() -> None:
