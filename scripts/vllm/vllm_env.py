@@ -94,9 +94,16 @@ def ensure_venv(cache: Path) -> Path:
     python = venv_python(cache)
     _say(f"creating {venv} and installing {VLLM_PACKAGE} (about 2 minutes, 3.5 GB)")
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", VLLM_PACKAGE],
-                   check=True)
-    subprocess.run([str(python), "-m", "pip", "uninstall", "-q", "-y", *CUDA_ONLY], check=True)
+    log = cache / "pip.log"
+    _say(f"pip's output goes to {log}")
+    with log.open("w") as out:
+        for argv in ([str(python), "-m", "pip", "install", "--disable-pip-version-check", VLLM_PACKAGE],
+                     [str(python), "-m", "pip", "uninstall", "-y", *CUDA_ONLY]):
+            out.write(f"$ {' '.join(argv)}\n")
+            out.flush()
+            if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False).returncode != 0:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+                raise SystemExit(f"vllm-env: `{' '.join(argv[2:])}` failed (whole output in {log}):\n{tail}")
     probe = subprocess.run([str(python), "-c", "import vllm, sys; sys.stdout.write(vllm.__version__)"],
                            capture_output=True, text=True, check=False)
     if probe.returncode != 0:
