@@ -157,10 +157,10 @@ def test_server_stopped_mid_run_exits_3_and_a_rerun_resumes(
 ) -> None:
     """vLLM told to stop mid-run (SIGTERM, SIGKILL after a grace): exit 3, finished tasks kept; the rerun does the rest.
 
-    Beside the run, a raw plain request and a raw streamed one are in flight when SIGTERM arrives: the plain one is
-    answered at once, HTTP 200 with finish_reason "abort" or HTTP 500; the streamed one either stalls (no finish chunk, no
-    [DONE]) or ends with finish_reason "abort", never normally (and vLLM may keep running until killed: seen
-    in a standalone probe, not on every stop).
+    Beside the run, a raw plain request and a raw streamed one are in flight when SIGTERM arrives: the plain one
+    is answered at once, HTTP 200 with finish_reason "abort" or HTTP 500; the streamed one either stalls (no
+    finish chunk, no [DONE]) or ends with finish_reason "abort", never normally (and vLLM may keep running until
+    killed: seen in a standalone probe, not on every stop).
     """
     # About 4,500 tokens each (15 s or so): the next request is still in flight when the first task has finished.
     names = add_long_tasks(corpus, answers, "vstop_", 4, lines=400)
