@@ -51,7 +51,8 @@ def test_workers_keep_several_requests_running_in_vllm(
     run_cli: Any, vllm: Server, corpus: Corpus, answers: Answers, tmp_path: Path
 ) -> None:
     """--workers 8 over 12 tasks: vLLM's /metrics shows (nearly) 8 requests running at once, never more."""
-    names = add_long_tasks(corpus, answers, "vwork_", 12, lines=60)
+    # About 2,800 tokens each (several seconds): the eight requests of a wave overlap even when they start apart.
+    names = add_long_tasks(corpus, answers, "vwork_", 12, lines=250)
     out = tmp_path / "out"
     with MetricsSampler(vllm) as sampler:
         result = run_cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out,
