@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Container, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import ConfigError, DiskFull, FatalError, Interrupted
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    DiskFull,
+    FatalError,
+    Interrupted,
+)
 from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
@@ -60,7 +68,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 @dataclass(frozen=True)
@@ -191,9 +198,10 @@ class _Run:
         return key, entry.status == "verified" or not self.options.retry_failed
 
     async def produce(self, send: ObjectSendStream[tuple[Task, str]]) -> None:
-        async with send:
-            async for item in discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
-                                       output=self.options.output, reserved=OUTPUT_FILES):
+        found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
+                         output=self.options.output, reserved=OUTPUT_FILES)
+        async with send, aclosing(found):
+            async for item in found:
                 if isinstance(item, Orphan):
                     self.orphans.append(item)
                     self.counters.orphans += 1
