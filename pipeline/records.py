@@ -19,6 +19,18 @@ AttemptKind = Literal[
 
 
 @dataclass(frozen=True)
+class TaskKey:
+    """What a task's result depends on: its input files' digest and the fingerprint of the settings that shape
+    results. Two runs with equal keys would do the same work; the ledger stores it as ``str(key)``."""
+
+    input_hash: str
+    settings: str
+
+    def __str__(self) -> str:
+        return f"{self.input_hash}:{self.settings}"
+
+
+@dataclass(frozen=True)
 class Usage:
     """Token counts the server reported for one completion (zeros when it reported none)."""
 
