@@ -44,3 +44,17 @@ def test_stage_loop_knows_only_the_interfaces() -> None:
 def test_the_checker_sees_imports() -> None:
     """The reader itself: the engine does import the client (else every assertion above would pass vacuously)."""
     assert {"llm", "sandbox", "stages"} <= imported_modules(PIPELINE / "engine.py")
+
+
+def test_architecture_document_matches_the_code() -> None:
+    """docs/architecture.md's graph is the one the code's imports give, and every module has a layer."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("architecture", PIPELINE.parent / "scripts" / "architecture.py")
+    assert spec is not None and spec.loader is not None
+    architecture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(architecture)
+    graph = architecture.mermaid()
+    assert "unplaced" not in graph, "a new module needs a layer in scripts/architecture.py"
+    assert graph in (PIPELINE.parent / "docs" / "architecture.md").read_text(), \
+        "run `python scripts/architecture.py --write` and commit docs/architecture.md"
