@@ -286,7 +286,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 async def _translate_one(config: Config, args: argparse.Namespace) -> int:
     task = Task(id=args.c_file.stem, c_path=args.c_file.resolve(), test_path=args.test_file.resolve(),
                 test_kind=classify_test_file(args.test_file), feed=config.run.feed)
-    from .translate import input_hash, translate_task
+    from .translate import read_task, translate_task
 
     state: dict[str, str] = {}
     failure: Exception | None = None
@@ -301,7 +301,8 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
 
         tg.start_soon(watch)
         try:
-            result, transcript = await translate_task(services.env, task, input_hash(task))
+            files = await read_task(task)
+            result, transcript = await translate_task(services.env, task, files.digest, files)
             with anyio.CancelScope(shield=True):
                 await write_task_results(args.result_dir, result, transcript)
         except Exception as exc:

@@ -61,7 +61,7 @@ from .results import TaskResult, atomic_writer, render_table, totals, write_task
 from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task, printable
-from .translate import input_hash, translate_task
+from .translate import TaskFiles, read_task, translate_task
 from .verifier import LocalVerifier
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -152,6 +152,10 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
         yield Services(StageEnv(config, client, verifier), info, client, sandbox)
 
 
+#: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
+_Work = tuple[Task, TaskKey, TaskFiles]
+
+
 class _Run:
     def __init__(self, config: Config, options: RunOptions, ledger: Ledger, counters: Counters,
                  scratch_root: Path | None) -> None:
@@ -186,9 +190,9 @@ class _Run:
         """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
         return self.seen if self.counters.discovery_finished and self.listing_complete else None
 
-    def _inspect(self, task: Task) -> tuple[TaskKey, bool]:
+    def _inspect(self, task: Task, digest: str) -> tuple[TaskKey, bool]:
         """The task's ledger key, and whether a finished result with that key is on disk (runs in a thread)."""
-        key = TaskKey(input_hash(task), self.fingerprint)
+        key = TaskKey(digest, self.fingerprint)
         if self.options.force:
             return key, False
         entry = self.ledger.get(task.id)
@@ -198,7 +202,7 @@ class _Run:
             return key, False
         return key, entry.status == "verified" or not self.options.retry_failed
 
-    async def produce(self, send: ObjectSendStream[tuple[Task, TaskKey]]) -> None:
+    async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
                          output=self.options.output, reserved=OUTPUT_FILES)
         async with send, aclosing(found):
@@ -214,14 +218,15 @@ class _Run:
                     continue
                 self.seen.add(item.id)
                 self.counters.discovered += 1
-                key, done = await anyio.to_thread.run_sync(self._inspect, item)
+                files = await read_task(item)
+                key, done = await anyio.to_thread.run_sync(self._inspect, item, files.digest)
                 if done:
                     self.counters.skipped += 1
                     continue
-                await send.send((item, key))
+                await send.send((item, key, files))
         self.counters.discovery_finished = True
 
-    async def work_all(self, receive: MemoryObjectReceiveStream[tuple[Task, TaskKey]], stop: anyio.CancelScope,
+    async def work_all(self, receive: MemoryObjectReceiveStream[_Work], stop: anyio.CancelScope,
                        state: dict[str, Any]) -> None:
         """Translate every task the producer sends; the services are opened only once the first one comes.
 
@@ -246,19 +251,19 @@ class _Run:
                 side.cancel_scope.cancel()
 
     async def work(
-        self, receive: ObjectReceiveStream[tuple[Task, TaskKey]], first: tuple[Task, TaskKey] | None
+        self, receive: ObjectReceiveStream[_Work], first: _Work | None
     ) -> None:
         async with receive:
             if first is not None:
                 await self.run_one(*first)
-            async for task, key in receive:
-                await self.run_one(task, key)
+            async for task, key, files in receive:
+                await self.run_one(task, key, files)
 
-    async def run_one(self, task: Task, key: TaskKey) -> None:
+    async def run_one(self, task: Task, key: TaskKey, files: TaskFiles) -> None:
         assert self.env is not None
         digest = key.input_hash
         try:
-            result, transcript = await translate_task(self.env, task, digest)
+            result, transcript = await translate_task(self.env, task, digest, files)
         except FatalError:
             raise
         except Exception as exc:
@@ -353,7 +358,7 @@ async def run_batch(
                         tg.start_soon(_watch_signals, tg.cancel_scope, state)
                         if reporter is not None:
                             tg.start_soon(reporter.run, counters)
-                        send, receive = anyio.create_memory_object_stream[tuple[Task, TaskKey]](
+                        send, receive = anyio.create_memory_object_stream[_Work](
                             config.client.workers
                         )
                         tg.start_soon(run.produce, send)

@@ -930,11 +930,21 @@ def _unreachable_ancestor(path: Path) -> Path | None:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a directory a program may have made hard to remove (modes 000, deep nesting)."""
+    """Remove a directory a program may have made hard to remove (modes 000, deep nesting).
+
+    Modes are only ever changed inside the tree: the directory holding ``path`` (``/tmp`` for a scratch root)
+    is never touched, even when ``path`` itself cannot be removed.
+    """
+    root = os.path.abspath(path)
+
+    def inside(name: str) -> bool:
+        return name == root or name.startswith(root + os.sep)
 
     def retry(func: Callable[..., Any], target: str, _exc: Any) -> None:
         with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(target), 0o700)
+            parent = os.path.dirname(os.path.abspath(target))
+            if inside(parent):
+                os.chmod(parent, 0o700)
             if os.path.isdir(target) and not os.path.islink(target):
                 os.chmod(target, 0o700)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,14 +53,12 @@ def printable(text: Path | str) -> str:
         return raw.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def hash_files(paths: list[Path]) -> str:
-    """A digest of the named files' names and contents (missing files count as absent)."""
+def hash_contents(contents: Mapping[Path, bytes | None]) -> str:
+    """A digest of files' names and contents, in path order (None: the file could not be read)."""
     digest = hashlib.sha256()
-    for path in paths:
+    for path in sorted(contents):
         digest.update(os.fsencode(path.name) + b"\0")  # names need not be UTF-8
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"<missing>")
+        data = contents[path]
+        digest.update(b"<missing>" if data is None else data)
         digest.update(b"\0")
     return digest.hexdigest()[:32]

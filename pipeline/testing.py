@@ -34,7 +34,7 @@ import logging
 import os
 import shlex
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -165,8 +165,11 @@ def _more_failures(count: int) -> str:
 # Loading
 
 
-def load_test_suite(task: Task, *, num_tests: int | None = None) -> TestSuite:
+def load_test_suite(
+    task: Task, *, num_tests: int | None = None, files: Mapping[Path, bytes] | None = None
+) -> TestSuite:
     """Read a task's tests (synchronous: the files are small). ``num_tests`` keeps only the first N cases.
+    ``files`` holds contents already read (see :func:`pipeline.translate.read_task`); others are read here.
 
     Raises :class:`~pipeline.errors.TaskInputError`, naming the file, when a file cannot be read or is not
     UTF-8, the JSON is invalid or not of the expected shape, a command is missing or empty, a ``run-tests``
@@ -175,12 +178,12 @@ def load_test_suite(task: Task, *, num_tests: int | None = None) -> TestSuite:
     """
     path = task.test_path
     base_dir = path.parent
-    data = _read_json(path)
+    data = _read_json(path, files)
     if not isinstance(data, list):
         raise TaskInputError(f"{path}: the tests must be a JSON list, not {_json_type(data)}")
     entries = data if num_tests is None else data[: max(num_tests, 0)]
     cases: list[TestCase] = []
-    files: set[str] = set()
+    referenced: set[str] = set()
     if task.test_kind == "samples":
         for index, entry in enumerate(entries):
             sample = _sample_from(entry, path, index, task.feed)
@@ -195,17 +198,17 @@ def load_test_suite(task: Task, *, num_tests: int | None = None) -> TestSuite:
             argv = _command_of(entry, path, index)
             raw = entry["command"] if isinstance(entry["command"], str) else shlex.join(argv)
             if _is_run_tests(argv):
-                sample = _resolve_run_tests(argv, path, index, samples_cache)
+                sample = _resolve_run_tests(argv, path, index, samples_cache, files)
                 cases.append(TestCase(index, raw, argv, sample))
             else:
-                files.update(_referenced_files(argv, base_dir))
+                referenced.update(_referenced_files(argv, base_dir))
                 cases.append(TestCase(index, raw, argv, None))
     if not cases:
         raise TaskInputError(f"{path}: the test file contains no tests")
-    return TestSuite(base_dir=base_dir, cases=tuple(cases), files=tuple(sorted(files)))
+    return TestSuite(base_dir=base_dir, cases=tuple(cases), files=tuple(sorted(referenced)))
 
 
-def input_files(task: Task) -> list[Path]:
+def input_files(task: Task, test_json: bytes | None = None) -> list[Path]:
     """Every file whose content defines the task, sorted and de-duplicated, for the resume hash.
 
     That is the C file, the test JSON, the samples files its ``run-tests`` commands name and the files its
@@ -215,7 +218,7 @@ def input_files(task: Task) -> list[Path]:
     if task.test_kind != "task":
         return sorted(found)
     try:
-        data = json.loads(task.test_path.read_text(encoding="utf-8"))
+        data = json.loads(test_json if test_json is not None else task.test_path.read_bytes())
     except (OSError, ValueError, RecursionError):
         return sorted(found)
     if not isinstance(data, list):
@@ -240,9 +243,10 @@ def input_files(task: Task) -> list[Path]:
     return sorted(found)
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path, files: Mapping[Path, bytes] | None = None) -> Any:
     try:
-        text = path.read_bytes().decode("utf-8")
+        raw = files.get(path) if files is not None else None
+        text = (raw if raw is not None else path.read_bytes()).decode("utf-8")
     except FileNotFoundError:
         raise TaskInputError(f"{path}: the file does not exist") from None
     except UnicodeDecodeError as exc:
@@ -361,7 +365,8 @@ def _samples_path(base_dir: Path, name: str) -> Path:
 
 
 def _resolve_run_tests(
-    argv: Sequence[str], path: Path, index: int, cache: dict[Path, list[Any]]
+    argv: Sequence[str], path: Path, index: int, cache: dict[Path, list[Any]],
+    files: Mapping[Path, bytes] | None = None,
 ) -> SampleRun:
     where = f"{path}: test {index}"
     parsed = _parse_run_tests(argv)
@@ -381,7 +386,7 @@ def _resolve_run_tests(
             beside = "" if not os.path.isabs(samples_name) else (
                 f", nor does {path.parent / PurePosixPath(samples_name).name} beside the test task")
             raise TaskInputError(f"{where}: the samples file {samples_path} does not exist{beside}")
-        loaded = _read_json(samples_path)
+        loaded = _read_json(samples_path, files)
         if not isinstance(loaded, list):
             raise TaskInputError(f"{samples_path}: the samples must be a JSON list, not {_json_type(loaded)}")
         samples = cache[samples_path] = loaded

@@ -8,23 +8,27 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiofiles
 import anyio
 
 from .errors import TaskFailure, TaskInputError
 from .records import StageResult
 from .results import TaskResult
 from .stages import StageEnv, run_stage
-from .task import Task, hash_files, printable
+from .task import Task, hash_contents, printable
 from .testing import TestSuite, input_files, load_test_suite
 
 log = logging.getLogger(__name__)
 
 #: A C file larger than this is refused: it would not fit any model's context anyway.
 MAX_C_BYTES = 512 * 1024
+#: Reading stops past this many bytes of one input file (larger ones are refused when loaded).
+MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -35,15 +39,43 @@ class TaskInputs:
     suite: TestSuite
 
 
-def input_hash(task: Task) -> str:
-    """The digest of every file that defines the task (C source, test task, samples it names)."""
-    return hash_files(input_files(task))
+@dataclass(frozen=True)
+class TaskFiles:
+    """Every file that defines a task, read once (by the producer), and their digest: the resume key's half
+    that depends on the inputs. ``contents`` maps each path to its bytes (None: it could not be read)."""
+
+    contents: Mapping[Path, bytes | None]
+    digest: str
 
 
-def load_inputs(task: Task, *, num_tests: int | None) -> TaskInputs:
-    """Read the C file and the tests. Raises TaskInputError with a reason naming the file."""
+async def read_task(task: Task) -> TaskFiles:
+    """Read the task's files with aiofiles (the C file, its tests, the samples they name) and digest them.
+
+    Never raises for a file that cannot be read: it counts as absent, and loading the inputs says why.
+    """
+    contents: dict[Path, bytes | None] = {}
+
+    async def read(path: Path) -> None:
+        try:
+            async with aiofiles.open(path, "rb") as fh:
+                contents[path] = await fh.read(MAX_INPUT_BYTES + 1)
+        except OSError:
+            contents[path] = None
+
+    await read(task.c_path)
+    await read(task.test_path)
+    for path in await anyio.to_thread.run_sync(input_files, task, contents[task.test_path] or b""):
+        if path not in contents:
+            await read(path)
+    return TaskFiles(contents, hash_contents(contents))
+
+
+def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = None) -> TaskInputs:
+    """Check the C file and build the tests, from ``files`` when given (else from disk). Raises
+    TaskInputError with a reason naming the file."""
     try:
-        raw = task.c_path.read_bytes()
+        known = files.contents.get(task.c_path) if files is not None else None
+        raw = known if known is not None else task.c_path.read_bytes()
     except OSError as exc:
         raise TaskInputError(f"{task.c_path}: cannot read the C file ({exc.strerror})") from exc
     if len(raw) > MAX_C_BYTES:
@@ -54,7 +86,8 @@ def load_inputs(task: Task, *, num_tests: int | None) -> TaskInputs:
         raise TaskInputError(f"{task.c_path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
     if not c_source.strip():
         raise TaskInputError(f"{task.c_path}: the C file is empty")
-    return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests))
+    read = {path: data for path, data in files.contents.items() if data is not None} if files else None
+    return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests, files=read))
 
 
 async def _with_code_stats(env: StageEnv, result: StageResult) -> StageResult:
@@ -72,15 +105,18 @@ async def _vacuous_tests(env: StageEnv, suite: TestSuite, key_hash: str) -> str 
     return "; ".join(found[:3]) + more
 
 
-async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[TaskResult, list[dict[str, Any]]]:
-    """Run both stages of one task. Returns its result and transcript; raises only fatal errors."""
+async def translate_task(
+    env: StageEnv, task: Task, key_hash: str, files: TaskFiles | None = None
+) -> tuple[TaskResult, list[dict[str, Any]]]:
+    """Run both stages of one task (from ``files`` when the producer read them already). Returns its result
+    and transcript; raises only fatal errors."""
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
     env = dataclasses.replace(env, record=transcript.append)
     ident = (task.id, printable(task.c_path), printable(task.test_path), key_hash)
     try:
         inputs = await anyio.to_thread.run_sync(
-            lambda: load_inputs(task, num_tests=env.config.translation.num_tests)
+            lambda: load_inputs(task, num_tests=env.config.translation.num_tests, files=files)
         )
     except TaskFailure as exc:
         log.info("%s: %s", task.id, exc)

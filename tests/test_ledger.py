@@ -76,11 +76,11 @@ def test_compaction_keeps_only_the_ids_of_a_complete_discovery(tmp_path: Path) -
 
 def test_non_utf8_names_are_hashed_and_recorded(tmp_path: Path) -> None:
     """A file name that is not UTF-8 neither breaks the input hash nor the journal."""
-    from pipeline.task import hash_files
+    from pipeline.task import hash_contents
 
     name = tmp_path / os.fsdecode(b"caf\xe9.c")
     name.write_text("int main(void) { return 0; }\n")
-    assert len(hash_files([name])) == 32
+    assert len(hash_contents({name: name.read_bytes()})) == 32
     with Ledger.open(tmp_path) as ledger:
         ledger.record("k", {**record("t"), "c_file": str(name)})
     assert Ledger(tmp_path).get("t") is None  # the index is filled by load
