@@ -410,22 +410,21 @@ async def test_unreachable_scratch_root_is_replaced(tmp_path: Path) -> None:
 async def test_a_scratch_root_that_cannot_be_removed_leaves_its_parent_alone() -> None:
     """Removing the scratch never changes the mode of the directory holding it (/tmp for real runs)."""
     import shutil
-    import subprocess
     import tempfile
 
     # A stand-in for /tmp that the runs' uids can reach (pytest's own tmp_path is private to root).
     parent = Path(tempfile.mkdtemp(prefix="shared-tmp-"))
-    parent.chmod(0o1777)
+    os.chmod(parent, 0o1777)
     scratch: Path | None = None
     try:
         async with Sandbox.open(SandboxSettings(), scratch_root=parent) as sb:
             scratch = sb.scratch
             assert scratch.parent == parent
-            subprocess.run(["chattr", "+i", str(scratch)], check=True)
-        assert parent.stat().st_mode & 0o7777 == 0o1777
+            await anyio.run_process(["chattr", "+i", str(scratch)])
+        assert os.stat(parent).st_mode & 0o7777 == 0o1777
     finally:
         if scratch is not None:
-            subprocess.run(["chattr", "-i", str(scratch)], check=False)
+            await anyio.run_process(["chattr", "-i", str(scratch)], check=False)
         shutil.rmtree(parent, ignore_errors=True)
 
 
