@@ -1,19 +1,17 @@
-"""The two schedules we compare the engine with, doing the same work per task, for ``bench.throughput``.
+"""The two schedules we compare the engine with, running the pipeline's own task translation, for ``bench.throughput``.
 
 * ``sequential``: one task at a time, as SACToR runs.
-* ``pool``: a ThreadPoolExecutor with ``--workers`` threads, each running one whole task at a time (request,
-  compile, test, repair; then the idiomatic stage), as the original batch_translate_generic.py did.
+* ``pool``: ``--workers`` threads, each running one whole task at a time (request, compile, test, repair; then
+  the idiomatic stage), blocking on the model, as the original batch_translate_generic.py did.
 
-Per task they do what the pipeline does: the same settings (``pipeline.config.load_config`` with the same
-``--config`` file and flags), the same prompts and conversation (``pipeline.prompts``), the same extraction
-(``pipeline.extract``), the same refusal of ``unsafe`` in the idiomatic stage, the same rustc invocation and
-prebuilt libc rlib (``pipeline.build.Toolchain.build`` via ``anyio.run`` inside the thread; the compile cache as
-configured), the same tests (``pipeline.testing.load_test_suite``; each sample run with ``subprocess`` and
-compared as ``pipeline.testing`` does, without the sandbox; with ``--sandbox`` through the pipeline's
-sandbox and ``pipeline.testing.run_test_suite`` instead, for a like-for-like comparison), the same attempt
-limit and retry policy for transient server errors. The model is called with the synchronous
-``openai.OpenAI`` client; ``max_tokens`` is budgeted from the served context length and
-``pipeline.llm.estimate_tokens`` (no /tokenize round trip).
+Per task both run exactly what the engine runs: :func:`pipeline.translate.translate_task` (the same stage loop,
+prompts, extraction, vacuous-test check, verifier and results writer) with the same settings
+(``pipeline.config.load_config`` with the same ``--config`` and flags). Only the schedule and two adapters
+differ: the model is the synchronous ``openai.OpenAI`` client called inline (:class:`BlockingModel`; the
+pipeline's retry policy for transient errors, ``max_tokens`` budgeted from the served context length and
+``pipeline.llm.estimate_tokens``), and, without ``--sandbox``, tests run as bare subprocesses
+(:func:`bare_runner`) instead of in the sandbox, as the original script did. Each worker thread has its own
+event loop, sandbox and verifier.
 
 Run: ``python -m bench.baselines --mode pool --c-files D --output O --base-url URL --workers N ...``; writes
 ``O/baseline_summary.json`` with every task's status, attempts, requests and wall time.
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import logging
 import random
@@ -32,27 +29,29 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty, Queue
 from typing import Any
 
 import anyio
 import httpx2
 import openai
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from pipeline.build import Toolchain
 from pipeline.config import Config, load_config
-from pipeline.errors import TaskFailure
-from pipeline.extract import extract_rust
+from pipeline.errors import RequestFailed
 from pipeline.llm import estimate_tokens
-from pipeline.prompts import Message, Turn, conversation, idiomatic_prompt, unidiomatic_prompt
+from pipeline.prompts import Message
+from pipeline.records import Completion, Usage
+from pipeline.results import TaskResult, write_task_results
 from pipeline.sandbox import Sandbox
+from pipeline.stages import StageEnv
 from pipeline.task import Task
-from pipeline.testing import TestSuite, normalize_output, run_test_suite
-from pipeline.translate import load_inputs
-from pipeline.verifier import FEEDBACK_CHARS, build_failure, refusal
+from pipeline.testing import TestCase, TestOutcome, TestSuite, TestVerdict, normalize_output
+from pipeline.translate import read_task, translate_task
+from pipeline.verifier import LocalVerifier, TestRunner
 
 log = logging.getLogger("bench.baselines")
 
@@ -65,8 +64,7 @@ class RequestGaveUp(Exception):
 
 @dataclass
 class Context:
-    """What every task shares: settings, one sync client, the toolchain, where results go, and (with
-    ``--sandbox``) the pipeline's sandbox with the event-loop thread that serves it."""
+    """What every thread shares: settings, one sync client, the toolchain, where results go."""
 
     config: Config
     client: openai.OpenAI
@@ -74,23 +72,12 @@ class Context:
     output: Path
     max_model_len: int | None
     scratch: Path
-    sandbox: Sandbox | None = None
-    portal: BlockingPortal | None = None
     requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count_request(self) -> None:
         with self.lock:
             self.requests += 1
-
-
-@dataclass
-class StageOutcome:
-    status: str
-    attempts: int
-    requests: int
-    code: str | None = None
-    reason: str | None = None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -139,21 +126,41 @@ def complete(ctx: Context, messages: list[Message]) -> tuple[str, str, int]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Compile and test
+# The adapters
 
 
-def _run_case_plain(binary: Path, suite: TestSuite, index: int, cwd: Path, timeout: float,
-                    limit: int) -> tuple[bool, str]:
-    case = suite.cases[index]
+class BlockingModel:
+    """The Model interface over the synchronous client: the calling thread blocks until the answer is in."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+        started = time.perf_counter()
+        try:
+            text, finish, sent = complete(self.ctx, [dict(m) for m in messages])  # type: ignore[misc]
+        except RequestGaveUp as exc:
+            raise RequestFailed(str(exc)) from exc
+        return Completion(text, finish, Usage(), time.perf_counter() - started, 0.0, sent)
+
+
+def _run_case_plain(binary: Path, case: TestCase, base_dir: Path, cwd: Path, timeout: float,
+                    limit: int) -> TestOutcome:
+    started = time.perf_counter()
+
+    def outcome(ok: bool, feedback: str = "") -> TestOutcome:
+        summary = f"test {case.index} {'passed' if ok else 'failed'}"
+        return TestOutcome(case, ok, summary, feedback, time.perf_counter() - started)
+
     sample = case.sample
     if sample is None:  # a plain command: passes when it exits 0
         argv = [str(binary) if token == "%t" else token for token in case.argv]
         try:
-            proc = subprocess.run(argv, cwd=suite.base_dir, capture_output=True, timeout=timeout)
+            proc = subprocess.run(argv, cwd=base_dir, capture_output=True, timeout=timeout)
         except subprocess.TimeoutExpired:
-            return False, f"Test {case.index} failed: timed out after {timeout:g} s."
+            return outcome(False, f"Test {case.index} failed: timed out after {timeout:g} s.")
         ok = proc.returncode == 0 and len(proc.stdout) + len(proc.stderr) <= limit
-        return ok, "" if ok else f"Test {case.index} failed: exit status {proc.returncode}."
+        return outcome(ok, "" if ok else f"Test {case.index} failed: exit status {proc.returncode}.")
     if sample.feed == "args":
         argv, stdin = [str(binary), *sample.input.split()], None
     else:
@@ -161,119 +168,73 @@ def _run_case_plain(binary: Path, suite: TestSuite, index: int, cwd: Path, timeo
     try:
         proc = subprocess.run(argv, cwd=cwd, input=stdin, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return False, f"Test {case.index} failed: timed out after {timeout:g} s."
+        return outcome(False, f"Test {case.index} failed: timed out after {timeout:g} s.")
     if len(proc.stdout) + len(proc.stderr) > limit:
-        return False, f"Test {case.index} failed: more than {limit} bytes of output."
+        return outcome(False, f"Test {case.index} failed: more than {limit} bytes of output.")
     actual = normalize_output(proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace"))
     if actual == sample.output:
-        return True, ""
-    return False, (f"Test {case.index} failed: wrong output.\nThe program ended with exit status "
-                   f"{proc.returncode}.\nExpected output:\n{sample.output[:600]}\n"
-                   f"Actual output (stdout then stderr, lines stripped):\n{actual[:600]}")
+        return outcome(True)
+    return outcome(False, f"Test {case.index} failed: wrong output.\nThe program ended with exit status "
+                          f"{proc.returncode}.\nExpected output:\n{sample.output[:600]}\n"
+                          f"Actual output (stdout then stderr, lines stripped):\n{actual[:600]}")
 
 
-def verify(ctx: Context, stage: str, code: str, suite: TestSuite) -> tuple[str, str, str]:
-    """Refuse, build and test one candidate: (kind, one-line message, feedback for the model)."""
-    refused = refusal(stage, code)
-    if refused is not None:
-        return refused
-    if ctx.sandbox is not None and ctx.portal is not None:
-        return _verify_sandboxed(ctx, ctx.sandbox, ctx.portal, code, suite)
-    with tempfile.TemporaryDirectory(dir=ctx.scratch) as tmp:
-        out_dir = Path(tmp)
-        build = anyio.run(functools.partial(ctx.toolchain.build, code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS))
-        failed = build_failure(build)
-        if failed is not None or build.binary is None:
-            return failed or ("compile_error", "no binary was produced", "")
-        translation = ctx.config.translation
-        failures = []
-        for index in range(len(suite.cases)):
-            ok, feedback = _run_case_plain(build.binary, suite, index, out_dir, translation.test_timeout,
-                                           translation.output_byte_limit)
-            if not ok:
-                failures.append(feedback)
-    if not failures:
-        return "verified", f"all {len(suite.cases)} tests passed", ""
-    return ("test_failure", f"{len(failures)} of {len(suite.cases)} tests failed",
-            "\n\n".join(failures)[:FEEDBACK_CHARS])
+def bare_runner(config: Config, scratch: Path) -> TestRunner:
+    """Tests as bare subprocesses (no sandbox), one after another, blocking the thread like the original."""
+    translation = config.translation
+
+    async def run(binary: Path, suite: TestSuite) -> TestVerdict:
+        with tempfile.TemporaryDirectory(dir=scratch) as cwd:
+            return TestVerdict(tuple(
+                _run_case_plain(binary, case, suite.base_dir, Path(cwd), translation.test_timeout,
+                                translation.output_byte_limit)
+                for case in suite.cases
+            ))
+
+    return run
 
 
-def _verify_sandboxed(ctx: Context, sandbox: Sandbox, portal: BlockingPortal, code: str,
-                      suite: TestSuite) -> tuple[str, str, str]:
-    """Build and test as the pipeline does (sandbox build dir, run_test_suite), one whole task per thread."""
-    with portal.wrap_async_context_manager(sandbox.build_dir()) as out_dir:
-        build = anyio.run(functools.partial(ctx.toolchain.build, code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS))
-        failed = build_failure(build)
-        if failed is not None or build.binary is None:
-            return failed or ("compile_error", "no binary was produced", "")
-        translation = ctx.config.translation
-        limits = sandbox.limits(wall_seconds=translation.test_timeout, output_bytes=translation.output_byte_limit)
-        verdict = portal.call(functools.partial(run_test_suite, build.binary, suite, sandbox=sandbox, limits=limits))
-    if verdict.passed:
-        return "verified", f"all {len(verdict.outcomes)} tests passed", ""
-    failures = verdict.failures
-    return ("test_failure", f"{len(failures)} of {len(verdict.outcomes)} tests failed; first: {failures[0].summary}",
-            verdict.feedback(FEEDBACK_CHARS))
+# ------------------------------------------------------------------------------------------------------------
+# The schedule
 
 
-def run_stage(ctx: Context, stage: str, name: str, c_source: str, suite: TestSuite,
-              rust_source: str | None = None) -> StageOutcome:
-    """Ask, verify and repair until verified or out of attempts (the pipeline's stage loop, blocking)."""
-    first = unidiomatic_prompt(name, c_source) if stage == "unidiomatic" else idiomatic_prompt(
-        name, c_source, rust_source or "")
-    turns: list[Turn] = []
-    requests = 0
-    message = "no attempt was made"
-    attempts = ctx.config.translation.max_attempts
-    for number in range(1, attempts + 1):
-        messages = conversation(ctx.config.translation.system_message, first, turns)
-        try:
-            text, finish, sent = complete(ctx, messages)
-        except RequestGaveUp as exc:
-            return StageOutcome("failed", number, requests, reason=str(exc))
-        requests += sent
-        extraction = extract_rust(text, truncated=finish == "length")
-        if extraction.code is None:
-            message = feedback = extraction.problem or "the answer contains no Rust code"
-        else:
-            kind, message, feedback = verify(ctx, stage, extraction.code, suite)
-            if kind == "verified":
-                return StageOutcome("verified", number, requests, code=extraction.code)
-        turns.append(Turn(text, message, feedback))
-    return StageOutcome("failed", attempts, requests, reason=f"not verified after {attempts} attempts; last: {message}")
-
-
-def run_task(ctx: Context, task: Task) -> dict[str, Any]:
-    """Both stages of one task; writes OUT/<task>/result.json and the verified programs."""
-    started = time.perf_counter()
-    record: dict[str, Any] = {"task_id": task.id, "status": "failed", "stages": {}}
-    try:
-        inputs = load_inputs(task, num_tests=ctx.config.translation.num_tests)
-    except TaskFailure as exc:
-        record["reason"] = str(exc)
-    else:
-        name = task.c_path.name
-        uni = run_stage(ctx, "unidiomatic", name, inputs.c_source, inputs.suite)
-        stages = {"unidiomatic": uni}
-        if uni.status == "verified" and ctx.config.translation.idiomatic:
-            stages["idiomatic"] = run_stage(ctx, "idiomatic", name, inputs.c_source, inputs.suite, uni.code)
-        verified = all(s.status == "verified" for s in stages.values()) and (
-            len(stages) == 2 or not ctx.config.translation.idiomatic)
-        record["status"] = "verified" if verified else "failed"
-        result_dir = ctx.output / task.id
-        for stage_name, s in stages.items():
-            record["stages"][stage_name] = {"status": s.status, "attempts": s.attempts, "requests": s.requests,
-                                            "reason": s.reason}
-            if s.code is not None:
-                target = result_dir / f"translated_code_{stage_name}" / "combined.rs"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(s.code)
-    record["wall_seconds"] = round(time.perf_counter() - started, 4)
+def _record(result: TaskResult) -> dict[str, Any]:
+    record = result.summary()
     record["finished_at"] = time.time()
-    result_dir = ctx.output / task.id
-    result_dir.mkdir(parents=True, exist_ok=True)
-    (result_dir / "result.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+async def _worker(ctx: Context, queue: Queue[Task], records: list[dict[str, Any]], sandboxed: bool) -> None:
+    """One thread's event loop: its own sandbox and verifier; takes whole tasks until none is left."""
+    async with Sandbox.open(ctx.config.sandbox) as sandbox:
+        runner = None if sandboxed else bare_runner(ctx.config, ctx.scratch)
+        verifier = LocalVerifier(ctx.config, ctx.toolchain, sandbox, anyio.CapacityLimiter(1), run_tests=runner)
+        env = StageEnv(ctx.config, BlockingModel(ctx), verifier)
+        while True:
+            try:
+                task = queue.get_nowait()
+            except Empty:
+                return
+            files = await read_task(task)
+            result, transcript = await translate_task(env, task, files.digest, files)
+            await write_task_results(ctx.output / task.id, result, transcript)
+            with ctx.lock:
+                records.append(_record(result))
+
+
+def run_schedule(ctx: Context, tasks: list[Task], threads: int, sandboxed: bool) -> list[dict[str, Any]]:
+    """Every task through ``threads`` worker threads (1: sequential), each blocking on whole tasks."""
+    queue: Queue[Task] = Queue()
+    for task in tasks:
+        queue.put(task)
+    records: list[dict[str, Any]] = []
+    workers = [threading.Thread(target=anyio.run, args=(_worker, ctx, queue, records, sandboxed))
+               for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return records
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -342,14 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.enter_context(client)
         ctx = Context(config, client, toolchain, args.output, _served_context(client, config.model.model),
                       Path(scratch))
-        if args.sandbox:
-            ctx.portal = stack.enter_context(start_blocking_portal())
-            ctx.sandbox = stack.enter_context(ctx.portal.wrap_async_context_manager(Sandbox.open(config.sandbox)))
-        if args.mode == "sequential":
-            records = [run_task(ctx, task) for task in tasks]
-        else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                records = list(pool.map(functools.partial(run_task, ctx), tasks))
+        records = run_schedule(ctx, tasks, workers, args.sandbox)
     summary = {"mode": args.mode, "workers": workers, "sandbox": args.sandbox, "started": started,
                "wall_seconds": time.time() - started, "requests": ctx.requests, "tasks": records,
                "verified": sum(r["status"] == "verified" for r in records)}
