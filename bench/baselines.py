@@ -44,8 +44,8 @@ from pipeline.config import Config, load_config
 from pipeline.errors import RequestFailed
 from pipeline.llm import estimate_tokens
 from pipeline.prompts import Message
-from pipeline.records import Completion, Usage
-from pipeline.results import TaskResult, write_task_results
+from pipeline.records import Completion, TaskResult, Usage
+from pipeline.results import write_task_results
 from pipeline.sandbox import Sandbox
 from pipeline.stages import StageEnv
 from pipeline.task import Task

@@ -56,8 +56,8 @@ from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
-from .records import TaskKey
-from .results import TaskResult, atomic_writer, render_table, totals, write_task_results
+from .records import TaskKey, TaskResult
+from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task, printable

@@ -6,7 +6,8 @@ stage loop, so the ledger, the results writer and the report can read these reco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 StageName = Literal["unidiomatic", "idiomatic"]
@@ -142,3 +143,65 @@ class StageResult:
     @property
     def verified(self) -> bool:
         return self.status == "verified"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How one task ended: its stages, or the reason it could not start."""
+
+    task_id: str
+    c_path: str
+    test_path: str
+    input_hash: str
+    stages: tuple[StageResult, ...] = ()
+    reason: str | None = None
+    #: Why a task that never reached its stages failed: "input_error" or "vacuous_tests" (None otherwise).
+    failure_kind: str | None = None
+    wall_seconds: float = 0.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str) -> StageResult | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    @property
+    def status(self) -> str:
+        """"verified" when every stage that ran verified, else "failed"."""
+        if self.reason is not None or not self.stages:
+            return "failed"
+        return "verified" if all(s.verified for s in self.stages if s.status != "skipped") else "failed"
+
+    def summary(self) -> dict[str, Any]:
+        """The task's record in result.json, the ledger and batch_summary.json."""
+        stages: dict[str, Any] = {}
+        for name in STAGES:
+            s = self.stage(name)
+            if s is None:
+                stages[name] = {"status": "not_run"}
+                continue
+            usage = s.usage
+            stages[name] = {
+                "status": s.status,
+                "attempts": len(s.attempts),
+                "requests": s.requests,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "wall_seconds": round(s.wall_seconds, 3),
+                "reason": s.reason,
+            }
+        return {
+            "task_id": self.task_id,
+            "c_file": self.c_path,
+            "test_file": self.test_path,
+            "input_hash": self.input_hash,
+            "status": self.status,
+            "reason": self.reason or self._first_stage_reason(),
+            "failure_kind": self.failure_kind,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "stages": stages,
+        }
+
+    def _first_stage_reason(self) -> str | None:
+        for s in self.stages:
+            if s.status == "failed":
+                return f"{s.stage}: {s.reason}"
+        return None

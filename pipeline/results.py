@@ -28,14 +28,13 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 
 from .errors import DiskFull
-from .records import STAGE_SPECS, STAGES, StageResult
+from .records import STAGE_SPECS, STAGES, StageResult, TaskResult
 
 #: errno values that mean the disk (or the quota) is full: fatal for the run, never one task's failure.
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
@@ -56,68 +55,6 @@ def _file_mode() -> int:
 
 
 _FILE_MODE = _file_mode()
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """How one task ended: its stages, or the reason it could not start."""
-
-    task_id: str
-    c_path: str
-    test_path: str
-    input_hash: str
-    stages: tuple[StageResult, ...] = ()
-    reason: str | None = None
-    #: Why a task that never reached its stages failed: "input_error" or "vacuous_tests" (None otherwise).
-    failure_kind: str | None = None
-    wall_seconds: float = 0.0
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-    def stage(self, name: str) -> StageResult | None:
-        return next((s for s in self.stages if s.stage == name), None)
-
-    @property
-    def status(self) -> str:
-        """"verified" when every stage that ran verified, else "failed"."""
-        if self.reason is not None or not self.stages:
-            return "failed"
-        return "verified" if all(s.verified for s in self.stages if s.status != "skipped") else "failed"
-
-    def summary(self) -> dict[str, Any]:
-        """The task's record in result.json, the ledger and batch_summary.json."""
-        stages: dict[str, Any] = {}
-        for name in STAGES:
-            s = self.stage(name)
-            if s is None:
-                stages[name] = {"status": "not_run"}
-                continue
-            usage = s.usage
-            stages[name] = {
-                "status": s.status,
-                "attempts": len(s.attempts),
-                "requests": s.requests,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "wall_seconds": round(s.wall_seconds, 3),
-                "reason": s.reason,
-            }
-        return {
-            "task_id": self.task_id,
-            "c_file": self.c_path,
-            "test_file": self.test_path,
-            "input_hash": self.input_hash,
-            "status": self.status,
-            "reason": self.reason or self._first_stage_reason(),
-            "failure_kind": self.failure_kind,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "stages": stages,
-        }
-
-    def _first_stage_reason(self) -> str | None:
-        for s in self.stages:
-            if s.status == "failed":
-                return f"{s.stage}: {s.reason}"
-        return None
 
 
 @contextmanager

@@ -17,8 +17,7 @@ import aiofiles
 import anyio
 
 from .errors import TaskFailure, TaskInputError
-from .records import StageResult
-from .results import TaskResult
+from .records import StageResult, TaskResult
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
 from .testing import TestSuite, input_files, load_test_suite
