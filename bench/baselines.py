@@ -49,10 +49,10 @@ from pipeline.extract import extract_rust
 from pipeline.llm import estimate_tokens
 from pipeline.prompts import Message, Turn, conversation, idiomatic_prompt, unidiomatic_prompt
 from pipeline.sandbox import Sandbox
-from pipeline.stages import FEEDBACK_CHARS, build_failure, refusal
 from pipeline.task import Task
 from pipeline.testing import TestSuite, normalize_output, run_test_suite
 from pipeline.translate import load_inputs
+from pipeline.verifier import FEEDBACK_CHARS, build_failure, refusal
 
 log = logging.getLogger("bench.baselines")
 

@@ -290,7 +290,7 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
 
     state: dict[str, str] = {}
     failure: Exception | None = None
-    async with open_services(config) as (env, _info), anyio.create_task_group() as tg:
+    async with open_services(config) as services, anyio.create_task_group() as tg:
 
         async def watch() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -301,7 +301,7 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
 
         tg.start_soon(watch)
         try:
-            result, transcript = await translate_task(env, task, input_hash(task))
+            result, transcript = await translate_task(services.env, task, input_hash(task))
             with anyio.CancelScope(shield=True):
                 await write_task_results(args.result_dir, result, transcript)
         except Exception as exc:

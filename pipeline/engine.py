@@ -53,6 +53,7 @@ from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task, printable
 from .translate import input_hash, translate_task
+from .verifier import LocalVerifier
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -100,10 +101,19 @@ def settings_fingerprint(config: Config) -> str:
     })
 
 
+@dataclass(frozen=True)
+class Services:
+    """What a run opened: the stage environment (settings, model, verifier) and what the engine reads beside
+    it (the server's facts, the client's live counters, the sandbox's isolation)."""
+
+    env: StageEnv
+    info: ServerInfo
+    client: ModelClient
+    sandbox: Sandbox
+
+
 @asynccontextmanager
-async def open_services(
-    config: Config, *, scratch_root: Path | None = None
-) -> AsyncIterator[tuple[StageEnv, ServerInfo]]:
+async def open_services(config: Config, *, scratch_root: Path | None = None) -> AsyncIterator[Services]:
     """Toolchain, sandbox and model client for a run, opened in one place and closed in reverse order.
 
     Start-up (the libc build, the sandbox probe, preflight) stops at SIGINT/SIGTERM: what was opened is
@@ -130,8 +140,8 @@ async def open_services(
             raise failure
         if state["interrupted"]:
             raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
-        env = StageEnv(config, client, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
-        yield env, info
+        verifier = LocalVerifier(config, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
+        yield Services(StageEnv(config, client, verifier), info, client, sandbox)
 
 
 class _Run:
@@ -212,14 +222,14 @@ class _Run:
             first = await receive.receive()
         except anyio.EndOfStream:
             return  # every task is finished and unchanged: no server, toolchain or sandbox needed
-        async with open_services(self.config, scratch_root=self.scratch_root) as (env, info):
-            self.env, self.info = env, info
-            self.isolation = env.sandbox.isolation.describe()
+        async with open_services(self.config, scratch_root=self.scratch_root) as services:
+            self.env, self.info = services.env, services.info
+            self.isolation = services.sandbox.isolation.describe()
             async with anyio.create_task_group() as side:
                 # Start-up listened for signals itself, which took the handlers from the run's watcher and
                 # removed them when it ended: the run listens again.
                 side.start_soon(_watch_signals, stop, state)
-                side.start_soon(_track_in_flight, env, self.counters)
+                side.start_soon(_track_in_flight, services.client, self.counters)
                 async with anyio.create_task_group() as work:
                     work.start_soon(self.work, receive.clone(), first)
                     for _ in range(task_worker_count(self.config) - 1):
@@ -295,9 +305,9 @@ async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase:
             return
 
 
-async def _track_in_flight(env: StageEnv, counters: Counters) -> None:
+async def _track_in_flight(client: ModelClient, counters: Counters) -> None:
     while True:
-        counters.in_flight_requests = env.client.stats.in_flight
+        counters.in_flight_requests = client.stats.in_flight
         await anyio.sleep(0.25)
 
 

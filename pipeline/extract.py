@@ -80,6 +80,11 @@ class Extraction:
     #: Every complete program found, in the order to try them; ``code`` is the first. Empty without code.
     candidates: tuple[str, ...] = ()
 
+    @property
+    def cut_off(self) -> bool:
+        """True when the answer ended before its code did (the length limit, or a missing closing fence)."""
+        return self.problem in (TRUNCATED, UNTERMINATED)
+
 
 @dataclass(frozen=True)
 class _Block:

@@ -81,6 +81,7 @@ from .llm_errors import (
     secrets_of,
     server_message,
 )
+from .records import Completion, Usage
 
 log = logging.getLogger(__name__)
 
@@ -102,36 +103,6 @@ MESSAGE_LIMIT = 500
 PROBE_SHARE = 10
 PROBE_MIN_INTERVAL = 0.5
 PROBE_MAX_INTERVAL = 30.0
-
-
-@dataclass(frozen=True)
-class Usage:
-    """Token counts the server reported for one completion (zeros when it reported none)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens
-        )
-
-
-@dataclass(frozen=True)
-class Completion:
-    """The model's answer to one :meth:`ModelClient.complete` call."""
-
-    text: str
-    finish_reason: str
-    usage: Usage
-    seconds: float  # wall time, including retries and waiting for a request slot
-    queued_seconds: float  # time spent waiting for a request slot (the limiter)
-    requests: int  # chat requests sent for it (1 + retries)
-
-    @property
-    def truncated(self) -> bool:
-        """True when the model stopped at max_tokens: the text is incomplete."""
-        return self.finish_reason == "length"
 
 
 @dataclass(frozen=True)

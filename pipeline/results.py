@@ -35,7 +35,7 @@ from typing import Any, TextIO
 import anyio
 
 from .errors import DiskFull
-from .stages import StageResult
+from .records import StageResult
 
 STAGES = ("unidiomatic", "idiomatic")
 #: errno values that mean the disk (or the quota) is full: fatal for the run, never one task's failure.

@@ -16,11 +16,11 @@ import anyio
 
 from .errors import TaskFailure, TaskInputError
 from .ledger import hash_files
+from .records import StageResult
 from .results import TaskResult
-from .stages import StageEnv, StageResult, run_stage
+from .stages import StageEnv, run_stage
 from .task import Task, printable
 from .testing import TestSuite, input_files, load_test_suite
-from .vacuity import find_vacuous
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +58,19 @@ def load_inputs(task: Task, *, num_tests: int | None) -> TaskInputs:
     return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests))
 
 
-async def _with_clippy(env: StageEnv, result: StageResult) -> StageResult:
+async def _with_code_stats(env: StageEnv, result: StageResult) -> StageResult:
     if not result.verified or result.code is None or not env.config.toolchain.clippy:
         return result
-    try:
-        async with env.sandbox.build_dir() as work, env.cpu:
-            stats = await env.toolchain.clippy_stats(result.code, work)
-    except OSError as exc:
-        stats = {"error": f"clippy could not run: {exc}"}
-    return dataclasses.replace(result, clippy=stats)
+    return dataclasses.replace(result, clippy=await env.verifier.code_stats(result.code))
 
 
 async def _vacuous_tests(env: StageEnv, suite: TestSuite, key_hash: str) -> str | None:
     """Why the task's tests cannot verify anything, or None when every test exercises the program."""
-    limits = env.sandbox.limits(
-        wall_seconds=env.config.translation.test_timeout, output_bytes=env.config.translation.output_byte_limit,
-    )
-    found = await find_vacuous(suite, sandbox=env.sandbox, limits=limits, cpu=env.cpu,
-                               cache_dir=env.config.toolchain.resolved_cache_dir(), key=key_hash)
+    found = await env.verifier.vacuous_tests(suite, key_hash)
     if not found:
         return None
-    shown = "; ".join(v.message() for v in found[:3])
     more = f" (and {len(found) - 3} more tests)" if len(found) > 3 else ""
-    return shown + more
+    return "; ".join(found[:3]) + more
 
 
 async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[TaskResult, list[dict[str, Any]]]:
@@ -106,7 +96,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
                           wall_seconds=time.perf_counter() - started), transcript
     name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
     stages: list[StageResult] = []
-    unidiomatic = await _with_clippy(
+    unidiomatic = await _with_code_stats(
         env, await run_stage(env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite)
     )
     stages.append(unidiomatic)
@@ -115,7 +105,7 @@ async def translate_task(env: StageEnv, task: Task, key_hash: str) -> tuple[Task
             env, "idiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite,
             rust_source=unidiomatic.code,
         )
-        stages.append(await _with_clippy(env, idiomatic))
+        stages.append(await _with_code_stats(env, idiomatic))
     return (
         TaskResult(*ident, stages=tuple(stages), wall_seconds=time.perf_counter() - started),
         transcript,
