@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV_PYTHON := .venv/bin/python
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test test-vllm lint bench
 
 setup:
 	@$(PYTHON) scripts/setup.py
@@ -14,6 +14,12 @@ demo: setup
 
 test: setup
 	$(VENV_PYTHON) -m pytest -q
+
+# The real-vLLM suite (tests/vllm): builds or reuses the vLLM venv and the tiny model under
+# C2RUST_VLLM_CACHE (default ~/.cache/c2rust-batch/vllm), then runs the suite against real servers on 127.0.0.1.
+test-vllm: setup
+	$(VENV_PYTHON) scripts/vllm/vllm_env.py ensure
+	C2RUST_VLLM_SUITE=1 $(VENV_PYTHON) -m pytest -q -p no:cacheprovider --durations=5 tests/vllm
 
 lint: setup
 	$(VENV_PYTHON) -m ruff check .

@@ -26,8 +26,8 @@ import anyio
 from . import __version__
 from .config import JOB_SETTINGS, SETTINGS, Config, load_config, read_toml
 from .discovery import classify_test_file
-from .engine import EXIT_INTERRUPTED, EXIT_USAGE, RunOptions, open_services, run_batch
-from .errors import ConfigError, FatalError
+from .engine import RunOptions, open_services, run_batch
+from .errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, FatalError
 from .ledger import run_lock
 from .progress import LogReporter, Reporter, TqdmReporter
 from .results import write_task_results

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Container, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,21 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
-from .errors import ConfigError, DiskFull, FatalError, Interrupted
+from .errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    ConfigError,
+    DiskFull,
+    FatalError,
+    Interrupted,
+)
 from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
+from .records import TaskKey
 from .results import TaskResult, atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
@@ -60,7 +69,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 @dataclass(frozen=True)
@@ -178,22 +186,23 @@ class _Run:
         """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
         return self.seen if self.counters.discovery_finished and self.listing_complete else None
 
-    def _inspect(self, task: Task) -> tuple[str, bool]:
+    def _inspect(self, task: Task) -> tuple[TaskKey, bool]:
         """The task's ledger key, and whether a finished result with that key is on disk (runs in a thread)."""
-        key = f"{input_hash(task)}:{self.fingerprint}"
+        key = TaskKey(input_hash(task), self.fingerprint)
         if self.options.force:
             return key, False
         entry = self.ledger.get(task.id)
-        if entry is None or entry.key != key:
+        if entry is None or entry.key != str(key):
             return key, False
         if not (self.options.output / task.id / "result.json").exists():
             return key, False
         return key, entry.status == "verified" or not self.options.retry_failed
 
-    async def produce(self, send: ObjectSendStream[tuple[Task, str]]) -> None:
-        async with send:
-            async for item in discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
-                                       output=self.options.output, reserved=OUTPUT_FILES):
+    async def produce(self, send: ObjectSendStream[tuple[Task, TaskKey]]) -> None:
+        found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
+                         output=self.options.output, reserved=OUTPUT_FILES)
+        async with send, aclosing(found):
+            async for item in found:
                 if isinstance(item, Orphan):
                     self.orphans.append(item)
                     self.counters.orphans += 1
@@ -212,7 +221,7 @@ class _Run:
                 await send.send((item, key))
         self.counters.discovery_finished = True
 
-    async def work_all(self, receive: MemoryObjectReceiveStream[tuple[Task, str]], stop: anyio.CancelScope,
+    async def work_all(self, receive: MemoryObjectReceiveStream[tuple[Task, TaskKey]], stop: anyio.CancelScope,
                        state: dict[str, Any]) -> None:
         """Translate every task the producer sends; the services are opened only once the first one comes.
 
@@ -236,16 +245,18 @@ class _Run:
                         work.start_soon(self.work, receive.clone(), None)
                 side.cancel_scope.cancel()
 
-    async def work(self, receive: ObjectReceiveStream[tuple[Task, str]], first: tuple[Task, str] | None) -> None:
+    async def work(
+        self, receive: ObjectReceiveStream[tuple[Task, TaskKey]], first: tuple[Task, TaskKey] | None
+    ) -> None:
         async with receive:
             if first is not None:
                 await self.run_one(*first)
             async for task, key in receive:
                 await self.run_one(task, key)
 
-    async def run_one(self, task: Task, key: str) -> None:
+    async def run_one(self, task: Task, key: TaskKey) -> None:
         assert self.env is not None
-        digest = key.split(":")[0]
+        digest = key.input_hash
         try:
             result, transcript = await translate_task(self.env, task, digest)
         except FatalError:
@@ -269,7 +280,7 @@ class _Run:
                 log.error("%s: %s", task.id, reason)
                 result = dataclasses.replace(result, reason=reason)
             summary = result.summary()
-            await anyio.to_thread.run_sync(self.ledger.record, key, summary)
+            await anyio.to_thread.run_sync(self.ledger.record, str(key), summary)
         self._count(result)
 
     def _count(self, result: TaskResult) -> None:
@@ -342,7 +353,7 @@ async def run_batch(
                         tg.start_soon(_watch_signals, tg.cancel_scope, state)
                         if reporter is not None:
                             tg.start_soon(reporter.run, counters)
-                        send, receive = anyio.create_memory_object_stream[tuple[Task, str]](
+                        send, receive = anyio.create_memory_object_stream[tuple[Task, TaskKey]](
                             config.client.workers
                         )
                         tg.start_soon(run.produce, send)

@@ -66,37 +66,41 @@ class RequestFailed(TaskFailure):
         self.status = status
 
 
+#: The command line's exit statuses, the one place they are defined (the error classes below carry theirs).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
 class FatalError(PipelineError):
     """The run cannot continue. Finished work stays on disk and a rerun resumes from it."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class ConfigError(FatalError):
     """A configuration value is wrong. The message names the file, the key and the fix."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class ModelUnavailable(FatalError):
     """The model server cannot be used: preflight failed, model not served, or outage budget spent."""
 
-    exit_code = 3
+    exit_code = EXIT_SERVER
 
 
 class DiskFull(FatalError):
     """Results can no longer be written."""
 
-    exit_code = 1
+    exit_code = EXIT_FAILED
 
 
 class RunLocked(FatalError):
     """Another run holds the output directory."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 class Interrupted(FatalError):
     """SIGINT or SIGTERM arrived during start-up; what was opened has been closed again."""
 
-    exit_code = 130
+    exit_code = EXIT_INTERRUPTED

@@ -46,19 +46,6 @@ SUMMARY = "batch_summary.json"
 OUTPUT_FILES = frozenset({SNAPSHOT, JOURNAL, LOCK, SUMMARY})
 
 
-def hash_files(paths: list[Path]) -> str:
-    """A digest of the named files' names and contents (missing files count as absent)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(os.fsencode(path.name) + b"\0")  # names need not be UTF-8
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"<missing>")
-        digest.update(b"\0")
-    return digest.hexdigest()[:32]
-
-
 def fingerprint(settings: Mapping[str, Any]) -> str:
     """A digest of everything that shapes a result (model, prompts, sampling, limits)."""
     text = json.dumps(settings, sort_keys=True, default=str)

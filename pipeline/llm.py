@@ -735,6 +735,13 @@ class ModelClient:
         if failure is not None:
             raise failure
         assert reply is not None
+        if reply.finish_reason == "abort":
+            # vLLM 0.32 answers the requests in flight this way when told to stop: the answer is partial and
+            # says nothing about the program, so it must not spend a translation attempt.
+            raise ServerUnreachable(
+                f"chat/completions: the server at {self.base_url} aborted the answer (finish_reason=abort): "
+                f"it is stopping or restarting"
+            )
         return reply
 
     def _probe_interval(self) -> float:

@@ -10,6 +10,8 @@ from typing import Protocol
 
 import anyio
 
+from .records import STAGES
+
 log = logging.getLogger(__name__)
 
 
@@ -24,8 +26,8 @@ class Counters:
     done: int = 0
     verified: int = 0
     failed: int = 0
-    stage_verified: dict[str, int] = field(default_factory=lambda: {"unidiomatic": 0, "idiomatic": 0})
-    stage_failed: dict[str, int] = field(default_factory=lambda: {"unidiomatic": 0, "idiomatic": 0})
+    stage_verified: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
+    stage_failed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STAGES, 0))
     in_flight_requests: int = 0
     completion_tokens: int = 0
     discovery_finished: bool = False

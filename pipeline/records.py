@@ -10,12 +10,44 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 StageName = Literal["unidiomatic", "idiomatic"]
-#: The stages in the order they run; progress, results and summaries follow this tuple.
-STAGES: tuple[StageName, ...] = ("unidiomatic", "idiomatic")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage, declared once: its name, whether it must be safe Rust, and where its results go."""
+
+    name: StageName
+    safe_only: bool  # refuse any `unsafe` before compiling
+    needs_verified_previous: bool  # starts from the previous stage's verified program
+
+    @property
+    def result_dir(self) -> str:
+        """The folder of its verified program and statistics in SACToR's layout."""
+        return f"translated_code_{self.name}"
+
+
+#: The stages in the order they run; progress, results, summaries and refusals follow this table.
+STAGE_SPECS: dict[StageName, StageSpec] = {
+    "unidiomatic": StageSpec("unidiomatic", safe_only=False, needs_verified_previous=False),
+    "idiomatic": StageSpec("idiomatic", safe_only=True, needs_verified_previous=True),
+}
+STAGES: tuple[StageName, ...] = tuple(STAGE_SPECS)
 
 AttemptKind = Literal[
     "verified", "no_code", "truncated", "refused", "compile_error", "test_failure", "request_failed"
 ]
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    """What a task's result depends on: its input files' digest and the fingerprint of the settings that shape
+    results. Two runs with equal keys would do the same work; the ledger stores it as ``str(key)``."""
+
+    input_hash: str
+    settings: str
+
+    def __str__(self) -> str:
+        return f"{self.input_hash}:{self.settings}"
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,8 @@ from typing import Any, TextIO
 import anyio
 
 from .errors import DiskFull
-from .records import StageResult
+from .records import STAGE_SPECS, STAGES, StageResult
 
-STAGES = ("unidiomatic", "idiomatic")
 #: errno values that mean the disk (or the quota) is full: fatal for the run, never one task's failure.
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
@@ -214,7 +213,7 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
         stage = result.stage(name)
         ran = stage is not None and stage.status != "skipped"
         if not (ran and stage is not None and stage.verified and stage.code is not None):
-            code_dir = result_dir / f"translated_code_{name}"
+            code_dir = result_dir / STAGE_SPECS[name].result_dir
             _remove(code_dir / "combined.rs")
             _remove(code_dir / "clippy_stat.json")
             try:
@@ -230,8 +229,8 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
             old = [entry.name for entry in it if _ATTEMPT_FILE.fullmatch(entry.name)]
     except (FileNotFoundError, NotADirectoryError):
         old = []
-    for name in old:
-        _remove(attempts / name)
+    for file_name in old:
+        _remove(attempts / file_name)
 
 
 def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]) -> None:
@@ -244,7 +243,7 @@ def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable
     _clear_earlier_results(result_dir, result)
     for name in STAGES:
         stage = result.stage(name)
-        code_dir = result_dir / f"translated_code_{name}"
+        code_dir = result_dir / STAGE_SPECS[name].result_dir
         if stage is None or stage.status == "skipped":
             continue
         if stage.verified and stage.code is not None:

@@ -119,6 +119,19 @@ class ProcessResult:
         """Exited with status 0, in time, within the output cap."""
         return self.returncode == 0 and not self.timed_out and not self.output_exceeded
 
+    @property
+    def limit_hit(self) -> str | None:
+        """The resource limit that ended the run ("cpu", "file_size", "memory"), or None."""
+        if self.timed_out or self.output_exceeded:
+            return None
+        if self.limits is not None and self.signal == signal.SIGXCPU:
+            return "cpu"
+        if self.limits is not None and self.signal == signal.SIGXFSZ:
+            return "file_size"
+        if not self.ok and _looks_out_of_memory(self.stderr):
+            return "memory"
+        return None
+
     def describe(self) -> str:
         """How the run ended, in words for a person (and for the model's repair prompt)."""
         if self.timed_out:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,3 +50,16 @@ def printable(text: Path | str) -> str:
         return raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
         return raw.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def hash_files(paths: list[Path]) -> str:
+    """A digest of the named files' names and contents (missing files count as absent)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(os.fsencode(path.name) + b"\0")  # names need not be UTF-8
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(b"<missing>")
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]

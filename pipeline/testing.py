@@ -527,7 +527,7 @@ async def _run_sample(
         return TestOutcome(case, True, f"test {case.index} passed", "", result.wall_seconds)
     if stopped is not None:
         reason = stopped
-    elif result.signal is not None or (not result.ok and result.describe().startswith(("memory", "CPU", "file"))):
+    elif result.signal is not None or result.limit_hit is not None:
         # The program died of a signal or a limit; "wrong output" alone would hide why.
         reason = f"wrong output; the program ended: {result.describe()}"
     else:

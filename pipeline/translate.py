@@ -15,11 +15,10 @@ from typing import Any
 import anyio
 
 from .errors import TaskFailure, TaskInputError
-from .ledger import hash_files
 from .records import StageResult
 from .results import TaskResult
 from .stages import StageEnv, run_stage
-from .task import Task, printable
+from .task import Task, hash_files, printable
 from .testing import TestSuite, input_files, load_test_suite
 
 log = logging.getLogger(__name__)

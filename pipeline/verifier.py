@@ -17,7 +17,7 @@ import anyio
 
 from .build import BuildResult, Toolchain
 from .config import Config
-from .records import AttemptKind, Candidate, StageName, Verdict
+from .records import STAGE_SPECS, AttemptKind, Candidate, StageName, Verdict
 from .rust_source import first_unsafe_line
 from .sandbox import Sandbox
 from .testing import TestSuite, run_test_suite
@@ -31,10 +31,10 @@ FEEDBACK_CHARS = 6000
 
 def refusal(stage: StageName, code: str) -> tuple[AttemptKind, str, str] | None:
     """(kind, message, feedback) when a candidate is rejected before compiling, else None."""
-    if stage == "idiomatic":
+    if STAGE_SPECS[stage].safe_only:
         line = first_unsafe_line(code)
         if line is not None:
-            msg = f"the idiomatic program uses `unsafe` (line {line}); it was rejected without compiling"
+            msg = f"the {stage} program uses `unsafe` (line {line}); it was rejected without compiling"
             return "refused", msg, msg + ". Rewrite it in safe Rust: no unsafe, no libc, no raw pointers."
     return None
 

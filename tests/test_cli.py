@@ -100,15 +100,28 @@ def test_job_file_runs_a_corpus_with_paths_relative_to_it(
     assert "api_key" not in json.dumps(summary["config"])
 
 
+@pytest.mark.parametrize("key_flag", [
+    pytest.param(None, id="VLLM_API_KEY"), pytest.param("--api-key", id="flag"), pytest.param("--api-key=", id="flag="),
+])
 def test_summary_holds_settings_without_secrets(
-    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path, key_flag: str | None
 ) -> None:
-    """batch_summary.json records model, server and limits, and never the API key."""
+    """batch_summary.json records model, server and limits; the API key is in no file of the output directory."""
     corpus.add_task("t1")
     _sim, url = simulator_factory(answers_dir=corpus.answers)
     out = tmp_path / "out"
+    key = "sk-very-secret-key"
+    how: dict[str, Any] = {"env": {"VLLM_API_KEY": key}}
+    if key_flag == "--api-key":
+        how = {"env": {}}
+        extra = ["--api-key", key]
+    elif key_flag == "--api-key=":
+        how = {"env": {}}
+        extra = [f"--api-key={key}"]
+    else:
+        extra = []
     result = cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out, "--base-url", url,
-                 "--model", "sim-model", env={"VLLM_API_KEY": "sk-very-secret-key"})
+                 "--model", "sim-model", *extra, **how)
     assert result.returncode == 0, result.output
     text = (out / "batch_summary.json").read_text()
     summary = json.loads(text)

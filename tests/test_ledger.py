@@ -76,7 +76,7 @@ def test_compaction_keeps_only_the_ids_of_a_complete_discovery(tmp_path: Path) -
 
 def test_non_utf8_names_are_hashed_and_recorded(tmp_path: Path) -> None:
     """A file name that is not UTF-8 neither breaks the input hash nor the journal."""
-    from pipeline.ledger import hash_files
+    from pipeline.task import hash_files
 
     name = tmp_path / os.fsdecode(b"caf\xe9.c")
     name.write_text("int main(void) { return 0; }\n")

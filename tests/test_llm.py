@@ -122,6 +122,7 @@ def chat_bodies(sim: Simulator) -> list[dict[str, Any]]:
     pytest.param(("drop", "drop"), id="dropped-connections"),
     pytest.param(("malformed",), id="malformed-body"),
     pytest.param(("drop", "503", "malformed"), id="mixed-up-to-the-last-attempt"),
+    pytest.param(("abort",), id="vllm-stopping-aborts-the-answer"),
 ])
 @pytest.mark.parametrize("compat", COMPATS)
 async def test_rides_out_transient_faults(script: tuple[str, ...], compat: str) -> None:

@@ -14,8 +14,9 @@ STATUS_FAULTS = ("500", "502", "503", "429")
 #: answer trickles in a byte at a time, or the server starts shutting down as vLLM does on SIGTERM (the
 #: listener closes, this and every other request in flight hangs).
 CONNECTION_FAULTS = ("drop", "stall", "trickle", "shutdown")
-#: Fault kinds that spoil a generated answer (sent with status 200).
-ANSWER_FAULTS = ("length", "malformed")
+#: Fault kinds that spoil a generated answer (sent with status 200). "abort" is what vLLM 0.32 sends a request in
+#: flight when it is told to stop: status 200, the partial text, ``finish_reason: "abort"``.
+ANSWER_FAULTS = ("length", "malformed", "abort")
 FAULT_KINDS = STATUS_FAULTS + CONNECTION_FAULTS + ANSWER_FAULTS
 #: In :attr:`FaultPlan.script`, the entry that means "no fault for this request".
 NO_FAULT = "ok"

@@ -579,6 +579,8 @@ class Simulator:
         text, finish = answer.text, answer.finish_reason
         if fault == "length":
             text, finish = text[: len(text) // 2], "length"
+        elif fault == "abort":
+            text, finish = text[: len(text) // 3], "abort"
         if text_tokens(text) > max_tokens:
             text, finish = text[: max_tokens * CHARS_PER_TOKEN], "length"
         draft.completion_tokens = text_tokens(text)
