@@ -120,6 +120,7 @@ class RawRequest(threading.Thread):
         self.events: list[tuple[float, str]] = []  # (time, data line)
         self.finish: str | None = None
         self.error: str | None = None
+        self.finished_at: float | None = None  # when a plain request got its whole answer
 
     def run(self) -> None:
         body = {"model": self.server.name, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4000,
@@ -131,6 +132,7 @@ class RawRequest(threading.Thread):
             with urllib.request.urlopen(request, timeout=120) as response:
                 if not self.stream:
                     self.finish = json.loads(response.read())["choices"][0]["finish_reason"]
+                    self.finished_at = time.monotonic()
                     return
                 for line in response:
                     if line.strip():
@@ -204,7 +206,9 @@ def test_server_stopped_mid_run_exits_3_and_a_rerun_resumes(
     assert {t["task_id"]: t["status"] for t in summary(out)["tasks"]} == dict.fromkeys(names, "verified")
     # The raw requests: what any client meets when vLLM 0.32 is told to stop.
     # The plain one is answered at once: a 200 whose finish_reason is "abort", or a 500 (both seen).
-    assert plain.finish == "abort" or "500" in (plain.error or ""), (plain.finish, plain.error)
+    # (Under load the plain request can finish before SIGTERM arrives: then there is nothing to observe.)
+    if plain.finished_at is None or plain.finished_at > terminated:
+        assert plain.finish == "abort" or "500" in (plain.error or ""), (plain.finish, plain.error)
     print(f"plain request on SIGTERM: {plain.finish or plain.error}")
     # The streamed one never ends normally: it stalls (no finish chunk, no [DONE]) or ends with "abort".
     finishes = streamed.finish_reasons()
