@@ -165,7 +165,7 @@ def test_server_stopped_mid_run_exits_3_and_a_rerun_resumes(
     killed: seen in a standalone probe, not on every stop).
     """
     # About 4,500 tokens each (15 s or so): the next request is still in flight when the first task has finished.
-    names = add_long_tasks(corpus, answers, "vstop_", 4, lines=400)
+    names = add_long_tasks(corpus, answers, "vstop_", 10, lines=400)
     out = corpus.root / "out"
     common = ("--no-idiomatic", "--outage-budget", "15")
     proc = start_run(cli, corpus, out, *keyed.args(), "--api-key", KEY, "--workers", "1", *common)
@@ -205,10 +205,10 @@ def test_server_stopped_mid_run_exits_3_and_a_rerun_resumes(
     assert sorted(task for task, _stage in vllm.seen_since(mark).answered) == sorted(set(names) - done)
     assert {t["task_id"]: t["status"] for t in summary(out)["tasks"]} == dict.fromkeys(names, "verified")
     # The raw requests: what any client meets when vLLM 0.32 is told to stop.
-    # The plain one is answered at once: a 200 whose finish_reason is "abort", or a 500 (both seen).
-    # (Under load the plain request can finish before SIGTERM arrives: then there is nothing to observe.)
+    # The plain one never gets a normal answer: a 200 whose finish_reason is "abort", a 500, or nothing until the
+    # process is killed (all three seen). (Under load it can finish before SIGTERM arrives: nothing to observe.)
     if plain.finished_at is None or plain.finished_at > terminated:
-        assert plain.finish == "abort" or "500" in (plain.error or ""), (plain.finish, plain.error)
+        assert plain.finish == "abort" or plain.error is not None, (plain.finish, plain.error)
     print(f"plain request on SIGTERM: {plain.finish or plain.error}")
     # The streamed one never ends normally: it stalls (no finish chunk, no [DONE]) or ends with "abort".
     finishes = streamed.finish_reasons()
