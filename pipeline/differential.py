@@ -23,7 +23,6 @@ not apply.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import random
@@ -38,6 +37,7 @@ from typing import Any
 
 import anyio
 
+from .cache import read_json, write_json
 from .sandbox import Limits, ProcessResult, Sandbox, run_process, tool_env
 from .task import Feed
 from .testing import SampleRun, TestCase, TestSuite, normalize_output
@@ -212,7 +212,7 @@ async def build_oracle(
     oracle = await _build(c_source, feed, shipped, sandbox=sandbox, cpu=cpu, budget=budget, seed=seed,
                           limits=limits, cache_dir=cache_dir)
     if cache is not None:
-        await anyio.to_thread.run_sync(_write_cache, cache, oracle)
+        await anyio.to_thread.run_sync(write_json, cache, oracle.to_json())
     return oracle
 
 
@@ -352,20 +352,11 @@ def _cache_path(cache_dir: Path, key: str, budget: int, seed: int) -> Path:
 
 
 def _read_cache(path: Path) -> Oracle | None:
+    data = read_json(path)
     try:
-        return Oracle.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
+        return Oracle.from_json(data) if isinstance(data, dict) else None
+    except (TypeError, KeyError, ValueError):
         return None
-
-
-def _write_cache(path: Path, oracle: Oracle) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(oracle.to_json()))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("oracle cache %s not written: %s", path, exc)
 
 
 def summarize(oracles: Iterable[Oracle]) -> dict[str, int]:

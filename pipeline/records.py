@@ -19,7 +19,6 @@ class StageSpec:
 
     name: StageName
     safe_only: bool  # refuse any `unsafe` before compiling
-    needs_verified_previous: bool  # starts from the previous stage's verified program
 
     @property
     def result_dir(self) -> str:
@@ -29,8 +28,8 @@ class StageSpec:
 
 #: The stages in the order they run; progress, results, summaries and refusals follow this table.
 STAGE_SPECS: dict[StageName, StageSpec] = {
-    "unidiomatic": StageSpec("unidiomatic", safe_only=False, needs_verified_previous=False),
-    "idiomatic": StageSpec("idiomatic", safe_only=True, needs_verified_previous=True),
+    "unidiomatic": StageSpec("unidiomatic", safe_only=False),
+    "idiomatic": StageSpec("idiomatic", safe_only=True),
 }
 STAGES: tuple[StageName, ...] = tuple(STAGE_SPECS)
 

@@ -21,7 +21,6 @@ per run.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import anyio
 
+from .cache import read_json, write_json
 from .sandbox import Limits, Sandbox
 from .testing import TARGET_TOKEN, TestSuite, normalize_output, run_test_suite
 
@@ -89,7 +89,7 @@ async def find_vacuous(
     if cached is None:
         cached = await _run_do_nothing(replace(suite, cases=tuple(to_run)), sandbox, limits, cpu)
         if cache is not None:
-            await anyio.to_thread.run_sync(_write_cache, cache, cached)
+            await anyio.to_thread.run_sync(write_json, cache, cached)
     for index in cached:
         found[index] = Vacuous(index, "it passes for a program that prints nothing and exits 0, and for one "
                                       "that exits 1; make it check the program's output or exit status")
@@ -133,20 +133,7 @@ def _cache_path(cache_dir: Path, key: str, suite: TestSuite) -> Path:
 
 
 def _read_cache(path: Path) -> list[int] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    data = read_json(path)
     if isinstance(data, list) and all(isinstance(i, int) for i in data):
         return data
     return None
-
-
-def _write_cache(path: Path, indexes: list[int]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(indexes))
-        os.replace(tmp, path)
-    except OSError as exc:  # a cache that cannot be written only costs a re-check next time
-        log.debug("vacuity cache %s not written: %s", path, exc)
