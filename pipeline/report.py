@@ -171,17 +171,20 @@ class _Collector:
 
     def __init__(self, out: Path) -> None:
         self.out = out
-        self.attempts = {name: Counter[str]() for name in STAGES}
-        self.repairs = {name: {"first_try": 0, "repaired": 0, "fixed": Counter[str](), "unfixed": Counter[str]()}
-                        for name in STAGES}
+        self.attempts: dict[str, Counter[str]] = {name: Counter() for name in STAGES}
+        self.repairs: dict[str, dict[str, Any]] = {
+            name: {"first_try": 0, "repaired": 0, "fixed": Counter[str](), "unfixed": Counter[str]()}
+            for name in STAGES}
         self.codes: Counter[str] = Counter()
         self.test_classes: Counter[str] = Counter({c: 0 for c in TEST_CLASSES})
         self.kinds: Counter[str] = Counter()
         self.refused_unsafe = 0
         self.cost = {"requests": 0.0, "model_seconds": 0.0, "cpu_seconds": 0.0, "wall_seconds": 0.0}
         self.cpu_tasks = 0
-        self.quality = {name: {"programs": 0, "unsafe_lines": 0, "total_lines": 0, "with_unsafe": 0,
-                               "clippy_warnings": 0, "lints": Counter[str]()} for name in STAGES}
+        self.quality: dict[str, dict[str, Any]] = {
+            name: {"programs": 0, "unsafe_lines": 0, "total_lines": 0, "with_unsafe": 0, "clippy_warnings": 0,
+                   "lints": Counter[str]()}
+            for name in STAGES}
         self.differential: dict[str, dict[str, float]] = {}
         self.items: dict[str, float] = {}
         self.granularity: Counter[str] = Counter()

@@ -53,9 +53,9 @@ def pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}\u00a0%"
 
 
-def rate(run: dict[str, Any]) -> str:
+def ci(run: dict[str, Any]) -> str:
     h = run["headline"]
-    return f"{pct(h['pass_rate'])} (95 % CI {pct(h['ci_low'])} – {pct(h['ci_high'])})"
+    return f"{100 * h['ci_low']:.1f} – {pct(h['ci_high'])}"
 
 
 def _duration(seconds: Any) -> str:
@@ -84,7 +84,8 @@ def headline_rows(runs: Runs) -> list[Row]:
         ("tasks", "tasks", [r["headline"]["tasks"] for r in runs]),
         ("verified (both stages)", "verified", [r["headline"]["verified"] for r in runs]),
         ("failed", "failed", [r["headline"]["failed"] for r in runs]),
-        ("pass rate (Wilson 95 % CI)", None, [rate(r) for r in runs]),
+        ("pass rate", None, [pct(r["headline"]["pass_rate"]) for r in runs]),
+        ("95 % confidence interval (Wilson)", None, [ci(r) for r in runs]),
     ]
     for stage in STAGES:
         for status in ("verified", "failed", "not_run"):
@@ -97,7 +98,7 @@ def run_rows(runs: Runs) -> list[Row]:
     rows: list[Row] = [
         ("model", None, [r["headline"]["model"] for r in runs]),
         ("server", None, [r["headline"]["server"] for r in runs]),
-        ("started", None, [r["headline"]["started"] for r in runs]),
+        ("started", None, [str(r["headline"]["started"] or "—").replace("T", " ") for r in runs]),
         ("duration of the last run", None, [_duration(r["headline"]["duration_seconds"]) for r in runs]),
         ("translated by the last run / unchanged", None,
          [f"{fmt(r['headline']['translated_this_run'])} / {fmt(r['headline']['unchanged'])}" for r in runs]),
@@ -111,6 +112,10 @@ def run_rows(runs: Runs) -> list[Row]:
     return rows
 
 
+def _round(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
 def cost_rows(runs: Runs) -> list[Row]:
     c = [r["cost"] for r in runs]
     return [
@@ -118,8 +123,8 @@ def cost_rows(runs: Runs) -> list[Row]:
         ("completion tokens (out)", "completion_tokens", [x["completion_tokens"] for x in c]),
         ("requests", "requests", [x["requests"] for x in c]),
         ("model seconds (request wall time, queueing included)", None, [x["model_seconds"] for x in c]),
-        ("tokens in per verified task", None, [x["per_verified_task"]["prompt_tokens"] for x in c]),
-        ("tokens out per verified task", None, [x["per_verified_task"]["completion_tokens"] for x in c]),
+        ("tokens in per verified task", None, [_round(x["per_verified_task"]["prompt_tokens"]) for x in c]),
+        ("tokens out per verified task", None, [_round(x["per_verified_task"]["completion_tokens"]) for x in c]),
         ("requests per verified task", None, [x["per_verified_task"]["requests"] for x in c]),
         ("model seconds per verified task", None, [x["per_verified_task"]["model_seconds"] for x in c]),
         ("CPU seconds per task (compile + test)", None, [x["cpu_seconds_per_task"] for x in c]),
@@ -164,11 +169,10 @@ def repair_rows(runs: Runs) -> list[Row]:
         rep = [r["repairs"][stage] for r in runs]
         rows += [(f"{stage}: verified at the first attempt", None, [x["first_try"] for x in rep]),
                  (f"{stage}: verified after repairs", None, [x["repaired"] for x in rep])]
-        kinds = list(dict.fromkeys(k for x in rep for part in ("fixed", "unfixed") for k in x[part]))
-        rows += [(f"{stage}: {k.replace('_', ' ')} fixed by a later attempt", None,
-                  [x["fixed"].get(k, 0) for x in rep]) for k in kinds]
-        rows += [(f"{stage}: {k.replace('_', ' ')} never fixed", None,
-                  [x["unfixed"].get(k, 0) for x in rep]) for k in kinds]
+        for part, outcome in (("fixed", "fixed by a later attempt"), ("unfixed", "never fixed (stage failed)")):
+            kinds = dict.fromkeys(k for x in rep for k, v in x[part].items() if v)
+            rows += [(f"{stage}: {k.replace('_', ' ')}, {outcome}", None, [x[part].get(k, 0) for x in rep])
+                     for k in kinds]
     return rows
 
 
@@ -204,24 +208,24 @@ def charts(runs: Runs) -> dict[str, str]:
         return {}
     names = [r["name"] for r in runs]
     out: dict[str, str] = {}
-    style = {"svg.fonttype": "none", "svg.hashsalt": "c2rust-batch", "font.size": 9,
+    style: Any = {"svg.fonttype": "none", "svg.hashsalt": "c2rust-batch", "font.size": 9,
              "font.family": ["DejaVu Sans", "sans-serif"], "axes.spines.top": False, "axes.spines.right": False}
     with matplotlib.rc_context(style):
-        out["stages"] = _svg(Figure(figsize=(6.4, 1.0 + 0.45 * len(runs) * len(STAGES))), _stages_chart, runs)
-        out["attempts"] = _svg(Figure(figsize=(6.4, 2.6)), _attempts_chart, runs)
+        out["stages"] = _svg(Figure(figsize=(5.2, 1.0 + 0.45 * len(runs) * len(STAGES))), _stages_chart, runs)
+        out["attempts"] = _svg(Figure(figsize=(5.2, 2.6)), _attempts_chart, runs)
         codes = _top(runs, lambda r: r["taxonomy"]["rustc_codes"])
         if codes:
-            out["codes"] = _svg(Figure(figsize=(6.4, 1.0 + 0.28 * len(codes) * max(1, len(runs) * 0.6))),
+            out["codes"] = _svg(Figure(figsize=(5.2, 1.0 + 0.28 * len(codes) * max(1, len(runs) * 0.6))),
                                 _bars, names, codes, "compile errors (attempts)")
         classes = _top(runs, lambda r: r["taxonomy"]["test_failures"], keep_zero=True)
-        out["tests"] = _svg(Figure(figsize=(6.4, 1.0 + 0.28 * len(classes) * max(1, len(runs) * 0.6))),
+        out["tests"] = _svg(Figure(figsize=(5.2, 1.0 + 0.28 * len(classes) * max(1, len(runs) * 0.6))),
                             _bars, names, classes, "test failures (attempts)")
         for stage in STAGES:
             lints = _top(runs, lambda r, s=stage: r["quality"][s]["lints"])  # type: ignore[misc]
             if lints:
                 out[f"lints-{stage}"] = _svg(
-                    Figure(figsize=(6.4, 1.0 + 0.28 * len(lints) * max(1, len(runs) * 0.6))),
-                    _bars, names, lints, f"clippy warnings, {stage} (programs verified)")
+                    Figure(figsize=(5.2, 1.0 + 0.28 * len(lints) * max(1, len(runs) * 0.6))),
+                    _bars, names, lints, f"clippy warnings per lint: {stage}")
     return out
 
 
@@ -253,18 +257,19 @@ def _bars(fig: Any, names: list[str], data: dict[str, list[int]], title: str) ->
         ys = [j + (n - 1 - i - (n - 1) / 2) * height for j in range(len(labels))]
         values = [data[k][i] for k in labels]
         bars = ax.barh(ys, values, height=height * 0.9, color=RUN_COLOURS[i % len(RUN_COLOURS)], label=name)
-        ax.bar_label(bars, padding=2, fontsize=8)
+        ax.bar_label(bars, labels=[f"{v:,}" if v else "" for v in values], padding=2, fontsize=8)
     ax.set_yticks(range(len(labels)), labels)
     ax.set_title(title, loc="left", fontsize=10)
     ax.margins(x=0.12)
     ax.xaxis.get_major_locator().set_params(integer=True)
     if n > 1:
-        ax.legend(frameon=False, fontsize=8, loc="lower right")
+        ax.legend(frameon=False, fontsize=8, ncols=n, loc="lower right", bbox_to_anchor=(1, 1), borderaxespad=0.2)
 
 
 def _stages_chart(fig: Any, runs: Runs) -> None:
     ax = fig.add_subplot()
-    labels, parts = [], {"verified": [], "failed": [], "not_run": []}  # type: dict[str, list[int]]
+    labels: list[str] = []
+    parts: dict[str, list[int]] = {"verified": [], "failed": [], "not_run": []}
     for stage in STAGES[::-1]:
         for r in runs[::-1]:
             labels.append(f"{stage} · {r['name']}" if len(runs) > 1 else stage)
@@ -276,9 +281,7 @@ def _stages_chart(fig: Any, runs: Runs) -> None:
         ax.bar_label(bars, labels=[str(v) if v else "" for v in parts[status]], label_type="center",
                      fontsize=8, color="white" if status != "not_run" else "black")
         left = [a + b for a, b in zip(left, parts[status], strict=True)]
-    ax.set_title("tasks per stage", loc="left", fontsize=10)
-    ax.legend(frameon=False, fontsize=8, ncols=3, loc="upper left", bbox_to_anchor=(0, -0.12 if len(runs) < 3 else
-                                                                                      -0.06))
+    ax.legend(frameon=False, fontsize=8, ncols=3, loc="lower right", bbox_to_anchor=(1, 1), borderaxespad=0.2)
     ax.xaxis.get_major_locator().set_params(integer=True)
 
 
@@ -317,7 +320,8 @@ h3 { font-size: 15px; margin: 14px 0 6px; color: var(--muted); }
 .sub { color: var(--muted); margin: 0 0 18px; }
 section { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 16px 20px;
           margin: 0 0 18px; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(170px, 1fr)); gap: 12px; margin: 0 0 14px; }
+.cards { display: grid; grid-template-columns: repeat(4, 1fr); gap: 12px; margin: 0 0 12px; }
+@media (max-width: 720px) { .cards { grid-template-columns: 1fr 1fr; } }
 .card { border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; background: #fbfcfd; }
 .card .big { font-size: 26px; font-weight: 650; } .card .lbl { color: var(--muted); font-size: 13px; }
 .card .run { font-size: 12px; color: var(--muted); }
@@ -325,10 +329,12 @@ section { background: #fff; border: 1px solid var(--line); border-radius: 8px; p
 table { border-collapse: collapse; width: 100%; font-size: 14px; }
 th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line); vertical-align: top; }
 th { background: #eef1f5; font-weight: 600; }
-td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.n, th.n, td.t { text-align: right; font-variant-numeric: tabular-nums; }
+td.n, th.n { white-space: nowrap; } td.t { overflow-wrap: anywhere; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
-.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 16px 24px;
-         align-items: start; }
+.grid2 { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 16px 28px;
+         align-items: start; margin-top: 4px; }
+.grid2 > * { min-width: 0; }
 .grid2 svg, .chart svg { width: 100%; height: auto; display: block; }
 .chart { margin: 10px 0; }
 .reason { color: var(--muted); font-size: 13px; max-width: 520px; overflow-wrap: anywhere; }
@@ -338,11 +344,17 @@ tbody tr:nth-child(even) td { background: #fafbfc; }
 .note { color: var(--muted); font-size: 13px; }
 .settings { columns: 2 360px; font-size: 13px; } .settings div { break-inside: avoid; }
 .settings code { color: var(--muted); }
+table.tasks { table-layout: fixed; } table.tasks th:first-child { width: 24%; }
+table.tasks code { overflow-wrap: anywhere; }
+tr.differs td { font-weight: 600; }
 @media print {
   body { background: #fff; font-size: 11pt; } main { max-width: none; padding: 0; }
   section { border: none; padding: 0; margin: 0 0 14pt; break-inside: auto; }
   h2 { break-after: avoid; } .chart, tr, .card { break-inside: avoid; }
-  .grid2 { grid-template-columns: 1fr 1fr; } a { color: inherit; text-decoration: none; }
+  .grid2 { grid-template-columns: repeat(auto-fit, minmax(300px, 1fr)); gap: 8pt 16pt; }
+  table { font-size: 9pt; } td.n, td.t { white-space: normal; overflow-wrap: anywhere; }
+  .cards { gap: 6pt; } .card .big { font-size: 18pt; }
+  a { color: inherit; text-decoration: none; }
 }
 """
 
@@ -358,26 +370,30 @@ def _table(runs: Runs, rows: list[Row], run_index_attr: bool = True) -> str:
         cells = []
         for i, v in enumerate(values):
             attr = f' data-figure="run{i}.{key}"' if key and run_index_attr else ""
-            cells.append(f'<td class="n"{attr}>{_e(v)}</td>')
+            text = fmt(v)
+            kind = "n" if len(text) < 32 and " " not in text.strip() else "t"
+            cells.append(f'<td class="{kind}"{attr}>{_e(v)}</td>')
         body.append(f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>")
     return f"<table><thead><tr><th>figure</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _cards(runs: Runs) -> str:
-    cards = []
+    rows = []
     for i, r in enumerate(runs):
         h = r["headline"]
         who = f'<div class="run">{html.escape(r["name"])}</div>' if len(runs) > 1 else ""
-        cards.append(
+        rows.append(
+            '<div class="cards">'
             f'<div class="card">{who}<div class="big ok">{pct(h["pass_rate"])}</div>'
-            f'<div class="lbl">pass rate; 95 % CI {pct(h["ci_low"])} – {pct(h["ci_high"])}</div></div>'
+            f'<div class="lbl">pass rate (95 % CI {ci(r)})</div></div>'
             f'<div class="card">{who}<div class="big"><span data-figure="run{i}.card.verified">{h["verified"]:,}'
             f'</span> / <span data-figure="run{i}.card.tasks">{h["tasks"]:,}</span></div>'
             f'<div class="lbl">tasks verified (both stages)</div></div>'
             + "".join(f'<div class="card">{who}<div class="big">{_stage_rate(r, s)}</div>'
                       f'<div class="lbl">{s} verified</div></div>' for s in STAGES)
+            + "</div>"
         )
-    return f'<div class="cards">{"".join(cards)}</div>'
+    return "".join(rows)
 
 
 def _chart(svgs: dict[str, str], *names: str) -> str:
@@ -426,8 +442,10 @@ def _task_table(data: dict[str, Any], report_dir: Path) -> str:
                              f'<span class="note">attempts {stages}</span>{reason}</td>')
             rows.append(f"<tr><td><code>{html.escape(task_id)}</code></td>{''.join(cells)}</tr>")
         parts.append(f'<h3 data-group="{html.escape(group)}">{html.escape(group)}: {len(groups[group]):,}</h3>'
-                     f"<table><thead><tr><th>task</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
-    return "".join(parts)
+                     f'<table class="tasks"><thead><tr><th>task</th>{head}</tr></thead>'
+                     f"<tbody>{''.join(rows)}</tbody></table>")
+    legend = '<p class="note">"folder": the task\'s result folder; attempts u: unidiomatic, i: idiomatic.</p>'
+    return legend + "".join(parts)
 
 
 def render_html(data: dict[str, Any], report_dir: Path) -> str:
@@ -447,7 +465,7 @@ def render_html(data: dict[str, Any], report_dir: Path) -> str:
         f"</div><div>{_table(runs, repair_rows(runs))}</div></div></section>",
         f"<section><h2>Failure taxonomy</h2><div class=\"grid2\"><div>{_table(runs, taxonomy_rows(runs))}"
         '<p class="note">Counts are failed attempts (an attempt counts once, by its first failing test), except '
-        "the last two rows (tasks).</p></div><div>{_chart(svgs, 'tests')}</div>"
+        f"the last two rows (tasks).</p></div><div>{_chart(svgs, 'tests')}</div>"
         f"<div>{_codes_table(runs)}</div><div>{_chart(svgs, 'codes')}</div></div></section>",
         f"<section><h2>Cost and code quality</h2><div class=\"grid2\"><div>{_table(runs, cost_rows(runs))}"
         '<p class="note">CPU seconds: wall time of the compiler and test processes, each holding one CPU slot.'
@@ -458,11 +476,10 @@ def render_html(data: dict[str, Any], report_dir: Path) -> str:
     if extra:
         sections.append(f"<section><h2>Differential testing and function-level items</h2>"
                         f"{_table(runs, extra)}</section>")
-    if len(runs) > 1:
-        sections.append(f'<section><h2>Tasks that flipped: <span data-figure="flipped">{len(data["flipped"]):,}'
-                        "</span></h2><p class=\"note\">Verified in one run and failed in another, over the tasks "
-                        "the runs share; listed first in the table below.</p></section>")
-    sections.append(f"<section><h2>Every task</h2>{_task_table(data, report_dir)}</section>")
+    flipped = "" if len(runs) == 1 else (
+        f'<p>Tasks that flipped (verified in one run, failed in another, of the tasks the runs share): '
+        f'<b data-figure="flipped">{len(data["flipped"]):,}</b></p>')
+    sections.append(f"<section><h2>Every task</h2>{flipped}{_task_table(data, report_dir)}</section>")
     sections.append(f"<section><h2>Settings</h2>{_settings(runs)}</section>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -480,6 +497,16 @@ def _codes_table(runs: Runs) -> str:
 
 
 def _settings(runs: Runs) -> str:
+    if len(runs) > 1:
+        keys = list(dict.fromkeys(k for r in runs for k in r["settings"]))
+        values = {k: [fmt(r["settings"].get(k)) for r in runs] for k in keys}
+        keys.sort(key=lambda k: len(set(values[k])) == 1)  # the settings that differ first
+        head = "".join(f"<th>{html.escape(r['name'])}</th>" for r in runs)
+        rows = "".join(
+            f'<tr class="{"differs" if len(set(values[k])) > 1 else ""}"><td><code>{html.escape(k)}</code></td>'
+            + "".join(f"<td>{html.escape(v)}</td>" for v in values[k]) + "</tr>" for k in keys)
+        return ('<p class="note">Settings that differ between the runs come first, in bold.</p>'
+                f'<table class="tasks"><thead><tr><th>setting</th>{head}</tr></thead><tbody>{rows}</tbody></table>')
     parts = []
     for r in runs:
         items = "".join(f"<div><code>{html.escape(k)}</code> {html.escape(fmt(v))}</div>"

@@ -8,9 +8,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
