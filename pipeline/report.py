@@ -67,7 +67,7 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def test_failure_class(message: str) -> str:
+def classify_test_failure(message: str) -> str:
     """The class of a ``test_failure`` attempt, from its message (the first failing test's reason)."""
     found = _FIRST_FAILURE.search(message)
     reason = (found.group(1) if found else message).lower()
@@ -223,7 +223,7 @@ class _Collector:
             if kind == "compile_error":
                 self.codes.update(_ERROR_CODE.findall(message))
             elif kind == "test_failure":
-                self.test_classes[test_failure_class(message)] += 1
+                self.test_classes[classify_test_failure(message)] += 1
             elif kind == "refused" and "unsafe" in message:
                 self.refused_unsafe += 1
         if status == "verified":
@@ -366,4 +366,4 @@ def compare(outs: Iterable[Path]) -> dict[str, Any]:
     return {"runs": runs, "flipped": flipped}
 
 
-__all__ = ["ReportError", "compare", "public_url", "read_summary", "run_figures", "test_failure_class", "wilson"]
+__all__ = ["ReportError", "classify_test_failure", "compare", "public_url", "read_summary", "run_figures", "wilson"]

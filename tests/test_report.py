@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.report import classify_test_failure
 from tests.conftest import Cli
 from tests.test_batch_e2e import directive_c, run, samples_json, summary, task_json
 
@@ -240,3 +241,22 @@ def test_old_and_newer_summaries_render(cli: Cli, finished: tuple[Path, Path], t
     assert figures["items"]["items"] == {"verified": 16, "failed": 8}
     page = cli("report", out)
     assert page.returncode == 0 and "differential unidiomatic: agreed" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("message", "kind"), [
+    pytest.param("2 of 2 tests failed; first: test 0 failed: wrong output", "wrong output", id="wrong"),
+    pytest.param("1 of 2 tests failed; first: test 1 failed: wrong output (nothing printed)", "no output",
+                 id="nothing"),
+    pytest.param("1 of 1 tests failed; first: test 0 failed: timed out after 3.0 s; process tree killed", "timeout",
+                 id="timeout"),
+    pytest.param("1 of 1 tests failed; first: test 0 failed: wrong output; the program ended: killed by signal "
+                 "SIGSEGV", "crash or signal", id="signal"),
+    pytest.param("1 of 1 tests failed; first: test 0 failed: memory limit of 64 MB reached (killed by signal "
+                 "SIGKILL)", "limit hit", id="memory"),
+    pytest.param("1 of 1 tests failed; first: test 0 failed: output exceeded 4000 bytes; killed", "limit hit",
+                 id="output-cap"),
+    pytest.param("1 of 1 tests failed; first: test 0 failed: exit status 1", "wrong output", id="self-check"),
+])
+def test_test_failures_are_classified_from_their_recorded_message(message: str, kind: str) -> None:
+    """The failure files' messages (the first failing test's reason) sort into the report's classes."""
+    assert classify_test_failure(message) == kind
