@@ -259,6 +259,7 @@ def _bars(fig: Any, names: list[str], data: dict[str, list[int]], title: str) ->
         bars = ax.barh(ys, values, height=height * 0.9, color=RUN_COLOURS[i % len(RUN_COLOURS)], label=name)
         ax.bar_label(bars, labels=[f"{v:,}" if v else "" for v in values], padding=2, fontsize=8)
     ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(-0.7, len(labels) - 0.3)
     ax.set_title(title, loc="left", fontsize=10)
     ax.margins(x=0.12)
     ax.xaxis.get_major_locator().set_params(integer=True)
@@ -465,8 +466,8 @@ def render_html(data: dict[str, Any], report_dir: Path) -> str:
         f"</div><div>{_table(runs, repair_rows(runs))}</div></div></section>",
         f"<section><h2>Failure taxonomy</h2><div class=\"grid2\"><div>{_table(runs, taxonomy_rows(runs))}"
         '<p class="note">Counts are failed attempts (an attempt counts once, by its first failing test), except '
-        f"the last two rows (tasks).</p></div><div>{_chart(svgs, 'tests')}</div>"
-        f"<div>{_codes_table(runs)}</div><div>{_chart(svgs, 'codes')}</div></div></section>",
+        f"the last two rows (tasks).</p></div><div>{_chart(svgs, 'tests', 'codes')}{_codes_table(runs)}</div>"
+        "</div></section>",
         f"<section><h2>Cost and code quality</h2><div class=\"grid2\"><div>{_table(runs, cost_rows(runs))}"
         '<p class="note">CPU seconds: wall time of the compiler and test processes, each holding one CPU slot.'
         f"</p></div><div>{_table(runs, quality_rows(runs))}</div>"
