@@ -231,6 +231,7 @@ def test_old_and_newer_summaries_render(cli: Cli, finished: tuple[Path, Path], t
             stage.pop("cpu_seconds", None)
             stage["differential"] = {"tried": 10, "agreed": 9}
         task["items"] = {"verified": 2, "failed": 1}
+    data["server"]["base_url"] = "http://alice:s3cret@gpu-host:8000/v1?token=s3cret"  # an older run's summary
     (out / "batch_summary.json").write_text(json.dumps(data))
     result = cli("report", out, "--format", "json")
     assert result.returncode == 0, result.output
@@ -239,8 +240,11 @@ def test_old_and_newer_summaries_render(cli: Cli, finished: tuple[Path, Path], t
     ran = sum(1 for t in data["tasks"] if t["stages"]["unidiomatic"]["status"] != "not_run")
     assert figures["differential"]["stages"]["unidiomatic"] == {"tried": 10 * ran, "agreed": 9 * ran}
     assert figures["items"]["items"] == {"verified": 16, "failed": 8}
+    assert figures["headline"]["server"] == "http://gpu-host:8000/v1"
     page = cli("report", out)
-    assert page.returncode == 0 and "differential unidiomatic: agreed" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert page.returncode == 0 and "differential unidiomatic: agreed" in html
+    assert "s3cret" not in html + result.stdout
 
 
 @pytest.mark.parametrize(("message", "kind"), [
