@@ -558,7 +558,7 @@ def render_md(data: dict[str, Any]) -> str:
     for r in runs:
         failed = [t for t in r["tasks"] if t["status"] != "verified"]
         out += [f"## Failed tasks in {r['name']}: {len(failed)}", ""]
-        out += [f"- `{t['task_id']}`: {t['reason'] or t['status']}" for t in failed] + [""]
+        out += [f"- `{t['task_id']}`: " + " ".join(str(t["reason"] or t["status"]).split()) for t in failed] + [""]
     return "\n".join(out)
 
 

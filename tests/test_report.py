@@ -264,3 +264,21 @@ def test_old_and_newer_summaries_render(cli: Cli, finished: tuple[Path, Path], t
 def test_test_failures_are_classified_from_their_recorded_message(message: str, kind: str) -> None:
     """The failure files' messages (the first failing test's reason) sort into the report's classes."""
     assert classify_test_failure(message) == kind
+
+
+def test_without_matplotlib_the_page_is_written_without_charts(
+    cli: Cli, finished: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """matplotlib missing (the `report` extra not installed): the same figures, no charts, and how to get them."""
+    hidden = tmp_path / "hide"
+    (hidden / "matplotlib").mkdir(parents=True)
+    (hidden / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib hidden by the test')\n")
+    page = tmp_path / "plain.html"
+    result = cli("report", finished[0], "-o", page, env={"PYTHONPATH": str(hidden)})
+    assert result.returncode == 0, result.output
+    html = page.read_text()
+    assert "<svg" not in html and "Charts need matplotlib: pip install 'c2rust-batch[report]'" in html
+    assert "matplotlib is not installed" in result.stderr
+    figures = shown(html).figures
+    for key, value in expected_figures(summary(finished[0])).items():
+        assert number(figures[key]) == value, key
