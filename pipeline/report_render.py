@@ -230,6 +230,9 @@ def charts(runs: Runs) -> dict[str, str]:
 
 
 def _svg(fig: Any, draw: Callable[..., None], *args: Any) -> str:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # Agg measures the text for the layout; no pyplot, no GUI backend, no global state
     draw(fig, *args)
     fig.tight_layout()
     buf = io.StringIO()
