@@ -81,6 +81,7 @@ class CProgram:
     path: Path
     source: bytes
     items: tuple[CItem, ...]
+    include_dirs: tuple[str, ...] = ()  # what it was parsed with: a second parse of ``source`` needs them
     _index: dict[str, CItem] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -197,8 +198,19 @@ def parse_program(path: Path, text: bytes | None = None, *, include_dirs: Iterab
     Raises ConfigError when libclang cannot be loaded (the fix: :data:`LIBCLANG_HINT`), TaskInputError
     naming the file, line and message when the program does not parse.
     """
-    cindex = _cindex()
     source = inline_local_includes(path, text)
+    dirs = tuple(include_dirs)
+    cindex, unit = parse_unit(path, source, include_dirs=dirs)
+    return _Builder(cindex, path, source, unit, dirs).build()
+
+
+def parse_unit(path: Path, source: bytes, *, include_dirs: Iterable[str] = ()) -> tuple[Any, Any]:
+    """libclang's module and translation unit for ``source`` (already inlined) read as the file ``path``.
+
+    For modules that need libclang's types themselves (:mod:`pipeline.c_types`). Raises ConfigError when
+    libclang cannot be loaded, TaskInputError naming the file, line and message when the text does not parse.
+    """
+    cindex = _cindex()
     name = str(path)
     args = [*CLANG_ARGS, *(f"-isystem{d}" for d in include_dirs), f"-I{path.parent}"]
     try:
@@ -216,7 +228,7 @@ def parse_program(path: Path, text: bytes | None = None, *, include_dirs: Iterab
             f"{path}:{where}: {first.spelling} ({len(errors)} error(s) in all); function-level translation "
             f"needs a program that compiles"
         )
-    return _Builder(cindex, path, source, unit).build()
+    return cindex, unit
 
 
 def _cindex() -> Any:
@@ -235,8 +247,32 @@ def _cindex() -> Any:
 # Building the model from libclang's cursors
 
 
+def record_kind(cursor: Any) -> ItemKind | None:
+    """"struct", "union" or "enum" for a libclang record or enum declaration, else None."""
+    return {"STRUCT_DECL": "struct", "UNION_DECL": "union", "ENUM_DECL": "enum"}.get(
+        cursor.kind.name)  # type: ignore[return-value]
+
+
+def is_unnamed(cursor: Any) -> bool:
+    """A struct, union or enum without a tag (libclang spells those "struct (unnamed at ...)" or "")."""
+    spelling = str(cursor.spelling)
+    return not spelling or " " in spelling or "(" in spelling
+
+
+def record_name(cursor: Any) -> str:
+    """The item name of a struct, union or enum: its tag, the typedef's name for ``typedef struct {...} T``
+    (libclang's spelling), else a name made from its first constant or its position."""
+    if not is_unnamed(cursor):
+        return str(cursor.spelling)
+    if cursor.kind.name == "ENUM_DECL":
+        constants = [c.spelling for c in cursor.get_children()]
+        return f"anonymous_{constants[0]}" if constants else f"anonymous_{cursor.extent.start.line}"
+    return f"anonymous_{cursor.extent.start.line}_{cursor.extent.start.column}"
+
+
 class _Builder:
-    def __init__(self, cindex: Any, path: Path, source: bytes, unit: Any) -> None:
+    def __init__(self, cindex: Any, path: Path, source: bytes, unit: Any, include_dirs: tuple[str, ...]) -> None:
+        self.include_dirs = include_dirs
         self.ck = cindex.CursorKind
         self.path = path
         self.source = source
@@ -259,17 +295,10 @@ class _Builder:
         return Span(start, end, extent.start.line)
 
     def _record_kind(self, cursor: Any) -> ItemKind | None:
-        return {self.ck.STRUCT_DECL: "struct", self.ck.UNION_DECL: "union",
-                self.ck.ENUM_DECL: "enum"}.get(cursor.kind)  # type: ignore[return-value]
+        return record_kind(cursor)
 
     def _record_name(self, cursor: Any) -> str:
-        spelling = str(cursor.spelling)
-        if spelling and " " not in spelling and "(" not in spelling:
-            return spelling
-        if cursor.kind == self.ck.ENUM_DECL:
-            constants = [c.spelling for c in cursor.get_children()]
-            return f"anonymous_{constants[0]}" if constants else f"anonymous_{cursor.extent.start.line}"
-        return f"anonymous_{cursor.extent.start.line}_{cursor.extent.start.column}"
+        return record_name(cursor)
 
     def _top_record(self, cursor: Any) -> Any | None:
         """The file-scope struct, union or enum that ``cursor`` (a field, a nested record) belongs to."""
@@ -364,7 +393,7 @@ class _Builder:
                 function_like=function_like,
             ))
         items.sort(key=lambda item: (item.span.start, KINDS.index(item.kind)))
-        return CProgram(self.path, self.source, tuple(items))
+        return CProgram(self.path, self.source, tuple(items), self.include_dirs)
 
     def _definition_key(self, cursor: Any) -> str | None:
         ck = self.ck
