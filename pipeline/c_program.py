@@ -68,6 +68,7 @@ class CItem:
     is_static: bool = False
     declarations: tuple[Span, ...] = ()
     function_like: bool = False  # macros only
+    signature: str = ""  # functions only: the definition's text before its body ("static int f(int x)")
 
     @property
     def key(self) -> str:
@@ -371,6 +372,7 @@ class _Builder:
                 is_static=cursor.storage_class is not None and cursor.storage_class.name == "STATIC"
                 if kind in ("function", "global") else False,
                 declarations=tuple(declared.get(key, ())),
+                signature=self._signature(cursor) if kind == "function" else "",
             ))
         named = {**{k.split(":", 1)[1]: k for k in defined}, **constants}
         for cursor in macros:
@@ -394,6 +396,11 @@ class _Builder:
             ))
         items.sort(key=lambda item: (item.span.start, KINDS.index(item.kind)))
         return CProgram(self.path, self.source, tuple(items), self.include_dirs)
+
+    def _signature(self, cursor: Any) -> str:
+        body = next((c for c in cursor.get_children() if c.kind == self.ck.COMPOUND_STMT), None)
+        end = body.extent.start.offset if body is not None else cursor.extent.end.offset
+        return self.source[cursor.extent.start.offset:end].decode("utf-8", "surrogateescape").strip()
 
     def _definition_key(self, cursor: Any) -> str | None:
         ck = self.ck

@@ -96,6 +96,10 @@ class TypeTranslation:
 
     types: tuple[RustType, ...]
     unsupported: dict[str, str] = field(default_factory=dict)
+    #: function key -> its Rust declaration for an ``extern "C"`` block (``fn f(x: libc::c_int) -> libc::c_int``)
+    signatures: dict[str, str] = field(default_factory=dict)
+    #: global key -> its Rust declaration for an ``extern "C"`` block (``static mut g_count: libc::c_int``)
+    globals: dict[str, str] = field(default_factory=dict)
 
     def code_for(self, key: str) -> str:
         """The Rust an item key stands for: a record with the records defined inside it, an enum with its
@@ -169,7 +173,38 @@ class _TypeWriter:
             except _Unsupported as exc:
                 unsupported[key] = str(exc)
                 log.debug("c_types: %s left to the model: %s", key, exc)
-        return TypeTranslation(tuple(types), unsupported)
+        signatures: dict[str, str] = {}
+        globals_: dict[str, str] = {}
+        for cursor in top:
+            if cursor.kind == self.ck.FUNCTION_DECL and cursor.is_definition() and cursor.spelling != "main":
+                key, table = f"function:{cursor.spelling}", signatures
+            elif cursor.kind == self.ck.VAR_DECL and f"global:{cursor.spelling}" not in globals_:
+                key, table = f"global:{cursor.spelling}", globals_
+            else:
+                continue
+            try:
+                table[key] = self._signature(cursor) if table is signatures else self._static(cursor)
+            except _Unsupported as exc:
+                unsupported[key] = str(exc)
+        return TypeTranslation(tuple(types), unsupported, signatures, globals_)
+
+    def _signature(self, cursor: Any) -> str:
+        params = []
+        for index, arg in enumerate(cursor.get_arguments()):
+            name = rust_ident(str(arg.spelling)) if arg.spelling else f"_arg{index}"
+            params.append(f"{name}: {self.rust_type(arg.type)}")
+        if cursor.type.kind == self.tk.FUNCTIONPROTO and cursor.type.is_function_variadic():
+            params.append("...")
+        result = cursor.result_type
+        returns = "" if result.get_canonical().kind == self.tk.VOID else f" -> {self.rust_type(result)}"
+        return f"fn {rust_ident(str(cursor.spelling))}({', '.join(params)}){returns}"
+
+    def _static(self, cursor: Any) -> str:
+        element = cursor.type
+        while element.kind in (self.tk.CONSTANTARRAY, self.tk.INCOMPLETEARRAY):
+            element = element.element_type
+        mutable = "" if element.is_const_qualified() else "mut "
+        return f"static {mutable}{rust_ident(str(cursor.spelling))}: {self.rust_type(cursor.type)}"
 
     def _c_name(self, cursor: Any) -> str:
         tokens = [t.spelling for t in list(cursor.get_tokens())[:2]]
