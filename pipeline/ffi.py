@@ -8,7 +8,9 @@ points at that function and nothing else.
 What :func:`harness_c_source` changes in the C program, and why:
 
 - each function of the group: its definition becomes a prototype (the Rust library defines it now), without
-  ``static``, since the symbol must now link from outside; the same for its other prototypes;
+  ``static``, since the symbol must now link from outside; the same for its other prototypes. ``main`` is
+  removed, and the Rust library exports a C ``main`` that calls the translation's ``fn main()``
+  (:func:`wrap_main`);
 - each C function the group calls, and each global it uses: ``static`` dropped, so that the Rust side can
   name them in an ``extern "C"`` block (globals stay defined in C until the program is combined).
 
@@ -87,6 +89,22 @@ def drop_static(text: str, name: str) -> str:
     return re.sub(r"\bstatic\b\s*", "", head, count=1) + text[len(head):]
 
 
+_MAIN = re.compile(r"\bfn\s+main\s*\(\s*\)\s*\{")
+
+
+def wrap_main(rust_code: str) -> str | None:
+    """``rust_code`` with its ``fn main()`` renamed and a C ``main`` exported that calls it, so a Rust main
+    runs inside the linked C program (std reads the arguments itself on Linux; ``std::process::exit``
+    flushes C's stdio). None when there is no ``fn main()`` without parameters and return type."""
+    if len(_MAIN.findall(rust_code)) != 1:
+        return None
+    renamed = _MAIN.sub("fn c2rust_ffi_rust_main() {", rust_code)
+    return (
+        f"{renamed.rstrip()}\n\n#[no_mangle]\npub extern \"C\" fn main(_argc: libc::c_int, "
+        "_argv: *mut *mut libc::c_char) -> libc::c_int {\n    c2rust_ffi_rust_main();\n    0\n}\n"
+    )
+
+
 def harness_c_source(program: CProgram, keys: Sequence[str]) -> str:
     """The C program with the group's definitions turned into prototypes and what the Rust side names made
     linkable (see the module docstring). Raises ValueError when ``keys`` name anything but functions."""
@@ -97,7 +115,9 @@ def harness_c_source(program: CProgram, keys: Sequence[str]) -> str:
         return program.source[start:end].decode("utf-8", "surrogateescape")
 
     for item in group:
-        edits.append((item.span.start, item.span.end, drop_static(item.signature, item.name) + ";"))
+        # main goes entirely: nothing in C calls it, and the Rust library exports the C entry point.
+        prototype = "" if item.name == "main" else drop_static(item.signature, item.name) + ";"
+        edits.append((item.span.start, item.span.end, prototype))
         for span in item.declarations:
             edits.append((span.start, span.end, drop_static(source(span.start, span.end), item.name)))
     for item in (*_outside_uses(program, group, "function"), *_outside_uses(program, group, "global")):
@@ -151,7 +171,11 @@ async def verify_function(
     group = _group(program, keys)
     names = _names(group)
     if any(item.name == "main" for item in group):
-        return FfiVerdict("unsupported", "main is verified as part of the combined program, not through FFI")
+        wrapped = wrap_main(rust_code)
+        if wrapped is None:
+            return FfiVerdict("rust_build", "The Rust translation of `main` must define `fn main()` (no arguments, "
+                                            "no return value; read arguments with std::env::args)")
+        rust_code = wrapped
     rust_source = harness_rust_source(program, translation, keys, rust_code)
     if rust_source is None:
         missing = [item.key for kind in ("function", "global") for item in _outside_uses(program, group, kind)

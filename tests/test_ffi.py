@@ -57,6 +57,40 @@ pub unsafe extern "C" fn is_odd(n: number_t) -> libc::c_int {
 }
 """
 
+INVENTORY_MAIN = """
+extern "C" {
+    static mut stdin: *mut libc::FILE;
+}
+
+fn main() {
+    unsafe {
+        let mut line = [0 as libc::c_char; 256];
+        let mut args: [*mut libc::c_char; 8] = [std::ptr::null_mut(); 8];
+        let mut lines = 0;
+        while !libc::fgets(line.as_mut_ptr(), 256, stdin).is_null() {
+            lines += 1;
+            let nargs = split_line(line.as_mut_ptr(), args.as_mut_ptr(), 8);
+            if nargs < 0 {
+                report_error(b"too many words on line\0".as_ptr() as _, b"\0".as_ptr() as _);
+                continue;
+            }
+            if nargs == 0 || *args[0] as u8 == b'#' {
+                continue;
+            }
+            run_command(args.as_mut_ptr(), nargs);
+        }
+        libc::printf(b"%d lines, %d items, %d errors\n\0".as_ptr() as _, lines, g_count, g_errors);
+        tree_free(g_root);
+        while !g_head.is_null() {
+            let next = (*g_head).next;
+            libc::free(g_head as *mut libc::c_void);
+            g_head = next;
+        }
+        std::process::exit(if g_errors > 0 { 1 } else { 0 });
+    }
+}
+"""
+
 
 @pytest.fixture(scope="module")
 def include_dirs() -> tuple[str, ...]:
@@ -196,12 +230,24 @@ async def test_build_and_link_failures_are_verdicts(
     assert verdict.stage == stage and verdict.feedback.startswith(says), verdict.feedback
 
 
-async def test_main_is_not_verified_through_ffi(
+async def test_a_rust_main_drives_the_c_functions(
     inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
-    """main has no C caller to link into: the verdict says so instead of building."""
-    verdict = await _verify(inventory, ["function:main"], "fn main() {}", "inventory", services)
-    assert verdict.stage == "unsupported" and "main" in verdict.feedback
+    """A plain `fn main()` reading stdin with libc and calling the C commands passes; one that cuts the
+    closing count line short fails, named."""
+    verdict = await _verify(inventory, ["function:main"], INVENTORY_MAIN, "inventory", services)
+    assert verdict.passed, verdict.feedback
+    short_summary = INVENTORY_MAIN.replace("%d lines, %d items, %d errors", "%d lines")
+    verdict = await _verify(inventory, ["function:main"], short_summary, "inventory", services)
+    assert verdict.stage == "tests" and verdict.feedback.startswith("With the Rust translation of `main`")
+
+
+async def test_a_main_without_fn_main_is_refused(
+    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+) -> None:
+    """main must come as `fn main()`; anything else is a build failure saying so."""
+    verdict = await _verify(inventory, ["function:main"], "pub fn start() {}", "inventory", services)
+    assert verdict.stage == "rust_build" and "fn main()" in verdict.feedback
 
 
 def test_only_functions_form_a_group(inventory: tuple[CProgram, TypeTranslation]) -> None:
