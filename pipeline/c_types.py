@@ -100,6 +100,9 @@ class TypeTranslation:
     signatures: dict[str, str] = field(default_factory=dict)
     #: global key -> its Rust declaration for an ``extern "C"`` block (``static mut g_count: libc::c_int``)
     globals: dict[str, str] = field(default_factory=dict)
+    #: global key -> its Rust definition for the all-Rust program, where the initializer is simple enough
+    #: (none, a number, NULL, a string literal for a pointer); the others are for the model
+    global_definitions: dict[str, str] = field(default_factory=dict)
 
     def code_for(self, key: str) -> str:
         """The Rust an item key stands for: a record with the records defined inside it, an enum with its
@@ -175,6 +178,7 @@ class _TypeWriter:
                 log.debug("c_types: %s left to the model: %s", key, exc)
         signatures: dict[str, str] = {}
         globals_: dict[str, str] = {}
+        definitions: dict[str, str] = {}
         for cursor in top:
             if cursor.kind == self.ck.FUNCTION_DECL and cursor.is_definition() and cursor.spelling != "main":
                 key, table = f"function:{cursor.spelling}", signatures
@@ -184,9 +188,51 @@ class _TypeWriter:
                 continue
             try:
                 table[key] = self._signature(cursor) if table is signatures else self._static(cursor)
+                if table is globals_ and (key in self.program and self.program[key].span.start
+                                          == cursor.extent.start.offset):
+                    definitions[key] = self._global_definition(cursor, globals_[key])
             except _Unsupported as exc:
                 unsupported[key] = str(exc)
-        return TypeTranslation(tuple(types), unsupported, signatures, globals_)
+        return TypeTranslation(tuple(types), unsupported, signatures, globals_, definitions)
+
+    def _global_definition(self, cursor: Any, declaration: str) -> str:
+        """``pub static mut NAME: T = VALUE;`` for a global whose initializer is absent or a plain literal."""
+        # Rust statics holding raw pointers must be mut (they are not Sync); C's const is kept by the C side.
+        declaration = declaration.replace("static ", "static mut ", 1) if " mut " not in declaration else declaration
+        if "=" not in (str(t.spelling) for t in cursor.get_tokens()):
+            return f"pub {declaration} = unsafe {{ std::mem::zeroed() }};"  # C zero-initializes
+        init = [c for c in cursor.get_children() if c.kind.is_expression()]
+        value = self._literal(init[-1], cursor.type) if init else None
+        if value is None:
+            raise _Unsupported(f"the initializer of {cursor.spelling} is not a plain literal")
+        return f"pub {declaration} = {value};"
+
+    def _literal(self, expr: Any, ctype: Any) -> str | None:
+        canonical = ctype.get_canonical()
+        # A macro's expansion has no tokens of its own; its extent still covers the macro's name in the text.
+        written = self.program.source[expr.extent.start.offset:expr.extent.end.offset].strip()
+        if canonical.kind == self.tk.POINTER and written in (b"NULL", b"0"):
+            const = canonical.get_pointee().is_const_qualified()
+            return "std::ptr::null()" if const else "std::ptr::null_mut()"
+        while expr.kind in (self.ck.UNEXPOSED_EXPR, self.ck.PAREN_EXPR, self.ck.CSTYLE_CAST_EXPR):
+            children = [c for c in expr.get_children() if c.kind.is_expression()]
+            if len(children) != 1:
+                return None
+            expr = children[0]
+        tokens = [str(t.spelling) for t in expr.get_tokens()]
+        if expr.kind in (self.ck.INTEGER_LITERAL, self.ck.FLOATING_LITERAL):
+            if len(tokens) != 1 or not re.fullmatch(r"[0-9][0-9a-fA-FxX.eE+-]*", tokens[0]):
+                return None  # a macro's expansion: its value is not in the tokens
+            if canonical.kind == self.tk.POINTER:
+                return None
+            number = tokens[0].rstrip("uUlLfF") if not tokens[0].lower().startswith("0x") else tokens[0]
+            return f"{number} as {self.rust_type(ctype)}"
+        if expr.kind == self.ck.STRING_LITERAL and canonical.kind == self.tk.POINTER and len(tokens) == 1:
+            literal = tokens[0]
+            if not literal.startswith('"') or re.search(r"\\[0-7xuU]", literal):
+                return None
+            return f"b{literal[:-1]}\\0\".as_ptr() as {self.rust_type(ctype)}"
+        return None
 
     def _signature(self, cursor: Any) -> str:
         params = []

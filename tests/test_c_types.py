@@ -80,7 +80,7 @@ async def toolchain(cache_dir: Path) -> Toolchain:
 def test_structs_unions_enums_and_typedefs_become_repr_c_rust(include_dirs: tuple[str, ...]) -> None:
     """Nested and linked structs, the union, enums and typedefs of inventory.c, written as c2rust would."""
     types = translate_types(_program("inventory", include_dirs))
-    assert types.unsupported == {}
+    assert [key for key in types.unsupported if not key.startswith("global:")] == []
     assert types.code_for("struct:Item") == (
         "#[repr(C)]\n#[derive(Copy, Clone)]\npub struct Item {\n"
         "    pub name: [libc::c_char; 24],\n    pub category: Category,\n    pub quantity: libc::c_int,\n"
@@ -181,6 +181,28 @@ async def test_a_probe_that_does_not_build_is_reported(include_dirs: tuple[str, 
     report = await verify_layouts(program, broken, toolchain)
     assert not report.ok and report.error is not None
     assert report.error.startswith("the Rust layout probe does not build") and "c_int_typo" in report.error
+
+
+def test_extern_declarations_and_simple_global_definitions(include_dirs: tuple[str, ...]) -> None:
+    """Functions and globals get extern "C" declarations; globals with no or literal initializers get Rust
+    definitions; table initializers are left to the model, with the reason."""
+    types = translate_types(_program("inventory", include_dirs))
+    assert types.signatures["function:item_value"] == "fn item_value(item: *const Item) -> cents_t"
+    assert types.globals["global:CATEGORY_NAMES"] == "static CATEGORY_NAMES: [*const libc::c_char; 5]"
+    assert types.global_definitions == {
+        "global:g_head": "pub static mut g_head: *mut Item = std::ptr::null_mut();",
+        "global:g_tail": "pub static mut g_tail: *mut Item = std::ptr::null_mut();",
+        "global:g_root": "pub static mut g_root: *mut TreeNode = std::ptr::null_mut();",
+        "global:g_count": "pub static mut g_count: libc::c_int = 0 as libc::c_int;",
+        "global:g_errors": "pub static mut g_errors: libc::c_int = 0 as libc::c_int;",
+    }
+    assert types.unsupported == {
+        "global:CATEGORY_NAMES": "the initializer of CATEGORY_NAMES is not a plain literal",
+        "global:SORT_KEYS": "the initializer of SORT_KEYS is not a plain literal",
+    }
+    calc = translate_types(_program("exprcalc", include_dirs))
+    assert calc.global_definitions["global:g_results"] == (
+        "pub static mut g_results: [number_t; 32] = unsafe { std::mem::zeroed() };")
 
 
 def test_rust_keywords_become_raw_identifiers() -> None:
