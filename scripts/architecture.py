@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "faces": ("cli", "check"),
     "batch": ("engine", "discovery", "ledger", "results", "progress"),
     "translation": ("translate", "stages", "prompts", "extract"),
-    "function level": ("items", "combine", "function_context", "ffi", "c_types", "c_program"),
+    "function level": ("function_stage", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
     "model": ("llm", "llm_errors"),
     "verification": ("verifier", "vacuity", "differential", "cache", "testing", "build", "rust_source",
                      "sandbox", "sandbox_init"),
