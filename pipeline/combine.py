@@ -12,7 +12,7 @@ failure is reported per item (each rustc error attributed to the item whose line
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .build import Toolchain
@@ -47,7 +47,7 @@ class CombinedProgram:
 def combine(
     program: CProgram,
     translation: TypeTranslation,
-    functions: Mapping[Sequence[str], str],
+    functions: Mapping[tuple[str, ...], str],
     globals_code: Mapping[str, str] | None = None,
 ) -> CombinedProgram:
     """One Rust program from ``functions`` (each function group's keys -> its verified Rust) and the globals'
