@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,7 @@ from pipeline.c_program import CProgram, parse_program
 from pipeline.c_types import translate_types
 from pipeline.errors import TaskInputError
 from pipeline.items import BOOK, ItemBook, blocked_items, item_digests, write_item_files
-from tests.conftest import ROOT
-
-FUNCTIONS = ROOT / "examples" / "functions"
-
-
-@pytest.fixture(scope="module")
-def include_dirs() -> tuple[str, ...]:
-    found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    return (found.stdout.strip(),)
-
-
-@pytest.fixture(scope="module")
-def inventory(include_dirs: tuple[str, ...]) -> CProgram:
-    return parse_program(FUNCTIONS / "inventory.c", include_dirs=include_dirs)
+from tests.functions.conftest import FUNCTIONS
 
 
 def test_a_change_redoes_the_item_and_its_users_only(tmp_path: Path, include_dirs: tuple[str, ...],

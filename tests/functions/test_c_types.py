@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,7 @@ import pytest
 from pipeline.build import Toolchain
 from pipeline.c_program import CProgram, parse_program
 from pipeline.c_types import TypeTranslation, rust_ident, translate_types, verify_layouts
-from pipeline.config import ToolchainSettings
-from tests.conftest import ROOT
-
-FUNCTIONS = ROOT / "examples" / "functions"
+from tests.functions.conftest import FUNCTIONS
 
 #: Corners the examples do not reach: tags that differ from typedefs, const pointers, void and variadic
 #: function pointers, a named struct defined inside another, arrays of records, library typedefs, bool,
@@ -55,12 +51,6 @@ int main(void) { printf("%zu\n", sizeof(struct outer)); return 0; }
 """
 
 
-@pytest.fixture(scope="module")
-def include_dirs() -> tuple[str, ...]:
-    found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    return (found.stdout.strip(),)
-
-
 def _program(name: str, include_dirs: tuple[str, ...]) -> CProgram:
     return parse_program(FUNCTIONS / f"{name}.c", include_dirs=include_dirs)
 
@@ -72,9 +62,6 @@ def corners(tmp_path_factory: pytest.TempPathFactory, include_dirs: tuple[str, .
     return parse_program(path, include_dirs=include_dirs)
 
 
-@pytest.fixture
-async def toolchain(cache_dir: Path) -> Toolchain:
-    return await Toolchain.prepare(ToolchainSettings(cache_dir=str(cache_dir), clippy=False))
 
 
 def test_structs_unions_enums_and_typedefs_become_repr_c_rust(include_dirs: tuple[str, ...]) -> None:

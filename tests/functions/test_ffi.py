@@ -4,23 +4,19 @@ of the C definition, judged by the task's tests."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from pipeline.build import Toolchain
-from pipeline.c_program import CProgram, parse_program
+from pipeline.c_program import CProgram
 from pipeline.c_types import TypeTranslation, translate_types
-from pipeline.config import SandboxSettings, ToolchainSettings
 from pipeline.discovery import discover
 from pipeline.ffi import FfiVerdict, drop_static, harness_c_source, harness_rust_source, verify_function
 from pipeline.sandbox import Sandbox
 from pipeline.task import Task
 from pipeline.testing import TestSuite, load_test_suite
-from tests.conftest import ROOT
-
-FUNCTIONS = ROOT / "examples" / "functions"
+from tests.functions.conftest import FUNCTIONS
 
 CMP_VALUE = """
 #[no_mangle]
@@ -93,33 +89,18 @@ fn main() {
 
 
 @pytest.fixture(scope="module")
-def include_dirs() -> tuple[str, ...]:
-    found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    return (found.stdout.strip(),)
+def inventory_model(inventory: CProgram) -> tuple[CProgram, TypeTranslation]:
+    return inventory, translate_types(inventory)
 
 
 @pytest.fixture(scope="module")
-def inventory(include_dirs: tuple[str, ...]) -> tuple[CProgram, TypeTranslation]:
-    program = parse_program(FUNCTIONS / "inventory.c", include_dirs=include_dirs)
-    return program, translate_types(program)
-
-
-@pytest.fixture(scope="module")
-def exprcalc(include_dirs: tuple[str, ...]) -> tuple[CProgram, TypeTranslation]:
-    program = parse_program(FUNCTIONS / "exprcalc.c", include_dirs=include_dirs)
-    return program, translate_types(program)
+def exprcalc_model(exprcalc: CProgram) -> tuple[CProgram, TypeTranslation]:
+    return exprcalc, translate_types(exprcalc)
 
 
 async def _suite(name: str) -> TestSuite:
     tasks = {t.id: t async for t in discover(FUNCTIONS, FUNCTIONS) if isinstance(t, Task)}
     return load_test_suite(tasks[name])
-
-
-@pytest.fixture
-async def services(cache_dir: Path) -> AsyncIterator[tuple[Toolchain, Sandbox]]:
-    toolchain = await Toolchain.prepare(ToolchainSettings(cache_dir=str(cache_dir), clippy=False))
-    async with Sandbox.open(SandboxSettings()) as sandbox:
-        yield toolchain, sandbox
 
 
 async def _verify(
@@ -140,10 +121,10 @@ def test_drop_static_touches_only_the_storage_class() -> None:
 
 
 def test_the_c_side_declares_the_function_and_exposes_what_rust_calls(
-    inventory: tuple[CProgram, TypeTranslation], tmp_path: Path
+    inventory_model: tuple[CProgram, TypeTranslation], tmp_path: Path
 ) -> None:
     """cmp_value's body is gone (a prototype stays); its static callees and the rest compile as before."""
-    program, _types = inventory
+    program, _types = inventory_model
     c_source = harness_c_source(program, ["function:cmp_value"])
     assert "int cmp_value(const void *a, const void *b);" in c_source
     assert "static int cmp_value" not in c_source and "cents_t vx = item_value(x);" not in c_source
@@ -155,18 +136,18 @@ def test_the_c_side_declares_the_function_and_exposes_what_rust_calls(
                     str(tmp_path / "harness.o"), str(tmp_path / "harness.c")], check=True, timeout=60)
 
 
-def test_a_prototyped_static_group_loses_static_everywhere(inventory: tuple[CProgram, TypeTranslation]) -> None:
+def test_a_prototyped_static_group_loses_static_everywhere(inventory_model: tuple[CProgram, TypeTranslation]) -> None:
     """parse_sum's forward declaration and the group's definitions all become external prototypes."""
-    program, _types = inventory
+    program, _types = inventory_model
     c_source = harness_c_source(program, ["function:parse_atom", "function:parse_product", "function:parse_sum"])
     assert c_source.count("long parse_sum(Cursor *cur);") == 2
     assert "static long parse_sum" not in c_source and "static long parse_atom" not in c_source
     assert "void skip_spaces(Cursor *cur) {" in c_source and "static void skip_spaces" not in c_source
 
 
-def test_the_rust_side_declares_c_callees_and_globals(inventory: tuple[CProgram, TypeTranslation]) -> None:
+def test_the_rust_side_declares_c_callees_and_globals(inventory_model: tuple[CProgram, TypeTranslation]) -> None:
     """The crate holds the types, an extern block for what stays in C, and the translation."""
-    program, types = inventory
+    program, types = inventory_model
     rust = harness_rust_source(program, types, ["function:cmp_value"], CMP_VALUE)
     assert rust is not None
     assert "pub struct Item {" in rust
@@ -177,19 +158,19 @@ def test_the_rust_side_declares_c_callees_and_globals(inventory: tuple[CProgram,
 
 
 async def test_a_correct_function_passes_inside_the_c_program(
-    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+    inventory_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
     """A right cmp_value, called by C's qsort through the SORT_KEYS table, passes every inventory test."""
-    verdict = await _verify(inventory, ["function:cmp_value"], CMP_VALUE, "inventory", services)
+    verdict = await _verify(inventory_model, ["function:cmp_value"], CMP_VALUE, "inventory", services)
     assert verdict.passed, verdict.feedback
     assert verdict.verdict is not None and len(verdict.verdict.outcomes) == 14
 
 
 async def test_a_wrong_function_fails_and_the_feedback_names_it(
-    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+    inventory_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
     """An ascending cmp_value compiles and links, and the tests that sort by value catch it."""
-    verdict = await _verify(inventory, ["function:cmp_value"], CMP_VALUE_WRONG, "inventory", services)
+    verdict = await _verify(inventory_model, ["function:cmp_value"], CMP_VALUE_WRONG, "inventory", services)
     assert verdict.stage == "tests"
     assert verdict.feedback.startswith("With the Rust translation of `cmp_value` linked into the C program")
     assert verdict.verdict is not None
@@ -197,18 +178,18 @@ async def test_a_wrong_function_fails_and_the_feedback_names_it(
 
 
 async def test_a_function_using_a_global_and_printf(
-    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+    inventory_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
     """report_error counts in C's g_errors and prints through the same stdio buffer: output order holds."""
-    verdict = await _verify(inventory, ["function:report_error"], REPORT_ERROR, "inventory", services)
+    verdict = await _verify(inventory_model, ["function:report_error"], REPORT_ERROR, "inventory", services)
     assert verdict.passed, verdict.feedback
 
 
 async def test_a_mutually_recursive_group_is_verified_together(
-    exprcalc: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+    exprcalc_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
     """is_even and is_odd, translated together, replace both C definitions and pass exprcalc's tests."""
-    verdict = await _verify(exprcalc, ["function:is_even", "function:is_odd"], EVEN_ODD, "exprcalc", services)
+    verdict = await _verify(exprcalc_model, ["function:is_even", "function:is_odd"], EVEN_ODD, "exprcalc", services)
     assert verdict.passed, verdict.feedback
 
 
@@ -222,36 +203,36 @@ async def test_a_mutually_recursive_group_is_verified_together(
     ],
 )
 async def test_build_and_link_failures_are_verdicts(
-    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox], code: str, stage: str,
+    inventory_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox], code: str, stage: str,
     says: str,
 ) -> None:
     """A translation that does not compile or does not provide the symbol fails at that stage, named."""
-    verdict = await _verify(inventory, ["function:cmp_value"], code, "inventory", services)
+    verdict = await _verify(inventory_model, ["function:cmp_value"], code, "inventory", services)
     assert verdict.stage == stage and verdict.feedback.startswith(says), verdict.feedback
 
 
 async def test_a_rust_main_drives_the_c_functions(
-    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+    inventory_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
     """A plain `fn main()` reading stdin with libc and calling the C commands passes; one that cuts the
     closing count line short fails, named."""
-    verdict = await _verify(inventory, ["function:main"], INVENTORY_MAIN, "inventory", services)
+    verdict = await _verify(inventory_model, ["function:main"], INVENTORY_MAIN, "inventory", services)
     assert verdict.passed, verdict.feedback
     short_summary = INVENTORY_MAIN.replace("%d lines, %d items, %d errors", "%d lines")
-    verdict = await _verify(inventory, ["function:main"], short_summary, "inventory", services)
+    verdict = await _verify(inventory_model, ["function:main"], short_summary, "inventory", services)
     assert verdict.stage == "tests" and verdict.feedback.startswith("With the Rust translation of `main`")
 
 
 async def test_a_main_without_fn_main_is_refused(
-    inventory: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
+    inventory_model: tuple[CProgram, TypeTranslation], services: tuple[Toolchain, Sandbox]
 ) -> None:
     """main must come as `fn main()`; anything else is a build failure saying so."""
-    verdict = await _verify(inventory, ["function:main"], "pub fn start() {}", "inventory", services)
+    verdict = await _verify(inventory_model, ["function:main"], "pub fn start() {}", "inventory", services)
     assert verdict.stage == "rust_build" and "fn main()" in verdict.feedback
 
 
-def test_only_functions_form_a_group(inventory: tuple[CProgram, TypeTranslation]) -> None:
+def test_only_functions_form_a_group(inventory_model: tuple[CProgram, TypeTranslation]) -> None:
     """A type or global in a group is a caller's mistake, raised as ValueError."""
     with pytest.raises(ValueError, match="struct:Item"):
-        harness_c_source(inventory[0], ["struct:Item"])
+        harness_c_source(inventory_model[0], ["struct:Item"])
 

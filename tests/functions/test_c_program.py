@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.c_program import CProgram, load_program, parse_program
 from pipeline.errors import TaskInputError
-from tests.conftest import ROOT
-
-FUNCTIONS = ROOT / "examples" / "functions"
-
-
-@pytest.fixture(scope="module")
-def include_dirs() -> tuple[str, ...]:
-    found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    return (found.stdout.strip(),)
-
-
-@pytest.fixture(scope="module")
-def inventory(include_dirs: tuple[str, ...]) -> CProgram:
-    return parse_program(FUNCTIONS / "inventory.c", include_dirs=include_dirs)
-
-
-@pytest.fixture(scope="module")
-def exprcalc(include_dirs: tuple[str, ...]) -> CProgram:
-    return parse_program(FUNCTIONS / "exprcalc.c", include_dirs=include_dirs)
+from tests.functions.conftest import FUNCTIONS
 
 
 def _names(program: CProgram, kind: str) -> set[str]:

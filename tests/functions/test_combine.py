@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,10 @@ from pipeline.build import Toolchain
 from pipeline.c_program import CProgram
 from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.combine import WHOLE_PROGRAM, combine, verify_combined
-from pipeline.config import SandboxSettings, ToolchainSettings
 from pipeline.ffi import verify_function
 from pipeline.sandbox import Sandbox
 from pipeline.testing import TestSuite
-from tests.function_fixtures import FUNCTIONS, numbers_task
+from tests.functions.function_fixtures import RUST_FUNCTIONS, numbers_task
 
 
 @pytest.fixture
@@ -23,12 +21,6 @@ def task(tmp_path: Path) -> tuple[CProgram, TypeTranslation, TestSuite]:
     program, suite = numbers_task(tmp_path)
     return program, translate_types(program), suite
 
-
-@pytest.fixture
-async def services(cache_dir: Path) -> AsyncIterator[tuple[Toolchain, Sandbox]]:
-    toolchain = await Toolchain.prepare(ToolchainSettings(cache_dir=str(cache_dir), clippy=False))
-    async with Sandbox.open(SandboxSettings()) as sandbox:
-        yield toolchain, sandbox
 
 
 
@@ -39,11 +31,11 @@ async def test_items_verified_one_by_one_combine_into_a_passing_rust_program(
     program, types, suite = task
     toolchain, sandbox = services
     limits = sandbox.limits(wall_seconds=20, output_bytes=100_000)
-    for keys, code in FUNCTIONS.items():
+    for keys, code in RUST_FUNCTIONS.items():
         ffi = await verify_function(program, types, keys, code, suite, toolchain=toolchain, sandbox=sandbox,
                                     limits=limits)
         assert ffi.passed, ffi.feedback
-    combined = combine(program, types, FUNCTIONS)
+    combined = combine(program, types, RUST_FUNCTIONS)
     assert combined.missing == ()
     assert "pub static mut g_list: *mut Node = std::ptr::null_mut();" in combined.source
     assert "pub static mut g_total: libc::c_int = 0 as libc::c_int;" in combined.source
@@ -60,7 +52,7 @@ async def test_items_without_rust_are_named(
     """A function group never translated leaves the program incomplete, and the verdict names it."""
     program, types, suite = task
     toolchain, sandbox = services
-    combined = combine(program, types, {k: v for k, v in FUNCTIONS.items() if k != ("function:sum",)})
+    combined = combine(program, types, {k: v for k, v in RUST_FUNCTIONS.items() if k != ("function:sum",)})
     assert combined.missing == ("function:sum",)
     verdict = await verify_combined(combined, suite, toolchain=toolchain, sandbox=sandbox,
                                     limits=sandbox.limits(wall_seconds=20, output_bytes=100_000))
@@ -74,7 +66,7 @@ async def test_a_combination_failure_is_reported_per_item(
     which uses it), never under the unrelated functions."""
     program, types, suite = task
     toolchain, sandbox = services
-    combined = combine(program, types, FUNCTIONS, {"global:g_total": "pub static mut g_total: f64 = 0.0;"})
+    combined = combine(program, types, RUST_FUNCTIONS, {"global:g_total": "pub static mut g_total: f64 = 0.0;"})
     verdict = await verify_combined(combined, suite, toolchain=toolchain, sandbox=sandbox,
                                     limits=sandbox.limits(wall_seconds=20, output_bytes=100_000))
     assert verdict.stage == "build"

@@ -87,7 +87,7 @@ fn main() {
     }
 }
 """
-FUNCTIONS = {
+RUST_FUNCTIONS = {
     ("function:push",): PUSH,
     ("function:sum",): SUM,
     ("function:is_even", "function:is_odd"): EVEN_ODD,

@@ -12,9 +12,7 @@ from pipeline.discovery import discover
 from pipeline.sandbox import Sandbox
 from pipeline.task import Task
 from pipeline.testing import load_test_suite, run_test_suite
-from tests.conftest import ROOT
-
-FUNCTIONS = ROOT / "examples" / "functions"
+from tests.functions.conftest import FUNCTIONS
 
 
 async def _tasks() -> dict[str, Task]:

@@ -7,7 +7,7 @@ gcc and the tests are real."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +16,13 @@ import pytest
 from pipeline.build import Toolchain
 from pipeline.c_program import CProgram
 from pipeline.c_types import TypeTranslation, translate_types
-from pipeline.config import SandboxSettings, ToolchainSettings
 from pipeline.extract import BEGIN_MARK, END_MARK
 from pipeline.function_stage import FunctionEnv, translate_by_function
 from pipeline.items import ItemBook
 from pipeline.records import Completion, Usage
 from pipeline.sandbox import Sandbox
 from pipeline.testing import TestSuite
-from tests.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, numbers_task
+from tests.functions.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, numbers_task
 
 ANSWERS = {"push": [PUSH], "sum": [SUM], "is_even+is_odd": [EVEN_ODD], "main": [MAIN]}
 
@@ -52,11 +51,6 @@ def task(tmp_path: Path) -> tuple[CProgram, TypeTranslation, TestSuite]:
     return program, translate_types(program), suite
 
 
-@pytest.fixture
-async def services(cache_dir: Path) -> AsyncIterator[tuple[Toolchain, Sandbox]]:
-    toolchain = await Toolchain.prepare(ToolchainSettings(cache_dir=str(cache_dir), clippy=False))
-    async with Sandbox.open(SandboxSettings()) as sandbox:
-        yield toolchain, sandbox
 
 
 def _env(model: ScriptedModel, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:

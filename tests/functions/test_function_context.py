@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,19 +10,12 @@ from pipeline.c_program import CProgram, parse_program
 from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.function_context import choose_granularity, function_context
 from tests.conftest import ROOT
-
-FUNCTIONS = ROOT / "examples" / "functions"
-
-
-@pytest.fixture(scope="module")
-def include_dirs() -> tuple[str, ...]:
-    found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    return (found.stdout.strip(),)
+from tests.functions.conftest import FUNCTIONS
 
 
 @pytest.fixture(scope="module", params=["inventory", "exprcalc"])
-def model(request: pytest.FixtureRequest, include_dirs: tuple[str, ...]) -> tuple[CProgram, TypeTranslation]:
-    program = parse_program(FUNCTIONS / f"{request.param}.c", include_dirs=include_dirs)
+def model(request: pytest.FixtureRequest) -> tuple[CProgram, TypeTranslation]:
+    program: CProgram = request.getfixturevalue(request.param)
     return program, translate_types(program)
 
 
@@ -38,9 +30,9 @@ def test_each_context_holds_only_its_own_function_bodies(model: tuple[CProgram, 
             assert (body in text) == (item.key in group), (group, item.key)
 
 
-def test_context_of_one_function(include_dirs: tuple[str, ...]) -> None:
+def test_context_of_one_function(inventory: CProgram) -> None:
     """cmd_discount: its macros (CLAMP, MAX_DISCOUNT), Item and the types inside it in Rust, lookup's signature."""
-    program = parse_program(FUNCTIONS / "inventory.c", include_dirs=include_dirs)
+    program = inventory
     context = function_context(program, translate_types(program), ["function:cmd_discount"])
     assert context.macros.splitlines() == [
         "#define MAX_DISCOUNT 90", "#define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : ((x) > (hi) ? (hi) : (x)))"]
@@ -54,9 +46,9 @@ def test_context_of_one_function(include_dirs: tuple[str, ...]) -> None:
     assert context.c_definitions.startswith("static void cmd_discount(char **args, int nargs) {")
 
 
-def test_globals_and_types_reached_through_signatures(include_dirs: tuple[str, ...]) -> None:
+def test_globals_and_types_reached_through_signatures(exprcalc: CProgram) -> None:
     """A global's declaration and the types a callee's signature names are shown; a recursion group is one."""
-    program = parse_program(FUNCTIONS / "exprcalc.c", include_dirs=include_dirs)
+    program = exprcalc
     types = translate_types(program)
     node_new = function_context(program, types, ["function:node_new"])
     assert node_new.rust_globals == "static mut g_nodes_alive: libc::c_int;"
