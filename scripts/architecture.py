@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "faces": ("cli", "check"),
     "batch": ("engine", "discovery", "ledger", "results", "progress"),
     "translation": ("translate", "stages", "prompts", "extract"),
-    "model": ("llm", "llm_errors"),
+    "model": ("endpoints", "llm", "llm_errors"),
     "verification": ("verifier", "vacuity", "differential", "cache", "testing", "build", "rust_source",
                      "sandbox", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
