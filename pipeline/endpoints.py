@@ -213,7 +213,8 @@ class Router:
         log.warning("model server %s is back in service after %.0f s out", s.name, away)
 
     def exhausted(self) -> bool:
-        """Every server has failed for the outage budget without answering a chat request since."""
+        """Every server has failed for the outage budget without answering a chat request since. (Ask it when a
+        request has just failed or no server is in service: a quiet spell is not a failure.)"""
         now = self.clock()
         return all(s.failing_since is not None and now - s.failing_since >= self.budget for s in self.states)
 
@@ -359,7 +360,8 @@ class EndpointPool:
         Raises ModelUnavailable when every server has been failing for the outage budget.
         """
         while True:
-            if self.router.exhausted():
+            # Only while no server is in service: one in service has answered since it failed, or will be tried.
+            if not any(s.up for s in self.router.states) and self.router.exhausted():
                 raise self._stop_error()
             due = self.router.claim_probe()
             if due is not None:
@@ -414,6 +416,8 @@ class EndpointPool:
             taken_out = self.router.failed(index, str(failure), at_once=at_once)
             log.info("%s: %s failed (%s); sending it to another server", purpose or "chat",
                      self._clients[index].base_url, failure)
+            if self.router.exhausted():
+                raise self._stop_error() from failure
             last = self.router.last_success
             if call.failures >= retries and last is not None and last >= call.first_failure:
                 raise RequestFailed(
