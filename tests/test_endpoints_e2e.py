@@ -105,6 +105,13 @@ def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[str, str]
         raise AssertionError("the run did not finish") from None
 
 
+def prepare(cli: Cli, tmp_path: Path, tasks: int, budget: float) -> tuple[Path, Path, list[str]]:
+    """A flat corpus of ``tasks`` tasks and a settings file with quick retries and ``budget`` as outage budget."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    (cli.cwd / "sactor.toml").write_text(FAST.format(budget=budget))
+    return corpus, out, flat_corpus(corpus, tasks)
+
+
 def verified(out: Path) -> set[str]:
     return {t["task_id"] for t in summary(out)["tasks"] if t["status"] == "verified"}
 
@@ -113,9 +120,7 @@ def test_a_server_killed_mid_run_its_requests_go_to_the_other_and_every_task_ver
     cli: Cli, tmp_path: Path
 ) -> None:
     """Two servers, one SIGKILLed while busy: exit 0, every task verified, both served requests."""
-    corpus, out = tmp_path / "corpus", tmp_path / "out"
-    names = flat_corpus(corpus, 16)
-    (cli.cwd / "sactor.toml").write_text(FAST.format(budget=30))
+    corpus, out, names = prepare(cli, tmp_path, 16, 30)
     with simulators(tmp_path, 2, "--latency", "0.3", "--capacity", "2") as (a, b):
         proc = start_run(cli, corpus, out, [a.url, b.url], "--workers", "4")
         wait_until(lambda: b.chat_requests() >= 4, proc)
@@ -136,9 +141,7 @@ def test_a_server_down_from_the_start_the_run_goes_on_with_the_other_and_a_warni
     cli: Cli, tmp_path: Path
 ) -> None:
     """One server never up: a warning naming it, the run finishes on the other, exit 0."""
-    corpus, out = tmp_path / "corpus", tmp_path / "out"
-    names = flat_corpus(corpus, 4)
-    (cli.cwd / "sactor.toml").write_text(FAST.format(budget=30))
+    corpus, out, names = prepare(cli, tmp_path, 4, 30)
     dead = free_port_url()
     with simulators(tmp_path, 1) as (a,):
         proc = start_run(cli, corpus, out, [dead, a.url])
@@ -154,9 +157,7 @@ def test_a_server_down_from_the_start_the_run_goes_on_with_the_other_and_a_warni
 
 def test_every_server_down_exits_3_and_a_rerun_with_them_up_resumes(cli: Cli, tmp_path: Path) -> None:
     """Both servers killed mid-run: exit 3 after the outage budget naming each; the rerun redoes no finished task."""
-    corpus, out = tmp_path / "corpus", tmp_path / "out"
-    names = flat_corpus(corpus, 16)
-    (cli.cwd / "sactor.toml").write_text(FAST.format(budget=2))
+    corpus, out, names = prepare(cli, tmp_path, 16, 2)
     with simulators(tmp_path, 2, "--latency", "0.3", "--capacity", "1") as (a, b):
         proc = start_run(cli, corpus, out, [a.url, b.url], "--workers", "2")
         wait_until(lambda: (out / "ledger.jsonl").exists() or any(out.glob("*/result.json")), proc)
