@@ -131,6 +131,9 @@ def test_a_server_killed_mid_run_its_requests_go_to_the_other_and_every_task_ver
     assert verified(out) == set(names)
     assert b.chat_requests() >= 4 and served_by_a > b.chat_requests()
     assert "taken out of service" in stderr
+    stages = [stage for task in summary(out)["tasks"] for stage in task["stages"].values()]
+    assert {stage["attempts"] for stage in stages} == {1}  # a request sent elsewhere spends no attempt
+    assert sum(stage["requests"] for stage in stages) > len(stages)  # ... though some were sent twice
     rows = {row["base_url"]: row for row in summary(out)["endpoints"]}
     assert rows[b.url]["taken_out"] >= 1 and rows[b.url]["out_of_service_seconds"] > 0
     assert rows[a.url]["requests"] > 0 and rows[a.url]["errors"] == 0
