@@ -55,7 +55,8 @@ def _setting_flags(group: argparse._ArgumentGroup, panel: str) -> None:
             continue
         if s.flag:
             metavar = s.metavar or ("N" if s.kind is int else "SECONDS" if s.kind is float else "VALUE")
-            group.add_argument(s.flag, dest=s.name, metavar=metavar, help=s.help)
+            group.add_argument(s.flag, dest=s.name, metavar=metavar, help=s.help,
+                               action="append" if s.many else "store")
         if len(s.switches) == 1:
             flag, value, text = s.switches[0]
             group.add_argument(flag, dest=s.name, action="store_const", const=value, help=text)
@@ -223,16 +224,17 @@ class _Scrubber(logging.Filter):
         self.patterns: list[tuple[re.Pattern[str], str]] = []
 
     def learn(self, config: Config) -> None:
-        url = config.model.base_url
-        scheme, _, rest = url.partition("://")
-        userinfo = rest.partition("/")[0].rpartition("@")[0]
-        if userinfo:
-            # Any form of the URL (with or without /v1, as the client's root URL) shows the same authority.
-            self.patterns.append((re.compile(re.escape(f"{scheme}://{userinfo}@")), f"{scheme}://***@"))
-        key = config.model.api_key
-        if key and key != "EMPTY":
-            # A whole-token match: a short key such as "test" must not blank out "tests".
-            self.patterns.append((re.compile(rf"(?<![\w.-]){re.escape(key)}(?![\w.-])"), "***"))
+        model = config.model
+        for url in (model.base_url, *(e.base_url for e in model.endpoints)):
+            scheme, _, rest = url.partition("://")
+            userinfo = rest.partition("/")[0].rpartition("@")[0]
+            if userinfo:
+                # Any form of the URL (with or without /v1, as the client's root URL) shows the same authority.
+                self.patterns.append((re.compile(re.escape(f"{scheme}://{userinfo}@")), f"{scheme}://***@"))
+        for key in (model.api_key, *(e.api_key for e in model.endpoints)):
+            if key and key != "EMPTY":
+                # A whole-token match: a short key such as "test" must not blank out "tests".
+                self.patterns.append((re.compile(rf"(?<![\w.-]){re.escape(key)}(?![\w.-])"), "***"))
 
     def __call__(self, text: str) -> str:
         for pattern, shown in self.patterns:
@@ -279,7 +281,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(c_dir=args.c_files, json_dir=args.json_files, output=args.output,
                          retry_failed=bool(args.retry_failed), force=args.force)
     reporter: Reporter = TqdmReporter() if sys.stderr.isatty() else LogReporter(args.progress_interval)
-    _say(f"model {config.model.model} at {config.model.public_url}; {config.client.workers} requests in flight, "
+    servers = (", ".join(e.public_url for e in config.model.endpoints) if config.model.endpoints
+               else config.model.public_url)
+    _say(f"model {config.model.model} at {servers}; {config.client.workers} requests in flight, "
          f"{config.run.jobs} compile/test jobs; results in {args.output}", err=True)
     outcome = anyio.run(lambda: run_batch(config, options, reporter=reporter))
     for line in outcome.table:
@@ -341,13 +345,19 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .check import run_check
+    from .check import run_checks
 
     config = _config(args)
-    report = anyio.run(run_check, config)
-    for line in report.lines():
-        _say(line)
-    return 0 if report.ok else 1
+    reports = anyio.run(run_checks, config)
+    if len(reports) > 1:
+        ok = sum(r.ok for r in reports)
+        _say(f"{len(reports)} model servers: {ok} OK, {len(reports) - ok} FAILED")
+    for number, report in enumerate(reports):
+        if number:
+            _say("")
+        for line in report.lines():
+            _say(line)
+    return 0 if all(r.ok for r in reports) else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

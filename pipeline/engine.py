@@ -42,6 +42,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from .build import Toolchain
 from .config import Config
 from .discovery import discover
+from .endpoints import EndpointPool, endpoint_table, model_slots
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -116,7 +117,7 @@ class Services:
 
     env: StageEnv
     info: ServerInfo
-    client: ModelClient
+    client: ModelClient | EndpointPool
     sandbox: Sandbox
 
 
@@ -137,9 +138,13 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             try:
                 toolchain = await Toolchain.prepare(config.toolchain)
                 sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
-                client = await stack.enter_async_context(ModelClient.open(
-                    config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
-                ))
+                client: ModelClient | EndpointPool
+                if config.model.endpoints:
+                    client = await stack.enter_async_context(EndpointPool.open(config))
+                else:
+                    client = await stack.enter_async_context(ModelClient.open(
+                        config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                    ))
                 info = await client.preflight()
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside the task group's exception group
@@ -171,6 +176,7 @@ class _Run:
         self.env: StageEnv | None = None
         self.info: ServerInfo | None = None
         self.isolation = ""
+        self.pool: EndpointPool | None = None
 
     @classmethod
     @asynccontextmanager
@@ -239,6 +245,7 @@ class _Run:
         async with open_services(self.config, scratch_root=self.scratch_root) as services:
             self.env, self.info = services.env, services.info
             self.isolation = services.sandbox.isolation.describe()
+            self.pool = services.client if isinstance(services.client, EndpointPool) else None
             async with anyio.create_task_group() as side:
                 # Start-up listened for signals itself, which took the handlers from the run's watcher and
                 # removed them when it ended: the run listens again.
@@ -321,7 +328,7 @@ async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase:
             return
 
 
-async def _track_in_flight(client: ModelClient, counters: Counters) -> None:
+async def _track_in_flight(client: ModelClient | EndpointPool, counters: Counters) -> None:
     while True:
         counters.in_flight_requests = client.stats.in_flight
         await anyio.sleep(0.25)
@@ -334,7 +341,7 @@ def task_worker_count(config: Config) -> int:
     stayed in step) and wait for compile and test; another ``workers`` keep every model slot busy meanwhile.
     With only ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave (bench/README.md).
     """
-    return 2 * config.client.workers + 2 * config.run.jobs
+    return 2 * model_slots(config) + 2 * config.run.jobs
 
 
 async def run_batch(
@@ -399,7 +406,7 @@ async def run_batch(
                    "and rerun (finished tasks are kept)")
         return RunOutcome(fatal.exit_code if fatal else EXIT_FAILED,
                           message=f"run stopped: {fatal}; {message}" if fatal else message)
-    table = render_table(summary)
+    table = render_table(summary) + endpoint_table(summary.get("endpoints"))
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)
         return RunOutcome(code, summary, f"run stopped: {fatal}", table)
@@ -476,6 +483,8 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, started: floa
             "skipped_unchanged": run.counters.skipped,
             "orphans": [{"path": printable(o.path), "reason": printable(o.reason)} for o in run.orphans],
         }
+        if run.pool is not None:
+            summary["endpoints"] = run.pool.report()
         fh.write("\n  ]," + json.dumps(summary, indent=2)[1:] + "\n")
     return summary
 

@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "batch": ("engine", "discovery", "ledger", "results", "progress"),
     "translation": ("translate", "stages", "prompts", "extract"),
     "function level": ("function_stage", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
-    "model": ("llm", "llm_errors"),
+    "model": ("endpoints", "llm", "llm_errors"),
     "verification": ("verifier", "vacuity", "differential", "cache", "testing", "build", "rust_source",
                      "sandbox", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
