@@ -29,7 +29,7 @@ import anyio
 
 from .config import Config
 from .differential import TRIES_PER_INPUT, judge_inputs, mutations
-from .errors import ConfigError
+from .errors import ConfigError, FatalError
 from .interfaces import Model
 from .llm import ModelClient
 from .proposals import propose_inputs
@@ -163,6 +163,7 @@ async def generate_tests(config: Config, options: GenerateOptions) -> list[Gener
     Files are judged concurrently (``config.run.jobs`` processes at a time). Raises ConfigError for unusable
     seeds or output paths, ModelUnavailable when ``--model-inputs`` is asked and the server cannot be used.
     """
+    seeds = [await anyio.to_thread.run_sync(_seeds_for, path, options) for path in options.c_files]
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox))
         model: Model | None = None
@@ -175,13 +176,27 @@ async def generate_tests(config: Config, options: GenerateOptions) -> list[Gener
         limits = sandbox.limits(wall_seconds=config.translation.test_timeout,
                                 output_bytes=config.translation.output_byte_limit)
         results: list[Generated] = [Generated(path) for path in options.c_files]
+        fatal: list[FatalError] = []
+        # Files in flight: enough to keep the model's slots and the CPU busy, not the whole folder at once.
+        in_flight = anyio.CapacityLimiter(max(1, config.run.jobs) + (config.client.workers if model else 0))
+
+        async def one(result: Generated, own_seeds: list[str]) -> None:
+            try:
+                async with in_flight:
+                    await _one(result, own_seeds, config, options, sandbox, cpu, limits, model)
+            except FatalError as exc:  # the model server went away: stop, and say so as it is
+                fatal.append(exc)
+                tg.cancel_scope.cancel()
+
         async with anyio.create_task_group() as tg:
-            for result in results:
-                tg.start_soon(_one, result, config, options, sandbox, cpu, limits, model)
+            for result, own_seeds in zip(results, seeds, strict=True):
+                tg.start_soon(one, result, own_seeds)
+        if fatal:
+            raise fatal[0]
         return results
 
 
-async def _one(result: Generated, config: Config, options: GenerateOptions, sandbox: Sandbox,
+async def _one(result: Generated, seeds: list[str], config: Config, options: GenerateOptions, sandbox: Sandbox,
                cpu: anyio.CapacityLimiter, limits: Limits, model: Model | None) -> None:
     c_path = result.c_path
     out_dir = options.output or c_path.parent
@@ -198,7 +213,6 @@ async def _one(result: Generated, config: Config, options: GenerateOptions, sand
         result.error = f"cannot read the C file: {exc}"
         return
     feed: Feed = config.run.feed
-    seeds = await anyio.to_thread.run_sync(_seeds_for, c_path, options)
     proposed: list[str] = []
     if model is not None:
         proposal = await propose_inputs(model, name=c_path.name, c_source=c_source, feed=feed, examples=seeds,

@@ -385,3 +385,19 @@ def test_proposals_are_parsed_from_what_models_send(text: str, expected: list[st
 def test_proposals_are_capped() -> None:
     """At most 100 items are read from an answer, however long it is."""
     assert len(parse_proposals(json.dumps([str(i) for i in range(500)]))) == 100
+
+
+def test_model_inputs_with_the_server_down_exit_3_and_write_nothing(cli: Cli, tmp_path: Path) -> None:
+    """--model-inputs talks to the configured server: when it is down, exit 3 with the batch's message."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "add.c").write_text(ADD_C)
+    result = generate(cli, corpus, "--input", "1 2", "--model-inputs", "3", "--base-url", url)
+    assert result.returncode == 3, result.output
+    assert "cannot connect" in result.stderr
+    assert not (corpus / "add.json").exists()
