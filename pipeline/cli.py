@@ -151,7 +151,7 @@ def _generate_tests_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
                     help="a seed input (repeatable), for every program")
     gt.add_argument("--seeds", type=Path, metavar="FILE",
                     help="seed inputs: a JSON list of strings or of {\"input\": ...} samples, for every program; "
-                         "or a folder of NAME_seeds.json (default: NAME_seeds.json beside each C file)")
+                         "or a folder of NAME_seeds.json (keep it apart from the C files)")
     gt.add_argument("--model-inputs", type=_count, default=0, metavar="N",
                     help="also ask the model for N inputs (talks to the configured server)")
     gt.add_argument("--mutations", type=_count, default=0, metavar="N",

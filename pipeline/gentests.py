@@ -56,7 +56,9 @@ class GenerateOptions:
 
     c_files: tuple[Path, ...]
     inputs: tuple[str, ...] = ()  # --input: seeds for every program
-    seeds: Path | None = None  # --seeds: a file (every program) or a folder of NAME_seeds.json
+    # --seeds: a file (every program) or a folder of NAME_seeds.json (not the corpus folder: a batch run would
+    # list those files as JSON without a C file)
+    seeds: Path | None = None
     output: Path | None = None  # None: beside each C file
     model_inputs: int = 0
     mutations: int = 0
@@ -134,9 +136,6 @@ def _seeds_for(c_path: Path, options: GenerateOptions) -> list[str]:
                 seeds += read_seeds(own)
         else:
             seeds += read_seeds(options.seeds)
-    own = c_path.with_name(f"{c_path.stem}{SEEDS_SUFFIX}")
-    if options.seeds is None and own.is_file():
-        seeds += read_seeds(own)
     bad = [i for i, text in enumerate(seeds) if "\x00" in text]
     if bad:
         raise ConfigError(f"{c_path}: seed input {bad[0]} holds a NUL character, which no program can be given")
@@ -222,8 +221,9 @@ async def _one(result: Generated, seeds: list[str], config: Config, options: Gen
         if proposal.problem:
             result.notes.append(f"model proposals: {proposal.problem}")
     if not seeds and not proposed:
-        result.error = ("no inputs to record: give seed inputs (--input TEXT, --seeds FILE, or NAME_seeds.json "
-                        "beside the C file)" + ("" if model is not None else " or ask the model (--model-inputs N)"))
+        result.error = ("no inputs to record: give seed inputs (--input TEXT, --seeds FILE, or --seeds DIR holding "
+                        f"{c_path.stem}{SEEDS_SUFFIX})"
+                        + ("" if model is not None else " or ask the model (--model-inputs N)"))
         return
     base = [*seeds, *proposed]
     mutated = mutations(base, feed, options.seed)[: options.mutations * TRIES_PER_INPUT]

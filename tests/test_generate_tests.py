@@ -233,7 +233,7 @@ def test_inputs_with_undefined_behaviour_or_time_dependent_output_are_not_writte
     corpus.mkdir()
     for name, source in (("sq", SQUARE_C), ("clock", CLOCK_C), ("dice", RAND_C)):
         (corpus / f"{name}.c").write_text(source)
-    seeds = corpus / "seeds.json"
+    seeds = tmp_path / "seeds.json"
     seeds.write_text(json.dumps([{"input": "3", "output": "ignored"}, "100000", "-4", "7", "0"]))
     result = generate(cli, corpus, "--seeds", seeds)
     assert result.returncode == 0, result.output
@@ -283,7 +283,7 @@ def test_model_proposed_inputs_are_judged_and_written(
 
 def test_without_inputs_or_over_existing_tests_nothing_is_written(cli: Cli, tmp_path: Path) -> None:
     """A C file with no seed inputs gets no tests (exit 1, the flags to give are named); an existing NAME.json
-    is kept unless --force."""
+    is kept unless --force; --seeds DIR gives each program its NAME_seeds.json."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "add.c").write_text(ADD_C)
@@ -295,9 +295,13 @@ def test_without_inputs_or_over_existing_tests_nothing_is_written(cli: Cli, tmp_
     kept = generate(cli, corpus, "--input", "1 2")
     assert kept.returncode == 1 and "pass --force" in kept.stdout
     assert (corpus / "add.json").read_text() == "[]"
-    forced = generate(cli, corpus, "--input", "1 2", "--force")
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    (seeds / "add_seeds.json").write_text('["5 5"]')
+    forced = generate(cli, corpus, "--input", "1 2", "--seeds", seeds, "--force")
     assert forced.returncode == 0, forced.output
-    assert samples_of(corpus / "add_samples.json") == [{"input": "1 2", "output": "3"}]
+    assert samples_of(corpus / "add_samples.json") == [{"input": "1 2", "output": "3"},
+                                                       {"input": "5 5", "output": "10"}]
 
 
 # -- build_oracle directly ------------------------------------------------------------------------------------
