@@ -178,6 +178,17 @@ def mutations(shipped: Sequence[str], feed: Feed, seed: int) -> list[str]:
     return candidates
 
 
+def feedable(text: str) -> bool:
+    """Whether ``text`` can be given to a program as it is: UTF-8 without NUL, at most MAX_INPUT_CHARS long."""
+    if "\x00" in text or len(text) > MAX_INPUT_CHARS:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud800" gives
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------
 # The oracle
 
@@ -205,7 +216,7 @@ async def build_oracle(
     feed, shipped, why_not = applicable(suite)
     if feed is None:
         return Oracle(None, note=why_not)
-    extra = [text for text in dict.fromkeys(proposed) if text not in shipped and len(text) <= MAX_INPUT_CHARS]
+    extra = [text for text in dict.fromkeys(proposed) if text not in shipped and feedable(text)]
     cache = _cache_path(cache_dir, key, budget, seed, extra) if cache_dir is not None and key else None
     if cache is not None:
         cached = await anyio.to_thread.run_sync(_read_cache, cache)

@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 
 from .config import Config
-from .differential import TRIES_PER_INPUT, judge_inputs, mutations
+from .differential import MAX_INPUT_CHARS, TRIES_PER_INPUT, feedable, judge_inputs, mutations
 from .errors import ConfigError, FatalError
 from .interfaces import Model
 from .llm import ModelClient
@@ -136,9 +136,10 @@ def _seeds_for(c_path: Path, options: GenerateOptions) -> list[str]:
                 seeds += read_seeds(own)
         else:
             seeds += read_seeds(options.seeds)
-    bad = [i for i, text in enumerate(seeds) if "\x00" in text]
+    bad = [i for i, text in enumerate(seeds) if not feedable(text)]
     if bad:
-        raise ConfigError(f"{c_path}: seed input {bad[0]} holds a NUL character, which no program can be given")
+        raise ConfigError(f"{c_path}: seed input {bad[0]} cannot be given to a program (a NUL character, a lone "
+                          f"surrogate, or longer than {MAX_INPUT_CHARS} characters): remove it")
     return list(dict.fromkeys(seeds))
 
 

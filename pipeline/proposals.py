@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .differential import feedable
 from .errors import TaskFailure
 from .interfaces import Model
 from .task import Feed
@@ -175,12 +176,12 @@ def _as_input(value: Any) -> str | None:
 
 
 def _usable(items: Sequence[str], feed: Feed) -> list[str]:
-    """Items that can be fed as they are: no NUL byte, not too long; trailing line ends dropped for stdin (a
+    """Items that can be fed as they are (UTF-8 without NUL, not too long); trailing line ends dropped for stdin (a
     newline is added anyway), whitespace runs made single spaces for arguments (they are split on it anyway)."""
     out: list[str] = []
     for item in items:
         text = item.rstrip("\r\n") if feed == "stdin" else " ".join(item.split())
-        if "\x00" in text or len(text) > MAX_PROPOSAL_CHARS:
+        if len(text) > MAX_PROPOSAL_CHARS or not feedable(text):
             continue
         out.append(text)
     return out

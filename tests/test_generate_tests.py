@@ -283,7 +283,8 @@ def test_model_proposed_inputs_are_judged_and_written(
 
 def test_without_inputs_or_over_existing_tests_nothing_is_written(cli: Cli, tmp_path: Path) -> None:
     """A C file with no seed inputs gets no tests (exit 1, the flags to give are named); an existing NAME.json
-    is kept unless --force; --seeds DIR gives each program its NAME_seeds.json."""
+    is kept unless --force; a seed no program can be given is refused (exit 2); --seeds DIR gives each program
+    its NAME_seeds.json."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "add.c").write_text(ADD_C)
@@ -295,6 +296,11 @@ def test_without_inputs_or_over_existing_tests_nothing_is_written(cli: Cli, tmp_
     kept = generate(cli, corpus, "--input", "1 2")
     assert kept.returncode == 1 and "pass --force" in kept.stdout
     assert (corpus / "add.json").read_text() == "[]"
+    nul = tmp_path / "nul.json"
+    nul.write_text(json.dumps(["1 2", "1\u00002"]))
+    refused = generate(cli, corpus, "--seeds", nul, "--force")
+    assert refused.returncode == 2
+    assert "seed input 1 cannot be given to a program (a NUL character" in refused.stderr
     seeds = tmp_path / "seeds"
     seeds.mkdir()
     (seeds / "add_seeds.json").write_text('["5 5"]')
