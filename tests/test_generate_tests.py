@@ -138,7 +138,7 @@ def sactor_run_tests(command: str, cwd: Path, target: Path) -> bool:
         proc = subprocess.run(f"{target} {sample['input']}".split(), capture_output=True, text=True, cwd=cwd,
                               timeout=30)
     lines = (proc.stdout + proc.stderr).splitlines()
-    return "\n".join(line.strip() for line in lines) == sample["output"]
+    return "\n".join(line.strip() for line in lines) == str(sample["output"])
 
 
 async def our_runner(task_json: Path, binary: Path, feed: Feed) -> list[bool]:
