@@ -393,9 +393,11 @@ def _cmd_generate_tests(args: argparse.Namespace) -> int:
     for result in results:
         for line in describe(result):
             _say(line)
-    written = sum(r.ok for r in results)
-    _say(f"tests written for {written} of {len(results)} C files")
-    return 0 if written == len(results) else 1
+    written = sum(r.task_path is not None for r in results)
+    skipped = sum(r.skipped is not None for r in results)
+    _say(f"tests written for {written} of {len(results)} C files"
+         + (f" ({skipped} skipped: they have tests)" if skipped else ""))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _interrupt(signum: int, _frame: object) -> None:

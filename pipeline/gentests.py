@@ -79,10 +79,12 @@ class Generated:
     rejected_seeds: list[tuple[int, str, str]] = field(default_factory=list)  # (index, input, reason)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    skipped: str | None = None  # why nothing was needed (the file has tests already)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.task_path is not None
+        """Tests were written, or the file has some already."""
+        return self.error is None and (self.task_path is not None or self.skipped is not None)
 
 
 def c_files_of(paths: Sequence[Path]) -> list[Path]:
@@ -163,6 +165,13 @@ async def generate_tests(config: Config, options: GenerateOptions) -> list[Gener
     Files are judged concurrently (``config.run.jobs`` processes at a time). Raises ConfigError for unusable
     seeds or output paths, ModelUnavailable when ``--model-inputs`` is asked and the server cannot be used.
     """
+    if options.output is not None:
+        stems: dict[str, Path] = {}
+        for path in options.c_files:
+            if path.stem in stems:
+                raise ConfigError(f"{stems[path.stem]} and {path} would both write {path.stem}.json into --output "
+                                  f"{options.output}: generate them in two runs, or without --output (beside each)")
+            stems[path.stem] = path
     seeds = [await anyio.to_thread.run_sync(_seeds_for, path, options) for path in options.c_files]
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox))
@@ -204,8 +213,8 @@ async def _one(result: Generated, seeds: list[str], config: Config, options: Gen
     samples_path = out_dir / f"{c_path.stem}{SAMPLES_SUFFIX}"
     existing = [p for p in (task_path, samples_path) if await anyio.to_thread.run_sync(p.exists)]
     if existing and not options.force:
-        result.error = (f"{existing[0]} exists; nothing written (pass --force to replace it, or --output DIR "
-                        f"to write elsewhere)")
+        result.skipped = (f"it has tests already ({existing[0]} exists); left as it is (--force replaces them, "
+                          f"--output DIR writes elsewhere)")
         return
     try:
         c_source = await anyio.to_thread.run_sync(lambda: c_path.read_text(encoding="utf-8"))
@@ -264,7 +273,9 @@ def describe(result: Generated) -> list[str]:
     name = result.c_path
     lines: list[str] = []
     tried = sum(result.tried.values())
-    if result.ok:
+    if result.skipped is not None:
+        lines.append(f"{name}: skipped: {result.skipped}")
+    elif result.ok:
         kept = sum(result.kept.values())
         parts = ", ".join(f"{count} {kind}" for kind, count in result.kept.items())
         rejected = sum(result.rejected.values())

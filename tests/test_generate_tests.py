@@ -281,10 +281,10 @@ def test_model_proposed_inputs_are_judged_and_written(
     assert '"3"' in prompt and "5 strings" in prompt and "standard input" in prompt
 
 
-def test_without_inputs_or_over_existing_tests_nothing_is_written(cli: Cli, tmp_path: Path) -> None:
-    """A C file with no seed inputs gets no tests (exit 1, the flags to give are named); an existing NAME.json
-    is kept unless --force; a seed no program can be given is refused (exit 2); --seeds DIR gives each program
-    its NAME_seeds.json."""
+def test_without_inputs_or_with_tests_already_nothing_is_written(cli: Cli, tmp_path: Path) -> None:
+    """A C file with no seed inputs gets no tests (exit 1, the flags to give are named); a file with tests
+    already (NAME.json) is skipped unless --force; a seed no program can be given is refused (exit 2);
+    --seeds DIR gives each program its NAME_seeds.json."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     (corpus / "add.c").write_text(ADD_C)
@@ -294,7 +294,8 @@ def test_without_inputs_or_over_existing_tests_nothing_is_written(cli: Cli, tmp_
     assert not (corpus / "add.json").exists()
     (corpus / "add.json").write_text("[]")
     kept = generate(cli, corpus, "--input", "1 2")
-    assert kept.returncode == 1 and "pass --force" in kept.stdout
+    assert kept.returncode == 0, kept.output
+    assert "add.c: skipped: it has tests already" in kept.stdout and "--force replaces them" in kept.stdout
     assert (corpus / "add.json").read_text() == "[]"
     nul = tmp_path / "nul.json"
     nul.write_text(json.dumps(["1 2", "1\u00002"]))
