@@ -225,8 +225,7 @@ async def _one(result: Generated, seeds: list[str], config: Config, options: Gen
     proposed: list[str] = []
     if model is not None:
         proposal = await propose_inputs(model, name=c_path.name, c_source=c_source, feed=feed, examples=seeds,
-                                        count=options.model_inputs,
-                                        system_message=config.translation.system_message)
+                                        count=options.model_inputs)
         proposed = [text for text in proposal.inputs if text not in seeds]
         if proposal.problem:
             result.notes.append(f"model proposals: {proposal.problem}")

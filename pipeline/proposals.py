@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 #: The first words of the request (the simulator recognises an input-proposal request by them).
 REQUEST_HEAD = "Propose test inputs for the C program"
+#: The system message of the request (the translation's is about writing Rust, not choosing inputs).
+SYSTEM_MESSAGE = "You choose test inputs for C programs: valid, varied, and aimed at edge cases."
 #: Characters of an answer looked at; the rest is ignored.
 MAX_ANSWER_CHARS = 200_000
 #: A proposed input longer than this is dropped.
@@ -88,7 +90,7 @@ def proposal_request(name: str, c_source: str, feed: Feed, examples: Sequence[st
 
 async def propose_inputs(
     model: Model, *, name: str, c_source: str, feed: Feed, examples: Sequence[str], count: int,
-    system_message: str = "",
+    system_message: str = SYSTEM_MESSAGE,
 ) -> Proposal:
     """Ask ``model`` for up to ``count`` inputs of the C program ``name``; ``examples`` are inputs it accepts.
 
