@@ -1,8 +1,9 @@
 """Differential testing: the C program is the oracle for inputs beyond the shipped tests.
 
 For a task whose tests feed inputs (sample lists, ``sactor run-tests``), :func:`build_oracle` compiles the C
-program with gcc, derives more inputs from the shipped ones (:func:`mutations`: no model needed), and keeps an
-input only when the C program is a trustworthy oracle on it:
+program with gcc, derives more inputs from the shipped ones (:func:`mutations`: no model needed; inputs the
+model proposed, :mod:`pipeline.proposals`, go first), and keeps an input only when the C program is a
+trustworthy oracle on it (:func:`judge_inputs` applies the same rules to given inputs, for ``generate-tests``):
 
 - it ends by itself within the deadline, without a signal and within the output cap;
 - it is deterministic: two runs agree, the second with the wall clock shifted by months (an ``LD_PRELOAD``
