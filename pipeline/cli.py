@@ -1,4 +1,4 @@
-"""The command line: ``run`` (the default), ``translate``, ``check``, ``generate-tests``. The only module that
+"""The command line: ``run`` (the default), ``translate``, ``check``, ``report``, ``generate-tests``. The only
 prints.
 
 Exit status: 0 every task verified both stages; 1 the run finished but some tasks failed (or inputs were
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [run] --c-files DIR --json-files DIR --output DIR [options]\n"
               "       %(prog)s translate C_FILE TEST_FILE -r RESULT_DIR [options]\n"
               "       %(prog)s check [options]\n"
+              "       %(prog)s report OUT [OUT2 ...] [-o report.html] [--format html|md|json]\n"
               "       %(prog)s generate-tests C_FILE_OR_DIR... [--input TEXT] [--seeds FILE] [options]",
         description="Translate C programs to Rust with a self-hosted model: unidiomatic, then idiomatic; "
                     "each compiled, tested and repaired. Without a command, the flags are those of `run`.",
@@ -124,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Shown in the top-level help; parsing goes through the `run` sub-command (main() inserts it).
     _run_options(parser)
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check,generate-tests}",
+    sub = parser.add_subparsers(dest="command", title="commands",
+                                metavar="{run,translate,check,report,generate-tests}",
                                 prog=parser.prog)
     run = sub.add_parser("run", help="translate a corpus (the default command)")
     _run_options(run)
@@ -136,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
     _translation_options(tr)
     ck = sub.add_parser("check", help="check the model server: models, context length, one short request")
     _server_options(ck)
+    rp = sub.add_parser("report", help="an HTML (or Markdown, JSON) report of finished runs, compared side by side")
+    rp.add_argument("outputs", type=Path, nargs="+", metavar="OUT", help="--output folders of finished runs")
+    rp.add_argument("-o", type=Path, dest="report_file", metavar="FILE",
+                    help="where to write it (default: OUT/report.html for html, standard output for md and json)")
+    rp.add_argument("--format", choices=("html", "md", "json"), default="html", help="default: html")
+    rp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     _generate_tests_parser(sub)
     return parser
 
@@ -376,6 +385,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, compare
+    from .report_render import render
+    from .results import atomic_write_text
+
+    target: Path | None = args.report_file
+    if target is None and args.format == "html":
+        target = args.outputs[0] / "report.html"
+    try:
+        data = compare(args.outputs)
+        text = render(data, args.format, (target or Path.cwd()).absolute().parent)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    if target is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise UsageError(f"-o {target} cannot be written ({exc.strerror or exc}): name a writable file") from None
+    _say(f"report: {target}")
+    return 0
+
+
 def _cmd_generate_tests(args: argparse.Namespace) -> int:
     from .gentests import GenerateOptions, c_files_of, describe, generate_tests
 
@@ -420,6 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_translate(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "report":
+            return _cmd_report(args)
+
+
         if args.command == "generate-tests":
             return _cmd_generate_tests(args)
         parser.print_help()
