@@ -1,5 +1,5 @@
 """The command line: ``run`` (the default), ``translate``, ``check``, ``report``, ``generate-tests``. The only
-prints.
+module that prints.
 
 Exit status: 0 every task verified both stages; 1 the run finished but some tasks failed (or inputs were
 skipped); 2 bad usage, configuration or input directories; 3 the model server is unusable; 130 interrupted.
