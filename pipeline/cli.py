@@ -1,4 +1,5 @@
-"""The command line: ``run`` (the default), ``translate``, ``check``. The only module that prints.
+"""The command line: ``run`` (the default), ``translate``, ``check``, ``report``, ``generate-tests``. The only
+module that prints.
 
 Exit status: 0 every task verified both stages; 1 the run finished but some tasks failed (or inputs were
 skipped); 2 bad usage, configuration or input directories; 3 the model server is unusable; 130 interrupted.
@@ -49,9 +50,9 @@ class UsageError(Exception):
 # Arguments
 
 
-def _setting_flags(group: argparse._ArgumentGroup, panel: str) -> None:
+def _setting_flags(group: argparse._ArgumentGroup, panel: str, names: Sequence[str] = ()) -> None:
     for s in SETTINGS:
-        if s.panel != panel:
+        if s.panel != panel or (names and s.name not in names):
             continue
         if s.flag:
             metavar = s.metavar or ("N" if s.kind is int else "SECONDS" if s.kind is float else "VALUE")
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         usage="%(prog)s [run] --c-files DIR --json-files DIR --output DIR [options]\n"
               "       %(prog)s translate C_FILE TEST_FILE -r RESULT_DIR [options]\n"
               "       %(prog)s check [options]\n"
-              "       %(prog)s report OUT [OUT2 ...] [-o report.html] [--format html|md|json]",
+              "       %(prog)s report OUT [OUT2 ...] [-o report.html] [--format html|md|json]\n"
+              "       %(prog)s generate-tests C_FILE_OR_DIR... [--input TEXT] [--seeds FILE] [options]",
         description="Translate C programs to Rust with a self-hosted model: unidiomatic, then idiomatic; "
                     "each compiled, tested and repaired. Without a command, the flags are those of `run`.",
         epilog="`%(prog)s COMMAND --help` shows a command's options.",
@@ -124,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Shown in the top-level help; parsing goes through the `run` sub-command (main() inserts it).
     _run_options(parser)
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check,report}",
+    sub = parser.add_subparsers(dest="command", title="commands",
+                                metavar="{run,translate,check,report,generate-tests}",
                                 prog=parser.prog)
     run = sub.add_parser("run", help="translate a corpus (the default command)")
     _run_options(run)
@@ -143,7 +146,39 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", choices=("html", "md", "json"), default="html", help="default: html")
     rp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _generate_tests_parser(sub)
     return parser
+
+
+def _generate_tests_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gt = sub.add_parser(
+        "generate-tests", help="write SACToR tests (NAME.json, NAME_samples.json) for C files without tests",
+        description="Record tests from the C program itself (like `sactor generate-tests`): seed inputs you give "
+                    "and inputs the model proposes, kept only where the C program is deterministic, ends in "
+                    "time and is clean under ASan/UBSan.")
+    gt.add_argument("paths", type=Path, nargs="+", metavar="C_FILE_OR_DIR", help="a C file or a folder of them")
+    gt.add_argument("--input", dest="seed_inputs", action="append", default=[], metavar="TEXT",
+                    help="a seed input (repeatable), for every program")
+    gt.add_argument("--seeds", type=Path, metavar="FILE",
+                    help="seed inputs: a JSON list of strings or of {\"input\": ...} samples, for every program; "
+                         "or a folder of NAME_seeds.json (keep it apart from the C files)")
+    gt.add_argument("--model-inputs", type=_count, default=0, metavar="N",
+                    help="also ask the model for N inputs (talks to the configured server)")
+    gt.add_argument("--mutations", type=_count, default=0, metavar="N",
+                    help="also keep up to N mutations of the inputs (numbers perturbed, tokens dropped, ...)")
+    gt.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the mutations' order (default 0)")
+    gt.add_argument("-o", "--output", type=Path, metavar="DIR", help="where to write (default: beside each C file)")
+    gt.add_argument("--force", action="store_true", help="replace existing NAME.json and NAME_samples.json")
+    _server_options(gt)
+    _setting_flags(gt.add_argument_group("running the C program"), "translation",
+                   ("feed", "jobs", "test_timeout", "cache_dir"))
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number from 0 to 100."""
+    if not text.isdigit() or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 100")
+    return int(text)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -384,6 +419,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate_tests(args: argparse.Namespace) -> int:
+    from .gentests import GenerateOptions, c_files_of, describe, generate_tests
+
+    config = _config(args)
+    if args.output is not None:
+        _check_output(args.output, "--output")
+    if args.seeds is not None and not args.seeds.exists():
+        raise UsageError(f"--seeds {args.seeds} does not exist: name a JSON file of inputs or a folder of "
+                         f"NAME_seeds.json")
+    options = GenerateOptions(
+        c_files=tuple(c_files_of(args.paths)), inputs=tuple(args.seed_inputs), seeds=args.seeds,
+        output=args.output, model_inputs=args.model_inputs, mutations=args.mutations, seed=args.seed,
+        force=args.force)
+    results = anyio.run(generate_tests, config, options)
+    for result in results:
+        for line in describe(result):
+            _say(line)
+    written = sum(r.task_path is not None for r in results)
+    skipped = sum(r.skipped is not None for r in results)
+    _say(f"tests written for {written} of {len(results)} C files"
+         + (f" ({skipped} skipped: they have tests)" if skipped else ""))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -406,6 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "report":
             return _cmd_report(args)
+
+
+        if args.command == "generate-tests":
+            return _cmd_generate_tests(args)
         parser.print_help()
         return EXIT_USAGE
     except UsageError as exc:

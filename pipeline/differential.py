@@ -1,8 +1,9 @@
 """Differential testing: the C program is the oracle for inputs beyond the shipped tests.
 
 For a task whose tests feed inputs (sample lists, ``sactor run-tests``), :func:`build_oracle` compiles the C
-program with gcc, derives more inputs from the shipped ones (:func:`mutations`: no model needed), and keeps an
-input only when the C program is a trustworthy oracle on it:
+program with gcc, derives more inputs from the shipped ones (:func:`mutations`: no model needed; inputs the
+model proposed, :mod:`pipeline.proposals`, go first), and keeps an input only when the C program is a
+trustworthy oracle on it (:func:`judge_inputs` applies the same rules to given inputs, for ``generate-tests``):
 
 - it ends by itself within the deadline, without a signal and within the output cap;
 - it is deterministic: two runs agree, the second with the wall clock shifted by months (an ``LD_PRELOAD``
@@ -178,6 +179,17 @@ def mutations(shipped: Sequence[str], feed: Feed, seed: int) -> list[str]:
     return candidates
 
 
+def feedable(text: str) -> bool:
+    """Whether ``text`` can be given to a program as it is: UTF-8 without NUL, at most MAX_INPUT_CHARS long."""
+    if "\x00" in text or len(text) > MAX_INPUT_CHARS:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud800" gives
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------
 # The oracle
 
@@ -194,31 +206,48 @@ def applicable(suite: TestSuite) -> tuple[Feed | None, list[str], str | None]:
 
 async def build_oracle(
     c_source: str, suite: TestSuite, *, sandbox: Sandbox, cpu: anyio.CapacityLimiter, budget: int, seed: int,
-    limits: Limits, cache_dir: Path | None = None, key: str = "",
+    limits: Limits, cache_dir: Path | None = None, key: str = "", proposed: Sequence[str] = (),
 ) -> Oracle:
     """Up to ``budget`` inputs on which the C program is a trustworthy oracle (see the module docstring).
 
-    Never raises for the program's sake (a C program that does not build gives an oracle with a ``note``);
-    errors of the sandbox itself propagate.
+    ``proposed`` inputs (the model's, see :mod:`pipeline.proposals`) are tried first, under the same rules,
+    then mutations; they are part of the cache key. Never raises for the program's sake (a C program that does
+    not build gives an oracle with a ``note``); errors of the sandbox itself propagate.
     """
     feed, shipped, why_not = applicable(suite)
     if feed is None:
         return Oracle(None, note=why_not)
-    cache = _cache_path(cache_dir, key, budget, seed) if cache_dir is not None and key else None
+    extra = [text for text in dict.fromkeys(proposed) if text not in shipped and feedable(text)]
+    cache = _cache_path(cache_dir, key, budget, seed, extra) if cache_dir is not None and key else None
     if cache is not None:
         cached = await anyio.to_thread.run_sync(_read_cache, cache)
         if cached is not None:
             return cached
-    oracle = await _build(c_source, feed, shipped, sandbox=sandbox, cpu=cpu, budget=budget, seed=seed,
-                          limits=limits, cache_dir=cache_dir)
+    candidates = [*extra, *(text for text in mutations(shipped, feed, seed) if text not in extra)]
+    oracle = await _build(c_source, feed, candidates[: max(budget * TRIES_PER_INPUT, len(extra))],
+                          sandbox=sandbox, cpu=cpu, budget=budget, limits=limits, cache_dir=cache_dir)
     if cache is not None:
         await anyio.to_thread.run_sync(write_json, cache, oracle.to_json())
     return oracle
 
 
+async def judge_inputs(
+    c_source: str, feed: Feed, inputs: Sequence[str], *, sandbox: Sandbox, cpu: anyio.CapacityLimiter,
+    limits: Limits, cache_dir: Path | None = None,
+) -> tuple[Oracle, dict[str, str]]:
+    """The C program's verdict on exactly ``inputs`` (in order, duplicates dropped), under the rules of
+    :func:`build_oracle`: the oracle of the kept ones, and why each other one was rejected (input -> reason).
+    For ``generate-tests``, where the user's seed inputs are the tests. Raises like :func:`build_oracle`."""
+    reasons: dict[str, str] = {}
+    unique = list(dict.fromkeys(inputs))
+    oracle = await _build(c_source, feed, unique, sandbox=sandbox, cpu=cpu, budget=len(unique), limits=limits,
+                          cache_dir=cache_dir, reasons=reasons)
+    return oracle, reasons
+
+
 async def _build(
-    c_source: str, feed: Feed, shipped: list[str], *, sandbox: Sandbox, cpu: anyio.CapacityLimiter, budget: int,
-    seed: int, limits: Limits, cache_dir: Path | None,
+    c_source: str, feed: Feed, candidates: Sequence[str], *, sandbox: Sandbox, cpu: anyio.CapacityLimiter,
+    budget: int, limits: Limits, cache_dir: Path | None, reasons: dict[str, str] | None = None,
 ) -> Oracle:
     started = time.process_time()
     async with sandbox.build_dir() as work:
@@ -234,7 +263,7 @@ async def _build(
         tried = 0
         cpu_seconds = 0.0
         async with sandbox.workdir() as cwd:
-            for text in mutations(shipped, feed, seed)[: budget * TRIES_PER_INPUT]:
+            for text in candidates:
                 if len(kept) >= budget:
                     break
                 tried += 1
@@ -246,6 +275,8 @@ async def _build(
                     kept.append(OracleInput(text, output))
                 else:
                     rejected[verdict] += 1
+                    if reasons is not None:
+                        reasons[text] = verdict
     log.debug("oracle: %d of %d inputs kept (%s)", len(kept), tried, dict(rejected))
     return Oracle(feed, tuple(kept), tried, dict(rejected),
                   cpu_seconds=round(cpu_seconds + time.process_time() - started, 3))
@@ -346,8 +377,9 @@ def _store(source: Path, target: Path) -> None:
 # Cache
 
 
-def _cache_path(cache_dir: Path, key: str, budget: int, seed: int) -> Path:
-    digest = hashlib.sha256(f"{RULES_VERSION}\0{key}\0{budget}\0{seed}".encode()).hexdigest()
+def _cache_path(cache_dir: Path, key: str, budget: int, seed: int, proposed: Sequence[str] = ()) -> Path:
+    extra = "".join(f"\0{len(text)}:{text}" for text in proposed)
+    digest = hashlib.sha256(f"{RULES_VERSION}\0{key}\0{budget}\0{seed}{extra}".encode()).hexdigest()
     return cache_dir / "differential" / f"{digest[:32]}.json"
 
 

@@ -6,10 +6,12 @@ Canned answers live in ``answers_dir``::
     answers_dir/<key>/unidiomatic-1.md   the whole assistant message for attempt 1 of the unidiomatic stage
     answers_dir/<key>/unidiomatic-2.md   attempt 2, ... (a later attempt gets the last file)
     answers_dir/<key>/idiomatic-1.md     ...
+    answers_dir/<key>/inputs-1.md        the answer to a request for test inputs (``generate-tests``)
 
 * task: the key whose match string occurs in the FIRST user message; the longest match string wins
   (then the smallest key, so the choice is deterministic);
-* stage: ``idiomatic`` when the first user message has a line starting with "```rust", else ``unidiomatic``;
+* stage: ``inputs`` when the first user message starts with "Propose test inputs" (a request for test inputs),
+  ``idiomatic`` when it has a line starting with "```rust", else ``unidiomatic``;
 * attempt: 1 + the number of assistant messages in the request.
 
 A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the answer). Options:
@@ -38,9 +40,9 @@ from .tokens import content_text
 
 log = logging.getLogger(__name__)
 
-STAGES = ("unidiomatic", "idiomatic")
+STAGES = ("unidiomatic", "idiomatic", "inputs")
 DIRECTIVE_KEY = "directive"
-_ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic)-(\d+)\.md$")
+_ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic|inputs)-(\d+)\.md$")
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
 _REPLY_WITH_WORD = re.compile(r"^\s*Reply with the word (\w+)\.?\s*$")
 
@@ -79,7 +81,10 @@ def first_user_text(messages: list[Any]) -> str:
 
 
 def detect_stage(first_user: str) -> str:
-    """``idiomatic`` when a line starts with "```rust" (the idiomatic prompt quotes Rust), else the other."""
+    """``inputs`` for a request for test inputs; ``idiomatic`` when a line starts with "```rust" (the idiomatic
+    prompt quotes Rust); else ``unidiomatic``."""
+    if first_user.lstrip().startswith("Propose test inputs"):
+        return "inputs"
     if "```rust" in first_user:
         for line in first_user.splitlines():
             if line.startswith("```rust"):
