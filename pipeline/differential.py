@@ -125,6 +125,18 @@ class Oracle:
         """The kept inputs in SACToR's samples format, to save beside the results and reuse as tests."""
         return [{"input": item.input, "output": item.output} for item in self.inputs]
 
+    def report(self) -> dict[str, Any]:
+        """What a task's summary shows: ``status`` (checked, no_inputs: every input rejected, not_applicable,
+        unavailable: the C program does not build), inputs kept, tried, rejected per reason, CPU s, note."""
+        if self.feed is None:
+            status = "not_applicable"
+        elif self.note is not None:
+            status = "unavailable"
+        else:
+            status = "checked" if self.inputs else "no_inputs"
+        return {"status": status, "inputs": len(self.inputs), "tried": self.tried, "rejected": dict(self.rejected),
+                "cpu_seconds": self.cpu_seconds, "note": self.note}
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 

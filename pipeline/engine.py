@@ -41,6 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .build import Toolchain
 from .config import Config
+from .differential import RULES_VERSION as DIFFERENTIAL_RULES
 from .discovery import discover
 from .errors import (
     EXIT_FAILED,
@@ -106,6 +107,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
+        "differential": [config.translation.differential, DIFFERENTIAL_RULES] if config.translation.differential else 0,
     })
 
 

@@ -94,13 +94,15 @@ class Corpus:
         unidiomatic: list[str] | None = None,
         idiomatic: list[str] | None = None,
         c_source: str | None = None,
+        samples: list[dict[str, str]] | None = None,
     ) -> None:
-        """A C file whose run-tests samples expect ``expected`` on stdout, with canned answers per attempt."""
+        """A C file whose run-tests samples expect ``expected`` on stdout (or ``samples``: inputs and outputs),
+        with canned answers per attempt."""
         self.corpus.mkdir(parents=True, exist_ok=True)
         (self.corpus / f"{name}.c").write_text(
             c_source or f'#include <stdio.h>\n/* {name} */\nint main(void) {{ puts("{expected}"); return 0; }}\n'
         )
-        samples = [{"input": "", "output": expected}, {"input": "x", "output": expected}]
+        samples = samples or [{"input": "", "output": expected}, {"input": "x", "output": expected}]
         (self.corpus / f"{name}_samples.json").write_text(json.dumps(samples))
         if tests is None:
             tests = [

@@ -1,0 +1,300 @@
+"""Differential testing through the real CLI and the simulator: the C program is the oracle on generated inputs.
+
+Our own small C programs: each passes its shipped samples with a translation that is wrong, nondeterministic or
+undefined elsewhere, so what the user sees (the repair prompt, batch_summary.json, differential_samples.json,
+the end-of-run table) shows what the C program was asked and what was kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.differential import mutations
+from tests.conftest import Cli, Corpus, answer
+
+# Doubles a long; says "none" without a number. Shipped: 3 -> 6, 21 -> 42.
+DOUBLE_C = r"""#include <stdio.h>
+int main(void) {
+    long n = 0;
+    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }
+    printf("%ld\n", n * 2);
+    return 0;
+}
+"""
+DOUBLE_SAMPLES = [{"input": "3", "output": "6"}, {"input": "21", "output": "42"}]
+# Passes both samples, but reads an i32 where C reads a long: 4294967295 is "none" here, 8589934590 in C.
+DOUBLE_I32 = """use std::io::Read;
+fn main() {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).unwrap();
+    match text.split_whitespace().next().and_then(|t| t.parse::<i32>().ok()) {
+        Some(n) => println!("{}", n.wrapping_mul(2)),
+        None => println!("none"),
+    }
+}
+"""
+DOUBLE_I64 = DOUBLE_I32.replace("i32", "i64")
+
+# Positive numbers: the next one; negative ones: a random number seeded from the clock.
+CLOCK_C = r"""#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+int main(void) {
+    long n = 0;
+    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }
+    srand((unsigned) time(NULL));
+    if (n < 0) printf("lucky %d\n", rand() % 100000);
+    else if (n < 1000000) printf("%ld\n", n + 1);
+    else puts("big");
+    return 0;
+}
+"""
+CLOCK_SAMPLES = [{"input": "5", "output": "6"}, {"input": "10", "output": "11"}]
+CLOCK_RS = """use std::io::Read;
+fn main() {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).unwrap();
+    match text.split_whitespace().next().and_then(|t| t.parse::<i64>().ok()) {
+        None => println!("none"),
+        Some(n) if n < 0 => println!("lucky 7"),
+        Some(n) if n < 1000000 => println!("{}", n + 1),
+        Some(_) => println!("big"),
+    }
+}
+"""
+
+# Multiplies by four: signed overflow (undefined) for LONG_MAX and LONG_MIN, which the sanitizer reports.
+SCALE_C = r"""#include <stdio.h>
+int main(void) {
+    long n = 0;
+    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }
+    printf("%ld\n", n * 4);
+    return 0;
+}
+"""
+SCALE_SAMPLES = [{"input": "1", "output": "4"}, {"input": "25", "output": "100"}]
+# Panics where C's behaviour is undefined: it verifies only because those inputs are not kept.
+SCALE_RS = """use std::io::Read;
+fn main() {
+    let mut text = String::new();
+    std::io::stdin().read_to_string(&mut text).unwrap();
+    match text.split_whitespace().next().and_then(|t| t.parse::<i64>().ok()) {
+        Some(n) => println!("{}", n.checked_mul(4).expect("overflow")),
+        None => println!("none"),
+    }
+}
+"""
+
+# Self-checking tests: `%t N` exits 0 when N is 1.
+SELF_CHECK_C = r"""#include <stdlib.h>
+int main(int argc, char **argv) { return argc > 1 && atoi(argv[1]) == 1 ? 0 : 1; }
+"""
+SELF_CHECK_RS = """fn main() {
+    let ok = std::env::args().nth(1).map(|a| a == "1").unwrap_or(false);
+    std::process::exit(if ok { 0 } else { 1 });
+}
+"""
+
+
+def i32_double(text: str) -> str:
+    """What DOUBLE_I32 prints for ``text``."""
+    n = int(text)
+    if not -(2**31) <= n < 2**31:
+        return "none"
+    return str((2 * n + 2**31) % 2**32 - 2**31)
+
+
+def run_corpus(cli: Cli, corpus: Corpus, url: str, out: Path, *extra: str) -> Any:
+    return cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out,
+               "--base-url", url, "--model", "sim-model", "--workers", "2", *extra)
+
+
+def summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "batch_summary.json").read_text())
+
+
+def task_record(out: Path, name: str) -> dict[str, Any]:
+    return next(t for t in summary(out)["tasks"] if t["task_id"] == name)
+
+
+def kinds(out: Path, name: str, stage: str = "unidiomatic") -> list[str]:
+    info = json.loads((out / name / f"{stage}_failure_info.json").read_text())
+    return [a["kind"] for a in info["attempts"]]
+
+
+def requests_for(sim: Any, name: str) -> list[dict[str, Any]]:
+    return [r.body for r in sim.chat_requests
+            if any(f"{name}.c" in m["content"] for m in r.body["messages"] if m["role"] == "user")]
+
+
+def kept_samples(out: Path, name: str) -> list[dict[str, str]]:
+    return json.loads((out / name / "differential_samples.json").read_text())
+
+
+def test_a_translation_wrong_beyond_the_shipped_tests_is_rejected_and_repaired(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """i32 where C reads a long passes both samples but not C's answer on a generated input: the repair prompt shows
+    that input, the C program's output and the translation's, and the repaired program verifies."""
+    corpus.add_task("double", c_source=DOUBLE_C, samples=DOUBLE_SAMPLES,
+                    unidiomatic=[answer(DOUBLE_I32), answer(DOUBLE_I64)], idiomatic=[answer(DOUBLE_I64)])
+    sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out)
+    assert result.returncode == 0, result.output
+    assert kinds(out, "double") == ["differential_mismatch"]
+    samples = kept_samples(out, "double")
+    assert {"input": "4294967295", "output": "8589934590"} in samples or \
+        {"input": "2147483647", "output": "4294967294"} in samples
+    info = json.loads((out / "double" / "unidiomatic_failure_info.json").read_text())
+    message = info["attempts"][0]["message"]
+    assert message.startswith("all 2 tests passed, but generated input ")
+    counterexample = samples[int(message.split("generated input ")[1].split()[0])]
+    repair = requests_for(sim, "double")[1]["messages"][-1]["content"]
+    assert f"Standard input:\n{counterexample['input']}\n" in repair
+    assert f"Expected output:\n{counterexample['output']}\n" in repair
+    assert "C program's own output" in repair and "Diff (expected -> actual):" in repair
+    assert f"\n+{i32_double(counterexample['input'])}\n" in repair  # the translation's output, in the diff
+    record = task_record(out, "double")
+    assert record["differential"]["status"] == "checked"
+    kept = len(samples)
+    assert record["differential"]["inputs"] == kept >= 15  # every distinct mutation of two numbers but two
+    assert record["differential"]["rejected"].get("undefined_behaviour", 0) >= 1  # LONG_MAX * 2 overflows in C
+    unidiomatic = record["stages"]["unidiomatic"]
+    assert (unidiomatic["tests_passed"], unidiomatic["tests_run"]) == (2, 2)
+    assert (unidiomatic["differential_tried"], unidiomatic["differential_agreed"]) == (kept, kept)
+    assert unidiomatic["differential_mismatches"] == 1
+    result_json = json.loads((out / "double" / "result.json").read_text())
+    assert result_json["stages"]["idiomatic"]["differential_agreed"] == kept
+    transcript = (out / "double" / "transcript.jsonl").read_text()
+    assert f"all 2 tests passed; agrees with C on {kept} generated inputs" in transcript
+    totals = summary(out)["totals"]["differential"]
+    assert (totals["tasks_checked"], totals["inputs"], totals["mismatches"]) == (1, kept, 1)
+    assert f"differential: {kept} generated inputs kept of" in result.stdout
+    assert "1 attempts disagreed with C" in result.stdout
+
+
+def test_inputs_on_which_the_c_program_reads_the_clock_are_excluded(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Negative inputs make the C program print a number seeded from time(NULL): they are rejected as
+    nondeterministic, never kept, and the translation (which cannot match a random number) verifies."""
+    corpus.add_task("clock", c_source=CLOCK_C, samples=CLOCK_SAMPLES,
+                    unidiomatic=[answer(CLOCK_RS)], idiomatic=[answer(CLOCK_RS)])
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out)
+    assert result.returncode == 0, result.output
+    record = task_record(out, "clock")
+    assert record["differential"]["rejected"]["nondeterministic"] >= 2  # -1 and -5 at least
+    kept = kept_samples(out, "clock")
+    assert kept and not any(s["output"].startswith("lucky") for s in kept)
+    assert record["stages"]["unidiomatic"]["differential_agreed"] == len(kept)
+    assert summary(out)["totals"]["differential"]["rejected"]["nondeterministic"] >= 2
+    assert "nondeterministic" in result.stdout
+
+
+def test_inputs_with_undefined_behaviour_in_c_are_excluded(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """LONG_MAX * 4 and LONG_MIN * 4 overflow in C (UndefinedBehaviorSanitizer says so): neither input is kept, so a
+    translation that panics on overflow verifies."""
+    corpus.add_task("scale", c_source=SCALE_C, samples=SCALE_SAMPLES,
+                    unidiomatic=[answer(SCALE_RS)], idiomatic=[answer(SCALE_RS)])
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out)
+    assert result.returncode == 0, result.output
+    record = task_record(out, "scale")
+    assert record["differential"]["rejected"] == {"undefined_behaviour": 2}
+    kept = {s["input"]: s["output"] for s in kept_samples(out, "scale")}
+    assert not {str(2**63 - 1), str(-(2**63))} & set(kept)
+    assert kept[str(2**31 - 1)] == str(4 * (2**31 - 1)) and kept[""] == "none"
+    assert record["stages"]["unidiomatic"]["differential_agreed"] == len(kept)
+    assert "undefined behaviour" in result.stdout
+
+
+def test_self_checking_tests_say_differential_testing_does_not_apply(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """`%t N` tests judged by exit status give no inputs to vary: the summary says it does not apply and the task
+    runs on its shipped tests."""
+    corpus.add_task("selfcheck", c_source=SELF_CHECK_C, tests=[{"command": "%t 1"}],
+                    unidiomatic=[answer(SELF_CHECK_RS)], idiomatic=[answer(SELF_CHECK_RS)])
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out)
+    assert result.returncode == 0, result.output
+    report = task_record(out, "selfcheck")["differential"]
+    assert report["status"] == "not_applicable"
+    assert "does not apply" in report["note"]
+    assert not (out / "selfcheck" / "differential_samples.json").exists()
+    assert summary(out)["totals"]["differential"]["not_applicable"] == 1
+    assert "not applicable: 1" in result.stdout
+
+
+def test_a_c_program_gcc_cannot_build_leaves_the_shipped_tests_alone(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """C that gcc refuses: the note says so (with gcc's error) and the translation verifies on the shipped tests."""
+    broken = DOUBLE_C.replace("int main(void) {", "int main(void) { undeclared_thing();")
+    corpus.add_task("broken", c_source=broken, samples=DOUBLE_SAMPLES,
+                    unidiomatic=[answer(DOUBLE_I32)], idiomatic=[answer(DOUBLE_I32)])
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out)
+    assert result.returncode == 0, result.output
+    report = task_record(out, "broken")["differential"]
+    assert report["status"] == "unavailable"
+    assert "does not build with gcc" in report["note"] and "undeclared_thing" in report["note"]
+    assert "C not built: 1" in result.stdout
+
+
+@pytest.mark.parametrize("switch", [
+    pytest.param(("--no-differential",), id="flag"),
+    pytest.param(("--differential", "0"), id="zero-inputs"),
+    pytest.param(("--config", "OFF_TOML"), id="sactor-toml"),
+])
+def test_switched_off_runs_as_before_and_switching_it_on_redoes_the_task(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path, switch: tuple[str, ...]
+) -> None:
+    """Off, the i32 translation verifies on the shipped tests alone (no C build, no samples file); the setting is
+    part of the settings fingerprint, so a rerun with it on redoes the task and catches the translation."""
+    config = tmp_path / "off.toml"
+    config.write_text("[differential]\ninputs = 0\n")
+    switch = tuple(str(config) if part == "OFF_TOML" else part for part in switch)
+    corpus.add_task("double", c_source=DOUBLE_C, samples=DOUBLE_SAMPLES,
+                    unidiomatic=[answer(DOUBLE_I32), answer(DOUBLE_I64)], idiomatic=[answer(DOUBLE_I32)])
+    sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out, "--max-attempts", "2", *switch)
+    assert result.returncode == 0, result.output
+    record = task_record(out, "double")
+    assert record["differential"] == {"status": "off"}
+    assert record["stages"]["unidiomatic"]["attempts"] == 1
+    assert record["stages"]["unidiomatic"]["differential_tried"] == 0
+    assert not (out / "double" / "differential_samples.json").exists()
+    assert "differential:" not in result.stdout
+    assert len(requests_for(sim, "double")) == 2
+    result = run_corpus(cli, corpus, url, out, "--max-attempts", "2")
+    assert result.returncode == 1, result.output  # the idiomatic answer is the i32 program: caught now
+    record = task_record(out, "double")
+    assert record["differential"]["status"] == "checked"
+    assert kinds(out, "double") == ["differential_mismatch"]
+    assert kinds(out, "double", "idiomatic")[0] == "differential_mismatch"
+
+
+def test_mutations_are_seeded() -> None:
+    """The same shipped inputs and seed give the same inputs in the same order; another seed reorders them; the
+    shipped inputs themselves are never among them."""
+    shipped = ["3 4\nabc", "100"]
+    first = mutations(shipped, "stdin", seed=7)
+    assert first == mutations(list(shipped), "stdin", seed=7)
+    assert first != mutations(shipped, "stdin", seed=8)
+    assert sorted(first) == sorted(mutations(shipped, "stdin", seed=8))
+    assert not set(shipped) & set(first)
+    assert {"", "-100", "101", "2147483647", "3 4 abcabcabcabcabcabcabcabc"} <= set(first)
