@@ -287,7 +287,8 @@ SETTINGS: tuple[Setting, ...] = (
         ("--feed-as-args", "args", "for sample-list JSON files: give the input as arguments"),
     )),
     # [differential]: the C program as oracle
-    _s("translation", "differential", int, "differential", "inputs", flag="--differential", job=True,
+    _s("translation", "differential", int, "differential", "inputs", flag="--differential",
+       env="C2RUST_DIFFERENTIAL", job=True,
        panel="translation", low=0, high=10_000,
        switches=(("--no-differential", 0, "do not compare with the C program on generated inputs"),),
        help="generated inputs per task on which the translation must agree with the C program "

@@ -284,14 +284,19 @@ def render_table(summary: Mapping[str, Any]) -> list[str]:
     )
     d = t.get("differential") or {}
     if d.get("tried") or d.get("not_applicable") or d.get("unavailable"):
-        rejected = ", ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in sorted(d["rejected"].items()))
         lines.append(
-            f"differential: {d['inputs']} generated inputs kept of {d['tried']} tried"
-            + (f" (rejected: {rejected})" if rejected else "")
-            + f" for {d['tasks_checked']} tasks, {d['cpu_seconds']:.1f} s CPU; {d['mismatches']} attempts "
-            f"disagreed with C; not applicable: {d['not_applicable']}, C not built: {d['unavailable']}"
+            f"differential: {kept_inputs(d)} for {d['tasks_checked']} tasks, {d['cpu_seconds']:.1f} s CPU; "
+            f"{d['mismatches']} attempts disagreed with C; not applicable: {d['not_applicable']}, "
+            f"C not built: {d['unavailable']}"
         )
     if t.get("vacuous_tests") or t.get("input_errors"):
         lines.append(f"not translated: {t.get('vacuous_tests', 0)} with tests that do not exercise the program, "
                      f"{t.get('input_errors', 0)} with unusable inputs")
     return lines
+
+
+def kept_inputs(report: Mapping[str, Any]) -> str:
+    """"N generated inputs kept of M tried (rejected: ...)", for one task's differential report or the totals."""
+    rejected = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted((report.get("rejected") or {}).items()))
+    return (f"{report.get('inputs', 0)} generated inputs kept of {report.get('tried', 0)} tried"
+            + (f" (rejected: {rejected})" if rejected else ""))

@@ -14,7 +14,13 @@ from typing import Any
 import pytest
 
 from pipeline.differential import mutations
-from tests.conftest import Cli, Corpus, answer
+from tests.conftest import DIFFERENTIAL_VARIABLE, Cli, Corpus, answer
+
+
+@pytest.fixture(autouse=True)
+def differential_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Differential testing as users get it: on by default (the rest of the suite runs without it)."""
+    monkeypatch.delenv(DIFFERENTIAL_VARIABLE, raising=False)
 
 # Doubles a long; says "none" without a number. Shipped: 3 -> 6, 21 -> 42.
 DOUBLE_C = r"""#include <stdio.h>
@@ -202,20 +208,24 @@ def test_inputs_with_undefined_behaviour_in_c_are_excluded(
     cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
 ) -> None:
     """LONG_MAX * 4 and LONG_MIN * 4 overflow in C (UndefinedBehaviorSanitizer says so): neither input is kept, so a
-    translation that panics on overflow verifies."""
+    translation that panics on overflow verifies (through `translate`, the one-task command)."""
     corpus.add_task("scale", c_source=SCALE_C, samples=SCALE_SAMPLES,
                     unidiomatic=[answer(SCALE_RS)], idiomatic=[answer(SCALE_RS)])
     _sim, url = simulator_factory(answers_dir=corpus.answers)
     out = tmp_path / "out"
-    result = run_corpus(cli, corpus, url, out)
+    result = cli("translate", corpus.corpus / "scale.c", corpus.corpus / "scale.json", "-r", out,
+                 "--base-url", url, "--model", "sim-model")
     assert result.returncode == 0, result.output
-    record = task_record(out, "scale")
+    record = json.loads((out / "result.json").read_text())
     assert record["differential"]["rejected"] == {"undefined_behaviour": 2}
-    kept = {s["input"]: s["output"] for s in kept_samples(out, "scale")}
+    kept = {s["input"]: s["output"] for s in json.loads((out / "differential_samples.json").read_text())}
     assert not {str(2**63 - 1), str(-(2**63))} & set(kept)
     assert kept[str(2**31 - 1)] == str(4 * (2**31 - 1)) and kept[""] == "none"
     assert record["stages"]["unidiomatic"]["differential_agreed"] == len(kept)
-    assert "undefined behaviour" in result.stdout
+    assert f"unidiomatic: verified after 1 attempt(s): all 2 tests passed; agrees with C on {len(kept)} " \
+        "generated inputs" in result.stdout
+    assert f"differential: {len(kept)} generated inputs kept of {len(kept) + 2} tried (rejected: 2 undefined " \
+        "behaviour)" in result.stdout
 
 
 def test_self_checking_tests_say_differential_testing_does_not_apply(
