@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pipeline.differential import mutations
-from tests.conftest import DIFFERENTIAL_VARIABLE, Cli, Corpus, answer
+from tests.conftest import DIFFERENTIAL_VARIABLE, SHARED_CORPUS, Cli, Corpus, answer
 
 
 @pytest.fixture(autouse=True)
@@ -308,3 +308,30 @@ def test_mutations_are_seeded() -> None:
     assert sorted(first) == sorted(mutations(shipped, "stdin", seed=8))
     assert not set(shipped) & set(first)
     assert {"", "-100", "101", "2147483647", "3 4 abcabcabcabcabcabcabcabc"} <= set(first)
+
+
+@pytest.mark.skipif(not (SHARED_CORPUS / "codenet_scanf").is_dir(), reason="shared evaluation corpus not present")
+@pytest.mark.parametrize(("folder", "name", "feed"), [
+    pytest.param("codenet_scanf", "s403666666", "stdin", id="stdin-uninitialised-reads"),
+    pytest.param("codenet_argv", None, "args", id="args"),
+])
+async def test_on_the_shared_corpus_c_agrees_with_its_own_oracle(
+    folder: str, name: str | None, feed: str, cache_dir: Path
+) -> None:
+    """C against C (bench/differential.py): another build (-O0) of a corpus program agrees with its oracle on every
+    kept input, also for a program that reads uninitialised memory on some generated inputs."""
+    import anyio
+
+    from bench.differential import c_against_c
+    from pipeline.config import SandboxSettings
+    from pipeline.sandbox import Sandbox
+    from pipeline.task import Task
+
+    root = SHARED_CORPUS / folder
+    name = name or sorted(root.glob("*.c"))[0].stem
+    task = Task(name, root / f"{name}.c", root / f"{name}.json")
+    async with Sandbox.open(SandboxSettings()) as sandbox:
+        row = await c_against_c(task, sandbox=sandbox, cpu=anyio.CapacityLimiter(1), budget=20)
+    assert row.oracle.feed == feed and row.oracle.note is None
+    assert len(row.oracle.inputs) == 20
+    assert row.agreed == 20, row.line()
