@@ -319,7 +319,8 @@ async def test_on_the_shared_corpus_c_agrees_with_its_own_oracle(
     folder: str, name: str | None, feed: str, cache_dir: Path
 ) -> None:
     """C against C (bench/differential.py): another build (-O0) of a corpus program agrees with its oracle on every
-    kept input, also for a program that reads uninitialised memory on some generated inputs."""
+    kept input. s403666666 reads uninitialised memory on some generated inputs, which the sanitizers do not see:
+    its -O2 build prints something else there, so those inputs are not kept."""
     import anyio
 
     from bench.differential import c_against_c
@@ -335,3 +336,5 @@ async def test_on_the_shared_corpus_c_agrees_with_its_own_oracle(
     assert row.oracle.feed == feed and row.oracle.note is None
     assert len(row.oracle.inputs) == 20
     assert row.agreed == 20, row.line()
+    if name == "s403666666":
+        assert row.oracle.rejected.get("optimisation_dependent", 0) >= 1, row.line()
