@@ -22,78 +22,44 @@ def differential_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Differential testing as users get it: on by default (the rest of the suite runs without it)."""
     monkeypatch.delenv(DIFFERENTIAL_VARIABLE, raising=False)
 
-# Doubles a long; says "none" without a number. Shipped: 3 -> 6, 21 -> 42.
-DOUBLE_C = r"""#include <stdio.h>
-int main(void) {
-    long n = 0;
-    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }
-    printf("%ld\n", n * 2);
-    return 0;
-}
-"""
+
+def c_reading_a_long(body: str) -> str:
+    """A C program that reads a long ``n`` from stdin ("none" without one), then runs ``body``."""
+    return ("#include <stdio.h>\n#include <stdlib.h>\n#include <time.h>\nint main(void) {\n    long n = 0;\n"
+            '    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }\n' + body + "    return 0;\n}\n")
+
+
+def rust_reading_a_number(kind: str, arms: str) -> str:
+    """A Rust program that parses its first stdin token as ``kind`` and prints what the match ``arms`` say
+    ("none" without one)."""
+    return ("use std::io::Read;\nfn main() {\n    let mut text = String::new();\n"
+            "    std::io::stdin().read_to_string(&mut text).unwrap();\n"
+            f"    match text.split_whitespace().next().and_then(|t| t.parse::<{kind}>().ok()) {{\n"
+            f"        None => println!(\"none\"),\n{arms}    }}\n}}\n")
+
+
+# Doubles a long. Shipped: 3 -> 6, 21 -> 42.
+DOUBLE_C = c_reading_a_long('    printf("%ld\\n", n * 2);\n')
 DOUBLE_SAMPLES = [{"input": "3", "output": "6"}, {"input": "21", "output": "42"}]
 # Passes both samples, but reads an i32 where C reads a long: 4294967295 is "none" here, 8589934590 in C.
-DOUBLE_I32 = """use std::io::Read;
-fn main() {
-    let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).unwrap();
-    match text.split_whitespace().next().and_then(|t| t.parse::<i32>().ok()) {
-        Some(n) => println!("{}", n.wrapping_mul(2)),
-        None => println!("none"),
-    }
-}
-"""
+DOUBLE_I32 = rust_reading_a_number("i32", '        Some(n) => println!("{}", n.wrapping_mul(2)),\n')
 DOUBLE_I64 = DOUBLE_I32.replace("i32", "i64")
 
 # Positive numbers: the next one; negative ones: a random number seeded from the clock.
-CLOCK_C = r"""#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-int main(void) {
-    long n = 0;
-    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }
-    srand((unsigned) time(NULL));
-    if (n < 0) printf("lucky %d\n", rand() % 100000);
-    else if (n < 1000000) printf("%ld\n", n + 1);
-    else puts("big");
-    return 0;
-}
-"""
+CLOCK_C = c_reading_a_long(
+    '    srand((unsigned) time(NULL));\n    if (n < 0) printf("lucky %d\\n", rand() % 100000);\n'
+    '    else if (n < 1000000) printf("%ld\\n", n + 1);\n    else puts("big");\n'
+)
 CLOCK_SAMPLES = [{"input": "5", "output": "6"}, {"input": "10", "output": "11"}]
-CLOCK_RS = """use std::io::Read;
-fn main() {
-    let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).unwrap();
-    match text.split_whitespace().next().and_then(|t| t.parse::<i64>().ok()) {
-        None => println!("none"),
-        Some(n) if n < 0 => println!("lucky 7"),
-        Some(n) if n < 1000000 => println!("{}", n + 1),
-        Some(_) => println!("big"),
-    }
-}
-"""
+CLOCK_RS = rust_reading_a_number("i64", '        Some(n) if n < 0 => println!("lucky 7"),\n'
+                                         '        Some(n) if n < 1000000 => println!("{}", n + 1),\n'
+                                         '        Some(_) => println!("big"),\n')
 
 # Multiplies by four: signed overflow (undefined) for LONG_MAX and LONG_MIN, which the sanitizer reports.
-SCALE_C = r"""#include <stdio.h>
-int main(void) {
-    long n = 0;
-    if (scanf("%ld", &n) != 1) { puts("none"); return 0; }
-    printf("%ld\n", n * 4);
-    return 0;
-}
-"""
+SCALE_C = c_reading_a_long('    printf("%ld\\n", n * 4);\n')
 SCALE_SAMPLES = [{"input": "1", "output": "4"}, {"input": "25", "output": "100"}]
 # Panics where C's behaviour is undefined: it verifies only because those inputs are not kept.
-SCALE_RS = """use std::io::Read;
-fn main() {
-    let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).unwrap();
-    match text.split_whitespace().next().and_then(|t| t.parse::<i64>().ok()) {
-        Some(n) => println!("{}", n.checked_mul(4).expect("overflow")),
-        None => println!("none"),
-    }
-}
-"""
+SCALE_RS = rust_reading_a_number("i64", '        Some(n) => println!("{}", n.checked_mul(4).expect("overflow")),\n')
 
 # Self-checking tests: `%t N` exits 0 when N is 1.
 SELF_CHECK_C = r"""#include <stdlib.h>
