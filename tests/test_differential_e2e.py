@@ -194,40 +194,35 @@ def test_inputs_with_undefined_behaviour_in_c_are_excluded(
         "behaviour)" in result.stdout
 
 
-def test_self_checking_tests_say_differential_testing_does_not_apply(
-    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+@pytest.mark.parametrize(("name", "status", "note", "table"), [
+    pytest.param("selfcheck", "not_applicable", ("does not apply", "self-checking"), "not applicable: 1",
+                 id="self-checking-tests"),
+    pytest.param("broken", "unavailable", ("does not build with gcc", "undeclared_thing"), "C not built: 1",
+                 id="c-does-not-build"),
+])
+def test_without_inputs_to_vary_or_a_c_build_the_shipped_tests_decide(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path, name: str, status: str,
+    note: tuple[str, ...], table: str,
 ) -> None:
-    """`%t N` tests judged by exit status give no inputs to vary: the summary says it does not apply and the task
-    runs on its shipped tests."""
-    corpus.add_task("selfcheck", c_source=SELF_CHECK_C, tests=[{"command": "%t 1"}],
-                    unidiomatic=[answer(SELF_CHECK_RS)], idiomatic=[answer(SELF_CHECK_RS)])
+    """Self-checking `%t N` tests (judged by exit status) give no inputs to vary, and C that gcc refuses gives no
+    oracle: the task's summary says which (with gcc's error), and the translation verifies on the shipped tests."""
+    if name == "selfcheck":
+        corpus.add_task(name, c_source=SELF_CHECK_C, tests=[{"command": "%t 1"}],
+                        unidiomatic=[answer(SELF_CHECK_RS)], idiomatic=[answer(SELF_CHECK_RS)])
+    else:
+        broken = DOUBLE_C.replace("int main(void) {", "int main(void) { undeclared_thing();")
+        corpus.add_task(name, c_source=broken, samples=DOUBLE_SAMPLES,
+                        unidiomatic=[answer(DOUBLE_I32)], idiomatic=[answer(DOUBLE_I32)])
     _sim, url = simulator_factory(answers_dir=corpus.answers)
     out = tmp_path / "out"
     result = run_corpus(cli, corpus, url, out)
     assert result.returncode == 0, result.output
-    report = task_record(out, "selfcheck")["differential"]
-    assert report["status"] == "not_applicable"
-    assert "does not apply" in report["note"]
-    assert not (out / "selfcheck" / "differential_samples.json").exists()
-    assert summary(out)["totals"]["differential"]["not_applicable"] == 1
-    assert "not applicable: 1" in result.stdout
-
-
-def test_a_c_program_gcc_cannot_build_leaves_the_shipped_tests_alone(
-    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
-) -> None:
-    """C that gcc refuses: the note says so (with gcc's error) and the translation verifies on the shipped tests."""
-    broken = DOUBLE_C.replace("int main(void) {", "int main(void) { undeclared_thing();")
-    corpus.add_task("broken", c_source=broken, samples=DOUBLE_SAMPLES,
-                    unidiomatic=[answer(DOUBLE_I32)], idiomatic=[answer(DOUBLE_I32)])
-    _sim, url = simulator_factory(answers_dir=corpus.answers)
-    out = tmp_path / "out"
-    result = run_corpus(cli, corpus, url, out)
-    assert result.returncode == 0, result.output
-    report = task_record(out, "broken")["differential"]
-    assert report["status"] == "unavailable"
-    assert "does not build with gcc" in report["note"] and "undeclared_thing" in report["note"]
-    assert "C not built: 1" in result.stdout
+    report = task_record(out, name)["differential"]
+    assert report["status"] == status
+    assert all(part in report["note"] for part in note), report["note"]
+    assert not (out / name / "differential_samples.json").exists()
+    assert summary(out)["totals"]["differential"][status] == 1
+    assert table in result.stdout
 
 
 @pytest.mark.parametrize("switch", [
