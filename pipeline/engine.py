@@ -94,7 +94,9 @@ class RunOutcome:
 
 
 def settings_fingerprint(config: Config) -> str:
-    """Everything that shapes a task's result; a change makes finished tasks stale."""
+    """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
+    off leaves the fingerprint of runs from before it existed."""
+    inputs = config.translation.differential
     return fingerprint({
         "model": config.model.model,
         "max_tokens": config.model.max_tokens,
@@ -107,7 +109,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
-        "differential": [config.translation.differential, DIFFERENTIAL_RULES] if config.translation.differential else 0,
+        **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
     })
 
 
