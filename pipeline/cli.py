@@ -31,7 +31,7 @@ from .engine import RunOptions, open_services, run_batch
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, FatalError
 from .ledger import run_lock
 from .progress import LogReporter, Reporter, TqdmReporter
-from .results import write_task_results
+from .results import kept_inputs, write_task_results
 from .task import Task
 
 log = logging.getLogger("pipeline")
@@ -361,8 +361,12 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
         _say(f"interrupted by {state['interrupted']}", err=True)
         return EXIT_INTERRUPTED
     for stage in result.stages:
+        verdict = stage.attempts[-1].message if stage.verified and stage.attempts else stage.reason
         _say(f"{stage.stage}: {stage.status} after {len(stage.attempts)} attempt(s)"
-             + (f": {stage.reason}" if stage.reason else ""))
+             + (f": {verdict}" if verdict else ""))
+    report = result.differential or {}
+    if report.get("note") or report.get("tried"):
+        _say(f"differential: {report['note'] or kept_inputs(report) + '; saved as differential_samples.json'}")
     if result.reason:
         _say(f"failed: {result.reason}")
     _say(f"results: {args.result_dir}")

@@ -9,9 +9,9 @@ flag, environment variable, whether a job file may set it, and its limits. Keys,
 validation all derive from it.
 
 The file is SACToR-compatible: ``[general]`` and ``[VLLM]`` use SACToR's names; what SACToR has no name for
-lives in our own sections ``[pipeline]``, ``[toolchain]`` and ``[sandbox]``. Whatever else a SACToR file
-carries (``[litellm]``, ``[test_runner]``, provider sections, ``[general] encoding`` ...) is listed once as
-ignored. Our own sections are strict: an unknown key there is an error with a suggestion.
+lives in our own sections ``[pipeline]``, ``[differential]``, ``[toolchain]`` and ``[sandbox]``. Whatever else
+a SACToR file carries (``[litellm]``, ``[test_runner]``, provider sections, ``[general] encoding`` ...) is
+listed once as ignored. Our own sections are strict: an unknown key there is an error with a suggestion.
 """
 
 from __future__ import annotations
@@ -107,6 +107,10 @@ class TranslationSettings:
     system_message: str = DEFAULT_SYSTEM_MESSAGE
     num_tests: int | None = None  # None: every test
     idiomatic: bool = True
+    #: Generated inputs per task on which the translation must agree with the C program (0: off); see
+    #: :mod:`pipeline.differential`. 20 costs about a second of CPU per task once (gcc, the C runs, cached) and
+    #: 20 short runs per attempt that passed the shipped tests.
+    differential: int = 20
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,13 @@ SETTINGS: tuple[Setting, ...] = (
         ("--feed-as-stdin", "stdin", "for sample-list JSON files: give the input on stdin (default)"),
         ("--feed-as-args", "args", "for sample-list JSON files: give the input as arguments"),
     )),
+    # [differential]: the C program as oracle
+    _s("translation", "differential", int, "differential", "inputs", flag="--differential",
+       env="C2RUST_DIFFERENTIAL", job=True,
+       panel="translation", low=0, high=10_000,
+       switches=(("--no-differential", 0, "do not compare with the C program on generated inputs"),),
+       help="generated inputs per task on which the translation must agree with the C program "
+            "(default 20; 0 or --no-differential: off)"),
     # [toolchain]
     _s("toolchain", "rustc", str, "toolchain", rule=_not_empty),
     _s("toolchain", "clippy_driver", str, "toolchain"),
@@ -343,7 +354,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_FILE_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 #: Sections whose every key is ours: strict.
-OWN_SECTIONS = ("VLLM", "pipeline", "toolchain", "sandbox")
+OWN_SECTIONS = ("VLLM", "pipeline", "differential", "toolchain", "sandbox")
 SECTIONS = ("general", *OWN_SECTIONS)
 #: Settings a job file may set (by name), besides the CLI's own job keys (the corpus paths).
 JOB_SETTINGS = tuple(s.name for s in SETTINGS if s.job)

@@ -10,7 +10,10 @@ trustworthy oracle on it (:func:`judge_inputs` applies the same rules to given i
   shim over ``time``, ``gettimeofday`` and ``clock_gettime``), so ``srand(time(NULL))`` and printed dates
   are caught even when both runs fall in the same second;
 - it is clean under AddressSanitizer and UndefinedBehaviorSanitizer (an input on which the C program has
-  undefined behaviour is no evidence of what the translation should do).
+  undefined behaviour is no evidence of what the translation should do);
+- a build at ``-O2``, run without the time shim, prints the same: what the sanitizers cannot see (a read of
+  uninitialised memory) often shows as output that changes with the optimisation level or the environment
+  (``optimisation_dependent``).
 
 The kept inputs and the C program's outputs (normalised like SACToR's comparison) become a :class:`Oracle`;
 :meth:`Oracle.suite` turns them into sample tests that run like the shipped ones, so a translation that
@@ -46,7 +49,7 @@ from .testing import SampleRun, TestCase, TestSuite, normalize_output
 log = logging.getLogger(__name__)
 
 #: Bump when the rules change, so oracles cached under older rules are rebuilt.
-RULES_VERSION = 1
+RULES_VERSION = 2
 #: How many candidate inputs are tried per kept input at most (rejections cost runs).
 TRIES_PER_INPUT = 4
 #: A generated input longer than this is not tried.
@@ -57,6 +60,7 @@ RUN_SECONDS = 5.0
 TIME_SHIFT = 10_000_019
 SANITIZER_EXIT = 86
 GCC_FLAGS = ("-O1", "-w", "-std=gnu11")
+OPTIMISED_FLAGS = ("-O2", *GCC_FLAGS[1:])
 SANITIZER_FLAGS = ("-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 _SANITIZER_ENV = {
     "ASAN_OPTIONS": f"detect_leaks=0:exitcode={SANITIZER_EXIT}:abort_on_error=0:allocator_may_return_null=1",
@@ -125,6 +129,18 @@ class Oracle:
     def samples(self) -> list[dict[str, str]]:
         """The kept inputs in SACToR's samples format, to save beside the results and reuse as tests."""
         return [{"input": item.input, "output": item.output} for item in self.inputs]
+
+    def report(self) -> dict[str, Any]:
+        """What a task's summary shows: ``status`` (checked, no_inputs: every input rejected, not_applicable,
+        unavailable: the C program does not build), inputs kept, tried, rejected per reason, CPU s, note."""
+        if self.feed is None:
+            status = "not_applicable"
+        elif self.note is not None:
+            status = "unavailable"
+        else:
+            status = "checked" if self.inputs else "no_inputs"
+        return {"status": status, "inputs": len(self.inputs), "tried": self.tried, "rejected": dict(self.rejected),
+                "cpu_seconds": self.cpu_seconds, "note": self.note}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -256,7 +272,7 @@ async def _build(
         if isinstance(built, str):
             return Oracle(feed, note=f"the C program does not build with gcc, so only the shipped tests count: "
                                      f"{built}")
-        plain, sanitized, shim = built
+        plain, sanitized, optimised, shim = built
         run_limits = replace(limits, wall_seconds=min(limits.wall_seconds, RUN_SECONDS))
         kept: list[OracleInput] = []
         rejected: Counter[str] = Counter()
@@ -268,7 +284,7 @@ async def _build(
                     break
                 tried += 1
                 async with cpu:
-                    verdict, output, used = await _judge(text, feed, plain, sanitized, shim, sandbox, cwd,
+                    verdict, output, used = await _judge(text, feed, (plain, sanitized, optimised), shim, sandbox, cwd,
                                                          run_limits)
                 cpu_seconds += used
                 if verdict is None:
@@ -283,9 +299,10 @@ async def _build(
 
 
 async def _judge(
-    text: str, feed: Feed, plain: Path, sanitized: Path, shim: Path, sandbox: Sandbox, cwd: Path, limits: Limits,
+    text: str, feed: Feed, builds: tuple[Path, Path, Path], shim: Path, sandbox: Sandbox, cwd: Path, limits: Limits,
 ) -> tuple[str | None, str, float]:
-    """(why the input is rejected or None, the C output, CPU seconds used)."""
+    """(why the input is rejected or None, the C output, CPU seconds used). ``builds``: plain, sanitized, -O2."""
+    plain, sanitized, optimised = builds
     first = await _run(plain, text, feed, sandbox, cwd, limits, {"LD_PRELOAD": str(shim)})
     used = first.cpu_seconds or 0.0
     why = _unusable(first)
@@ -297,6 +314,11 @@ async def _judge(
     output = _normalized(first)
     if _normalized(second) != output or first.returncode != second.returncode:
         return "nondeterministic", "", used
+    # Without the shim either: a program reading uninitialised memory may print what the preloaded library left.
+    other = await _run(optimised, text, feed, sandbox, cwd, limits, {})
+    used += other.cpu_seconds or 0.0
+    if _unusable(other) is not None or _normalized(other) != output or other.returncode != first.returncode:
+        return "optimisation_dependent", "", used
     checked = await _run(sanitized, text, feed, sandbox, cwd, replace(limits, memory_bytes=-1), _SANITIZER_ENV)
     used += checked.cpu_seconds or 0.0
     if checked.returncode == SANITIZER_EXIT or any(mark in checked.stderr for mark in _SANITIZER_MARKS):
@@ -332,20 +354,21 @@ async def _run(program: Path, text: str, feed: Feed, sandbox: Sandbox, cwd: Path
 # gcc
 
 
-async def _compile(c_source: str, work: Path, cache_dir: Path | None) -> tuple[Path, Path, Path] | str:
-    """(plain binary, sanitized binary, time shim) in ``work``, or why the C program does not build."""
+async def _compile(c_source: str, work: Path, cache_dir: Path | None) -> tuple[Path, Path, Path, Path] | str:
+    """(plain, sanitized and -O2 binaries, time shim) in ``work``, or why the C program does not build."""
     source = work / "program.c"
     await anyio.to_thread.run_sync(source.write_text, c_source)
     limits = Limits(wall_seconds=120, memory_bytes=4 << 30, output_bytes=200_000)
     shim = await _time_shim(work, cache_dir, limits)
-    plain, sanitized = work / "c-plain", work / "c-sanitized"
-    for output, flags in ((plain, GCC_FLAGS), (sanitized, (*GCC_FLAGS, *SANITIZER_FLAGS))):
+    plain, sanitized, optimised = work / "c-plain", work / "c-sanitized", work / "c-optimised"
+    for output, flags in ((plain, GCC_FLAGS), (sanitized, (*GCC_FLAGS, *SANITIZER_FLAGS)),
+                          (optimised, OPTIMISED_FLAGS)):
         result = await run_process(["gcc", *flags, "-o", str(output), str(source), "-lm"], cwd=work,
                                    limits=limits, env=tool_env())
         if not result.ok:
             errors = result.stderr.decode("utf-8", "replace").strip().splitlines()
             return "; ".join(errors[:3])[:500] or result.describe()
-    return plain, sanitized, shim
+    return plain, sanitized, optimised, shim
 
 
 async def _time_shim(work: Path, cache_dir: Path | None, limits: Limits) -> Path:

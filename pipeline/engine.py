@@ -41,6 +41,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .build import Toolchain
 from .config import Config
+from .differential import RULES_VERSION as DIFFERENTIAL_RULES
 from .discovery import discover
 from .endpoints import EndpointPool, endpoint_table, model_slots
 from .errors import (
@@ -94,7 +95,9 @@ class RunOutcome:
 
 
 def settings_fingerprint(config: Config) -> str:
-    """Everything that shapes a task's result; a change makes finished tasks stale."""
+    """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
+    off leaves the fingerprint of runs from before it existed."""
+    inputs = config.translation.differential
     return fingerprint({
         "model": config.model.model,
         "max_tokens": config.model.max_tokens,
@@ -107,6 +110,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
+        **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
     })
 
 

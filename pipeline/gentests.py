@@ -47,6 +47,7 @@ REASONS = {
     "crash": "the C program died of a signal",
     "nondeterministic": "the C program's output differs between two runs (time, rand() seeding, addresses)",
     "undefined_behaviour": "undefined behaviour under AddressSanitizer/UndefinedBehaviorSanitizer",
+    "optimisation_dependent": "the output changes with gcc's optimisation level (e.g. a read of uninitialised memory)",
 }
 
 

@@ -34,7 +34,8 @@ STAGE_SPECS: dict[StageName, StageSpec] = {
 STAGES: tuple[StageName, ...] = tuple(STAGE_SPECS)
 
 AttemptKind = Literal[
-    "verified", "no_code", "truncated", "refused", "compile_error", "test_failure", "request_failed"
+    "verified", "no_code", "truncated", "refused", "compile_error", "test_failure", "differential_mismatch",
+    "request_failed",
 ]
 
 
@@ -89,6 +90,23 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TestCounts:
+    """How far a program got: shipped tests passed of those run, then generated inputs (differential testing)
+    on which it agreed with the C program of those run (the run stops at the first disagreement)."""
+
+    __test__ = False  # not a pytest class
+
+    passed: int = 0
+    run: int = 0
+    agreed: int = 0
+    generated: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {"tests_passed": self.passed, "tests_run": self.run, "differential_tried": self.generated,
+                "differential_agreed": self.agreed}
+
+
+@dataclass(frozen=True)
 class Verdict:
     """A verifier's judgement of a candidate. ``code`` is the program it is about (the one that compiled,
     or the first when none did); ``feedback`` is what the model is told in the repair prompt."""
@@ -99,6 +117,7 @@ class Verdict:
     code: str | None = None
     build_seconds: float = 0.0
     test_seconds: float = 0.0
+    counts: TestCounts = TestCounts()
 
     @property
     def verified(self) -> bool:
@@ -117,6 +136,7 @@ class Attempt:
     llm_seconds: float
     build_seconds: float = 0.0
     test_seconds: float = 0.0
+    counts: TestCounts = TestCounts()
 
 
 @dataclass(frozen=True)
@@ -143,6 +163,11 @@ class StageResult:
     def verified(self) -> bool:
         return self.status == "verified"
 
+    @property
+    def counts(self) -> TestCounts:
+        """The test figures of the last attempt that ran tests (the verified one when the stage verified)."""
+        return next((a.counts for a in reversed(self.attempts) if a.counts.run), TestCounts())
+
 
 @dataclass(frozen=True)
 class TaskResult:
@@ -158,6 +183,10 @@ class TaskResult:
     failure_kind: str | None = None
     wall_seconds: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Differential testing of the task: inputs kept, tried and rejected, or why it did not apply (None: the
+    #: task never reached it); and the kept inputs with the C program's outputs, as SACToR samples.
+    differential: Mapping[str, Any] | None = None
+    differential_samples: tuple[Mapping[str, str], ...] = ()
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -188,6 +217,8 @@ class TaskResult:
                 # Local work (compile and test wall time holding a CPU slot), for the report's cost per task.
                 "cpu_seconds": round(sum(a.build_seconds + a.test_seconds for a in s.attempts), 3),
                 "reason": s.reason,
+                **s.counts.summary(),
+                "differential_mismatches": sum(a.kind == "differential_mismatch" for a in s.attempts),
             }
         return {
             "task_id": self.task_id,
@@ -198,6 +229,7 @@ class TaskResult:
             "reason": self.reason or self._first_stage_reason(),
             "failure_kind": self.failure_kind,
             "wall_seconds": round(self.wall_seconds, 3),
+            "differential": dict(self.differential) if self.differential is not None else None,
             "stages": stages,
         }
 
