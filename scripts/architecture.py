@@ -24,8 +24,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "batch": ("engine", "discovery", "ledger", "results", "progress"),
     "translation": ("translate", "stages", "prompts", "extract"),
     "model": ("llm", "llm_errors"),
-    "verification": ("verifier", "vacuity", "differential", "cache", "testing", "build", "rust_source",
-                     "sandbox", "sandbox_init"),
+    "verification": ("verifier", "ray_executor", "vacuity", "differential", "cache", "testing", "build",
+                     "rust_source", "sandbox", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
     "test server": ("simulator",),
 }
