@@ -27,6 +27,7 @@ import io
 import logging
 import os
 import shutil
+import socket
 import tarfile
 import tempfile
 import threading
@@ -58,6 +59,8 @@ JOB_RETRIES = 2
 TASK_NAMES = {"verify": "c2rust build+test", "vacuity": "c2rust vacuity check", "clippy": "c2rust clippy"}
 #: Ray's switch that keeps a local instance on 127.0.0.1 (its name says Windows and macOS; it works on Linux too).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+#: Seconds to wait for the cluster's address to accept a connection before saying nothing is there.
+PROBE_SECONDS = 10.0
 #: How to get Ray, said wherever it is missing.
 INSTALL_HINT = "pip install -e '.[ray]'"
 
@@ -207,6 +210,8 @@ def _connect(ray: ModuleType, config: Config) -> bool:
         "logging_level": logging.WARNING,
     }
     address = config.run.ray_address
+    if address:
+        _probe(address)
     try:
         if address:
             ray.init(address=address, **options)
@@ -216,17 +221,32 @@ def _connect(ray: ModuleType, config: Config) -> bool:
                      _node_ip_address="127.0.0.1", **options)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         if address:
-            raise ConfigError(
-                f"--ray-address {address} ([pipeline] ray_address): cannot connect to a Ray cluster there "
-                f"({exc}): start one with `ray start --head` on that machine, check the address (HOST:PORT of "
-                f"the head's GCS), or leave --ray-address out to start a local Ray instance"
-            ) from exc
+            raise _address_error(address, f"cannot connect to the Ray cluster there ({exc})") from exc
         raise ConfigError(f"--executor ray: cannot start a local Ray instance ({exc}); see `ray start --head` "
                           f"or use --executor local") from exc
     resources = ray.cluster_resources()
     log.info("Ray cluster %s: %g CPUs on %d node(s)", address or "local (127.0.0.1)", resources.get("CPU", 0),
              len([n for n in ray.nodes() if n.get("Alive")]))
     return True
+
+
+def _address_error(address: str, problem: str) -> ConfigError:
+    return ConfigError(
+        f"--ray-address {address} ([pipeline] ray_address): {problem}: start the cluster with `ray start --head` "
+        f"on that machine, check the address (HOST:PORT of the head, 6379 unless `ray start --port` said "
+        f"otherwise), or leave --ray-address out to start a local Ray instance"
+    )
+
+
+def _probe(address: str) -> None:
+    """ConfigError at once when nothing listens at a HOST:PORT address (Ray itself retries for minutes)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", a ray:// client address: Ray's own checks
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        raise _address_error(address, f"no Ray cluster answers there ({exc.strerror or exc})") from exc
 
 
 @dataclass(frozen=True)

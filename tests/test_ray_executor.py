@@ -48,7 +48,7 @@ def _listening(port: int) -> bool:
 class RayHead:
     address: str  # what --ray-address takes
     dashboard: str  # where the state API answers
-    log: Path
+    temp: Path  # its --temp-dir
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def ray_head() -> Iterator[RayHead]:
             assert head.poll() is None, f"ray start exited with {head.returncode}: {log.read_text()[-3000:]}"
             assert time.monotonic() < deadline, f"Ray did not come up in 120 s: {log.read_text()[-3000:]}"
             time.sleep(0.5)
-        yield RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", log)
+        yield RayHead(f"127.0.0.1:{port}", f"http://127.0.0.1:{dashboard_port}", temp)
     finally:
         head.send_signal(signal.SIGTERM)
         try:
@@ -110,6 +110,21 @@ def ray_corpus(root: Path) -> dict[str, str]:
     return {name: f"out {name}" for name in plans}
 
 
+def failures(out: Path) -> str:
+    """The failed tasks' reasons, for an assertion message."""
+    try:
+        tasks = summary(out)["tasks"]
+    except (OSError, ValueError) as exc:
+        return f"no summary: {exc}"
+    return "\n".join(f"{t['task_id']}: {t['reason']}" for t in tasks if t["status"] != "verified")
+
+
+def ray_logs(root: Path) -> str:
+    """The end of the GCS's and the raylet's logs under a Ray temporary folder, for an assertion message."""
+    return "".join(f"\n--- {log}\n" + log.read_text(errors="replace")[-3000:]
+                   for log in sorted(root.glob("session_2*/logs/*")) if log.name in ("gcs_server.out", "raylet.out"))
+
+
 def outcome(out: Path, names: list[str]) -> dict[str, Any]:
     """What a user compares between two runs: each task's status, attempt verdicts and final programs."""
     tasks = {t["task_id"]: t for t in summary(out)["tasks"]}
@@ -141,6 +156,7 @@ def ray_tasks(head: RayHead) -> Counter[tuple[str, str]]:
 
 
 @needs_ray
+@pytest.mark.timeout(600)  # a Ray instance and a corpus on a busy 2-core machine
 def test_ray_executor_runs_the_jobs_on_the_cluster_and_matches_a_local_run(
     cli: Cli, simulator_factory: Any, tmp_path: Path, ray_head: RayHead
 ) -> None:
@@ -149,10 +165,10 @@ def test_ray_executor_runs_the_jobs_on_the_cluster_and_matches_a_local_run(
     names = sorted(ray_corpus(corpus))
     _sim, url = simulator_factory()
     local = run(cli, corpus, tmp_path / "out-local", url, "--executor", "local", "--jobs", "2")
-    assert local.returncode == 0, local.output
+    assert local.returncode == 0, failures(tmp_path / "out-local") + local.output
     remote = run(cli, corpus, tmp_path / "out-ray", url, "--executor", "ray", "--ray-address", ray_head.address,
                  "--jobs", "2", timeout=300, env=RAY_ENV)
-    assert remote.returncode == 0, remote.output + ray_head.log.read_text()[-3000:]
+    assert remote.returncode == 0, failures(tmp_path / "out-ray") + remote.output[-5000:] + ray_logs(ray_head.temp)
 
     local_seen, remote_seen = outcome(tmp_path / "out-local", names), outcome(tmp_path / "out-ray", names)
     assert remote_seen == local_seen
@@ -196,6 +212,7 @@ LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F"}
 
 
 @needs_ray
+@pytest.mark.timeout(600)  # a Ray instance and a corpus on a busy 2-core machine
 def test_without_an_address_the_run_starts_a_local_ray_instance_on_the_loopback(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
@@ -209,7 +226,7 @@ def test_without_an_address_the_run_starts_a_local_ray_instance_on_the_loopback(
     env = {k: v for k, v in env.items() if not k.startswith("VLLM_") and k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
     argv = [sys.executable, str(ROOT / "batch_translate_generic.py"), "--c-files", str(corpus), "--json-files",
             str(corpus), "--output", str(tmp_path / "out"), "--base-url", url, "--model", "sim-model",
-            "--executor", "ray", "--jobs", "2", "-v", "--cache-dir", str(cli.cache_dir)]
+            "--executor", "ray", "--jobs", "2", "--cache-dir", str(cli.cache_dir)]
     listening: set[str] = set()
     try:
         with subprocess.Popen(argv, cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -221,7 +238,7 @@ def test_without_an_address_the_run_starts_a_local_ray_instance_on_the_loopback(
                 listening |= listening_addresses(pids)
                 time.sleep(0.5)
             output = proc.communicate(timeout=max(deadline - time.monotonic(), 1))[0]
-        assert proc.returncode == 0, output
+        assert proc.returncode == 0, failures(tmp_path / "out") + output[-5000:] + ray_logs(temp / "ray")
         assert "Ray cluster local (127.0.0.1): 2 CPUs on 1 node(s)" in output
         assert all(t["status"] == "verified" for t in outcome(tmp_path / "out", names).values())
         assert listening and listening <= LOOPBACK, listening
@@ -245,4 +262,23 @@ def test_without_ray_the_run_says_how_to_install_it(cli: Cli, simulator_factory:
     assert result.returncode == 2, result.output
     assert "pip install -e '.[ray]'" in result.output
     assert "--executor local" in result.output
+    assert not (tmp_path / "out" / "alpha" / "result.json").exists()
+
+
+@needs_ray
+def test_an_address_nobody_answers_on_stops_the_run_at_start_up(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """--ray-address where no cluster listens: exit 2 at once, naming the address and the fix (Ray itself would
+    keep retrying for minutes)."""
+    corpus = tmp_path / "corpus"
+    ray_corpus(corpus)
+    _sim, url = simulator_factory()
+    address = f"127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    result = run(cli, corpus, tmp_path / "out", url, "--executor", "ray", "--ray-address", address, env=RAY_ENV)
+    assert result.returncode == 2, result.output
+    assert f"--ray-address {address} ([pipeline] ray_address): no Ray cluster answers there" in result.output
+    assert "ray start --head" in result.output
+    assert time.monotonic() - started < 60
     assert not (tmp_path / "out" / "alpha" / "result.json").exists()
