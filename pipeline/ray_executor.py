@@ -224,9 +224,12 @@ def _connect(ray: ModuleType, config: Config) -> bool:
             raise _address_error(address, f"cannot connect to the Ray cluster there ({exc})") from exc
         raise ConfigError(f"--executor ray: cannot start a local Ray instance ({exc}); see `ray start --head` "
                           f"or use --executor local") from exc
-    resources = ray.cluster_resources()
-    log.info("Ray cluster %s: %g CPUs on %d node(s)", address or "local (127.0.0.1)", resources.get("CPU", 0),
+    cpus = ray.cluster_resources().get("CPU", 0)
+    log.info("Ray cluster %s: %g CPUs on %d node(s)", address or "local (127.0.0.1)", cpus,
              len([n for n in ray.nodes() if n.get("Alive")]))
+    if config.run.jobs < cpus:
+        log.warning("the Ray cluster has %g CPUs but --jobs is %d: at most %d build and test jobs run at once; "
+                    "set --jobs %g ([pipeline] jobs) to use them all", cpus, config.run.jobs, config.run.jobs, cpus)
     return True
 
 
@@ -247,6 +250,46 @@ def _probe(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS).close()
     except OSError as exc:
         raise _address_error(address, f"no Ray cluster answers there ({exc.strerror or exc})") from exc
+
+
+class _Connection:
+    """The driver's connection to Ray, made and closed by a thread of its own that lives as long as it.
+
+    A local instance's processes die with the thread that started them (Ray sets their parent-death signal,
+    which Linux ties to the parent *thread*), and anyio's worker threads end after idling for a while: started
+    from one of those, the instance was killed mid-run.
+    """
+
+    def __init__(self, ray: ModuleType, config: Config) -> None:
+        self._ray, self._config = ray, config
+        self._ready, self._closing = threading.Event(), threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="c2rust-ray", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            started = _connect(self._ray, self._config)
+        except BaseException as exc:
+            self._error = exc
+            return
+        finally:
+            self._ready.set()
+        self._closing.wait()
+        if started:
+            self._ray.shutdown()
+
+    async def start(self) -> None:
+        """Connect (or start the local instance). Raises ConfigError when that fails."""
+        self._thread.start()
+        await anyio.to_thread.run_sync(self._ready.wait)
+        if self._error is not None:
+            await anyio.to_thread.run_sync(self._thread.join)
+            raise self._error
+
+    async def stop(self) -> None:
+        """Disconnect (and stop the local instance this connection started)."""
+        self._closing.set()
+        await anyio.to_thread.run_sync(self._thread.join)
 
 
 @dataclass(frozen=True)
@@ -274,16 +317,16 @@ class RayVerifier:
             # and by the processes it starts, so it is set before the import, in the environment they inherit.
             os.environ.setdefault(LOOPBACK_ENV, "0")
         ray = import_ray()
-        started = await anyio.to_thread.run_sync(_connect, ray, config)
+        owner = _Connection(ray, config)
+        await owner.start()
         try:
             options = {"num_cpus": JOB_CPUS, "max_retries": JOB_RETRIES}
             remote = {kind: ray.remote(**options)(func)
                       for kind, func in (("verify", verify_job), ("vacuity", vacuity_job), ("clippy", clippy_job))}
             yield cls(config, cpu, ray, remote)
         finally:
-            if started:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(ray.shutdown)
+            with anyio.CancelScope(shield=True):
+                await owner.stop()
 
     async def _run(self, kind: str, name: str, *args: Any) -> Any:
         async with self.cpu:
