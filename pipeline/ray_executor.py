@@ -207,7 +207,7 @@ def _connect(ray: ModuleType, config: Config) -> bool:
         # The workers import the driver's own code, whatever (if anything) is installed on their node.
         "runtime_env": {"py_modules": [str(Path(pipeline.__file__).parent)]},
         "log_to_driver": False,  # only the CLI prints; the workers' logs stay in Ray's log folder
-        "logging_level": logging.WARNING,
+        "logging_level": logging.ERROR,  # not its "SIGTERM handler is not set" warning: the run handles signals
     }
     address = config.run.ray_address
     if address:
