@@ -137,7 +137,8 @@ def ray_logs(root: Path) -> str:
 
 
 def outcome(out: Path, names: list[str]) -> dict[str, Any]:
-    """What a user compares between two runs: each task's status, attempt verdicts and final programs."""
+    """What a user compares between two runs: each task's status, attempt verdicts, final programs and their
+    clippy figures."""
     tasks = {t["task_id"]: t for t in summary(out)["tasks"]}
     seen: dict[str, Any] = {}
     for name in names:
@@ -148,6 +149,7 @@ def outcome(out: Path, names: list[str]) -> dict[str, Any]:
             "verdicts": [[e["kind"] for e in events if e.get("event") == "verdict" and e["stage"] == stage]
                          for stage in ("unidiomatic", "idiomatic")],
             "code": [(out / name / stage / "combined.rs").read_text() for stage in STAGES],
+            "clippy": [json.loads((out / name / stage / "clippy_stat.json").read_text()) for stage in STAGES],
         }
     return seen
 
