@@ -26,6 +26,7 @@ import dataclasses
 import io
 import logging
 import os
+import re
 import shutil
 import socket
 import tarfile
@@ -361,7 +362,10 @@ def _task_error(exc: Any, name: str) -> Exception:
     """The error a failed Ray task stands for: a node that cannot build or test (its toolchain, its sandbox)
     stops the run as it would locally, naming the node; anything else is the worker's exception."""
     cause = getattr(exc, "cause", None)
-    node = getattr(exc, "ip", None) or "?"
+    # What Ray raises stands for the cause too and keeps no ip of its own; its text starts with the task's
+    # "(pid=..., ip=...)".
+    found = re.search(r"\bip=([^,)\s]+)", str(exc))
+    node = found.group(1) if found else "?"
     if isinstance(cause, FatalError):
         try:
             return type(cause)(f"Ray node {node}: {cause}")

@@ -333,3 +333,27 @@ def test_an_address_nobody_answers_on_stops_the_run_at_start_up(
     assert "ray start --head" in result.output
     assert time.monotonic() - started < 60
     assert not (tmp_path / "out" / "alpha" / "result.json").exists()
+
+
+@needs_ray
+@pytest.mark.timeout(600)
+def test_a_node_without_the_toolchain_stops_the_run_naming_the_node(
+    cli: Cli, simulator_factory: Any, tmp_path: Path, ray_head: RayHead
+) -> None:
+    """The driver finds the compiler but the Ray node does not: exit 2 with the node's toolchain message, as a
+    local run without rustc would say it, prefixed by the node."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    rustc = shutil.which("rustc")
+    assert rustc is not None
+    wrapper = tools / "rustc-driver-only"  # on the driver's PATH, not on the node's
+    wrapper.write_text(f'#!/bin/sh\nexec "{rustc}" "$@"\n')
+    wrapper.chmod(0o755)
+    (cli.cwd / "sactor.toml").write_text('[toolchain]\nrustc = "rustc-driver-only"\n')
+    corpus = tmp_path / "corpus"
+    ray_corpus(corpus)
+    _sim, url = simulator_factory()
+    result = run(cli, corpus, tmp_path / "out", url, "--executor", "ray", "--ray-address", ray_head.address,
+                 timeout=300, env={**RAY_ENV, "PATH": f"{tools}:{os.environ['PATH']}"})
+    assert result.returncode == 2, result.output
+    assert "Ray node 127.0.0.1: [toolchain] rustc = 'rustc-driver-only' was not found" in result.output
