@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="batch_translate_generic.py",
         usage="%(prog)s [run] --c-files DIR --json-files DIR --output DIR [options]\n"
               "       %(prog)s translate C_FILE TEST_FILE -r RESULT_DIR [options]\n"
-              "       %(prog)s check [options]",
+              "       %(prog)s check [options]\n"
+              "       %(prog)s report OUT [OUT2 ...] [-o report.html] [--format html|md|json]",
         description="Translate C programs to Rust with a self-hosted model: unidiomatic, then idiomatic; "
                     "each compiled, tested and repaired. Without a command, the flags are those of `run`.",
         epilog="`%(prog)s COMMAND --help` shows a command's options.",
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Shown in the top-level help; parsing goes through the `run` sub-command (main() inserts it).
     _run_options(parser)
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check}",
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check,report}",
                                 prog=parser.prog)
     run = sub.add_parser("run", help="translate a corpus (the default command)")
     _run_options(run)
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     _translation_options(tr)
     ck = sub.add_parser("check", help="check the model server: models, context length, one short request")
     _server_options(ck)
+    rp = sub.add_parser("report", help="an HTML (or Markdown, JSON) report of finished runs, compared side by side")
+    rp.add_argument("outputs", type=Path, nargs="+", metavar="OUT", help="--output folders of finished runs")
+    rp.add_argument("-o", type=Path, dest="report_file", metavar="FILE",
+                    help="where to write it (default: OUT/report.html for html, standard output for md and json)")
+    rp.add_argument("--format", choices=("html", "md", "json"), default="html", help="default: html")
+    rp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return parser
 
 
@@ -342,6 +350,30 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, compare
+    from .report_render import render
+    from .results import atomic_write_text
+
+    target: Path | None = args.report_file
+    if target is None and args.format == "html":
+        target = args.outputs[0] / "report.html"
+    try:
+        data = compare(args.outputs)
+        text = render(data, args.format, (target or Path.cwd()).absolute().parent)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    if target is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise UsageError(f"-o {target} cannot be written ({exc.strerror or exc}): name a writable file") from None
+    _say(f"report: {target}")
+    return 0
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -362,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_translate(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "report":
+            return _cmd_report(args)
         parser.print_help()
         return EXIT_USAGE
     except UsageError as exc:

@@ -185,6 +185,8 @@ class TaskResult:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "wall_seconds": round(s.wall_seconds, 3),
+                # Local work (compile and test wall time holding a CPU slot), for the report's cost per task.
+                "cpu_seconds": round(sum(a.build_seconds + a.test_seconds for a in s.attempts), 3),
                 "reason": s.reason,
             }
         return {

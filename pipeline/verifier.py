@@ -9,6 +9,7 @@ model); the benchmarks' baselines reuse the whole verifier.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ TestRunner = Callable[[Path, TestSuite], Awaitable[TestVerdict]]
 
 #: Feedback longer than this is trimmed: the compiler and test output must not crowd out the program.
 FEEDBACK_CHARS = 6000
+_ERROR_CODE = re.compile(r"\berror\[(E[0-9]{4})\]")
 
 
 def refusal(stage: StageName, code: str) -> tuple[AttemptKind, str, str] | None:
@@ -50,7 +52,9 @@ def build_failure(build: BuildResult) -> tuple[AttemptKind, str, str] | None:
         return "refused", build.refused, build.refused
     if not build.ok or build.binary is None:
         count = f"{build.error_count} error{'s' if build.error_count != 1 else ''}"
-        return ("compile_error", f"the program does not compile ({count})",
+        # rustc's error codes in the message, so failure files and reports can count them.
+        codes = ", ".join(dict.fromkeys(_ERROR_CODE.findall(build.diagnostics)))
+        return ("compile_error", f"the program does not compile ({count}{': ' + codes if codes else ''})",
                 f"The compiler reported:\n{build.diagnostics}")
     return None
 

@@ -46,7 +46,7 @@ class Cli:
         base.update(self.env)
         base.update(env or {})
         argv = [sys.executable, str(ROOT / "batch_translate_generic.py"), *map(str, args)]
-        if args and str(args[0]) != "check":
+        if args and str(args[0]) not in ("check", "report"):
             argv += ["--cache-dir", str(self.cache_dir)]
         proc = subprocess.run(argv, cwd=self.cwd, env=base, capture_output=True, text=True, timeout=timeout)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
