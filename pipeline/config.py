@@ -134,6 +134,8 @@ class RunSettings:
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     feed: Feed = "stdin"  # for sample-list JSON files: "stdin" or "args"
+    executor: str = "local"  # where builds and tests run: "local" (this machine) or "ray" (a Ray cluster)
+    ray_address: str = ""  # the Ray cluster of executor "ray"; empty: start a local Ray instance on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,7 @@ WEEK = 7 * 24 * 3600.0
 MAX_WORKERS = 1024
 #: Compile and test processes at once: far beyond any machine's cores, short of a fork bomb.
 MAX_JOBS = 256
+EXECUTORS = ("local", "ray")
 
 
 def _base_url_rule(value: str) -> str | None:
@@ -330,6 +333,12 @@ SETTINGS: tuple[Setting, ...] = (
        switches=(("--no-differential", 0, "do not compare with the C program on generated inputs"),),
        help="generated inputs per task on which the translation must agree with the C program "
             "(default 20; 0 or --no-differential: off)"),
+    _s("run", "executor", str, "pipeline", flag="--executor", job=True, panel="translation", choices=EXECUTORS,
+       metavar="local|ray", help="where builds and tests run: this machine (default) or a Ray cluster "
+       "(pip install -e '.[ray]')"),
+    _s("run", "ray_address", str, "pipeline", flag="--ray-address", job=True, panel="translation",
+       metavar="ADDR", help="the Ray cluster of --executor ray, e.g. 10.0.0.1:6379 (default: start a local "
+       "Ray instance)"),
     # [toolchain]
     _s("toolchain", "rustc", str, "toolchain", rule=_not_empty),
     _s("toolchain", "clippy_driver", str, "toolchain"),

@@ -54,10 +54,12 @@ from .errors import (
     Interrupted,
 )
 from .extract import BEGIN_MARK
+from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
+from .ray_executor import RayVerifier
 from .records import TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
@@ -150,6 +152,11 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
                         config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
                     ))
                 info = await client.preflight()
+                cpu = anyio.CapacityLimiter(config.run.jobs)
+                verifier: Verifier = (
+                    await stack.enter_async_context(RayVerifier.open(config, cpu)) if config.run.executor == "ray"
+                    else LocalVerifier(config, toolchain, sandbox, cpu)
+                )
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside the task group's exception group
             startup.cancel_scope.cancel()
@@ -157,7 +164,6 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             raise failure
         if state["interrupted"]:
             raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
-        verifier = LocalVerifier(config, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
         yield Services(StageEnv(config, client, verifier), info, client, sandbox)
 
 

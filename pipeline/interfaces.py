@@ -30,7 +30,8 @@ class Model(Protocol):
 
 
 class Verifier(Protocol):
-    """Judges candidate programs against a task's tests. Implemented by :class:`pipeline.verifier.LocalVerifier`."""
+    """Judges candidate programs against a task's tests. Implemented by :class:`pipeline.verifier.LocalVerifier`
+    (this machine) and :class:`pipeline.ray_executor.RayVerifier` (a Ray cluster)."""
 
     async def verify(self, candidate: Candidate, suite: TestSuite, oracle: Oracle | None = None) -> Verdict:
         """Refuse, build and test the candidate; a failing program is a verdict, not an exception. With an

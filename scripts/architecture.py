@@ -25,8 +25,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "translation": ("translate", "stages", "prompts", "extract", "proposals"),
     "function level": ("function_stage", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
     "model": ("endpoints", "llm", "llm_errors"),
-    "verification": ("verifier", "vacuity", "differential", "cache", "testing", "build", "rust_source",
-                     "sandbox", "sandbox_init"),
+    "verification": ("verifier", "ray_executor", "vacuity", "differential", "cache", "testing", "build",
+                     "rust_source", "sandbox", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
     "test server": ("simulator",),
 }
