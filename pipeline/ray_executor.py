@@ -44,6 +44,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .build import Toolchain
 from .config import Config
+from .differential import Oracle
 from .errors import ConfigError, FatalError, TaskFailure
 from .records import Candidate, Verdict
 from .sandbox import Sandbox, _copy_files
@@ -57,7 +58,8 @@ JOB_CPUS = 1
 #: Ray's own retries of a job whose worker or node died (not of a failing program: that is a verdict).
 JOB_RETRIES = 2
 #: What ``ray list tasks`` shows for each kind of job (the build-and-test name ends with the stage).
-TASK_NAMES = {"verify": "c2rust build+test", "vacuity": "c2rust vacuity check", "clippy": "c2rust clippy"}
+TASK_NAMES = {"verify": "c2rust build+test", "vacuity": "c2rust vacuity check", "clippy": "c2rust clippy",
+              "oracle": "c2rust differential oracle"}
 #: Ray's switch that keeps a local instance on 127.0.0.1 (its name says Windows and macOS; it works on Linux too).
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 #: Seconds to wait for the cluster's address to accept a connection before saying nothing is there.
@@ -171,12 +173,21 @@ def _node_verifier(config: Config) -> _NodeVerifier:
         return found
 
 
-def verify_job(config: Config, candidate: Candidate, shipped: ShippedSuite) -> Verdict:
-    """A Ray task: the local verifier's verdict on ``candidate``."""
+def verify_job(config: Config, candidate: Candidate, shipped: ShippedSuite, oracle: Oracle | None) -> Verdict:
+    """A Ray task: the local verifier's verdict on ``candidate`` (the oracle's inputs run after the shipped
+    tests pass, as locally)."""
     node = _node_verifier(config)
     with unpacked(shipped, node.verifier.sandbox.scratch) as suite:
-        verdict: Verdict = node.run(node.verifier.verify, candidate, suite)
+        verdict: Verdict = node.run(node.verifier.verify, candidate, suite, oracle)
     return verdict
+
+
+def oracle_job(config: Config, c_source: str, shipped: ShippedSuite, key: str) -> Oracle | None:
+    """A Ray task: the C program's oracle on generated inputs (a plain value; cached on the node by ``key``)."""
+    node = _node_verifier(config)
+    with unpacked(shipped, node.verifier.sandbox.scratch) as suite:
+        oracle: Oracle | None = node.run(node.verifier.oracle, c_source, suite, key)
+    return oracle
 
 
 def vacuity_job(config: Config, shipped: ShippedSuite, key: str) -> list[str]:
@@ -323,7 +334,8 @@ class RayVerifier:
         try:
             options = {"num_cpus": JOB_CPUS, "max_retries": JOB_RETRIES}
             remote = {kind: ray.remote(**options)(func)
-                      for kind, func in (("verify", verify_job), ("vacuity", vacuity_job), ("clippy", clippy_job))}
+                      for kind, func in (("verify", verify_job), ("vacuity", vacuity_job), ("clippy", clippy_job),
+                                            ("oracle", oracle_job))}
             yield cls(config, cpu, ray, remote)
         finally:
             with anyio.CancelScope(shield=True):
@@ -343,10 +355,18 @@ class RayVerifier:
                 raise TaskFailure(f"the Ray cluster lost the {name!r} job ({type(exc).__name__}: {exc}); "
                                   f"rerun with --retry-failed once the cluster is healthy") from exc
 
-    async def verify(self, candidate: Candidate, suite: TestSuite) -> Verdict:
+    async def verify(self, candidate: Candidate, suite: TestSuite, oracle: Oracle | None = None) -> Verdict:
         shipped = await anyio.to_thread.run_sync(ship_suite, suite)
-        verdict: Verdict = await self._run("verify", f"{TASK_NAMES['verify']} {candidate.stage}", candidate, shipped)
+        verdict: Verdict = await self._run("verify", f"{TASK_NAMES['verify']} {candidate.stage}", candidate, shipped,
+                                           oracle)
         return verdict
+
+    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+        if self.config.translation.differential <= 0:
+            return None
+        shipped = await anyio.to_thread.run_sync(ship_suite, suite)
+        oracle: Oracle | None = await self._run("oracle", TASK_NAMES["oracle"], c_source, shipped, key)
+        return oracle
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:
         shipped = await anyio.to_thread.run_sync(ship_suite, suite)

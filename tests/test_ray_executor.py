@@ -183,10 +183,12 @@ def test_ray_executor_runs_the_jobs_on_the_cluster_and_matches_a_local_run(
     names = sorted(ray_corpus(corpus))
     _sim, url = simulator_factory()
     before = ray_tasks(ray_head, until=settled, timeout=10)  # other tests' jobs on this module's cluster
-    local = run(cli, corpus, tmp_path / "out-local", url, "--executor", "local", "--jobs", "2")
+    # Differential testing on (4 inputs): the C program's oracle is built on the cluster too.
+    local = run(cli, corpus, tmp_path / "out-local", url, "--executor", "local", "--jobs", "2",
+                "--differential", "4")
     assert local.returncode == 0, failures(tmp_path / "out-local") + local.output
     remote = run(cli, corpus, tmp_path / "out-ray", url, "--executor", "ray", "--ray-address", ray_head.address,
-                 "--jobs", "2", timeout=300, env=RAY_ENV)
+                 "--jobs", "2", "--differential", "4", timeout=300, env=RAY_ENV)
     assert remote.returncode == 0, failures(tmp_path / "out-ray") + remote.output[-5000:] + ray_logs(ray_head.temp)
 
     local_seen, remote_seen = outcome(tmp_path / "out-local", names), outcome(tmp_path / "out-ray", names)
@@ -194,6 +196,9 @@ def test_ray_executor_runs_the_jobs_on_the_cluster_and_matches_a_local_run(
     assert all(t["status"] == "verified" for t in remote_seen.values())
     assert remote_seen["beta"]["verdicts"][1] == ["test_failure", "refused", "verified"]
     assert summary(tmp_path / "out-ray")["config"]["run"]["executor"] == "ray"
+    for out in ("out-local", "out-ray"):
+        checked = {t["task_id"]: t["differential"] for t in summary(tmp_path / out)["tasks"]}
+        assert {name: (d["status"], d["inputs"]) for name, d in checked.items()} == {n: ("checked", 4) for n in names}
 
     attempts = {stage: sum(len(s["verdicts"][i]) for s in remote_seen.values())
                 for i, stage in enumerate(("unidiomatic", "idiomatic"))}
@@ -201,6 +206,7 @@ def test_ray_executor_runs_the_jobs_on_the_cluster_and_matches_a_local_run(
         ("c2rust build+test unidiomatic", "FINISHED"): attempts["unidiomatic"],
         ("c2rust build+test idiomatic", "FINISHED"): attempts["idiomatic"],
         ("c2rust vacuity check", "FINISHED"): len(names),
+        ("c2rust differential oracle", "FINISHED"): len(names),
         ("c2rust clippy", "FINISHED"): 2 * len(names),
     })
     found = ray_tasks(ray_head, until=lambda found: found == expected)
