@@ -1,7 +1,7 @@
 """A stand-in for vLLM's OpenAI-compatible server, for tests, the demo and benchmarks.
 
-A real HTTP/1.1 server (stdlib asyncio only) on 127.0.0.1 that answers chat completions from canned answer
-files or from ``@sim`` directives embedded in the prompt, queues generations like vLLM (``capacity``
+A real HTTP/1.1 server (asyncio streams, anyio task groups) on 127.0.0.1 that answers chat completions from
+canned answer files or from ``@sim`` directives embedded in the prompt, queues generations like vLLM (``capacity``
 concurrent slots, FIFO), paces them with a latency model, and injects faults (error statuses, 429 with
 Retry-After, dropped and stalled connections, truncated and malformed answers) by script or by a seeded
 rate. Every request is recorded as a :class:`RequestRecord` (and optionally logged as JSON lines).
