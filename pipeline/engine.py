@@ -55,8 +55,8 @@ from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
-from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
-from .records import TaskKey, TaskResult
+from .prompts import FIRST_REQUESTS, REPAIR
+from .records import STAGES, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
@@ -99,7 +99,7 @@ def settings_fingerprint(config: Config) -> str:
         "max_tokens": config.model.max_tokens,
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
-        "prompts": [UNIDIOMATIC, IDIOMATIC, REPAIR, BEGIN_MARK],
+        "prompts": [*(FIRST_REQUESTS[stage] for stage in STAGES), REPAIR, BEGIN_MARK],
         "max_attempts": config.translation.max_attempts,
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,

@@ -15,10 +15,14 @@ StageName = Literal["unidiomatic", "idiomatic"]
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage, declared once: its name, whether it must be safe Rust, and where its results go."""
+    """One stage, declared once: its name, whether it must be safe Rust, the program its first request quotes,
+    and where its results go. Its first request is ``prompts.FIRST_REQUESTS[name]``; the simulator tells the
+    stages apart by ``quotes`` (the last declared stage whose fence the first user message opens)."""
 
     name: StageName
     safe_only: bool  # refuse any `unsafe` before compiling
+    quotes: str  # the fence language of the program its first request gives the model ("c", "rust")
+    short: str  # its name on the progress bar
 
     @property
     def result_dir(self) -> str:
@@ -28,8 +32,8 @@ class StageSpec:
 
 #: The stages in the order they run; progress, results, summaries and refusals follow this table.
 STAGE_SPECS: dict[StageName, StageSpec] = {
-    "unidiomatic": StageSpec("unidiomatic", safe_only=False),
-    "idiomatic": StageSpec("idiomatic", safe_only=True),
+    "unidiomatic": StageSpec("unidiomatic", safe_only=False, quotes="c", short="uni"),
+    "idiomatic": StageSpec("idiomatic", safe_only=True, quotes="rust", short="idi"),
 }
 STAGES: tuple[StageName, ...] = tuple(STAGE_SPECS)
 

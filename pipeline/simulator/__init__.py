@@ -6,7 +6,8 @@ concurrent slots, FIFO), paces them with a latency model, and injects faults (er
 Retry-After, dropped and stalled connections, truncated and malformed answers) by script or by a seeded
 rate. Every request is recorded as a :class:`RequestRecord` (and optionally logged as JSON lines).
 
-It shares no code with the rest of :mod:`pipeline` on purpose, so it can disagree with the client.
+It shares no code with the rest of :mod:`pipeline` on purpose, so it can disagree with the client; it reads
+only the stage declarations (:data:`pipeline.records.STAGE_SPECS`, plain data), so a declared stage is told apart.
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``GET /version``, ``POST /tokenize``,
 ``POST /v1/chat/completions`` (JSON or SSE streaming). Token counts follow :mod:`.tokens`; answers follow

@@ -9,7 +9,8 @@ Canned answers live in ``answers_dir``::
 
 * task: the key whose match string occurs in the FIRST user message; the longest match string wins
   (then the smallest key, so the choice is deterministic);
-* stage: ``idiomatic`` when the first user message has a line starting with "```rust", else ``unidiomatic``;
+* stage: the last stage declared in :data:`pipeline.records.STAGE_SPECS` whose ``quotes`` fence starts a line
+  of the first user message (``idiomatic`` for "```rust"), else the first stage (``unidiomatic``);
 * attempt: 1 + the number of assistant messages in the request.
 
 A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the answer). Options:
@@ -32,15 +33,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..records import STAGE_SPECS, STAGES
 from . import directive
 from .model import check_fault_kind
 from .tokens import content_text
 
 log = logging.getLogger(__name__)
 
-STAGES = ("unidiomatic", "idiomatic")
 DIRECTIVE_KEY = "directive"
-_ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic)-(\d+)\.md$")
+_ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, STAGES)) + r")-(\d+)\.md$")
+#: Later stages first: a stage's first request may also quote what an earlier one quotes (the C program).
+_DETECTION_ORDER = tuple(reversed(STAGE_SPECS.values()))
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
 _REPLY_WITH_WORD = re.compile(r"^\s*Reply with the word (\w+)\.?\s*$")
 
@@ -57,7 +60,7 @@ class Answer:
     text: str
     finish_reason: str = "stop"
     key: str | None = None
-    stage: str = "unidiomatic"
+    stage: str = STAGES[0]
     attempt: int = 1
     fault: str | None = None
 
@@ -79,12 +82,13 @@ def first_user_text(messages: list[Any]) -> str:
 
 
 def detect_stage(first_user: str) -> str:
-    """``idiomatic`` when a line starts with "```rust" (the idiomatic prompt quotes Rust), else the other."""
-    if "```rust" in first_user:
-        for line in first_user.splitlines():
-            if line.startswith("```rust"):
-                return "idiomatic"
-    return "unidiomatic"
+    """The last declared stage whose quoted program's fence (```` ```rust ```` for ``idiomatic``) starts a line
+    of the first user message; the first declared stage when none does."""
+    for spec in _DETECTION_ORDER:
+        fence = "```" + spec.quotes
+        if fence in first_user and any(line.startswith(fence) for line in first_user.splitlines()):
+            return spec.name
+    return STAGES[0]
 
 
 def detect_attempt(messages: list[Any]) -> int:
