@@ -174,37 +174,75 @@ class TaskResult:
         return "verified" if all(s.verified for s in self.stages if s.status != "skipped") else "failed"
 
     def summary(self) -> dict[str, Any]:
-        """The task's record in result.json, the ledger and batch_summary.json."""
-        stages: dict[str, Any] = {}
+        """The task's record in result.json, the ledger and batch_summary.json, as JSON."""
+        return self.record().to_json()
+
+    def record(self) -> TaskSummary:
+        """The task's summary record (see :meth:`summary` for its JSON)."""
+        stages: dict[str, StageSummary] = {}
         for name in STAGES:
             s = self.stage(name)
             if s is None:
-                stages[name] = {"status": "not_run"}
+                stages[name] = StageSummary("not_run")
                 continue
             usage = s.usage
-            stages[name] = {
-                "status": s.status,
-                "attempts": len(s.attempts),
-                "requests": s.requests,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "wall_seconds": round(s.wall_seconds, 3),
-                "reason": s.reason,
-            }
-        return {
-            "task_id": self.task_id,
-            "c_file": self.c_path,
-            "test_file": self.test_path,
-            "input_hash": self.input_hash,
-            "status": self.status,
-            "reason": self.reason or self._first_stage_reason(),
-            "failure_kind": self.failure_kind,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "stages": stages,
-        }
+            stages[name] = StageSummary(s.status, len(s.attempts), s.requests, usage.prompt_tokens,
+                                        usage.completion_tokens, round(s.wall_seconds, 3), s.reason)
+        return TaskSummary(self.task_id, self.c_path, self.test_path, self.input_hash, self.status,
+                           self.reason or self._first_stage_reason(), self.failure_kind,
+                           round(self.wall_seconds, 3), stages)
 
     def _first_stage_reason(self) -> str | None:
         for s in self.stages:
             if s.status == "failed":
                 return f"{s.stage}: {s.reason}"
         return None
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One stage in a task's summary record; a stage that did not run has only its status ("not_run")."""
+
+    status: str
+    attempts: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_seconds: float = 0.0
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status == "not_run":
+            return {"status": self.status}
+        return {"status": self.status, "attempts": self.attempts, "requests": self.requests,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "wall_seconds": self.wall_seconds, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """A task's summary record: what result.json, the ledger and batch_summary.json hold for it. The JSON
+    names of the files are ``c_file`` and ``test_file``."""
+
+    task_id: str
+    c_path: str
+    test_path: str
+    input_hash: str
+    status: str
+    reason: str | None
+    failure_kind: str | None
+    wall_seconds: float
+    stages: Mapping[str, StageSummary]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "c_file": self.c_path,
+            "test_file": self.test_path,
+            "input_hash": self.input_hash,
+            "status": self.status,
+            "reason": self.reason,
+            "failure_kind": self.failure_kind,
+            "wall_seconds": self.wall_seconds,
+            "stages": {name: stage.to_json() for name, stage in self.stages.items()},
+        }
