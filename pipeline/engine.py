@@ -56,12 +56,12 @@ from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import FIRST_REQUESTS, REPAIR
-from .records import STAGES, TaskKey, TaskResult
+from .records import STAGES, TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task, printable
-from .translate import TaskFiles, read_task, translate_task
+from .translate import read_task, translate_task
 from .verifier import LocalVerifier
 
 if sys.version_info < (3, 11):  # pragma: no cover

@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from .records import Candidate, Completion, Verdict
-from .testing import TestSuite
+from .records import Candidate, Completion, TestSuite, Verdict
 
 
 class Model(Protocol):

@@ -1,4 +1,5 @@
-"""Plain values every layer passes around: what a model answered, what a verifier said, how a stage ended.
+"""Plain values every layer passes around: a task's inputs and tests, what a model answered, what a verifier
+said, how a stage ended.
 
 This module sits at the bottom: it imports nothing of the model client, the sandbox, the toolchain or the
 stage loop, so the ledger, the results writer and the report can read these records without them.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 StageName = Literal["unidiomatic", "idiomatic"]
@@ -52,6 +54,62 @@ class TaskKey:
 
     def __str__(self) -> str:
         return f"{self.input_hash}:{self.settings}"
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """A task's files, read and checked."""
+
+    c_source: str
+    suite: TestSuite
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Every file that defines a task, read once (by the producer), and their digest: the resume key's half
+    that depends on the inputs. ``contents`` maps each path to its bytes (None: it could not be read)."""
+
+    contents: Mapping[Path, bytes | None]
+    digest: str
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """One SACToR sample: ``input`` goes in as arguments or on stdin; ``output`` is what must come out."""
+
+    input: str
+    output: str
+    feed: Literal["stdin", "args"]  # task.Feed
+    samples_file: str
+    index: int
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One test. ``argv`` holds the command's tokens as written (``%t`` kept); for a ``run-tests`` command
+    (or a sample of a samples-kind task) ``sample`` holds the resolved sample, which is what actually runs."""
+
+    __test__ = False  # not a pytest class
+
+    index: int
+    raw: str
+    argv: tuple[str, ...]
+    sample: SampleRun | None
+
+
+@dataclass(frozen=True)
+class TestSuite:
+    """A task's tests, ready to run.
+
+    ``base_dir`` is the test JSON's directory (commands run in a private copy of it); ``files`` are the
+    relative names of the files there that plain commands reference, the only ones copied into that copy.
+    """
+
+    __test__ = False
+
+    base_dir: Path
+    cases: tuple[TestCase, ...]
+    files: tuple[str, ...]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from .errors import TaskFailure
 from .extract import extract_rust
 from .interfaces import Model, Verifier
 from .prompts import Turn, conversation, cut_off_turn, first_prompt
-from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, Usage, Verdict
-from .testing import TestSuite
+from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, TestSuite, Usage, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ import pytest
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
 SERVICES = {"llm", "llm_errors", "sandbox", "build", "stages", "translate", "verifier", "engine", "simulator"}
+#: Modules that import nothing but each other: what the interfaces may be written in.
+LOW = {"records", "errors", "task"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -33,6 +35,16 @@ def imported_modules(path: Path) -> set[str]:
 def test_low_modules_do_not_import_the_services(module: str) -> None:
     """records, ledger and results read and write plain values; they must not pull in the client or sandbox."""
     assert not imported_modules(PIPELINE / f"{module}.py") & SERVICES
+
+
+def test_records_import_nothing_of_the_pipeline() -> None:
+    """records.py is the bottom: plain values (task inputs and tests, verdicts, results) and no pipeline import."""
+    assert imported_modules(PIPELINE / "records.py") == set()
+
+
+def test_interfaces_import_only_low_modules() -> None:
+    """The Model and Verifier interfaces speak in records only: nothing of testing, the services or the stages."""
+    assert imported_modules(PIPELINE / "interfaces.py") <= LOW
 
 
 def test_stage_loop_knows_only_the_interfaces() -> None:
