@@ -24,7 +24,6 @@ from typing import IO, Any, TypeVar
 
 import anyio
 import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
@@ -167,7 +166,7 @@ class Simulator:
         self._log_file: IO[str] | None = None
         self._log_lock: anyio.Lock | None = None
         self._legacy = self.config.compat == COMPAT_LEGACY
-        self._token: anyio.lowlevel.EventLoopToken | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._server: asyncio.Server | None = None
         self._stopping: anyio.Event | None = None
@@ -207,13 +206,13 @@ class Simulator:
         request in flight, or arriving on a connection already open, never gets an answer: it hangs until the
         client gives up or the simulator stops. Safe to call from any thread, and more than once.
         """
-        token = self._token
-        if token is None:
+        loop = self._loop
+        if loop is None:
             return
         if threading.get_ident() == self._loop_thread:
             self._stop_accepting_now()
         else:
-            anyio.from_thread.run_sync(self._stop_accepting_now, token=token)
+            loop.call_soon_threadsafe(self._stop_accepting_now)
 
     def _stop_accepting_now(self) -> None:
         if self._stopping is None or self._stopping.is_set():
@@ -239,7 +238,7 @@ class Simulator:
 
         Raises RuntimeError if already serving, OSError if the port cannot be bound.
         """
-        with anyio.from_thread.start_blocking_portal(name="simulator") as portal, \
+        with anyio.from_thread.start_blocking_portal() as portal, \
                 portal.wrap_async_context_manager(self.serve(host, port)) as url:
             yield url
 
@@ -268,7 +267,8 @@ class Simulator:
                 server = await asyncio.start_server(
                     functools.partial(self._arrive, arrivals), host, port, backlog=1024)
                 self._server = server
-                self._token, self._loop_thread = anyio.lowlevel.current_token(), threading.get_ident()
+                # The stream server is asyncio's, so the loop is too (anyio's from-thread token needs anyio 4.8).
+                self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
                 bound = server.sockets[0].getsockname()[1]
                 shown = f"[{host}]" if ":" in host else host
                 self._base_url = f"http://{shown}:{bound}/v1"
@@ -292,7 +292,8 @@ class Simulator:
         finally:
             self._base_url = None
             self._serving = False
-            self._token = self._loop_thread = None
+            self._loop = None
+            self._loop_thread = None
             self._server = None
             self._idle.clear()
             if self._log_file is not None:
