@@ -70,3 +70,20 @@ def test_architecture_document_matches_the_code() -> None:
     assert "unplaced" not in graph, "a new module needs a layer in scripts/architecture.py"
     assert graph in (PIPELINE.parent / "docs" / "architecture.md").read_text(), \
         "run `python scripts/architecture.py --write` and commit docs/architecture.md"
+
+
+#: asyncio calls that start a task nobody's scope owns (or join them by hand); anyio task groups replace them.
+UNSTRUCTURED = {"ensure_future", "create_task", "gather", "run_in_executor", "wait"}
+
+
+def test_no_task_outlives_its_scope() -> None:
+    """Structured concurrency only: no module of pipeline/ (the simulator included) starts tasks with asyncio's
+    ensure_future/create_task or joins them with gather/wait; every task belongs to an anyio task group."""
+    found = []
+    for path in sorted(PIPELINE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("asyncio", "loop")
+                    and node.func.attr in UNSTRUCTURED):
+                found.append(f"{path.relative_to(PIPELINE.parent)}:{node.lineno} {node.func.attr}")
+    assert not found, found
