@@ -129,13 +129,17 @@ def write_corpus(root: Path, plans: Sequence[TaskPlan], *, num_tests: int = 1) -
         (root / f"{plan.name}.json").write_text(json.dumps(commands))
 
 
-def write_config(path: Path, *, compile_cache: bool, clippy: bool = False, extra: str = "") -> Path:
-    """A sactor.toml for benchmark runs (passed with --config)."""
+def write_config(path: Path, *, compile_cache: bool, clippy: bool = False, differential: int = 0,
+                 extra: str = "") -> Path:
+    """A sactor.toml for benchmark runs (passed with --config). Differential testing is off unless asked for:
+    the figures measure scheduling (model slots, compile and test), and the directive tasks' C programs print a
+    constant, so the C program's answers would only add gcc runs (its cost is in the README)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         "[toolchain]\n"
         f"compile_cache = {str(compile_cache).lower()}\n"
         f"clippy = {str(clippy).lower()}\n"
+        f"[differential]\ninputs = {differential}\n"
         f"{extra}"
     )
     return path

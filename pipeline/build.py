@@ -60,6 +60,8 @@ CODEGEN_FLAGS = (
 #: Warnings are dropped anyway; not computing them is cheaper. Deny-by-default lints stay errors.
 BUILD_FLAGS = (*CODEGEN_FLAGS, "-A", "warnings")
 BINARY_NAME = "main"
+#: What a C program needs besides a Rust static library to link it (``rustc --print native-static-libs``).
+STATICLIB_LINK_FLAGS = ("-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc")
 #: A libc build in progress, in the cache directory: ``.libc-build-<pid>-<random>``.
 LIBC_BUILD_PREFIX = ".libc-build-"
 _RUSTC_OUTPUT_CAP = 4 << 20
@@ -252,10 +254,10 @@ class Toolchain:
         return cls(settings, rustc=rustc, clippy=clippy, version_text=version_text, libc_rlib=rlib,
                    libc_id=libc_id, env=env)
 
-    def _flags(self, *, warnings: bool = False) -> list[str]:
+    def _flags(self, *, warnings: bool = False, crate_type: str = "bin") -> list[str]:
         return [
             "--edition", self.settings.edition,
-            "--crate-type", "bin",
+            "--crate-type", crate_type,
             "--crate-name", BINARY_NAME,
             *(CODEGEN_FLAGS if warnings else BUILD_FLAGS),
             "--extern", f"libc={self.libc_rlib}",
@@ -321,6 +323,26 @@ class Toolchain:
         errors = _parse_diagnostics(result.stderr).errors or ("rustc failed without a diagnostic",)
         if entry is not None:
             await anyio.to_thread.run_sync(_cache_store_failure, entry, errors)
+        return BuildResult(False, None, _trim_errors(errors, max_diagnostic_chars), len(errors), False, seconds)
+
+    async def build_staticlib(self, source: str, out_dir: Path, *, max_diagnostic_chars: int = 6000) -> BuildResult:
+        """Compile ``source`` into ``out_dir/libmain.a``, a static library C programs can link (the FFI harness of
+        function-level translation); link it with :data:`STATICLIB_LINK_FLAGS`. Same flags and refusals as
+        :meth:`build`, not cached. Raises OSError only when ``out_dir`` cannot be written.
+        """
+        started = time.monotonic()
+        reason = forbidden_constructs(source)
+        if reason is not None:
+            return BuildResult(False, None, reason, 1, False, time.monotonic() - started, refused=reason)
+        src = Path(out_dir) / f"{BINARY_NAME}.rs"
+        library = Path(out_dir) / f"lib{BINARY_NAME}.a"
+        await anyio.to_thread.run_sync(src.write_text, source)
+        argv = [self.rustc, *self._flags(crate_type="staticlib"), "-o", library.name, src.name]
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env)
+        seconds = time.monotonic() - started
+        if result.ok and await anyio.to_thread.run_sync(library.is_file):
+            return BuildResult(True, library, "", 0, False, seconds)
+        errors = _parse_diagnostics(result.stderr).errors or (f"rustc {result.describe()}",)
         return BuildResult(False, None, _trim_errors(errors, max_diagnostic_chars), len(errors), False, seconds)
 
     async def clippy_stats(self, source: str, work_dir: Path) -> dict[str, object]:

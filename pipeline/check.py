@@ -12,7 +12,10 @@ import dataclasses
 import time
 from dataclasses import dataclass
 
+import anyio
+
 from .config import Config
+from .endpoints import endpoint_settings
 from .errors import PipelineError
 from .llm import ModelClient
 
@@ -111,3 +114,19 @@ async def run_check(config: Config) -> CheckReport:
             f"the server answers but the model generates no text: {MODEL_FIX}"
         ))
     return report
+
+
+async def run_checks(config: Config) -> list[CheckReport]:
+    """One report per model server, all checked at once: every ``[VLLM]`` endpoint, or the one server."""
+    if not config.model.endpoints:
+        return [await run_check(config)]
+    configs = [dataclasses.replace(config, model=endpoint_settings(config.model, e)) for e in config.model.endpoints]
+    reports: list[CheckReport | None] = [None] * len(configs)
+
+    async def one(index: int) -> None:
+        reports[index] = await run_check(configs[index])
+
+    async with anyio.create_task_group() as tg:
+        for index in range(len(configs)):
+            tg.start_soon(one, index)
+    return [r for r in reports if r is not None]

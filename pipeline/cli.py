@@ -1,4 +1,5 @@
-"""The command line: ``run`` (the default), ``translate``, ``check``. The only module that prints.
+"""The command line: ``run`` (the default), ``translate``, ``check``, ``report``, ``generate-tests``. The only
+module that prints.
 
 Exit status: 0 every task verified both stages; 1 the run finished but some tasks failed (or inputs were
 skipped); 2 bad usage, configuration or input directories; 3 the model server is unusable; 130 interrupted.
@@ -30,7 +31,7 @@ from .engine import RunOptions, open_services, run_batch
 from .errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, FatalError
 from .ledger import run_lock
 from .progress import LogReporter, Reporter, TqdmReporter
-from .results import write_task_results
+from .results import kept_inputs, write_task_results
 from .task import Task
 
 log = logging.getLogger("pipeline")
@@ -49,13 +50,14 @@ class UsageError(Exception):
 # Arguments
 
 
-def _setting_flags(group: argparse._ArgumentGroup, panel: str) -> None:
+def _setting_flags(group: argparse._ArgumentGroup, panel: str, names: Sequence[str] = ()) -> None:
     for s in SETTINGS:
-        if s.panel != panel:
+        if s.panel != panel or (names and s.name not in names):
             continue
         if s.flag:
             metavar = s.metavar or ("N" if s.kind is int else "SECONDS" if s.kind is float else "VALUE")
-            group.add_argument(s.flag, dest=s.name, metavar=metavar, help=s.help)
+            group.add_argument(s.flag, dest=s.name, metavar=metavar, help=s.help,
+                               action="append" if s.many else "store")
         if len(s.switches) == 1:
             flag, value, text = s.switches[0]
             group.add_argument(flag, dest=s.name, action="store_const", const=value, help=text)
@@ -114,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="batch_translate_generic.py",
         usage="%(prog)s [run] --c-files DIR --json-files DIR --output DIR [options]\n"
               "       %(prog)s translate C_FILE TEST_FILE -r RESULT_DIR [options]\n"
-              "       %(prog)s check [options]",
+              "       %(prog)s check [options]\n"
+              "       %(prog)s report OUT [OUT2 ...] [-o report.html] [--format html|md|json]\n"
+              "       %(prog)s generate-tests C_FILE_OR_DIR... [--input TEXT] [--seeds FILE] [options]",
         description="Translate C programs to Rust with a self-hosted model: unidiomatic, then idiomatic; "
                     "each compiled, tested and repaired. Without a command, the flags are those of `run`.",
         epilog="`%(prog)s COMMAND --help` shows a command's options.",
@@ -122,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # Shown in the top-level help; parsing goes through the `run` sub-command (main() inserts it).
     _run_options(parser)
-    sub = parser.add_subparsers(dest="command", title="commands", metavar="{run,translate,check}",
+    sub = parser.add_subparsers(dest="command", title="commands",
+                                metavar="{run,translate,check,report,generate-tests}",
                                 prog=parser.prog)
     run = sub.add_parser("run", help="translate a corpus (the default command)")
     _run_options(run)
@@ -134,7 +139,46 @@ def build_parser() -> argparse.ArgumentParser:
     _translation_options(tr)
     ck = sub.add_parser("check", help="check the model server: models, context length, one short request")
     _server_options(ck)
+    rp = sub.add_parser("report", help="an HTML (or Markdown, JSON) report of finished runs, compared side by side")
+    rp.add_argument("outputs", type=Path, nargs="+", metavar="OUT", help="--output folders of finished runs")
+    rp.add_argument("-o", type=Path, dest="report_file", metavar="FILE",
+                    help="where to write it (default: OUT/report.html for html, standard output for md and json)")
+    rp.add_argument("--format", choices=("html", "md", "json"), default="html", help="default: html")
+    rp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    rp.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    _generate_tests_parser(sub)
     return parser
+
+
+def _generate_tests_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    gt = sub.add_parser(
+        "generate-tests", help="write SACToR tests (NAME.json, NAME_samples.json) for C files without tests",
+        description="Record tests from the C program itself (like `sactor generate-tests`): seed inputs you give "
+                    "and inputs the model proposes, kept only where the C program is deterministic, ends in "
+                    "time and is clean under ASan/UBSan.")
+    gt.add_argument("paths", type=Path, nargs="+", metavar="C_FILE_OR_DIR", help="a C file or a folder of them")
+    gt.add_argument("--input", dest="seed_inputs", action="append", default=[], metavar="TEXT",
+                    help="a seed input (repeatable), for every program")
+    gt.add_argument("--seeds", type=Path, metavar="FILE",
+                    help="seed inputs: a JSON list of strings or of {\"input\": ...} samples, for every program; "
+                         "or a folder of NAME_seeds.json (keep it apart from the C files)")
+    gt.add_argument("--model-inputs", type=_count, default=0, metavar="N",
+                    help="also ask the model for N inputs (talks to the configured server)")
+    gt.add_argument("--mutations", type=_count, default=0, metavar="N",
+                    help="also keep up to N mutations of the inputs (numbers perturbed, tokens dropped, ...)")
+    gt.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the mutations' order (default 0)")
+    gt.add_argument("-o", "--output", type=Path, metavar="DIR", help="where to write (default: beside each C file)")
+    gt.add_argument("--force", action="store_true", help="replace existing NAME.json and NAME_samples.json")
+    _server_options(gt)
+    _setting_flags(gt.add_argument_group("running the C program"), "translation",
+                   ("feed", "jobs", "test_timeout", "cache_dir"))
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number from 0 to 100."""
+    if not text.isdigit() or int(text) > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 100")
+    return int(text)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -215,16 +259,17 @@ class _Scrubber(logging.Filter):
         self.patterns: list[tuple[re.Pattern[str], str]] = []
 
     def learn(self, config: Config) -> None:
-        url = config.model.base_url
-        scheme, _, rest = url.partition("://")
-        userinfo = rest.partition("/")[0].rpartition("@")[0]
-        if userinfo:
-            # Any form of the URL (with or without /v1, as the client's root URL) shows the same authority.
-            self.patterns.append((re.compile(re.escape(f"{scheme}://{userinfo}@")), f"{scheme}://***@"))
-        key = config.model.api_key
-        if key and key != "EMPTY":
-            # A whole-token match: a short key such as "test" must not blank out "tests".
-            self.patterns.append((re.compile(rf"(?<![\w.-]){re.escape(key)}(?![\w.-])"), "***"))
+        model = config.model
+        for url in (model.base_url, *(e.base_url for e in model.endpoints)):
+            scheme, _, rest = url.partition("://")
+            userinfo = rest.partition("/")[0].rpartition("@")[0]
+            if userinfo:
+                # Any form of the URL (with or without /v1, as the client's root URL) shows the same authority.
+                self.patterns.append((re.compile(re.escape(f"{scheme}://{userinfo}@")), f"{scheme}://***@"))
+        for key in (model.api_key, *(e.api_key for e in model.endpoints)):
+            if key and key != "EMPTY":
+                # A whole-token match: a short key such as "test" must not blank out "tests".
+                self.patterns.append((re.compile(rf"(?<![\w.-]){re.escape(key)}(?![\w.-])"), "***"))
 
     def __call__(self, text: str) -> str:
         for pattern, shown in self.patterns:
@@ -271,7 +316,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(c_dir=args.c_files, json_dir=args.json_files, output=args.output,
                          retry_failed=bool(args.retry_failed), force=args.force)
     reporter: Reporter = TqdmReporter() if sys.stderr.isatty() else LogReporter(args.progress_interval)
-    _say(f"model {config.model.model} at {config.model.public_url}; {config.client.workers} requests in flight, "
+    servers = (", ".join(e.public_url for e in config.model.endpoints) if config.model.endpoints
+               else config.model.public_url)
+    _say(f"model {config.model.model} at {servers}; {config.client.workers} requests in flight, "
          f"{config.run.jobs} compile/test jobs; results in {args.output}", err=True)
     outcome = anyio.run(lambda: run_batch(config, options, reporter=reporter))
     for line in outcome.table:
@@ -314,8 +361,12 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
         _say(f"interrupted by {state['interrupted']}", err=True)
         return EXIT_INTERRUPTED
     for stage in result.stages:
+        verdict = stage.attempts[-1].message if stage.verified and stage.attempts else stage.reason
         _say(f"{stage.stage}: {stage.status} after {len(stage.attempts)} attempt(s)"
-             + (f": {stage.reason}" if stage.reason else ""))
+             + (f": {verdict}" if verdict else ""))
+    report = result.differential or {}
+    if report.get("note") or report.get("tried"):
+        _say(f"differential: {report['note'] or kept_inputs(report) + '; saved as differential_samples.json'}")
     if result.reason:
         _say(f"failed: {result.reason}")
     _say(f"results: {args.result_dir}")
@@ -333,13 +384,67 @@ def _cmd_translate(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .check import run_check
+    from .check import run_checks
 
     config = _config(args)
-    report = anyio.run(run_check, config)
-    for line in report.lines():
-        _say(line)
-    return 0 if report.ok else 1
+    reports = anyio.run(run_checks, config)
+    if len(reports) > 1:
+        ok = sum(r.ok for r in reports)
+        _say(f"{len(reports)} model servers: {ok} OK, {len(reports) - ok} FAILED")
+    for number, report in enumerate(reports):
+        if number:
+            _say("")
+        for line in report.lines():
+            _say(line)
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import ReportError, compare
+    from .report_render import render
+    from .results import atomic_write_text
+
+    target: Path | None = args.report_file
+    if target is None and args.format == "html":
+        target = args.outputs[0] / "report.html"
+    try:
+        data = compare(args.outputs)
+        text = render(data, args.format, (target or Path.cwd()).absolute().parent)
+    except ReportError as exc:
+        raise UsageError(str(exc)) from None
+    if target is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        atomic_write_text(target, text)
+    except OSError as exc:
+        raise UsageError(f"-o {target} cannot be written ({exc.strerror or exc}): name a writable file") from None
+    _say(f"report: {target}")
+    return 0
+
+
+def _cmd_generate_tests(args: argparse.Namespace) -> int:
+    from .gentests import GenerateOptions, c_files_of, describe, generate_tests
+
+    config = _config(args)
+    if args.output is not None:
+        _check_output(args.output, "--output")
+    if args.seeds is not None and not args.seeds.exists():
+        raise UsageError(f"--seeds {args.seeds} does not exist: name a JSON file of inputs or a folder of "
+                         f"NAME_seeds.json")
+    options = GenerateOptions(
+        c_files=tuple(c_files_of(args.paths)), inputs=tuple(args.seed_inputs), seeds=args.seeds,
+        output=args.output, model_inputs=args.model_inputs, mutations=args.mutations, seed=args.seed,
+        force=args.force)
+    results = anyio.run(generate_tests, config, options)
+    for result in results:
+        for line in describe(result):
+            _say(line)
+    written = sum(r.task_path is not None for r in results)
+    skipped = sum(r.skipped is not None for r in results)
+    _say(f"tests written for {written} of {len(results)} C files"
+         + (f" ({skipped} skipped: they have tests)" if skipped else ""))
+    return 0 if all(r.ok for r in results) else 1
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -362,6 +467,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_translate(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "report":
+            return _cmd_report(args)
+
+
+        if args.command == "generate-tests":
+            return _cmd_generate_tests(args)
         parser.print_help()
         return EXIT_USAGE
     except UsageError as exc:

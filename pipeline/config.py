@@ -9,9 +9,9 @@ flag, environment variable, whether a job file may set it, and its limits. Keys,
 validation all derive from it.
 
 The file is SACToR-compatible: ``[general]`` and ``[VLLM]`` use SACToR's names; what SACToR has no name for
-lives in our own sections ``[pipeline]``, ``[toolchain]`` and ``[sandbox]``. Whatever else a SACToR file
-carries (``[litellm]``, ``[test_runner]``, provider sections, ``[general] encoding`` ...) is listed once as
-ignored. Our own sections are strict: an unknown key there is an error with a suggestion.
+lives in our own sections ``[pipeline]``, ``[differential]``, ``[toolchain]`` and ``[sandbox]``. Whatever else
+a SACToR file carries (``[litellm]``, ``[test_runner]``, provider sections, ``[general] encoding`` ...) is
+listed once as ignored. Our own sections are strict: an unknown key there is an error with a suggestion.
 """
 
 from __future__ import annotations
@@ -56,8 +56,31 @@ def redact_url(url: str) -> str:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """One of several model servers (``[VLLM] base_url`` as a list, or a ``[[VLLM.endpoints]]`` table).
+
+    Empty ``model`` and ``api_key`` mean ``[VLLM] model`` and ``[VLLM] api_key``; ``workers`` (None) means
+    this endpoint's share of ``--workers`` by ``weight``.
+    """
+
+    base_url: str
+    model: str = ""
+    api_key: str = field(default="", repr=False)
+    weight: float = 1.0
+    workers: int | None = None
+
+    @property
+    def public_url(self) -> str:
+        return redact_url(self.base_url)
+
+
+@dataclass(frozen=True)
 class ModelSettings:
-    """Where the model is and how we sample it (``[VLLM]``)."""
+    """Where the model is and how we sample it (``[VLLM]``).
+
+    ``base_url`` is the first (or only) server; ``endpoints`` lists every server when there are several
+    (empty: just ``base_url``, the one-server run).
+    """
 
     base_url: str = "http://localhost:8000/v1"
     api_key: str = field(default="EMPTY", repr=False)
@@ -65,6 +88,8 @@ class ModelSettings:
     max_tokens: int = 8192
     temperature: float = 0.0
     backend: str = "VLLM"
+    endpoints: tuple[Endpoint, ...] = ()
+    equivalent_models: bool = False  # endpoints naming other models serve the same weights
 
     @property
     def public_url(self) -> str:
@@ -82,6 +107,10 @@ class TranslationSettings:
     system_message: str = DEFAULT_SYSTEM_MESSAGE
     num_tests: int | None = None  # None: every test
     idiomatic: bool = True
+    #: Generated inputs per task on which the translation must agree with the C program (0: off); see
+    #: :mod:`pipeline.differential`. 20 costs about a second of CPU per task once (gcc, the C runs, cached) and
+    #: 20 short runs per attempt that passed the shipped tests.
+    differential: int = 20
 
 
 @dataclass(frozen=True)
@@ -105,6 +134,8 @@ class RunSettings:
 
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     feed: Feed = "stdin"  # for sample-list JSON files: "stdin" or "args"
+    executor: str = "local"  # where builds and tests run: "local" (this machine) or "ray" (a Ray cluster)
+    ray_address: str = ""  # the Ray cluster of executor "ray"; empty: start a local Ray instance on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -158,6 +189,13 @@ class Config:
         data = dataclasses.asdict(self)
         data["model"].pop("api_key", None)
         data["model"]["base_url"] = self.model.public_url
+        if self.model.endpoints:
+            data["model"]["endpoints"] = [
+                {"base_url": e.public_url, "model": e.model or self.model.model, "weight": e.weight,
+                 "workers": e.workers} for e in self.model.endpoints
+            ]
+        else:  # a one-server run's summary stays as it was
+            del data["model"]["endpoints"], data["model"]["equivalent_models"]
         return data
 
 
@@ -193,6 +231,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     secret: bool = False  # never shown in a message
     rule: Callable[[Any], str | None] | None = None  # extra check: what is wrong, with the fix, or None
+    many: bool = False  # a list in files, a repeated flag, comma-separated in the environment
 
     @property
     def file_key(self) -> str:
@@ -206,6 +245,7 @@ WEEK = 7 * 24 * 3600.0
 MAX_WORKERS = 1024
 #: Compile and test processes at once: far beyond any machine's cores, short of a fork bomb.
 MAX_JOBS = 256
+EXECUTORS = ("local", "ray")
 
 
 def _base_url_rule(value: str) -> str | None:
@@ -251,8 +291,12 @@ SETTINGS: tuple[Setting, ...] = (
        switches=(("--no-idiomatic", False, "stop after the unidiomatic stage"),)),
     # [VLLM]: each key also has the environment variable VLLM_<KEY>
     _s("model", "base_url", str, "VLLM", flag="--base-url", env="VLLM_BASE_URL", job=True, panel="server",
-       rule=_base_url_rule, metavar="URL",
-       help="OpenAI-compatible base URL ending in /v1, e.g. http://localhost:8000/v1"),
+       rule=_base_url_rule, metavar="URL", many=True,
+       help="OpenAI-compatible base URL ending in /v1, e.g. http://localhost:8000/v1; repeat it for several "
+            "servers of the same model"),
+    _s("model", "equivalent_models", bool, "VLLM", env="VLLM_EQUIVALENT_MODELS", job=True, panel="server",
+       switches=(("--equivalent-models", True, "servers that name their model differently serve the same "
+                  "weights (otherwise such a run is refused)"),)),
     _s("model", "api_key", str, "VLLM", flag="--api-key", env="VLLM_API_KEY", panel="server", secret=True,
        metavar="KEY", help="API key, if the server wants one (never printed; other users see command lines: prefer "
             "VLLM_API_KEY)"),
@@ -282,6 +326,19 @@ SETTINGS: tuple[Setting, ...] = (
         ("--feed-as-stdin", "stdin", "for sample-list JSON files: give the input on stdin (default)"),
         ("--feed-as-args", "args", "for sample-list JSON files: give the input as arguments"),
     )),
+    # [differential]: the C program as oracle
+    _s("translation", "differential", int, "differential", "inputs", flag="--differential",
+       env="C2RUST_DIFFERENTIAL", job=True,
+       panel="translation", low=0, high=10_000,
+       switches=(("--no-differential", 0, "do not compare with the C program on generated inputs"),),
+       help="generated inputs per task on which the translation must agree with the C program "
+            "(default 20; 0 or --no-differential: off)"),
+    _s("run", "executor", str, "pipeline", flag="--executor", job=True, panel="translation", choices=EXECUTORS,
+       metavar="local|ray", help="where builds and tests run: this machine (default) or a Ray cluster "
+       "(pip install -e '.[ray]')"),
+    _s("run", "ray_address", str, "pipeline", flag="--ray-address", job=True, panel="translation",
+       metavar="ADDR", help="the Ray cluster of --executor ray, e.g. 10.0.0.1:6379 (default: start a local "
+       "Ray instance)"),
     # [toolchain]
     _s("toolchain", "rustc", str, "toolchain", rule=_not_empty),
     _s("toolchain", "clippy_driver", str, "toolchain"),
@@ -306,7 +363,7 @@ SETTINGS: tuple[Setting, ...] = (
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_FILE_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}
 #: Sections whose every key is ours: strict.
-OWN_SECTIONS = ("VLLM", "pipeline", "toolchain", "sandbox")
+OWN_SECTIONS = ("VLLM", "pipeline", "differential", "toolchain", "sandbox")
 SECTIONS = ("general", *OWN_SECTIONS)
 #: Settings a job file may set (by name), besides the CLI's own job keys (the corpus paths).
 JOB_SETTINGS = tuple(s.name for s in SETTINGS if s.job)
@@ -360,6 +417,8 @@ class Source:
 def _show(setting: Setting, value: Any) -> str:
     if setting.secret:
         return "'***'"
+    if setting.name == "base_url" and isinstance(value, (list, tuple)):
+        return repr([redact_url(v) if isinstance(v, str) else v for v in value])
     if setting.name == "base_url" and isinstance(value, str):
         return repr(redact_url(value))
     return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
@@ -369,8 +428,23 @@ def check_value(setting: Setting, value: Any, source: Source, *, flag: str | Non
     """``value`` as ``setting`` holds it (converted from text for flags and variables), or ConfigError.
 
     The error names ``source`` and says what to write instead. Values above ``setting.cap`` come back
-    lowered to it, with a warning.
+    lowered to it, with a warning. A ``many`` setting also takes a list (or comma-separated text): several
+    values come back as a tuple, one as itself.
     """
+    if setting.many:
+        items = value if isinstance(value, (list, tuple)) else (
+            [part.strip() for part in value.split(",")] if source.textual and isinstance(value, str) else [value])
+        if not items or (source.textual and not all(items)):
+            raise ConfigError(f"{source.label(setting, flag)} names no value (or an empty one between commas): "
+                              f"give one or more, e.g. http://host-a:8000/v1,http://host-b:8000/v1")
+        checked = [_check_one(setting, item, source, flag=flag) for item in items]
+        if len(set(checked)) < len(checked):
+            raise ConfigError(f"{source.label(setting, flag)} names the same value twice: list each server once")
+        return checked[0] if len(checked) == 1 else tuple(checked)
+    return _check_one(setting, value, source, flag=flag)
+
+
+def _check_one(setting: Setting, value: Any, source: Source, *, flag: str | None = None) -> Any:
     where = source.label(setting, flag)
     shown = f"{where}{source.sep}{_show(setting, value)}"
     kind_name, example = _KIND_NAMES[setting.kind]
@@ -491,6 +565,12 @@ def read_config_file(path: Path, *, explicit: bool, hint: str = "the --config pa
             raise ConfigError(f"{path}: '{section}' must be a table ([{section}]), not a value")
         skipped: list[str] = []
         for key, value in body.items():
+            if (section, key) == ("VLLM", "endpoints"):
+                if "base_url" in body:
+                    raise ConfigError(f"{path}: [VLLM] base_url and [[VLLM.endpoints]] both name servers: keep "
+                                      f"one (a base_url inside each [[VLLM.endpoints]] table)")
+                values["base_url"] = read_endpoint_tables(value, path)
+                continue
             setting = BY_FILE_KEY.get((section, key))
             if setting is None:
                 known = [s.key for s in SETTINGS if s.section == section]
@@ -546,9 +626,70 @@ def read_flags(flags: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+ENDPOINT_KEYS = ("base_url", "model", "api_key", "weight", "workers")
+
+
+def read_endpoint_tables(tables: Any, path: Path) -> tuple[Endpoint, ...]:
+    """The ``[[VLLM.endpoints]]`` tables of ``path``, checked; ConfigError naming the table and key."""
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise ConfigError(f"{path}: [VLLM] endpoints must be one or more [[VLLM.endpoints]] tables, each with "
+                          f"base_url (and optionally model, api_key, weight, workers)")
+    source = Source("file", path)
+    out: list[Endpoint] = []
+    for number, table in enumerate(tables, start=1):
+        where = f"{path}: [[VLLM.endpoints]] #{number}"
+        unknown = sorted(set(table) - set(ENDPOINT_KEYS))
+        if unknown:
+            raise ConfigError(f"{where}: unknown key '{unknown[0]}'.{_suggest(unknown[0], ENDPOINT_KEYS)} Keys: "
+                              f"{', '.join(ENDPOINT_KEYS)}")
+        if "base_url" not in table:
+            raise ConfigError(f"{where} has no base_url: add base_url = \"http://HOST:8000/v1\"")
+        url = _check_one(BY_NAME["base_url"], table["base_url"], source)
+        model = _check_one(BY_NAME["model"], table["model"], source) if "model" in table else ""
+        key = _check_one(BY_NAME["api_key"], table["api_key"], source) if "api_key" in table else ""
+        weight = table.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1000:
+            raise ConfigError(f"{where}: weight = {weight!r} must be a number greater than 0 (at most 1000), e.g. "
+                              f"2 for a server twice as fast")
+        workers = table.get("workers")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or not 0 < workers <= MAX_WORKERS):
+            raise ConfigError(f"{where}: workers = {workers!r} must be a whole number from 1 to {MAX_WORKERS} "
+                              f"(this server's requests in flight)")
+        out.append(Endpoint(url, model, key, float(weight), workers))
+    if len({e.base_url.rstrip("/") for e in out}) < len(out):
+        raise ConfigError(f"{path}: two [[VLLM.endpoints]] tables name the same base_url: list each server once")
+    return tuple(out)
+
+
+def _servers(value: Any) -> dict[str, Any]:
+    """A ``base_url`` value (one URL, several, or endpoint tables) as the ModelSettings fields it sets."""
+    if isinstance(value, tuple):
+        endpoints = tuple(v if isinstance(v, Endpoint) else Endpoint(v) for v in value)
+        return {"base_url": endpoints[0].base_url, "endpoints": endpoints}
+    return {"base_url": value, "endpoints": ()}
+
+
+def _check_models(config: Config) -> None:
+    model = config.model
+    if model.equivalent_models:
+        return
+    for number, endpoint in enumerate(model.endpoints, start=1):
+        if endpoint.model and endpoint.model != model.model:
+            raise ConfigError(
+                f"[[VLLM.endpoints]] #{number} ({endpoint.public_url}) names model {endpoint.model!r} but the run's "
+                f"model is {model.model!r} ([VLLM] model): every server must serve the same model; set [VLLM] "
+                f"model, or, if they are the same weights under other names, set [VLLM] equivalent_models = true "
+                f"(--equivalent-models)"
+            )
+
+
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
     groups: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
+        if name == "base_url":
+            groups.setdefault("model", {}).update(_servers(value))
+            continue
         groups.setdefault(BY_NAME[name].group, {})[name] = value
     replaced = {g: dataclasses.replace(getattr(config, g), **vals) for g, vals in groups.items()}
     return dataclasses.replace(config, **replaced)
@@ -586,4 +727,5 @@ def load_config(
     for _name, values in layers:
         config = _apply(config, values)
     used = [name for name, values in layers if values]
+    _check_models(config)
     return dataclasses.replace(config, source=" < ".join(["defaults", *used]))

@@ -1,15 +1,19 @@
 """Differential testing: the C program is the oracle for inputs beyond the shipped tests.
 
 For a task whose tests feed inputs (sample lists, ``sactor run-tests``), :func:`build_oracle` compiles the C
-program with gcc, derives more inputs from the shipped ones (:func:`mutations`: no model needed), and keeps an
-input only when the C program is a trustworthy oracle on it:
+program with gcc, derives more inputs from the shipped ones (:func:`mutations`: no model needed; inputs the
+model proposed, :mod:`pipeline.proposals`, go first), and keeps an input only when the C program is a
+trustworthy oracle on it (:func:`judge_inputs` applies the same rules to given inputs, for ``generate-tests``):
 
 - it ends by itself within the deadline, without a signal and within the output cap;
 - it is deterministic: two runs agree, the second with the wall clock shifted by months (an ``LD_PRELOAD``
   shim over ``time``, ``gettimeofday`` and ``clock_gettime``), so ``srand(time(NULL))`` and printed dates
   are caught even when both runs fall in the same second;
 - it is clean under AddressSanitizer and UndefinedBehaviorSanitizer (an input on which the C program has
-  undefined behaviour is no evidence of what the translation should do).
+  undefined behaviour is no evidence of what the translation should do);
+- a build at ``-O2``, run without the time shim, prints the same: what the sanitizers cannot see (a read of
+  uninitialised memory) often shows as output that changes with the optimisation level or the environment
+  (``optimisation_dependent``).
 
 The kept inputs and the C program's outputs (normalised like SACToR's comparison) become a :class:`Oracle`;
 :meth:`Oracle.suite` turns them into sample tests that run like the shipped ones, so a translation that
@@ -31,21 +35,22 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from .cache import read_json, write_json
+from .records import Oracle as Oracle
+from .records import OracleInput as OracleInput
 from .sandbox import Limits, ProcessResult, Sandbox, run_process, tool_env
 from .task import Feed
-from .testing import SampleRun, TestCase, TestSuite, normalize_output
+from .testing import TestSuite, normalize_output
 
 log = logging.getLogger(__name__)
 
 #: Bump when the rules change, so oracles cached under older rules are rebuilt.
-RULES_VERSION = 1
+RULES_VERSION = 2
 #: How many candidate inputs are tried per kept input at most (rejections cost runs).
 TRIES_PER_INPUT = 4
 #: A generated input longer than this is not tried.
@@ -56,6 +61,7 @@ RUN_SECONDS = 5.0
 TIME_SHIFT = 10_000_019
 SANITIZER_EXIT = 86
 GCC_FLAGS = ("-O1", "-w", "-std=gnu11")
+OPTIMISED_FLAGS = ("-O2", *GCC_FLAGS[1:])
 SANITIZER_FLAGS = ("-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer")
 _SANITIZER_ENV = {
     "ASAN_OPTIONS": f"detect_leaks=0:exitcode={SANITIZER_EXIT}:abort_on_error=0:allocator_may_return_null=1",
@@ -91,48 +97,6 @@ _INT = re.compile(r"(?<![\w.])-?\d{1,18}(?![\w.])")
 _BOUNDARIES = (2**31 - 1, -(2**31), 2**32 - 1, 2**63 - 1, -(2**63))
 
 
-@dataclass(frozen=True)
-class OracleInput:
-    """An input on which the C program is a trustworthy oracle, and its output (normalised)."""
-
-    input: str
-    output: str
-
-
-@dataclass(frozen=True)
-class Oracle:
-    """What the C program says on generated inputs, and how many were tried."""
-
-    feed: Feed | None
-    inputs: tuple[OracleInput, ...] = ()
-    tried: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
-    note: str | None = None  # why there are no inputs (not applicable, the C program does not build)
-    cpu_seconds: float = 0.0
-
-    def suite(self, base_dir: Path) -> TestSuite | None:
-        """The kept inputs as sample tests (expected output: the C program's), or None without inputs."""
-        if not self.inputs or self.feed is None:
-            return None
-        cases = tuple(
-            TestCase(index, f"differential input {index}", ("differential", str(index)),
-                     SampleRun(item.input, item.output, self.feed, "differential_samples.json", index))
-            for index, item in enumerate(self.inputs)
-        )
-        return TestSuite(base_dir=base_dir, cases=cases, files=())
-
-    def samples(self) -> list[dict[str, str]]:
-        """The kept inputs in SACToR's samples format, to save beside the results and reuse as tests."""
-        return [{"input": item.input, "output": item.output} for item in self.inputs]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Oracle:
-        inputs = tuple(OracleInput(**item) for item in data.get("inputs", ()))
-        return cls(data.get("feed"), inputs, int(data.get("tried", 0)), dict(data.get("rejected", {})),
-                   data.get("note"), float(data.get("cpu_seconds", 0.0)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -178,6 +142,17 @@ def mutations(shipped: Sequence[str], feed: Feed, seed: int) -> list[str]:
     return candidates
 
 
+def feedable(text: str) -> bool:
+    """Whether ``text`` can be given to a program as it is: UTF-8 without NUL, at most MAX_INPUT_CHARS long."""
+    if "\x00" in text or len(text) > MAX_INPUT_CHARS:
+        return False
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud800" gives
+        return False
+    return True
+
+
 # ----------------------------------------------------------------------------------------------------
 # The oracle
 
@@ -194,31 +169,48 @@ def applicable(suite: TestSuite) -> tuple[Feed | None, list[str], str | None]:
 
 async def build_oracle(
     c_source: str, suite: TestSuite, *, sandbox: Sandbox, cpu: anyio.CapacityLimiter, budget: int, seed: int,
-    limits: Limits, cache_dir: Path | None = None, key: str = "",
+    limits: Limits, cache_dir: Path | None = None, key: str = "", proposed: Sequence[str] = (),
 ) -> Oracle:
     """Up to ``budget`` inputs on which the C program is a trustworthy oracle (see the module docstring).
 
-    Never raises for the program's sake (a C program that does not build gives an oracle with a ``note``);
-    errors of the sandbox itself propagate.
+    ``proposed`` inputs (the model's, see :mod:`pipeline.proposals`) are tried first, under the same rules,
+    then mutations; they are part of the cache key. Never raises for the program's sake (a C program that does
+    not build gives an oracle with a ``note``); errors of the sandbox itself propagate.
     """
     feed, shipped, why_not = applicable(suite)
     if feed is None:
         return Oracle(None, note=why_not)
-    cache = _cache_path(cache_dir, key, budget, seed) if cache_dir is not None and key else None
+    extra = [text for text in dict.fromkeys(proposed) if text not in shipped and feedable(text)]
+    cache = _cache_path(cache_dir, key, budget, seed, extra) if cache_dir is not None and key else None
     if cache is not None:
         cached = await anyio.to_thread.run_sync(_read_cache, cache)
         if cached is not None:
             return cached
-    oracle = await _build(c_source, feed, shipped, sandbox=sandbox, cpu=cpu, budget=budget, seed=seed,
-                          limits=limits, cache_dir=cache_dir)
+    candidates = [*extra, *(text for text in mutations(shipped, feed, seed) if text not in extra)]
+    oracle = await _build(c_source, feed, candidates[: max(budget * TRIES_PER_INPUT, len(extra))],
+                          sandbox=sandbox, cpu=cpu, budget=budget, limits=limits, cache_dir=cache_dir)
     if cache is not None:
         await anyio.to_thread.run_sync(write_json, cache, oracle.to_json())
     return oracle
 
 
+async def judge_inputs(
+    c_source: str, feed: Feed, inputs: Sequence[str], *, sandbox: Sandbox, cpu: anyio.CapacityLimiter,
+    limits: Limits, cache_dir: Path | None = None,
+) -> tuple[Oracle, dict[str, str]]:
+    """The C program's verdict on exactly ``inputs`` (in order, duplicates dropped), under the rules of
+    :func:`build_oracle`: the oracle of the kept ones, and why each other one was rejected (input -> reason).
+    For ``generate-tests``, where the user's seed inputs are the tests. Raises like :func:`build_oracle`."""
+    reasons: dict[str, str] = {}
+    unique = list(dict.fromkeys(inputs))
+    oracle = await _build(c_source, feed, unique, sandbox=sandbox, cpu=cpu, budget=len(unique), limits=limits,
+                          cache_dir=cache_dir, reasons=reasons)
+    return oracle, reasons
+
+
 async def _build(
-    c_source: str, feed: Feed, shipped: list[str], *, sandbox: Sandbox, cpu: anyio.CapacityLimiter, budget: int,
-    seed: int, limits: Limits, cache_dir: Path | None,
+    c_source: str, feed: Feed, candidates: Sequence[str], *, sandbox: Sandbox, cpu: anyio.CapacityLimiter,
+    budget: int, limits: Limits, cache_dir: Path | None, reasons: dict[str, str] | None = None,
 ) -> Oracle:
     started = time.process_time()
     async with sandbox.build_dir() as work:
@@ -227,34 +219,37 @@ async def _build(
         if isinstance(built, str):
             return Oracle(feed, note=f"the C program does not build with gcc, so only the shipped tests count: "
                                      f"{built}")
-        plain, sanitized, shim = built
+        plain, sanitized, optimised, shim = built
         run_limits = replace(limits, wall_seconds=min(limits.wall_seconds, RUN_SECONDS))
         kept: list[OracleInput] = []
         rejected: Counter[str] = Counter()
         tried = 0
         cpu_seconds = 0.0
         async with sandbox.workdir() as cwd:
-            for text in mutations(shipped, feed, seed)[: budget * TRIES_PER_INPUT]:
+            for text in candidates:
                 if len(kept) >= budget:
                     break
                 tried += 1
                 async with cpu:
-                    verdict, output, used = await _judge(text, feed, plain, sanitized, shim, sandbox, cwd,
+                    verdict, output, used = await _judge(text, feed, (plain, sanitized, optimised), shim, sandbox, cwd,
                                                          run_limits)
                 cpu_seconds += used
                 if verdict is None:
                     kept.append(OracleInput(text, output))
                 else:
                     rejected[verdict] += 1
+                    if reasons is not None:
+                        reasons[text] = verdict
     log.debug("oracle: %d of %d inputs kept (%s)", len(kept), tried, dict(rejected))
     return Oracle(feed, tuple(kept), tried, dict(rejected),
                   cpu_seconds=round(cpu_seconds + time.process_time() - started, 3))
 
 
 async def _judge(
-    text: str, feed: Feed, plain: Path, sanitized: Path, shim: Path, sandbox: Sandbox, cwd: Path, limits: Limits,
+    text: str, feed: Feed, builds: tuple[Path, Path, Path], shim: Path, sandbox: Sandbox, cwd: Path, limits: Limits,
 ) -> tuple[str | None, str, float]:
-    """(why the input is rejected or None, the C output, CPU seconds used)."""
+    """(why the input is rejected or None, the C output, CPU seconds used). ``builds``: plain, sanitized, -O2."""
+    plain, sanitized, optimised = builds
     first = await _run(plain, text, feed, sandbox, cwd, limits, {"LD_PRELOAD": str(shim)})
     used = first.cpu_seconds or 0.0
     why = _unusable(first)
@@ -266,6 +261,11 @@ async def _judge(
     output = _normalized(first)
     if _normalized(second) != output or first.returncode != second.returncode:
         return "nondeterministic", "", used
+    # Without the shim either: a program reading uninitialised memory may print what the preloaded library left.
+    other = await _run(optimised, text, feed, sandbox, cwd, limits, {})
+    used += other.cpu_seconds or 0.0
+    if _unusable(other) is not None or _normalized(other) != output or other.returncode != first.returncode:
+        return "optimisation_dependent", "", used
     checked = await _run(sanitized, text, feed, sandbox, cwd, replace(limits, memory_bytes=-1), _SANITIZER_ENV)
     used += checked.cpu_seconds or 0.0
     if checked.returncode == SANITIZER_EXIT or any(mark in checked.stderr for mark in _SANITIZER_MARKS):
@@ -301,20 +301,21 @@ async def _run(program: Path, text: str, feed: Feed, sandbox: Sandbox, cwd: Path
 # gcc
 
 
-async def _compile(c_source: str, work: Path, cache_dir: Path | None) -> tuple[Path, Path, Path] | str:
-    """(plain binary, sanitized binary, time shim) in ``work``, or why the C program does not build."""
+async def _compile(c_source: str, work: Path, cache_dir: Path | None) -> tuple[Path, Path, Path, Path] | str:
+    """(plain, sanitized and -O2 binaries, time shim) in ``work``, or why the C program does not build."""
     source = work / "program.c"
     await anyio.to_thread.run_sync(source.write_text, c_source)
     limits = Limits(wall_seconds=120, memory_bytes=4 << 30, output_bytes=200_000)
     shim = await _time_shim(work, cache_dir, limits)
-    plain, sanitized = work / "c-plain", work / "c-sanitized"
-    for output, flags in ((plain, GCC_FLAGS), (sanitized, (*GCC_FLAGS, *SANITIZER_FLAGS))):
+    plain, sanitized, optimised = work / "c-plain", work / "c-sanitized", work / "c-optimised"
+    for output, flags in ((plain, GCC_FLAGS), (sanitized, (*GCC_FLAGS, *SANITIZER_FLAGS)),
+                          (optimised, OPTIMISED_FLAGS)):
         result = await run_process(["gcc", *flags, "-o", str(output), str(source), "-lm"], cwd=work,
                                    limits=limits, env=tool_env())
         if not result.ok:
             errors = result.stderr.decode("utf-8", "replace").strip().splitlines()
             return "; ".join(errors[:3])[:500] or result.describe()
-    return plain, sanitized, shim
+    return plain, sanitized, optimised, shim
 
 
 async def _time_shim(work: Path, cache_dir: Path | None, limits: Limits) -> Path:
@@ -346,8 +347,9 @@ def _store(source: Path, target: Path) -> None:
 # Cache
 
 
-def _cache_path(cache_dir: Path, key: str, budget: int, seed: int) -> Path:
-    digest = hashlib.sha256(f"{RULES_VERSION}\0{key}\0{budget}\0{seed}".encode()).hexdigest()
+def _cache_path(cache_dir: Path, key: str, budget: int, seed: int, proposed: Sequence[str] = ()) -> Path:
+    extra = "".join(f"\0{len(text)}:{text}" for text in proposed)
+    digest = hashlib.sha256(f"{RULES_VERSION}\0{key}\0{budget}\0{seed}{extra}".encode()).hexdigest()
     return cache_dir / "differential" / f"{digest[:32]}.json"
 
 

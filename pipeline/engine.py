@@ -41,7 +41,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .build import Toolchain
 from .config import Config
+from .differential import RULES_VERSION as DIFFERENTIAL_RULES
 from .discovery import discover
+from .endpoints import EndpointPool, endpoint_table, model_slots
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -52,10 +54,12 @@ from .errors import (
     Interrupted,
 )
 from .extract import BEGIN_MARK
+from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import FIRST_REQUESTS, REPAIR
+from .ray_executor import RayVerifier
 from .records import STAGES, TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
@@ -125,7 +129,9 @@ class ServerRecord:
 
 
 def settings_fingerprint(config: Config) -> str:
-    """Everything that shapes a task's result; a change makes finished tasks stale."""
+    """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
+    off leaves the fingerprint of runs from before it existed."""
+    inputs = config.translation.differential
     return fingerprint({
         "model": config.model.model,
         "max_tokens": config.model.max_tokens,
@@ -138,6 +144,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
+        **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
     })
 
 
@@ -148,7 +155,7 @@ class Services:
 
     env: StageEnv
     info: ServerInfo
-    client: ModelClient
+    client: ModelClient | EndpointPool
     sandbox: Sandbox
 
 
@@ -169,10 +176,19 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             try:
                 toolchain = await Toolchain.prepare(config.toolchain)
                 sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
-                client = await stack.enter_async_context(ModelClient.open(
-                    config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
-                ))
+                client: ModelClient | EndpointPool
+                if config.model.endpoints:
+                    client = await stack.enter_async_context(EndpointPool.open(config))
+                else:
+                    client = await stack.enter_async_context(ModelClient.open(
+                        config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                    ))
                 info = await client.preflight()
+                cpu = anyio.CapacityLimiter(config.run.jobs)
+                verifier: Verifier = (
+                    await stack.enter_async_context(RayVerifier.open(config, cpu)) if config.run.executor == "ray"
+                    else LocalVerifier(config, toolchain, sandbox, cpu)
+                )
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside the task group's exception group
             startup.cancel_scope.cancel()
@@ -180,7 +196,6 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             raise failure
         if state.interrupted:
             raise Interrupted(f"interrupted by {state.interrupted} during start-up; nothing was translated")
-        verifier = LocalVerifier(config, toolchain, sandbox, anyio.CapacityLimiter(config.run.jobs))
         yield Services(StageEnv(config, client, verifier), info, client, sandbox)
 
 
@@ -203,6 +218,7 @@ class _Run:
         self.env: StageEnv | None = None
         self.info: ServerInfo | None = None
         self.isolation = ""
+        self.pool: EndpointPool | None = None
 
     @classmethod
     @asynccontextmanager
@@ -271,6 +287,7 @@ class _Run:
         async with open_services(self.config, scratch_root=self.scratch_root) as services:
             self.env, self.info = services.env, services.info
             self.isolation = services.sandbox.isolation.describe()
+            self.pool = services.client if isinstance(services.client, EndpointPool) else None
             async with anyio.create_task_group() as side:
                 # Start-up listened for signals itself, which took the handlers from the run's watcher and
                 # removed them when it ended: the run listens again.
@@ -352,7 +369,7 @@ async def _watch_signals(scope: anyio.CancelScope, state: RunState, phase: str =
             return
 
 
-async def _track_in_flight(client: ModelClient, counters: Counters) -> None:
+async def _track_in_flight(client: ModelClient | EndpointPool, counters: Counters) -> None:
     while True:
         counters.in_flight_requests = client.stats.in_flight
         await anyio.sleep(0.25)
@@ -365,7 +382,7 @@ def task_worker_count(config: Config) -> int:
     stayed in step) and wait for compile and test; another ``workers`` keep every model slot busy meanwhile.
     With only ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave (bench/README.md).
     """
-    return 2 * config.client.workers + 2 * config.run.jobs
+    return 2 * model_slots(config) + 2 * config.run.jobs
 
 
 async def run_batch(
@@ -430,7 +447,7 @@ async def run_batch(
                    "and rerun (finished tasks are kept)")
         return RunOutcome(fatal.exit_code if fatal else EXIT_FAILED,
                           message=f"run stopped: {fatal}; {message}" if fatal else message)
-    table = render_table(summary)
+    table = render_table(summary) + endpoint_table(summary.get("endpoints"))
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)
         return RunOutcome(code, summary, f"run stopped: {fatal}", table)
@@ -508,6 +525,8 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, started: floa
             "skipped_unchanged": run.counters.skipped,
             "orphans": [{"path": printable(o.path), "reason": printable(o.reason)} for o in run.orphans],
         }
+        if run.pool is not None:
+            summary["endpoints"] = run.pool.report()
         fh.write("\n  ]," + json.dumps(summary, indent=2)[1:] + "\n")
     return summary
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from .records import Candidate, Completion, TestSuite, Verdict
+from .records import Candidate, Completion, Oracle, TestSuite, Verdict
 
 
 class Model(Protocol):
@@ -26,10 +26,17 @@ class Model(Protocol):
 
 
 class Verifier(Protocol):
-    """Judges candidate programs against a task's tests. Implemented by :class:`pipeline.verifier.LocalVerifier`."""
+    """Judges candidate programs against a task's tests. Implemented by :class:`pipeline.verifier.LocalVerifier`
+    (this machine) and :class:`pipeline.ray_executor.RayVerifier` (a Ray cluster)."""
 
-    async def verify(self, candidate: Candidate, suite: TestSuite) -> Verdict:
-        """Refuse, build and test the candidate; a failing program is a verdict, not an exception."""
+    async def verify(self, candidate: Candidate, suite: TestSuite, oracle: Oracle | None = None) -> Verdict:
+        """Refuse, build and test the candidate; a failing program is a verdict, not an exception. With an
+        ``oracle``, a program that passes ``suite`` must also agree with the C program on its inputs."""
+        ...
+
+    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+        """What the C program says on inputs beyond the suite's (differential testing), prepared once per task;
+        None when switched off. ``key`` names the task's inputs, for caching."""
         ...
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:

@@ -632,6 +632,24 @@ class ModelClient:
             requests=call.requests,
         )
 
+    async def attempt(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+        """One chat request: no retry, no waiting out an outage. For a pool of servers
+        (:mod:`pipeline.endpoints`), which sends a failed request to another server instead.
+
+        Raises TransientError when this server failed the request; TaskFailure and ModelUnavailable as
+        :meth:`complete` does.
+        """
+        call = _Call(purpose=purpose or "chat", began=self._clock())
+        try:
+            reply = await self._attempt(call, messages)
+        except TaskFailure as exc:
+            exc.requests = call.requests
+            raise
+        self.stats.prompt_tokens += reply.usage.prompt_tokens
+        self.stats.completion_tokens += reply.usage.completion_tokens
+        return Completion(text=reply.text, finish_reason=reply.finish_reason, usage=reply.usage,
+                          seconds=self._clock() - call.began, queued_seconds=call.queued, requests=call.requests)
+
     async def _after_exhausted(self, call: _Call, exc: TransientError) -> None:
         """Retries ran out: blame this request, stop the run, or wait out the outage (returns to retry)."""
         now = self._clock()

@@ -8,7 +8,7 @@ stage loop, so the ledger, the results writer and the report can read these reco
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,7 +40,8 @@ STAGE_SPECS: dict[StageName, StageSpec] = {
 STAGES: tuple[StageName, ...] = tuple(STAGE_SPECS)
 
 AttemptKind = Literal[
-    "verified", "no_code", "truncated", "refused", "compile_error", "test_failure", "request_failed"
+    "verified", "no_code", "truncated", "refused", "compile_error", "test_failure", "differential_mismatch",
+    "request_failed",
 ]
 
 
@@ -151,6 +152,23 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class TestCounts:
+    """How far a program got: shipped tests passed of those run, then generated inputs (differential testing)
+    on which it agreed with the C program of those run (the run stops at the first disagreement)."""
+
+    __test__ = False  # not a pytest class
+
+    passed: int = 0
+    run: int = 0
+    agreed: int = 0
+    generated: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {"tests_passed": self.passed, "tests_run": self.run, "differential_tried": self.generated,
+                "differential_agreed": self.agreed}
+
+
+@dataclass(frozen=True)
 class Verdict:
     """A verifier's judgement of a candidate. ``code`` is the program it is about (the one that compiled,
     or the first when none did); ``feedback`` is what the model is told in the repair prompt."""
@@ -161,6 +179,7 @@ class Verdict:
     code: str | None = None
     build_seconds: float = 0.0
     test_seconds: float = 0.0
+    counts: TestCounts = TestCounts()
 
     @property
     def verified(self) -> bool:
@@ -179,6 +198,7 @@ class Attempt:
     llm_seconds: float
     build_seconds: float = 0.0
     test_seconds: float = 0.0
+    counts: TestCounts = TestCounts()
 
 
 @dataclass(frozen=True)
@@ -205,6 +225,11 @@ class StageResult:
     def verified(self) -> bool:
         return self.status == "verified"
 
+    @property
+    def counts(self) -> TestCounts:
+        """The test figures of the last attempt that ran tests (the verified one when the stage verified)."""
+        return next((a.counts for a in reversed(self.attempts) if a.counts.run), TestCounts())
+
 
 @dataclass(frozen=True)
 class TaskResult:
@@ -220,6 +245,10 @@ class TaskResult:
     failure_kind: str | None = None
     wall_seconds: float = 0.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: Differential testing of the task: inputs kept, tried and rejected, or why it did not apply (None: the
+    #: task never reached it); and the kept inputs with the C program's outputs, as SACToR samples.
+    differential: Mapping[str, Any] | None = None
+    differential_samples: tuple[Mapping[str, str], ...] = ()
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -244,11 +273,16 @@ class TaskResult:
                 stages[name] = StageSummary("not_run")
                 continue
             usage = s.usage
-            stages[name] = StageSummary(s.status, len(s.attempts), s.requests, usage.prompt_tokens,
-                                        usage.completion_tokens, round(s.wall_seconds, 3), s.reason)
+            stages[name] = StageSummary(
+                s.status, len(s.attempts), s.requests, usage.prompt_tokens, usage.completion_tokens,
+                round(s.wall_seconds, 3),
+                # Local work (compile and test wall time holding a CPU slot), for the report's cost per task.
+                round(sum(a.build_seconds + a.test_seconds for a in s.attempts), 3),
+                s.reason, s.counts, sum(a.kind == "differential_mismatch" for a in s.attempts))
         return TaskSummary(self.task_id, self.c_path, self.test_path, self.input_hash, self.status,
                            self.reason or self._first_stage_reason(), self.failure_kind,
-                           round(self.wall_seconds, 3), stages)
+                           round(self.wall_seconds, 3),
+                           dict(self.differential) if self.differential is not None else None, stages)
 
     def _first_stage_reason(self) -> str | None:
         for s in self.stages:
@@ -267,14 +301,18 @@ class StageSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
     reason: str | None = None
+    counts: TestCounts = TestCounts()
+    differential_mismatches: int = 0
 
     def to_json(self) -> dict[str, Any]:
         if self.status == "not_run":
             return {"status": self.status}
         return {"status": self.status, "attempts": self.attempts, "requests": self.requests,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "wall_seconds": self.wall_seconds, "reason": self.reason}
+                "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds, "reason": self.reason,
+                **self.counts.summary(), "differential_mismatches": self.differential_mismatches}
 
 
 @dataclass(frozen=True)
@@ -290,6 +328,7 @@ class TaskSummary:
     reason: str | None
     failure_kind: str | None
     wall_seconds: float
+    differential: dict[str, Any] | None
     stages: Mapping[str, StageSummary]
 
     def to_json(self) -> dict[str, Any]:
@@ -302,5 +341,62 @@ class TaskSummary:
             "reason": self.reason,
             "failure_kind": self.failure_kind,
             "wall_seconds": self.wall_seconds,
+            "differential": self.differential,
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
         }
+
+
+@dataclass(frozen=True)
+class OracleInput:
+    """An input on which the C program is a trustworthy oracle, and its output (normalised)."""
+
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """What the C program says on generated inputs, and how many were tried."""
+
+    feed: Literal["stdin", "args"] | None  # task.Feed
+    inputs: tuple[OracleInput, ...] = ()
+    tried: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    note: str | None = None  # why there are no inputs (not applicable, the C program does not build)
+    cpu_seconds: float = 0.0
+
+    def suite(self, base_dir: Path) -> TestSuite | None:
+        """The kept inputs as sample tests (expected output: the C program's), or None without inputs."""
+        if not self.inputs or self.feed is None:
+            return None
+        cases = tuple(
+            TestCase(index, f"differential input {index}", ("differential", str(index)),
+                     SampleRun(item.input, item.output, self.feed, "differential_samples.json", index))
+            for index, item in enumerate(self.inputs)
+        )
+        return TestSuite(base_dir=base_dir, cases=cases, files=())
+
+    def samples(self) -> list[dict[str, str]]:
+        """The kept inputs in SACToR's samples format, to save beside the results and reuse as tests."""
+        return [{"input": item.input, "output": item.output} for item in self.inputs]
+
+    def report(self) -> dict[str, Any]:
+        """What a task's summary shows: ``status`` (checked, no_inputs: every input rejected, not_applicable,
+        unavailable: the C program does not build), inputs kept, tried, rejected per reason, CPU s, note."""
+        if self.feed is None:
+            status = "not_applicable"
+        elif self.note is not None:
+            status = "unavailable"
+        else:
+            status = "checked" if self.inputs else "no_inputs"
+        return {"status": status, "inputs": len(self.inputs), "tried": self.tried, "rejected": dict(self.rejected),
+                "cpu_seconds": self.cpu_seconds, "note": self.note}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Oracle:
+        inputs = tuple(OracleInput(**item) for item in data.get("inputs", ()))
+        return cls(data.get("feed"), inputs, int(data.get("tried", 0)), dict(data.get("rejected", {})),
+                   data.get("note"), float(data.get("cpu_seconds", 0.0)))

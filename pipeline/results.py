@@ -9,6 +9,8 @@ Per task (SACToR's names, so users' scripts keep working)::
     RESULT/unidiomatic_failure_info.json, RESULT/idiomatic_failure_info.json
     RESULT/llm_stat_unidiomatic.json, RESULT/llm_stat_idiomatic.json
     RESULT/attempts/<stage>-<n>.rs                      failed attempts' code, for debugging
+    RESULT/differential_samples.json                    generated inputs and the C program's outputs (SACToR
+                                                        samples), when differential testing kept any
     RESULT/result.json                                  written last: its presence means the task is complete
     RESULT/transcript.jsonl
 
@@ -129,6 +131,8 @@ def _failure_info(stage: StageResult) -> dict[str, Any]:
     }
 
 
+#: The kept generated inputs and the C program's outputs, in SACToR's samples format (reusable as tests).
+DIFFERENTIAL_SAMPLES = "differential_samples.json"
 _ATTEMPT_FILE = re.compile("(?:" + "|".join(STAGES) + r")-[0-9]+\.rs")
 
 
@@ -160,6 +164,8 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
         if not ran:
             _remove(result_dir / f"{name}_failure_info.json")
             _remove(result_dir / f"llm_stat_{name}.json")
+    if not result.differential_samples:
+        _remove(result_dir / DIFFERENTIAL_SAMPLES)
     attempts = result_dir / "attempts"
     try:
         with os.scandir(attempts) as it:
@@ -191,6 +197,8 @@ def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable
         for attempt in stage.attempts:
             if attempt.kind != "verified" and attempt.code is not None:
                 atomic_write_text(result_dir / "attempts" / f"{name}-{attempt.number}.rs", attempt.code)
+    if result.differential_samples:
+        atomic_write_json(result_dir / DIFFERENTIAL_SAMPLES, [dict(sample) for sample in result.differential_samples])
     atomic_write_text(
         result_dir / "transcript.jsonl",
         "".join(json.dumps(event, ensure_ascii=False) + "\n" for event in transcript),
@@ -220,8 +228,11 @@ def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"tasks": 0, "verified": 0, "failed": 0, "vacuous_tests": 0, "input_errors": 0,
                            "prompt_tokens": 0, "completion_tokens": 0}
     per_stage = {name: {"verified": 0, "failed": 0, "not_run": 0} for name in STAGES}
+    differential: dict[str, Any] = {"tasks_checked": 0, "inputs": 0, "tried": 0, "rejected": {}, "not_applicable": 0,
+                                    "unavailable": 0, "no_inputs": 0, "mismatches": 0, "cpu_seconds": 0.0}
     for rec in records:
         out["tasks"] += 1
+        _add_differential(differential, rec)
         out["verified" if rec.get("status") == "verified" else "failed"] += 1
         kind = rec.get("failure_kind")
         if kind == "vacuous_tests":
@@ -235,7 +246,26 @@ def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             out["prompt_tokens"] += st.get("prompt_tokens", 0) or 0
             out["completion_tokens"] += st.get("completion_tokens", 0) or 0
     out["stages"] = per_stage
+    differential["cpu_seconds"] = round(differential["cpu_seconds"], 3)
+    out["differential"] = differential
     return out
+
+
+def _add_differential(totals: dict[str, Any], record: Mapping[str, Any]) -> None:
+    """Count one task's differential testing (its oracle, and attempts that disagreed with C) into ``totals``."""
+    report = record.get("differential") or {}
+    status = report.get("status")
+    if status == "checked":
+        totals["tasks_checked"] += 1
+    elif status in ("not_applicable", "unavailable", "no_inputs"):
+        totals[status] += 1
+    totals["inputs"] += report.get("inputs", 0) or 0
+    totals["tried"] += report.get("tried", 0) or 0
+    totals["cpu_seconds"] += report.get("cpu_seconds", 0.0) or 0.0
+    for reason, count in (report.get("rejected") or {}).items():
+        totals["rejected"][reason] = totals["rejected"].get(reason, 0) + count
+    for stage in (record.get("stages") or {}).values():
+        totals["mismatches"] += stage.get("differential_mismatches", 0) or 0
 
 
 def render_table(summary: Mapping[str, Any]) -> list[str]:
@@ -252,7 +282,21 @@ def render_table(summary: Mapping[str, Any]) -> list[str]:
         f"{summary.get('skipped_unchanged', 0)} unchanged from earlier runs), "
         f"orphans: {len(summary.get('orphans', []))}, tokens: {t['prompt_tokens']} in / {t['completion_tokens']} out"
     )
+    d = t.get("differential") or {}
+    if d.get("tried") or d.get("not_applicable") or d.get("unavailable"):
+        lines.append(
+            f"differential: {kept_inputs(d)} for {d['tasks_checked']} tasks, {d['cpu_seconds']:.1f} s CPU; "
+            f"{d['mismatches']} attempts disagreed with C; not applicable: {d['not_applicable']}, "
+            f"C not built: {d['unavailable']}"
+        )
     if t.get("vacuous_tests") or t.get("input_errors"):
         lines.append(f"not translated: {t.get('vacuous_tests', 0)} with tests that do not exercise the program, "
                      f"{t.get('input_errors', 0)} with unusable inputs")
     return lines
+
+
+def kept_inputs(report: Mapping[str, Any]) -> str:
+    """"N generated inputs kept of M tried (rejected: ...)", for one task's differential report or the totals."""
+    rejected = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in sorted((report.get("rejected") or {}).items()))
+    return (f"{report.get('inputs', 0)} generated inputs kept of {report.get('tried', 0)} tried"
+            + (f" (rejected: {rejected})" if rejected else ""))

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errors import TaskFailure
@@ -18,6 +18,9 @@ from .extract import extract_rust
 from .interfaces import Model, Verifier
 from .prompts import Turn, conversation, cut_off_turn, first_prompt
 from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, TestSuite, Usage, Verdict
+
+if TYPE_CHECKING:
+    from .differential import Oracle
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,10 @@ async def run_stage(
     c_source: str,
     suite: TestSuite,
     rust_source: str | None = None,
+    oracle: Oracle | None = None,
 ) -> StageResult:
-    """Translate, verify and repair until the stage verifies or runs out of attempts.
+    """Translate, verify and repair until the stage verifies or runs out of attempts. ``oracle`` (the C
+    program's outputs on generated inputs) goes to the verifier with the suite.
 
     Raises only fatal errors (:class:`~pipeline.errors.FatalError`); everything else ends up in the result.
     """
@@ -79,10 +84,11 @@ async def run_stage(
             problem = extraction.problem or "the answer contains no Rust code"
             check = Verdict(kind, problem, problem)
         else:
-            check = await env.verifier.verify(Candidate(stage, extraction.candidates or (extraction.code,)), suite)
+            candidate = Candidate(stage, extraction.candidates or (extraction.code,))
+            check = await env.verifier.verify(candidate, suite, oracle)
         attempts.append(Attempt(
             number, check.kind, check.message, check.code, completion.usage, completion.seconds,
-            check.build_seconds, check.test_seconds,
+            check.build_seconds, check.test_seconds, check.counts,
         ))
         env.record({"stage": stage, "attempt": number, "event": "verdict", "kind": check.kind,
                     "message": check.message})

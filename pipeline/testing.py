@@ -502,6 +502,8 @@ async def _run_sample(
     elif result.signal is not None or result.limit_hit is not None:
         # The program died of a signal or a limit; "wrong output" alone would hide why.
         reason = f"wrong output; the program ended: {result.describe()}"
+    elif not actual and sample.output:
+        reason = "wrong output (nothing printed)"
     else:
         reason = "wrong output"
     lines = [f"Test {case.index} failed: {reason}.", f"Command: {invocation}"]

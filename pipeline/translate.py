@@ -109,19 +109,26 @@ async def translate_task(
         transcript.append({"event": "vacuous_tests", "message": vacuous})
         return TaskResult(*ident, reason=vacuous, failure_kind="vacuous_tests",
                           wall_seconds=time.perf_counter() - started), transcript
+    oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash)
+    report = oracle.report() if oracle is not None else {"status": "off"}
+    if oracle is not None:
+        log.debug("%s: differential testing: %s", task.id, oracle.note or
+                 f"{len(oracle.inputs)} of {oracle.tried} generated inputs kept (rejected: {dict(oracle.rejected)})")
+        transcript.append({"event": "differential", **report})
     name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
     stages: list[StageResult] = []
-    unidiomatic = await _with_code_stats(
-        env, await run_stage(env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite)
-    )
+    unidiomatic = await _with_code_stats(env, await run_stage(
+        env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite, oracle=oracle,
+    ))
     stages.append(unidiomatic)
     if env.config.translation.idiomatic and unidiomatic.verified:
         idiomatic = await run_stage(
             env, "idiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite,
-            rust_source=unidiomatic.code,
+            rust_source=unidiomatic.code, oracle=oracle,
         )
         stages.append(await _with_code_stats(env, idiomatic))
     return (
-        TaskResult(*ident, stages=tuple(stages), wall_seconds=time.perf_counter() - started),
+        TaskResult(*ident, stages=tuple(stages), wall_seconds=time.perf_counter() - started,
+                   differential=report, differential_samples=tuple(oracle.samples()) if oracle else ()),
         transcript,
     )

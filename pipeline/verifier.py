@@ -2,16 +2,24 @@
 
 :class:`LocalVerifier` implements :class:`~pipeline.interfaces.Verifier` with the toolchain, the sandbox and
 the engine's CPU limiter (one slot per compile or test process). The verdict rules live here once:
-:func:`refusal` (what is rejected before compiling) and :func:`build_failure` (what a failed build tells the
-model); the benchmarks' baselines reuse the whole verifier.
+:func:`refusal` (what is rejected before compiling), :func:`build_failure` (what a failed build tells the
+model) and :func:`mismatch` (a program that passes the shipped tests but not the C program's generated
+inputs); the benchmarks' baselines reuse the whole verifier.
+
+Differential testing is one more check here: :meth:`LocalVerifier.oracle` asks the C program (gcc, in the
+sandbox, cached per task) for its outputs on generated inputs once per task, and :meth:`LocalVerifier.verify`
+runs them after the shipped tests pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +27,10 @@ import anyio
 
 from .build import BuildResult, Toolchain
 from .config import Config
-from .records import STAGE_SPECS, AttemptKind, Candidate, StageName, Verdict
+from .differential import RUN_SECONDS, Oracle, applicable, build_oracle
+from .records import STAGE_SPECS, AttemptKind, Candidate, StageName, TestCounts, Verdict
 from .rust_source import first_unsafe_line
-from .sandbox import Sandbox
+from .sandbox import Limits, Sandbox
 from .testing import TestSuite, TestVerdict, run_test_suite
 from .vacuity import find_vacuous
 
@@ -32,6 +41,17 @@ TestRunner = Callable[[Path, TestSuite], Awaitable[TestVerdict]]
 
 #: Feedback longer than this is trimmed: the compiler and test output must not crowd out the program.
 FEEDBACK_CHARS = 6000
+_ERROR_CODE = re.compile(r"\berror\[(E[0-9]{4})\]")
+#: The seed of the generated inputs: the same for every run, so a rerun tries the same inputs.
+DIFFERENTIAL_SEED = 0
+#: Seconds a translation may take on one generated input (the C program took at most RUN_SECONDS on it).
+DIFFERENTIAL_WALL = 2 * RUN_SECONDS
+_MISMATCH_HEADER = (
+    "Your program passes the task's tests, but on an input generated from them it does not behave like the C "
+    "program. The expected output below is the C program's own output on that input (it is deterministic there "
+    "and free of undefined behaviour). Make your program give the same output for this input and every "
+    "similar one."
+)
 
 
 def refusal(stage: StageName, code: str) -> tuple[AttemptKind, str, str] | None:
@@ -50,9 +70,24 @@ def build_failure(build: BuildResult) -> tuple[AttemptKind, str, str] | None:
         return "refused", build.refused, build.refused
     if not build.ok or build.binary is None:
         count = f"{build.error_count} error{'s' if build.error_count != 1 else ''}"
-        return ("compile_error", f"the program does not compile ({count})",
+        # rustc's error codes in the message, so failure files and reports can count them.
+        codes = ", ".join(dict.fromkeys(_ERROR_CODE.findall(build.diagnostics)))
+        return ("compile_error", f"the program does not compile ({count}{': ' + codes if codes else ''})",
                 f"The compiler reported:\n{build.diagnostics}")
     return None
+
+
+def mismatch(shipped: int, verdict: TestVerdict) -> tuple[str, str]:
+    """(message, feedback) for a program that passed ``shipped`` tests but failed a generated input."""
+    first = verdict.failures[0]
+    sample = first.case.sample
+    shown = repr(sample.input if len(sample.input) <= 60 else sample.input[:56] + "...") if sample else "?"
+    why = first.summary.partition(": ")[2] or first.summary
+    agreed = sum(o.passed for o in verdict.outcomes)
+    message = (f"all {shipped} tests passed, but generated input {first.case.index} ({shown}) does not give the "
+               f"C program's output: {why} ({agreed} generated input{'s' if agreed != 1 else ''} agreed before it; "
+               "see differential_samples.json)")
+    return message, f"{_MISMATCH_HEADER}\n\n{verdict.feedback(FEEDBACK_CHARS - len(_MISMATCH_HEADER) - 2)}"
 
 
 @dataclass(frozen=True)
@@ -65,9 +100,10 @@ class LocalVerifier:
     cpu: anyio.CapacityLimiter
     run_tests: TestRunner | None = None  # None: in the sandbox, under the run's limits
 
-    async def verify(self, candidate: Candidate, suite: TestSuite) -> Verdict:
+    async def verify(self, candidate: Candidate, suite: TestSuite, oracle: Oracle | None = None) -> Verdict:
         """The first program of the candidate that compiles, tested; when none compiles, the verdict on the
-        first (a refusal or its compiler errors)."""
+        first (a refusal or its compiler errors). A program that passes the shipped tests then runs the
+        oracle's inputs, if any, and stops at the first that disagrees with the C program."""
         first: Verdict | None = None
         build_seconds = 0.0
         limits = self.sandbox.limits(
@@ -92,21 +128,55 @@ class LocalVerifier:
                 assert first is not None, "a candidate holds at least one program"
                 return Verdict(first.kind, first.message, first.feedback, first.code, build_seconds)
             started = time.perf_counter()
-            async with self.cpu:
-                if self.run_tests is not None:
-                    verdict = await self.run_tests(build.binary, suite)
-                else:
-                    verdict = await run_test_suite(build.binary, suite, sandbox=self.sandbox, limits=limits)
+            verdict = await self._run(build.binary, suite, limits)
+            shipped = len(verdict.outcomes)
+            counts = TestCounts(shipped - len(verdict.failures), shipped)
+            generated = oracle.suite(suite.base_dir) if oracle is not None and verdict.passed else None
+            if generated is not None:
+                wall = min(self.config.translation.test_timeout, DIFFERENTIAL_WALL)
+                checked = await self._run(build.binary, generated, replace(limits, wall_seconds=wall),
+                                          fail_fast=True)
+                counts = TestCounts(shipped, shipped, sum(o.passed for o in checked.outcomes),
+                                    len(checked.outcomes))
             test_seconds = time.perf_counter() - started
-        if verdict.passed:
-            return Verdict("verified", f"all {len(verdict.outcomes)} tests passed", "", code, build_seconds,
-                           test_seconds)
-        failures = verdict.failures
-        return Verdict(
-            "test_failure",
-            f"{len(failures)} of {len(verdict.outcomes)} tests failed; first: {failures[0].summary}",
-            verdict.feedback(FEEDBACK_CHARS), code, build_seconds, test_seconds,
+        if not verdict.passed:
+            failures = verdict.failures
+            return Verdict(
+                "test_failure",
+                f"{len(failures)} of {shipped} tests failed; first: {failures[0].summary}",
+                verdict.feedback(FEEDBACK_CHARS), code, build_seconds, test_seconds, counts,
+            )
+        if generated is not None and not checked.passed:
+            message, feedback = mismatch(shipped, checked)
+            return Verdict("differential_mismatch", message, feedback, code, build_seconds, test_seconds, counts)
+        agrees = f"; agrees with C on {counts.agreed} generated inputs" if counts.generated else ""
+        return Verdict("verified", f"all {shipped} tests passed{agrees}", "", code, build_seconds, test_seconds,
+                       counts)
+
+    async def _run(self, binary: Path, suite: TestSuite, limits: Limits, *, fail_fast: bool = False) -> TestVerdict:
+        async with self.cpu:
+            if self.run_tests is not None:
+                return await self.run_tests(binary, suite)
+            return await run_test_suite(binary, suite, sandbox=self.sandbox, limits=limits, fail_fast=fail_fast)
+
+    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+        budget = self.config.translation.differential
+        if budget <= 0:
+            return None
+        if await anyio.to_thread.run_sync(shutil.which, "gcc") is None:
+            feed = applicable(suite)[0]
+            return Oracle(feed, note="differential testing needs gcc, which is not installed (apt-get install gcc); "
+                                     "only the shipped tests count")
+        feed, shipped, _ = applicable(suite)
+        # The generated inputs derive from the shipped ones (which --num-tests selects) and how they are fed.
+        selected = hashlib.sha256(repr((feed, shipped)).encode()).hexdigest()[:16]
+        limits = self.sandbox.limits(
+            wall_seconds=self.config.translation.test_timeout,
+            output_bytes=self.config.translation.output_byte_limit,
         )
+        return await build_oracle(c_source, suite, sandbox=self.sandbox, cpu=self.cpu, budget=budget,
+                                  seed=DIFFERENTIAL_SEED, limits=limits,
+                                  cache_dir=self.config.toolchain.resolved_cache_dir(), key=f"{key}:{selected}")
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:
         limits = self.sandbox.limits(

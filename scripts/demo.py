@@ -2,7 +2,8 @@
 """The README's first command: translate the bundled examples end to end against the bundled simulator.
 
 Starts `python -m pipeline.simulator` with the canned answers of examples/answers on a free local port, runs
-the batch CLI over examples/corpus into out/examples, stops the simulator, and exits with the batch's status.
+the batch CLI over examples/corpus into out/examples, stops the simulator, writes the run's report
+(out/examples/report.html) and exits with the batch's status.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def main() -> int:
         code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
         print(f"demo: results in {args.output} (each task's combined.rs under "
               "translated_code_unidiomatic/ and translated_code_idiomatic/)")
+        page = args.output / "report.html"
+        report = subprocess.run([sys.executable, str(ROOT / "batch_translate_generic.py"), "report",
+                                 str(args.output), "-o", str(page)], cwd=ROOT, env=env, capture_output=True,
+                                text=True)
+        if report.returncode != 0:
+            print(f"demo: the report could not be written: {report.stderr.strip()}", file=sys.stderr)
+            return code or report.returncode
+        print(f"demo: report in {page} (open it in a browser)")
         return code
     finally:
         sim.terminate()

@@ -2,7 +2,8 @@
 """Idempotent set-up for a fresh machine: the project's virtual environment, the libc crate source, a Rust check.
 
 Run it with the Python you want the project to use (`make PYTHON=/usr/bin/python3 ...`): it creates `.venv`
-from that interpreter and installs the package there (`pip install -e '.[dev]'`), so it works where pip may not
+from that interpreter and installs the package there (`pip install -e '.[dev,report,ray]'`: `report` brings
+matplotlib for the report's charts, `ray` Ray for the tests of `--executor ray`), so it works where pip may not
 install into the interpreter itself (Debian's externally managed Python, PEP 668), with pyenv and with conda.
 Where Debian's Python lacks the venv module, it installs python3-venv as root, as it installs librust-libc-dev.
 Fast when nothing is missing, so `make demo` and `make test` can always call it first.
@@ -71,9 +72,9 @@ def _python_packages() -> None:
     digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
     if INSTALLED.exists() and INSTALLED.read_text().strip() == digest:
         return
-    print(f"setup: installing Python packages into {VENV} (pip install -e '.[dev]')", flush=True)
+    print(f"setup: installing Python packages into {VENV} (pip install -e '.[dev,report,ray]')", flush=True)
     subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
-    subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev]"], check=True)
+    subprocess.run([str(VENV_PYTHON), "-m", "pip", "install", "-q", "-e", f"{ROOT}[dev,report,ray]"], check=True)
     INSTALLED.write_text(digest + "\n")
 
 

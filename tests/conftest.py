@@ -14,6 +14,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = ROOT.parent / "shared" / "corpus"
+DIFFERENTIAL_VARIABLE = "C2RUST_DIFFERENTIAL"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def differential_off() -> Iterator[None]:
+    """Differential testing (on by default) builds every task's C program with gcc and the sanitizers and runs it
+    on generated inputs: seconds per task. The tests of other features run without it, through the setting's
+    variable, which every CLI the tests start inherits; tests/test_differential_e2e.py switches it back on.
+    ``C2RUST_DIFFERENTIAL=20 pytest`` runs the whole suite with it."""
+    with pytest.MonkeyPatch.context() as patch:
+        if not os.environ.get(DIFFERENTIAL_VARIABLE):
+            patch.setenv(DIFFERENTIAL_VARIABLE, "0")
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +59,7 @@ class Cli:
         base.update(self.env)
         base.update(env or {})
         argv = [sys.executable, str(ROOT / "batch_translate_generic.py"), *map(str, args)]
-        if args and str(args[0]) != "check":
+        if args and str(args[0]) not in ("check", "report"):
             argv += ["--cache-dir", str(self.cache_dir)]
         proc = subprocess.run(argv, cwd=self.cwd, env=base, capture_output=True, text=True, timeout=timeout)
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
@@ -94,13 +107,15 @@ class Corpus:
         unidiomatic: list[str] | None = None,
         idiomatic: list[str] | None = None,
         c_source: str | None = None,
+        samples: list[dict[str, str]] | None = None,
     ) -> None:
-        """A C file whose run-tests samples expect ``expected`` on stdout, with canned answers per attempt."""
+        """A C file whose run-tests samples expect ``expected`` on stdout (or ``samples``: inputs and outputs),
+        with canned answers per attempt."""
         self.corpus.mkdir(parents=True, exist_ok=True)
         (self.corpus / f"{name}.c").write_text(
             c_source or f'#include <stdio.h>\n/* {name} */\nint main(void) {{ puts("{expected}"); return 0; }}\n'
         )
-        samples = [{"input": "", "output": expected}, {"input": "x", "output": expected}]
+        samples = samples or [{"input": "", "output": expected}, {"input": "x", "output": expected}]
         (self.corpus / f"{name}_samples.json").write_text(json.dumps(samples))
         if tests is None:
             tests = [

@@ -10,13 +10,15 @@ from typing import Any
 import pytest
 
 from pipeline.config import Config, TranslationSettings
+from pipeline.differential import Oracle, OracleInput
 from pipeline.errors import RequestFailed
-from pipeline.records import Candidate, Completion, TestSuite, Usage, Verdict
+from pipeline.records import Candidate, Completion, TestCounts, TestSuite, Usage, Verdict
 from pipeline.stages import StageEnv, run_stage
 
 SUITE = TestSuite(base_dir=Path("."), cases=(), files=())
 GOOD = 'fn main() {\n    println!("ok");\n}\n'
 BAD = 'fn main() {\n    let x: i32 = "no";\n}\n'
+GOOD_SHIPPED = 'fn main() {\n    println!("ok"); // i32 where C has long\n}\n'
 
 
 def fenced(code: str) -> str:
@@ -40,15 +42,21 @@ class FakeModel:
 
 @dataclass
 class FakeVerifier:
-    """Verdicts by program text: GOOD verifies, BAD does not compile, anything else fails a test."""
+    """Verdicts by program text: GOOD verifies, BAD does not compile, anything else fails a test; with an oracle,
+    GOOD_SHIPPED passes the shipped test but disagrees with C on the oracle's first input."""
 
     judged: list[Candidate] = field(default_factory=list)
+    oracles: list[Oracle | None] = field(default_factory=list)
 
-    async def verify(self, candidate: Candidate, suite: TestSuite) -> Verdict:
+    async def verify(self, candidate: Candidate, suite: TestSuite, oracle: Oracle | None = None) -> Verdict:
         self.judged.append(candidate)
+        self.oracles.append(oracle)
         code = candidate.programs[0]
-        if code == GOOD:
-            return Verdict("verified", "all 1 tests passed", "", code)
+        if code == GOOD_SHIPPED and oracle is not None and oracle.inputs:
+            return Verdict("differential_mismatch", "all 1 tests passed, but generated input 0 differs",
+                           f"Standard input:\n{oracle.inputs[0].input}", code, counts=TestCounts(1, 1, 0, 1))
+        if code in (GOOD, GOOD_SHIPPED):
+            return Verdict("verified", "all 1 tests passed", "", code, counts=TestCounts(1, 1, 1, 1))
         if code == BAD:
             return Verdict("compile_error", "the program does not compile (1 error)",
                            "The compiler reported:\nerror[E0308]: mismatched types", code)
@@ -56,6 +64,9 @@ class FakeVerifier:
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:
         return []
+
+    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+        return None
 
     async def code_stats(self, code: str) -> dict[str, Any]:
         return {}
@@ -118,3 +129,16 @@ async def test_answer_without_code_is_not_sent_to_the_verifier() -> None:
                              rust_source=GOOD)
     assert [a.kind for a in result.attempts] == ["no_code", "verified"]
     assert verifier.judged == [Candidate("idiomatic", (GOOD,))]
+
+
+async def test_the_oracle_reaches_every_verification_and_a_mismatch_is_repaired() -> None:
+    """The task's oracle goes with the suite to each verify call; a differential mismatch is fed back like a test
+    failure and the stage keeps the verified attempt's figures."""
+    oracle = Oracle("stdin", (OracleInput("-5", "-5"),), tried=3)
+    model, verifier = FakeModel([fenced(GOOD_SHIPPED), fenced(GOOD)]), FakeVerifier()
+    result = await run_stage(env(model, verifier), "unidiomatic", name="p.c", c_source="x", suite=SUITE,
+                             oracle=oracle)
+    assert verifier.oracles == [oracle, oracle]
+    assert [a.kind for a in result.attempts] == ["differential_mismatch", "verified"]
+    assert "Standard input:\n-5" in model.seen[1][-1]["content"]
+    assert result.counts == TestCounts(1, 1, 1, 1)

@@ -398,6 +398,14 @@ async def test_samples_kind_runs_with_the_task_feed(tmp_path: Path, program: Pat
     assert verdict.passed
 
 
+async def test_a_program_that_prints_nothing_is_told_so(tmp_path: Path, program: Path, sandbox: Sandbox) -> None:
+    """Nothing printed where output was expected: the reason says so (the report counts it as "no output")."""
+    task = run_tests_task(tmp_path, [{"input": "exit 0", "output": "sum = 5"}], ["--feed-as-args"])
+    verdict = await run(program, task, sandbox)
+    (outcome,) = verdict.outcomes
+    assert outcome.summary == "test 0 failed: wrong output (nothing printed)"
+
+
 async def test_a_mismatch_shows_expected_actual_and_a_diff(tmp_path: Path, program: Path, sandbox: Sandbox) -> None:
     """A wrong output fails, and the feedback shows the input, the expected and actual output and a diff."""
     task = run_tests_task(tmp_path, [{"input": "2 2", "output": "sum = 5\n\nchecked"}], ["--feed-as-stdin"])

@@ -6,11 +6,13 @@ Canned answers live in ``answers_dir``::
     answers_dir/<key>/unidiomatic-1.md   the whole assistant message for attempt 1 of the unidiomatic stage
     answers_dir/<key>/unidiomatic-2.md   attempt 2, ... (a later attempt gets the last file)
     answers_dir/<key>/idiomatic-1.md     ...
+    answers_dir/<key>/inputs-1.md        the answer to a request for test inputs (``generate-tests``)
 
 * task: the key whose match string occurs in the FIRST user message; the longest match string wins
   (then the smallest key, so the choice is deterministic);
-* stage: the last stage declared in :data:`pipeline.records.STAGE_SPECS` whose ``quotes`` fence starts a line
-  of the first user message (``idiomatic`` for "```rust"), else the first stage (``unidiomatic``);
+* stage: ``inputs`` when the first user message starts with "Propose test inputs" (a request for test inputs);
+  else the last stage declared in :data:`pipeline.records.STAGE_SPECS` whose ``quotes`` fence starts a line of
+  the first user message (``idiomatic`` for "```rust"), else the first stage (``unidiomatic``);
 * attempt: 1 + the number of assistant messages in the request.
 
 A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the answer). Options:
@@ -41,7 +43,10 @@ from .tokens import content_text
 log = logging.getLogger(__name__)
 
 DIRECTIVE_KEY = "directive"
-_ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, STAGES)) + r")-(\d+)\.md$")
+#: Not a translation stage: a request for test inputs (``generate-tests``), answered from ``inputs-N.md``.
+INPUTS = "inputs"
+ANSWER_STAGES = (*STAGES, INPUTS)
+_ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, ANSWER_STAGES)) + r")-(\d+)\.md$")
 #: Later stages first: a stage's first request may also quote what an earlier one quotes (the C program).
 _DETECTION_ORDER = tuple(reversed(STAGE_SPECS.values()))
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
@@ -82,8 +87,10 @@ def first_user_text(messages: list[Any]) -> str:
 
 
 def detect_stage(first_user: str) -> str:
-    """The last declared stage whose quoted program's fence (```` ```rust ```` for ``idiomatic``) starts a line
-    of the first user message; the first declared stage when none does."""
+    """``inputs`` for a request for test inputs; else the last declared stage whose quoted program's fence
+    (```` ```rust ```` for ``idiomatic``) starts a line of the first user message; else the first declared stage."""
+    if first_user.lstrip().startswith("Propose test inputs"):
+        return INPUTS
     for spec in _DETECTION_ORDER:
         fence = "```" + spec.quotes
         if fence in first_user and any(line.startswith(fence) for line in first_user.splitlines()):
@@ -169,7 +176,7 @@ class AnswerBook:
         if cached is not None:
             return cached
         assert self.root is not None
-        found: dict[str, list[tuple[int, Path]]] = {s: [] for s in STAGES}
+        found: dict[str, list[tuple[int, Path]]] = {s: [] for s in ANSWER_STAGES}
         try:
             names = [p.name for p in (self.root / key).iterdir()]
         except OSError as exc:

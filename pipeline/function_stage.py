@@ -1,0 +1,197 @@
+"""The function-level unidiomatic stage: one prompt per function or recursion group, FFI-verified, then combined.
+
+For a program too large for one prompt (:func:`~pipeline.function_context.choose_granularity`), the groups of
+:meth:`~pipeline.c_program.CProgram.function_groups` are translated bottom-up. Each request shows one group's
+C definitions and what they need in declared form (:mod:`pipeline.function_context`); each answer is checked
+inside the running C program (:mod:`pipeline.ffi`), and a failure goes back to the model naming the function,
+with the test output, until the attempts run out. A group that fails blocks the functions that need it, not
+the others (:func:`~pipeline.items.blocked_items`). Verified groups are recorded in the task's item book
+(:class:`~pipeline.items.ItemBook`) as they finish, so a rerun asks only for what is missing or changed.
+When every group verified, the items are combined into one Rust program and verified with the tests
+(:mod:`pipeline.combine`).
+
+Not yet wired into the engine: :func:`translate_by_function` takes the two services it needs directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .build import Toolchain
+from .c_program import CProgram
+from .c_types import TypeTranslation
+from .combine import CombineVerdict, combine, verify_combined
+from .errors import TaskFailure
+from .extract import BEGIN_MARK, END_MARK, extract_rust
+from .ffi import verify_function
+from .function_context import function_context
+from .interfaces import Model
+from .items import ItemBook, blocked_items, item_digests
+from .prompts import Turn, conversation
+from .sandbox import Limits, Sandbox
+from .testing import TestSuite
+
+log = logging.getLogger(__name__)
+
+FUNCTION_REQUEST = """Translate the C {what} {names} of the program `{program}` into Rust (edition 2021). The \
+program is being translated one function at a time: your translation is linked into the C program in place of \
+the C definition and must behave identically.
+
+Write each function as `#[no_mangle] pub unsafe extern "C" fn NAME(...)` with the C parameter and return types \
+(`main` alone as a plain `fn main()`, reading arguments with std::env::args). This is a close translation: keep \
+the C logic; `unsafe`, raw pointers and `libc::...` are allowed, no other crates. The types, globals and \
+functions shown below are already defined with exactly these Rust declarations: use them, do not define them \
+again, and define nothing else but small private helpers.
+
+Reply with the Rust code only, between these two lines:
+{begin}
+(the Rust function{plural})
+{end}
+
+{context}
+"""
+
+
+def function_prompt(program: CProgram, translation: TypeTranslation, group: Sequence[str]) -> str:
+    """The first request for ``group``: instructions, then :meth:`FunctionContext.render`."""
+    names = ", ".join(f"`{key.split(':', 1)[1]}`" for key in group)
+    many = len(group) > 1
+    return FUNCTION_REQUEST.format(
+        what="functions (they call each other, so they are translated together)" if many else "function",
+        names=names, program=program.path.name, begin=BEGIN_MARK, end=END_MARK, plural="s" if many else "",
+        context=function_context(program, translation, group).render(),
+    )
+
+
+@dataclass(frozen=True)
+class FunctionEnv:
+    """What the function-level stage needs; the engine will build it once per run."""
+
+    model: Model
+    toolchain: Toolchain
+    sandbox: Sandbox
+    limits: Limits
+    max_attempts: int = 3
+    system: str = "You translate C to Rust."
+    salt: str = ""  # the settings fingerprint: other settings, other records
+    record: Callable[[dict[str, Any]], None] = field(default=lambda event: None)
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """One group's end: ``status`` verified, resumed (verified in an earlier run), failed or blocked."""
+
+    group: tuple[str, ...]
+    status: str
+    attempts: tuple[tuple[str, str], ...] = ()  # (stage of the FFI verdict, its first line) per attempt
+    rust: str | None = None
+    reason: str = ""
+    blocked_by: str | None = None
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class FunctionRun:
+    """The stage's result: each group's outcome, bottom-up, and the combined program's verdict (None when
+    some group did not verify)."""
+
+    outcomes: tuple[GroupOutcome, ...]
+    combined: CombineVerdict | None
+    combined_source: str | None
+    seconds: float
+
+    @property
+    def requests(self) -> int:
+        return sum(outcome.requests for outcome in self.outcomes)
+
+    @property
+    def verified(self) -> bool:
+        return self.combined is not None and self.combined.passed
+
+
+async def translate_by_function(
+    env: FunctionEnv,
+    program: CProgram,
+    translation: TypeTranslation,
+    suite: TestSuite,
+    book: ItemBook,
+) -> FunctionRun:
+    """Translate ``program`` group by group (see the module docstring). Failures are outcomes; raises only
+    fatal errors (the model's :class:`~pipeline.errors.FatalError`) and OSError from the item book."""
+    started = time.perf_counter()
+    digests = item_digests(program, env.salt)
+    book.forget_stale(digests)
+    # A group that failed in an earlier run is asked again (the model may do better now), so only this
+    # run's failures block.
+    failed: set[str] = set()
+    outcomes: list[GroupOutcome] = []
+    code: dict[tuple[str, ...], str] = {}
+    for group in program.function_groups():
+        blockers = blocked_items(program, failed)
+        blocker = next((blockers[key] for key in group if key in blockers), None)
+        if blocker is not None:
+            book.record(group, "blocked_by_failed_dependency", digests, blocked_by=blocker,
+                        reason=f"needs {blocker}, which failed")
+            outcomes.append(GroupOutcome(group, "blocked", blocked_by=blocker, reason=f"needs {blocker}"))
+            continue
+        earlier = book.verified_rust(group, digests)
+        if earlier is not None:
+            code[group] = earlier
+            outcomes.append(GroupOutcome(group, "resumed", rust=earlier))
+            continue
+        outcome = await _translate_group(env, program, translation, suite, group)
+        if outcome.rust is not None:
+            code[group] = outcome.rust
+            book.record(group, "verified", digests, attempts=len(outcome.attempts), rust=outcome.rust)
+        else:
+            failed.update(group)
+            book.record(group, "failed", digests, attempts=len(outcome.attempts), reason=outcome.reason)
+        outcomes.append(outcome)
+    if len(code) != len(program.function_groups()):
+        return FunctionRun(tuple(outcomes), None, None, time.perf_counter() - started)
+    combined = combine(program, translation, code)
+    verdict = await verify_combined(combined, suite, toolchain=env.toolchain, sandbox=env.sandbox,
+                                    limits=env.limits)
+    return FunctionRun(tuple(outcomes), verdict, combined.source, time.perf_counter() - started)
+
+
+async def _translate_group(
+    env: FunctionEnv, program: CProgram, translation: TypeTranslation, suite: TestSuite, group: tuple[str, ...]
+) -> GroupOutcome:
+    first = function_prompt(program, translation, group)
+    label = "+".join(key.split(":", 1)[1] for key in group)
+    turns: list[Turn] = []
+    attempts: list[tuple[str, str]] = []
+    requests = 0
+    for number in range(1, env.max_attempts + 1):
+        messages = conversation(env.system, first, turns)
+        env.record({"group": list(group), "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
+        try:
+            completion = await env.model.complete(messages, purpose=f"{program.path.name}:{label}:{number}")
+        except TaskFailure as exc:
+            requests += exc.requests
+            attempts.append(("request_failed", str(exc)))
+            return GroupOutcome(group, "failed", tuple(attempts), reason=str(exc), requests=requests)
+        requests += completion.requests
+        extraction = extract_rust(completion.text, truncated=completion.truncated)
+        if extraction.code is None:
+            problem = extraction.problem or "the answer contains no Rust code"
+            attempts.append(("no_code", problem))
+            turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
+            continue
+        verdict = await verify_function(program, translation, group, extraction.code, suite,
+                                        toolchain=env.toolchain, sandbox=env.sandbox, limits=env.limits)
+        summary = verdict.feedback.splitlines()[0] if verdict.feedback else verdict.stage
+        attempts.append((verdict.stage, summary))
+        env.record({"group": list(group), "attempt": number, "event": "verdict", "stage": verdict.stage})
+        if verdict.passed:
+            return GroupOutcome(group, "verified", tuple(attempts), rust=extraction.code, requests=requests)
+        if verdict.stage == "unsupported":
+            return GroupOutcome(group, "failed", tuple(attempts), reason=verdict.feedback, requests=requests)
+        turns.append(Turn(completion.text, summary, verdict.feedback))
+    return GroupOutcome(group, "failed", tuple(attempts), requests=requests,
+                        reason=f"not verified after {len(attempts)} attempts; last: {attempts[-1][1]}")
