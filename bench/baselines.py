@@ -44,12 +44,12 @@ from pipeline.config import Config, load_config
 from pipeline.errors import RequestFailed
 from pipeline.llm import estimate_tokens
 from pipeline.prompts import Message
-from pipeline.records import Completion, TaskResult, Usage
+from pipeline.records import Completion, TaskResult, TestCase, TestSuite, Usage
 from pipeline.results import write_task_results
 from pipeline.sandbox import Sandbox
 from pipeline.stages import StageEnv
 from pipeline.task import Task
-from pipeline.testing import TestCase, TestOutcome, TestSuite, TestVerdict, normalize_output
+from pipeline.testing import TestOutcome, TestVerdict, normalize_output
 from pipeline.translate import read_task, translate_task
 from pipeline.verifier import LocalVerifier, TestRunner
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.records import STAGE_SPECS
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 CLI = ROOT / "batch_translate_generic.py"
@@ -61,7 +63,7 @@ class TaskPlan:
             for attempt in range(1, max_attempts + 1):
                 outcome = plan[min(attempt, len(plan)) - 1] if plan else "pass"
                 total = total.add(requests=1)
-                if outcome == "unsafe" and stage == "idiomatic":
+                if outcome == "unsafe" and STAGE_SPECS[stage].safe_only:
                     continue  # refused without compiling
                 if outcome in ("no_code", "truncated"):
                     continue

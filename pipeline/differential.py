@@ -35,16 +35,17 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 
 from .cache import read_json, write_json
+from .records import Oracle as Oracle
+from .records import OracleInput as OracleInput
 from .sandbox import Limits, ProcessResult, Sandbox, run_process, tool_env
 from .task import Feed
-from .testing import SampleRun, TestCase, TestSuite, normalize_output
+from .testing import TestSuite, normalize_output
 
 log = logging.getLogger(__name__)
 
@@ -96,60 +97,6 @@ _INT = re.compile(r"(?<![\w.])-?\d{1,18}(?![\w.])")
 _BOUNDARIES = (2**31 - 1, -(2**31), 2**32 - 1, 2**63 - 1, -(2**63))
 
 
-@dataclass(frozen=True)
-class OracleInput:
-    """An input on which the C program is a trustworthy oracle, and its output (normalised)."""
-
-    input: str
-    output: str
-
-
-@dataclass(frozen=True)
-class Oracle:
-    """What the C program says on generated inputs, and how many were tried."""
-
-    feed: Feed | None
-    inputs: tuple[OracleInput, ...] = ()
-    tried: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
-    note: str | None = None  # why there are no inputs (not applicable, the C program does not build)
-    cpu_seconds: float = 0.0
-
-    def suite(self, base_dir: Path) -> TestSuite | None:
-        """The kept inputs as sample tests (expected output: the C program's), or None without inputs."""
-        if not self.inputs or self.feed is None:
-            return None
-        cases = tuple(
-            TestCase(index, f"differential input {index}", ("differential", str(index)),
-                     SampleRun(item.input, item.output, self.feed, "differential_samples.json", index))
-            for index, item in enumerate(self.inputs)
-        )
-        return TestSuite(base_dir=base_dir, cases=cases, files=())
-
-    def samples(self) -> list[dict[str, str]]:
-        """The kept inputs in SACToR's samples format, to save beside the results and reuse as tests."""
-        return [{"input": item.input, "output": item.output} for item in self.inputs]
-
-    def report(self) -> dict[str, Any]:
-        """What a task's summary shows: ``status`` (checked, no_inputs: every input rejected, not_applicable,
-        unavailable: the C program does not build), inputs kept, tried, rejected per reason, CPU s, note."""
-        if self.feed is None:
-            status = "not_applicable"
-        elif self.note is not None:
-            status = "unavailable"
-        else:
-            status = "checked" if self.inputs else "no_inputs"
-        return {"status": status, "inputs": len(self.inputs), "tried": self.tried, "rejected": dict(self.rejected),
-                "cpu_seconds": self.cpu_seconds, "note": self.note}
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Oracle:
-        inputs = tuple(OracleInput(**item) for item in data.get("inputs", ()))
-        return cls(data.get("feed"), inputs, int(data.get("tried", 0)), dict(data.get("rejected", {})),
-                   data.get("note"), float(data.get("cpu_seconds", 0.0)))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -58,21 +58,20 @@ from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
-from .prompts import IDIOMATIC, REPAIR, UNIDIOMATIC
+from .prompts import FIRST_REQUESTS, REPAIR
 from .ray_executor import RayVerifier
-from .records import TaskKey, TaskResult
+from .records import STAGES, TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
 from .task import Orphan, Task, printable
-from .translate import TaskFiles, read_task, translate_task
+from .translate import read_task, translate_task
 from .verifier import LocalVerifier
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass(frozen=True)
@@ -96,6 +95,39 @@ class RunOutcome:
     table: list[str] = field(default_factory=list)
 
 
+@dataclass
+class RunState:
+    """How a run (or its start-up) is ending: the signal that stopped it, the fatal error. One per run, noted by
+    the signal watcher and the fatal-error handler."""
+
+    interrupted: str | None = None  # the signal's name, e.g. "SIGINT"
+    fatal: FatalError | None = None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The "run" section of batch_summary.json (fields in the file's order)."""
+
+    started: str
+    wall_seconds: float
+    c_files: str
+    json_files: str
+    output: str
+    interrupted: str | None
+    stopped_by: str | None
+    settings_fingerprint: str
+    sandbox: str | None
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    """The "server" section of batch_summary.json."""
+
+    base_url: str
+    model: str
+    max_model_len: int | None
+
+
 def settings_fingerprint(config: Config) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
     off leaves the fingerprint of runs from before it existed."""
@@ -105,7 +137,7 @@ def settings_fingerprint(config: Config) -> str:
         "max_tokens": config.model.max_tokens,
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
-        "prompts": [UNIDIOMATIC, IDIOMATIC, REPAIR, BEGIN_MARK],
+        "prompts": [*(FIRST_REQUESTS[stage] for stage in STAGES), REPAIR, BEGIN_MARK],
         "max_attempts": config.translation.max_attempts,
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
@@ -136,7 +168,7 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
     Raises ConfigError (toolchain, strict sandbox) or ModelUnavailable (preflight).
     """
     async with AsyncExitStack() as stack:
-        state: dict[str, Any] = {"interrupted": None}
+        state = RunState()
         failure: Exception | None = None
         # The services outlive this task group: none of them holds a cancel scope across its yield.
         async with anyio.create_task_group() as startup:
@@ -162,8 +194,8 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             startup.cancel_scope.cancel()
         if failure is not None:
             raise failure
-        if state["interrupted"]:
-            raise Interrupted(f"interrupted by {state['interrupted']} during start-up; nothing was translated")
+        if state.interrupted:
+            raise Interrupted(f"interrupted by {state.interrupted} during start-up; nothing was translated")
         yield Services(StageEnv(config, client, verifier), info, client, sandbox)
 
 
@@ -243,7 +275,7 @@ class _Run:
         self.counters.discovery_finished = True
 
     async def work_all(self, receive: MemoryObjectReceiveStream[_Work], stop: anyio.CancelScope,
-                       state: dict[str, Any]) -> None:
+                       state: RunState) -> None:
         """Translate every task the producer sends; the services are opened only once the first one comes.
 
         ``stop`` and ``state`` are the run's: SIGINT/SIGTERM cancel ``stop`` and are noted in ``state``.
@@ -301,8 +333,7 @@ class _Run:
                 reason = _unwritable(result_dir, exc)
                 log.error("%s: %s", task.id, reason)
                 result = dataclasses.replace(result, reason=reason)
-            summary = result.summary()
-            await anyio.to_thread.run_sync(self.ledger.record, str(key), summary)
+            await anyio.to_thread.run_sync(self.ledger.record, str(key), result.record().to_json())
         self._count(result)
 
     def _count(self, result: TaskResult) -> None:
@@ -326,14 +357,14 @@ def _unwritable(result_dir: Path, exc: OSError) -> str:
             "that and rerun (the task is redone)")
 
 
-async def _watch_signals(scope: anyio.CancelScope, state: dict[str, Any], phase: str = "run") -> None:
+async def _watch_signals(scope: anyio.CancelScope, state: RunState, phase: str = "run") -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for signum in signals:
-            state["interrupted"] = signal.Signals(signum).name
+            state.interrupted = signal.Signals(signum).name
             if phase == "run":
-                log.warning("received %s: stopping; finished tasks are kept", state["interrupted"])
+                log.warning("received %s: stopping; finished tasks are kept", state.interrupted)
             else:
-                log.warning("received %s during %s: stopping", state["interrupted"], phase)
+                log.warning("received %s during %s: stopping", state.interrupted, phase)
             scope.cancel()
             return
 
@@ -363,7 +394,7 @@ async def run_batch(
 ) -> RunOutcome:
     """Run a corpus. Never raises for task failures; FatalErrors become the outcome's exit code and message."""
     counters = Counters()
-    state: dict[str, Any] = {"interrupted": None, "fatal": None}
+    state = RunState()
     started = time.time()
     run: _Run | None = None
     try:
@@ -388,12 +419,12 @@ async def run_batch(
                         raise
                     raise first from None
     except FatalError as exc:
-        state["fatal"] = exc
+        state.fatal = exc
     except BaseException:
         if reporter is not None:
             reporter.close(counters, final=False)
         raise
-    fatal: FatalError | None = state["fatal"]
+    fatal = state.fatal
     if fatal is not None and (run is None or run.env is None):
         # Nothing was translated: bad configuration, toolchain, lock, preflight, corpus folders. The previous
         # summary (if any) stays as it was, and there is no progress to show.
@@ -420,8 +451,8 @@ async def run_batch(
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)
         return RunOutcome(code, summary, f"run stopped: {fatal}", table)
-    if state["interrupted"]:
-        return RunOutcome(EXIT_INTERRUPTED, summary, f"interrupted by {state['interrupted']}: finished tasks "
+    if state.interrupted:
+        return RunOutcome(EXIT_INTERRUPTED, summary, f"interrupted by {state.interrupted}: finished tasks "
                           "are kept; rerun the same command to continue", table)
     t = summary["totals"]
     ok = t["failed"] == 0 and not run.orphans and t["tasks"] > 0
@@ -452,7 +483,7 @@ def _first_fatal(group: BaseExceptionGroup[BaseException]) -> FatalError | None:
 
 
 def _write_summary(config: Config, options: RunOptions, run: _Run, started: float,
-                   state: dict[str, Any]) -> dict[str, Any]:
+                   state: RunState) -> dict[str, Any]:
     """Every task the ledger knows (closed, so it holds the corpus's tasks once discovery saw them all)."""
     ledger = run.ledger
     info = run.info
@@ -473,20 +504,21 @@ def _write_summary(config: Config, options: RunOptions, run: _Run, started: floa
                 yield record
 
         task_totals = totals(written())
+        run_record = RunRecord(
+            started=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            wall_seconds=round(time.time() - started, 3),
+            c_files=str(options.c_dir),
+            json_files=str(options.json_dir),
+            output=str(options.output),
+            interrupted=state.interrupted,
+            stopped_by=str(state.fatal) if state.fatal else None,
+            settings_fingerprint=run.fingerprint,
+            sandbox=run.isolation or None,
+        )
+        server = ServerRecord(config.model.public_url, config.model.model, info.max_model_len if info else None)
         summary: dict[str, Any] = {
-            "run": {
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-                "wall_seconds": round(time.time() - started, 3),
-                "c_files": str(options.c_dir),
-                "json_files": str(options.json_dir),
-                "output": str(options.output),
-                "interrupted": state["interrupted"],
-                "stopped_by": str(state["fatal"]) if state["fatal"] else None,
-                "settings_fingerprint": run.fingerprint,
-                "sandbox": run.isolation or None,
-            },
-            "server": {"base_url": config.model.public_url, "model": config.model.model,
-                       "max_model_len": info.max_model_len if info else None},
+            "run": dataclasses.asdict(run_record),
+            "server": dataclasses.asdict(server),
             "config": config.public(),
             "totals": task_totals,
             "this_run": {"translated": run.counters.done, "skipped_unchanged": run.counters.skipped},

@@ -8,13 +8,9 @@ A second model server is one more :class:`Model` (a pool of clients); a remote e
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from .records import Candidate, Completion, Verdict
-from .testing import TestSuite
-
-if TYPE_CHECKING:
-    from .differential import Oracle
+from .records import Candidate, Completion, Oracle, TestSuite, Verdict
 
 
 class Model(Protocol):

@@ -10,7 +10,7 @@ from typing import Protocol
 
 import anyio
 
-from .records import STAGES
+from .records import STAGE_SPECS, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +41,8 @@ class Counters:
         return (
             f"{self.done + self.skipped}/{total} tasks "
             f"(verified {self.verified}, failed {self.failed}, unchanged {self.skipped}); "
-            f"unidiomatic {self.stage_verified['unidiomatic']} ok / {self.stage_failed['unidiomatic']} failed, "
-            f"idiomatic {self.stage_verified['idiomatic']} ok / {self.stage_failed['idiomatic']} failed; "
+            + ", ".join(f"{s} {self.stage_verified[s]} ok / {self.stage_failed[s]} failed" for s in STAGES)
+            + "; "
             f"requests in flight {self.in_flight_requests}; {self.tokens_per_second():.0f} tok/s"
         )
 
@@ -88,9 +88,10 @@ class TqdmReporter:
         bar.total = counters.discovered if counters.discovery_finished else None
         bar.update(counters.done + counters.skipped - bar.n)  # update(), not n=, so tqdm's rate is right
         bar.set_postfix_str(
-            f"ok {counters.verified} fail {counters.failed} | uni {counters.stage_verified['unidiomatic']}"
-            f"/{counters.stage_failed['unidiomatic']} idi {counters.stage_verified['idiomatic']}"
-            f"/{counters.stage_failed['idiomatic']} | inflight {counters.in_flight_requests}"
+            f"ok {counters.verified} fail {counters.failed} | "
+            + " ".join(f"{spec.short} {counters.stage_verified[name]}/{counters.stage_failed[name]}"
+                       for name, spec in STAGE_SPECS.items())
+            + f" | inflight {counters.in_flight_requests}"
             f" | {counters.tokens_per_second():.0f} tok/s",
             refresh=False,
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .extract import BEGIN_MARK, END_MARK
+from .records import StageName
 
 Message = dict[str, str]
 
@@ -71,16 +72,19 @@ Fix the program. {reply_format_short}"""
 _REPLY_SHORT = f"Reply with the whole corrected program between {BEGIN_MARK} and {END_MARK}."
 
 
-def unidiomatic_prompt(name: str, c_source: str) -> str:
-    """The first user message of the unidiomatic stage."""
-    return UNIDIOMATIC.format(name=name, c_source=c_source.rstrip(), reply_format=_REPLY_FORMAT)
+#: The first request of each stage declared in :data:`~pipeline.records.STAGE_SPECS`. A stage after the first
+#: quotes the previous stage's verified program (``{rust_source}``).
+FIRST_REQUESTS: dict[StageName, str] = {"unidiomatic": UNIDIOMATIC, "idiomatic": IDIOMATIC}
 
 
-def idiomatic_prompt(name: str, c_source: str, rust_source: str) -> str:
-    """The first user message of the idiomatic stage."""
-    return IDIOMATIC.format(
-        name=name, c_source=c_source.rstrip(), rust_source=rust_source.rstrip(), reply_format=_REPLY_FORMAT
-    )
+def first_prompt(stage: StageName, *, name: str, c_source: str, rust_source: str | None = None) -> str:
+    """The first user message of ``stage``. Raises ValueError when the stage quotes a previous program and
+    ``rust_source`` is missing."""
+    template = FIRST_REQUESTS[stage]
+    if "{rust_source}" in template and rust_source is None:
+        raise ValueError(f"the {stage} stage starts from the previous stage's verified program: give rust_source")
+    return template.format(name=name, c_source=c_source.rstrip(), rust_source=(rust_source or "").rstrip(),
+                           reply_format=_REPLY_FORMAT)
 
 
 @dataclass(frozen=True)

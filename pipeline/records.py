@@ -1,4 +1,5 @@
-"""Plain values every layer passes around: what a model answered, what a verifier said, how a stage ended.
+"""Plain values every layer passes around: a task's inputs and tests, what a model answered, what a verifier
+said, how a stage ended.
 
 This module sits at the bottom: it imports nothing of the model client, the sandbox, the toolchain or the
 stage loop, so the ledger, the results writer and the report can read these records without them.
@@ -7,7 +8,8 @@ stage loop, so the ledger, the results writer and the report can read these reco
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 StageName = Literal["unidiomatic", "idiomatic"]
@@ -15,10 +17,14 @@ StageName = Literal["unidiomatic", "idiomatic"]
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One stage, declared once: its name, whether it must be safe Rust, and where its results go."""
+    """One stage, declared once: its name, whether it must be safe Rust, the program its first request quotes,
+    and where its results go. Its first request is ``prompts.FIRST_REQUESTS[name]``; the simulator tells the
+    stages apart by ``quotes`` (the last declared stage whose fence the first user message opens)."""
 
     name: StageName
     safe_only: bool  # refuse any `unsafe` before compiling
+    quotes: str  # the fence language of the program its first request gives the model ("c", "rust")
+    short: str  # its name on the progress bar
 
     @property
     def result_dir(self) -> str:
@@ -28,8 +34,8 @@ class StageSpec:
 
 #: The stages in the order they run; progress, results, summaries and refusals follow this table.
 STAGE_SPECS: dict[StageName, StageSpec] = {
-    "unidiomatic": StageSpec("unidiomatic", safe_only=False),
-    "idiomatic": StageSpec("idiomatic", safe_only=True),
+    "unidiomatic": StageSpec("unidiomatic", safe_only=False, quotes="c", short="uni"),
+    "idiomatic": StageSpec("idiomatic", safe_only=True, quotes="rust", short="idi"),
 }
 STAGES: tuple[StageName, ...] = tuple(STAGE_SPECS)
 
@@ -49,6 +55,62 @@ class TaskKey:
 
     def __str__(self) -> str:
         return f"{self.input_hash}:{self.settings}"
+
+
+@dataclass(frozen=True)
+class TaskInputs:
+    """A task's files, read and checked."""
+
+    c_source: str
+    suite: TestSuite
+
+
+@dataclass(frozen=True)
+class TaskFiles:
+    """Every file that defines a task, read once (by the producer), and their digest: the resume key's half
+    that depends on the inputs. ``contents`` maps each path to its bytes (None: it could not be read)."""
+
+    contents: Mapping[Path, bytes | None]
+    digest: str
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """One SACToR sample: ``input`` goes in as arguments or on stdin; ``output`` is what must come out."""
+
+    input: str
+    output: str
+    feed: Literal["stdin", "args"]  # task.Feed
+    samples_file: str
+    index: int
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One test. ``argv`` holds the command's tokens as written (``%t`` kept); for a ``run-tests`` command
+    (or a sample of a samples-kind task) ``sample`` holds the resolved sample, which is what actually runs."""
+
+    __test__ = False  # not a pytest class
+
+    index: int
+    raw: str
+    argv: tuple[str, ...]
+    sample: SampleRun | None
+
+
+@dataclass(frozen=True)
+class TestSuite:
+    """A task's tests, ready to run.
+
+    ``base_dir`` is the test JSON's directory (commands run in a private copy of it); ``files`` are the
+    relative names of the files there that plain commands reference, the only ones copied into that copy.
+    """
+
+    __test__ = False
+
+    base_dir: Path
+    cases: tuple[TestCase, ...]
+    files: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -199,42 +261,142 @@ class TaskResult:
         return "verified" if all(s.verified for s in self.stages if s.status != "skipped") else "failed"
 
     def summary(self) -> dict[str, Any]:
-        """The task's record in result.json, the ledger and batch_summary.json."""
-        stages: dict[str, Any] = {}
+        """The task's record in result.json, the ledger and batch_summary.json, as JSON."""
+        return self.record().to_json()
+
+    def record(self) -> TaskSummary:
+        """The task's summary record (see :meth:`summary` for its JSON)."""
+        stages: dict[str, StageSummary] = {}
         for name in STAGES:
             s = self.stage(name)
             if s is None:
-                stages[name] = {"status": "not_run"}
+                stages[name] = StageSummary("not_run")
                 continue
             usage = s.usage
-            stages[name] = {
-                "status": s.status,
-                "attempts": len(s.attempts),
-                "requests": s.requests,
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "wall_seconds": round(s.wall_seconds, 3),
+            stages[name] = StageSummary(
+                s.status, len(s.attempts), s.requests, usage.prompt_tokens, usage.completion_tokens,
+                round(s.wall_seconds, 3),
                 # Local work (compile and test wall time holding a CPU slot), for the report's cost per task.
-                "cpu_seconds": round(sum(a.build_seconds + a.test_seconds for a in s.attempts), 3),
-                "reason": s.reason,
-                **s.counts.summary(),
-                "differential_mismatches": sum(a.kind == "differential_mismatch" for a in s.attempts),
-            }
-        return {
-            "task_id": self.task_id,
-            "c_file": self.c_path,
-            "test_file": self.test_path,
-            "input_hash": self.input_hash,
-            "status": self.status,
-            "reason": self.reason or self._first_stage_reason(),
-            "failure_kind": self.failure_kind,
-            "wall_seconds": round(self.wall_seconds, 3),
-            "differential": dict(self.differential) if self.differential is not None else None,
-            "stages": stages,
-        }
+                round(sum(a.build_seconds + a.test_seconds for a in s.attempts), 3),
+                s.reason, s.counts, sum(a.kind == "differential_mismatch" for a in s.attempts))
+        return TaskSummary(self.task_id, self.c_path, self.test_path, self.input_hash, self.status,
+                           self.reason or self._first_stage_reason(), self.failure_kind,
+                           round(self.wall_seconds, 3),
+                           dict(self.differential) if self.differential is not None else None, stages)
 
     def _first_stage_reason(self) -> str | None:
         for s in self.stages:
             if s.status == "failed":
                 return f"{s.stage}: {s.reason}"
         return None
+
+
+@dataclass(frozen=True)
+class StageSummary:
+    """One stage in a task's summary record; a stage that did not run has only its status ("not_run")."""
+
+    status: str
+    attempts: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    reason: str | None = None
+    counts: TestCounts = TestCounts()
+    differential_mismatches: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status == "not_run":
+            return {"status": self.status}
+        return {"status": self.status, "attempts": self.attempts, "requests": self.requests,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "wall_seconds": self.wall_seconds, "cpu_seconds": self.cpu_seconds, "reason": self.reason,
+                **self.counts.summary(), "differential_mismatches": self.differential_mismatches}
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """A task's summary record: what result.json, the ledger and batch_summary.json hold for it. The JSON
+    names of the files are ``c_file`` and ``test_file``."""
+
+    task_id: str
+    c_path: str
+    test_path: str
+    input_hash: str
+    status: str
+    reason: str | None
+    failure_kind: str | None
+    wall_seconds: float
+    differential: dict[str, Any] | None
+    stages: Mapping[str, StageSummary]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "c_file": self.c_path,
+            "test_file": self.test_path,
+            "input_hash": self.input_hash,
+            "status": self.status,
+            "reason": self.reason,
+            "failure_kind": self.failure_kind,
+            "wall_seconds": self.wall_seconds,
+            "differential": self.differential,
+            "stages": {name: stage.to_json() for name, stage in self.stages.items()},
+        }
+
+
+@dataclass(frozen=True)
+class OracleInput:
+    """An input on which the C program is a trustworthy oracle, and its output (normalised)."""
+
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """What the C program says on generated inputs, and how many were tried."""
+
+    feed: Literal["stdin", "args"] | None  # task.Feed
+    inputs: tuple[OracleInput, ...] = ()
+    tried: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
+    note: str | None = None  # why there are no inputs (not applicable, the C program does not build)
+    cpu_seconds: float = 0.0
+
+    def suite(self, base_dir: Path) -> TestSuite | None:
+        """The kept inputs as sample tests (expected output: the C program's), or None without inputs."""
+        if not self.inputs or self.feed is None:
+            return None
+        cases = tuple(
+            TestCase(index, f"differential input {index}", ("differential", str(index)),
+                     SampleRun(item.input, item.output, self.feed, "differential_samples.json", index))
+            for index, item in enumerate(self.inputs)
+        )
+        return TestSuite(base_dir=base_dir, cases=cases, files=())
+
+    def samples(self) -> list[dict[str, str]]:
+        """The kept inputs in SACToR's samples format, to save beside the results and reuse as tests."""
+        return [{"input": item.input, "output": item.output} for item in self.inputs]
+
+    def report(self) -> dict[str, Any]:
+        """What a task's summary shows: ``status`` (checked, no_inputs: every input rejected, not_applicable,
+        unavailable: the C program does not build), inputs kept, tried, rejected per reason, CPU s, note."""
+        if self.feed is None:
+            status = "not_applicable"
+        elif self.note is not None:
+            status = "unavailable"
+        else:
+            status = "checked" if self.inputs else "no_inputs"
+        return {"status": status, "inputs": len(self.inputs), "tried": self.tried, "rejected": dict(self.rejected),
+                "cpu_seconds": self.cpu_seconds, "note": self.note}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Oracle:
+        inputs = tuple(OracleInput(**item) for item in data.get("inputs", ()))
+        return cls(data.get("feed"), inputs, int(data.get("tried", 0)), dict(data.get("rejected", {})),
+                   data.get("note"), float(data.get("cpu_seconds", 0.0)))

@@ -16,9 +16,8 @@ from .config import Config
 from .errors import TaskFailure
 from .extract import extract_rust
 from .interfaces import Model, Verifier
-from .prompts import Turn, conversation, cut_off_turn, idiomatic_prompt, unidiomatic_prompt
-from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, Usage, Verdict
-from .testing import TestSuite
+from .prompts import Turn, conversation, cut_off_turn, first_prompt
+from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, TestSuite, Usage, Verdict
 
 if TYPE_CHECKING:
     from .differential import Oracle
@@ -51,11 +50,7 @@ async def run_stage(
     Raises only fatal errors (:class:`~pipeline.errors.FatalError`); everything else ends up in the result.
     """
     started = time.perf_counter()
-    if stage == "unidiomatic":
-        first = unidiomatic_prompt(name, c_source)
-    else:
-        assert rust_source is not None, "the idiomatic stage starts from verified unidiomatic code"
-        first = idiomatic_prompt(name, c_source, rust_source)
+    first = first_prompt(stage, name=name, c_source=c_source, rust_source=rust_source)
     system = env.config.translation.system_message
     turns: list[Turn] = []
     attempts: list[Attempt] = []

@@ -8,8 +8,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +15,10 @@ import aiofiles
 import anyio
 
 from .errors import TaskFailure, TaskInputError
-from .records import StageResult, TaskResult
+from .records import StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
-from .testing import TestSuite, input_files, load_test_suite
+from .testing import input_files, load_test_suite
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +26,6 @@ log = logging.getLogger(__name__)
 MAX_C_BYTES = 512 * 1024
 #: Reading stops past this many bytes of one input file (larger ones are refused when loaded).
 MAX_INPUT_BYTES = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class TaskInputs:
-    """A task's files, read and checked."""
-
-    c_source: str
-    suite: TestSuite
-
-
-@dataclass(frozen=True)
-class TaskFiles:
-    """Every file that defines a task, read once (by the producer), and their digest: the resume key's half
-    that depends on the inputs. ``contents`` maps each path to its bytes (None: it could not be read)."""
-
-    contents: Mapping[Path, bytes | None]
-    digest: str
 
 
 async def read_task(task: Task) -> TaskFiles:

@@ -29,8 +29,9 @@ from pathlib import Path
 import anyio
 
 from .cache import read_json, write_json
+from .records import TestSuite
 from .sandbox import Limits, Sandbox
-from .testing import TARGET_TOKEN, TestSuite, normalize_output, run_test_suite
+from .testing import TARGET_TOKEN, normalize_output, run_test_suite
 
 log = logging.getLogger(__name__)
 

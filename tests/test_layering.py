@@ -10,6 +10,8 @@ import pytest
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipeline"
 SERVICES = {"llm", "llm_errors", "sandbox", "build", "stages", "translate", "verifier", "engine", "simulator"}
+#: Modules that import nothing but each other: what the interfaces may be written in.
+LOW = {"records", "errors", "task"}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -35,6 +37,16 @@ def test_low_modules_do_not_import_the_services(module: str) -> None:
     assert not imported_modules(PIPELINE / f"{module}.py") & SERVICES
 
 
+def test_records_import_nothing_of_the_pipeline() -> None:
+    """records.py is the bottom: plain values (task inputs and tests, verdicts, results) and no pipeline import."""
+    assert imported_modules(PIPELINE / "records.py") == set()
+
+
+def test_interfaces_import_only_low_modules() -> None:
+    """The Model and Verifier interfaces speak in records only: nothing of testing, the services or the stages."""
+    assert imported_modules(PIPELINE / "interfaces.py") <= LOW
+
+
 def test_stage_loop_knows_only_the_interfaces() -> None:
     """The stage loop depends on the Model and Verifier interfaces, not on their implementations."""
     assert not imported_modules(PIPELINE / "stages.py") & {"llm", "sandbox", "build", "verifier", "testing_run"}
@@ -58,3 +70,20 @@ def test_architecture_document_matches_the_code() -> None:
     assert "unplaced" not in graph, "a new module needs a layer in scripts/architecture.py"
     assert graph in (PIPELINE.parent / "docs" / "architecture.md").read_text(), \
         "run `python scripts/architecture.py --write` and commit docs/architecture.md"
+
+
+#: asyncio calls that start a task nobody's scope owns (or join them by hand); anyio task groups replace them.
+UNSTRUCTURED = {"ensure_future", "create_task", "gather", "run_in_executor", "wait"}
+
+
+def test_no_task_outlives_its_scope() -> None:
+    """Structured concurrency only: no module of pipeline/ (the simulator included) starts tasks with asyncio's
+    ensure_future/create_task or joins them with gather/wait; every task belongs to an anyio task group."""
+    found = []
+    for path in sorted(PIPELINE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in ("asyncio", "loop")
+                    and node.func.attr in UNSTRUCTURED):
+                found.append(f"{path.relative_to(PIPELINE.parent)}:{node.lineno} {node.func.attr}")
+    assert not found, found

@@ -20,6 +20,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from pipeline.prompts import first_prompt
+from pipeline.records import STAGE_SPECS
 from pipeline.simulator import FaultPlan, LoadModel, RequestRecord, SimConfig, Simulator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,6 +178,25 @@ def test_canned_answer_is_chosen_by_key_stage_and_attempt(
     (record,) = sim.chat_requests
     assert (record.answer_key, record.attempt) == (expected.split(":")[0], attempt)
     assert record.stage == expected.split()[1]
+
+
+@pytest.mark.parametrize("stage", list(STAGE_SPECS))
+def test_every_declared_stage_is_told_apart_by_its_real_first_request(tmp_path: Path, stage: str) -> None:
+    """Stage detection follows the declarations (records.STAGE_SPECS, prompts.FIRST_REQUESTS): the pipeline's own
+    first request of each declared stage gets that stage's canned answer, for a first and a later attempt."""
+    root = tmp_path / "answers"
+    (root / "fib").mkdir(parents=True)
+    for name in STAGE_SPECS:
+        for attempt in (1, 2):
+            (root / "fib" / f"{name}-{attempt}.md").write_text(f"{name} {attempt}", encoding="utf-8")
+    first = first_prompt(stage, name="fib.c", c_source="int main(void) { return 0; }\n",  # type: ignore[arg-type]
+                         rust_source="fn main() {}\n")
+    assert f"\n```{STAGE_SPECS[stage].quotes}\n" in first  # the fence the declaration promises
+    sim = Simulator(SimConfig(answers_dir=root))
+    with sim.running() as url, client_for(url) as c:
+        texts = [content_of(chat(c, conversation(first, attempt), max_tokens=100)) for attempt in (1, 2)]
+    assert texts == [f"{stage} 1", f"{stage} 2"]
+    assert [(r.stage, r.attempt) for r in sim.chat_requests] == [(stage, 1), (stage, 2)]
 
 
 def test_answer_key_appears_only_in_a_later_user_message_is_not_matched(sim_url: Served) -> None:

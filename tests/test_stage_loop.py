@@ -12,9 +12,8 @@ import pytest
 from pipeline.config import Config, TranslationSettings
 from pipeline.differential import Oracle, OracleInput
 from pipeline.errors import RequestFailed
-from pipeline.records import Candidate, Completion, TestCounts, Usage, Verdict
+from pipeline.records import Candidate, Completion, TestCounts, TestSuite, Usage, Verdict
 from pipeline.stages import StageEnv, run_stage
-from pipeline.testing import TestSuite
 
 SUITE = TestSuite(base_dir=Path("."), cases=(), files=())
 GOOD = 'fn main() {\n    println!("ok");\n}\n'

@@ -16,13 +16,11 @@ import pytest
 
 from pipeline.config import SandboxSettings
 from pipeline.errors import TaskInputError
+from pipeline.records import SampleRun, TestCase, TestSuite
 from pipeline.sandbox import Sandbox
 from pipeline.task import Task
 from pipeline.testing import (
-    SampleRun,
-    TestCase,
     TestOutcome,
-    TestSuite,
     TestVerdict,
     input_files,
     load_test_suite,

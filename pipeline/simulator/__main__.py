@@ -9,11 +9,13 @@ while requests in flight hang; a second SIGTERM (or SIGINT) exits.
 from __future__ import annotations
 
 import argparse
-import asyncio
+import functools
 import logging
 import signal
 import sys
 from pathlib import Path
+
+import anyio
 
 from .model import COMPAT_MODES, COMPAT_VLLM, FAULT_KINDS, FaultPlan, LoadModel, SimConfig
 from .server import Simulator
@@ -64,24 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _serve(sim: Simulator, host: str, port: int, *, hang_on_sigterm: bool = False) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_sigterm() -> None:
-        if hang_on_sigterm and not sim.stopping:
-            sim.stop_accepting()
-        else:
-            stop.set()
-
-    loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    try:
-        async with sim.serve(host, port) as url:
-            print(f"listening on {url}", flush=True)
-            await stop.wait()
-    except OSError as exc:
-        print(f"simulator: cannot start: {exc}", file=sys.stderr, flush=True)
-        return 1
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with sim.serve(host, port) as url:
+                print(f"listening on {url}", flush=True)
+                async for signum in signals:
+                    if signum == signal.SIGTERM and hang_on_sigterm and not sim.stopping:
+                        sim.stop_accepting()
+                        continue
+                    break
+        except OSError as exc:
+            print(f"simulator: cannot start: {exc}", file=sys.stderr, flush=True)
+            return 1
     return 0
 
 
@@ -111,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.answers is not None and not args.answers.is_dir():
         parser.error(f"--answers {args.answers}: not a directory")
-    return asyncio.run(_serve(Simulator(config), args.host, args.port, hang_on_sigterm=args.on_sigterm == "hang"))
+    serve = functools.partial(_serve, hang_on_sigterm=args.on_sigterm == "hang")
+    return anyio.run(serve, Simulator(config), args.host, args.port)
 
 
 if __name__ == "__main__":

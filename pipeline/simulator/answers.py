@@ -10,8 +10,9 @@ Canned answers live in ``answers_dir``::
 
 * task: the key whose match string occurs in the FIRST user message; the longest match string wins
   (then the smallest key, so the choice is deterministic);
-* stage: ``inputs`` when the first user message starts with "Propose test inputs" (a request for test inputs),
-  ``idiomatic`` when it has a line starting with "```rust", else ``unidiomatic``;
+* stage: ``inputs`` when the first user message starts with "Propose test inputs" (a request for test inputs);
+  else the last stage declared in :data:`pipeline.records.STAGE_SPECS` whose ``quotes`` fence starts a line of
+  the first user message (``idiomatic`` for "```rust"), else the first stage (``unidiomatic``);
 * attempt: 1 + the number of assistant messages in the request.
 
 A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the answer). Options:
@@ -34,15 +35,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..records import STAGE_SPECS, STAGES
 from . import directive
 from .model import check_fault_kind
 from .tokens import content_text
 
 log = logging.getLogger(__name__)
 
-STAGES = ("unidiomatic", "idiomatic", "inputs")
 DIRECTIVE_KEY = "directive"
-_ANSWER_FILE = re.compile(r"^(unidiomatic|idiomatic|inputs)-(\d+)\.md$")
+#: Not a translation stage: a request for test inputs (``generate-tests``), answered from ``inputs-N.md``.
+INPUTS = "inputs"
+ANSWER_STAGES = (*STAGES, INPUTS)
+_ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, ANSWER_STAGES)) + r")-(\d+)\.md$")
+#: Later stages first: a stage's first request may also quote what an earlier one quotes (the C program).
+_DETECTION_ORDER = tuple(reversed(STAGE_SPECS.values()))
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
 _REPLY_WITH_WORD = re.compile(r"^\s*Reply with the word (\w+)\.?\s*$")
 
@@ -59,7 +65,7 @@ class Answer:
     text: str
     finish_reason: str = "stop"
     key: str | None = None
-    stage: str = "unidiomatic"
+    stage: str = STAGES[0]
     attempt: int = 1
     fault: str | None = None
 
@@ -81,15 +87,15 @@ def first_user_text(messages: list[Any]) -> str:
 
 
 def detect_stage(first_user: str) -> str:
-    """``inputs`` for a request for test inputs; ``idiomatic`` when a line starts with "```rust" (the idiomatic
-    prompt quotes Rust); else ``unidiomatic``."""
+    """``inputs`` for a request for test inputs; else the last declared stage whose quoted program's fence
+    (```` ```rust ```` for ``idiomatic``) starts a line of the first user message; else the first declared stage."""
     if first_user.lstrip().startswith("Propose test inputs"):
-        return "inputs"
-    if "```rust" in first_user:
-        for line in first_user.splitlines():
-            if line.startswith("```rust"):
-                return "idiomatic"
-    return "unidiomatic"
+        return INPUTS
+    for spec in _DETECTION_ORDER:
+        fence = "```" + spec.quotes
+        if fence in first_user and any(line.startswith(fence) for line in first_user.splitlines()):
+            return spec.name
+    return STAGES[0]
 
 
 def detect_attempt(messages: list[Any]) -> int:
@@ -170,7 +176,7 @@ class AnswerBook:
         if cached is not None:
             return cached
         assert self.root is not None
-        found: dict[str, list[tuple[int, Path]]] = {s: [] for s in STAGES}
+        found: dict[str, list[tuple[int, Path]]] = {s: [] for s in ANSWER_STAGES}
         try:
             names = [p.name for p in (self.root / key).iterdir()]
         except OSError as exc:

@@ -5,8 +5,9 @@ A task opts in with one line of its first user message (typically a comment in t
     // @sim {"id": "t42", "unidiomatic": ["compile_error", "pass"], "idiomatic": ["test_fail", "pass"],
     //       "stdout": "42", "tokens": 300}
 
-(on ONE line). For the request's stage and attempt the outcome is ``list[attempt - 1]`` (the last one repeats;
-a missing list means ``["pass"]``). Outcomes:
+(on ONE line). Each stage declared in :data:`pipeline.records.STAGE_SPECS` may have a list under its name. For
+the request's stage and attempt the outcome is ``list[attempt - 1]`` (the last one repeats; a missing list means
+``["pass"]``). Outcomes:
 
 * ``pass``: a complete program whose ``main`` prints ``stdout`` with ``println!`` (so the output is ``stdout``
   followed by one newline) and exits 0;
@@ -25,10 +26,11 @@ from __future__ import annotations
 import json
 import logging
 import unicodedata
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..records import STAGES
 from .tokens import CHARS_PER_TOKEN
 
 log = logging.getLogger(__name__)
@@ -42,14 +44,13 @@ class Directive:
     """A parsed ``@sim`` line."""
 
     id: str
-    unidiomatic: tuple[str, ...] = ("pass",)
-    idiomatic: tuple[str, ...] = ("pass",)
+    plans: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # outcomes by stage name
     stdout: str = ""
     tokens: int | None = None
 
     def outcome(self, stage: str, attempt: int) -> str:
         """The outcome for ``stage`` at ``attempt`` (1-based); the last listed outcome repeats."""
-        plan = self.idiomatic if stage == "idiomatic" else self.unidiomatic
+        plan = self.plans.get(stage, ("pass",))
         if not plan:
             return "pass"
         return plan[min(max(attempt, 1), len(plan)) - 1]
@@ -88,8 +89,7 @@ def find_directive(text: str) -> Directive | None:
         tokens = obj.get("tokens")
         return Directive(
             id=str(obj.get("id", "")),
-            unidiomatic=_outcomes(obj.get("unidiomatic")),
-            idiomatic=_outcomes(obj.get("idiomatic")),
+            plans={stage: _outcomes(obj.get(stage)) for stage in STAGES},
             stdout=str(obj.get("stdout", "")),
             tokens=int(tokens) if isinstance(tokens, (int, float)) and not isinstance(tokens, bool) else None,
         )

@@ -1,19 +1,32 @@
-"""The simulator server: vLLM's OpenAI-compatible endpoints over :mod:`.wire`, with load and faults."""
+"""The simulator server: vLLM's OpenAI-compatible endpoints over :mod:`.wire`, with load and faults.
+
+Structured concurrency (anyio): every connection is a task of the server's task group, cancelled when
+:meth:`Simulator.serve` ends; while a request is generated, a child task of the request's own task group watches
+for the client leaving (:class:`_Watch`). asyncio's stream server only accepts connections and hands them over.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import logging
+import math
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from . import answers as answers_mod
 from .model import (
@@ -65,37 +78,43 @@ def _seconds_header(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".")
 
 
-class _Slots:
-    """FIFO generation slots: at most ``capacity`` holders, waiters served strictly in arrival order."""
+T = TypeVar("T")
+_Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+#: Worker threads for the simulator's blocking file work (answer files, the request log), kept apart from the
+#: default pool so that a client in the same event loop never waits for them (or they for it).
+_FILE_THREADS = 8
 
-    def __init__(self, capacity: int) -> None:
-        self._free = capacity
-        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> None:
-        if self._free > 0 and not self._waiters:
-            self._free -= 1
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # Granted and cancelled in the same step: hand the slot on instead of leaking it.
-                self.release()
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
-            raise
+class _Closed(Exception):
+    """The client went away (or must be cut off); the connection is to be closed without more output."""
 
-    def release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._free += 1
+
+class _Watch:
+    """Notices a client leaving while its request is served: :meth:`run` reads ahead on the connection (so a
+    pipelined next request is kept) in a child task of the request's task group (see ``Simulator._watched``)."""
+
+    def __init__(self) -> None:
+        self.gone = anyio.Event()
+        self._waits: set[anyio.CancelScope] = set()
+
+    async def run(self, conn: Connection) -> None:
+        await conn.wait_client_gone()
+        self.gone.set()
+        for scope in self._waits:
+            scope.cancel()
+
+    async def unless_gone(self, work: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Await ``work(*args)`` unless the client leaves first (then cancel it and raise _Closed)."""
+        if self.gone.is_set():
+            raise _Closed
+        with anyio.CancelScope() as scope:
+            self._waits.add(scope)
+            try:
+                await work(*args)
+            finally:
+                self._waits.discard(scope)
+        if scope.cancelled_caught:
+            raise _Closed
 
 
 @dataclass
@@ -119,12 +138,8 @@ class _Draft:
     body: Any = None
     max_tokens: int | None = None
     committed: bool = False
-    gone: asyncio.Future[None] | None = None  # set while something already watches for the client leaving
+    watch: _Watch | None = None  # set while something already watches for the client leaving
     keep_alive: bool = True  # what the client asked for (HTTP/1.1 default, or Connection: close)
-
-
-class _Closed(Exception):
-    """The client went away (or must be cut off); the connection is to be closed without more output."""
 
 
 class Simulator:
@@ -146,14 +161,15 @@ class Simulator:
         self._rng = random.Random(faults.seed)
         self._serving = False
         self._base_url: str | None = None
-        self._slots: _Slots | None = None
-        self._connections: set[asyncio.Task[Any]] = set()
+        self._slots: anyio.Semaphore | None = None
+        self._threads: anyio.CapacityLimiter | None = None
         self._log_file: IO[str] | None = None
-        self._log_lock: asyncio.Lock | None = None
+        self._log_lock: anyio.Lock | None = None
         self._legacy = self.config.compat == COMPAT_LEGACY
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._server: asyncio.Server | None = None
-        self._stopping: asyncio.Event | None = None
+        self._stopping: anyio.Event | None = None
         self._idle: set[Connection] = set()
 
     # ----------------------------------------------------------------------------------------------- records
@@ -193,11 +209,7 @@ class Simulator:
         loop = self._loop
         if loop is None:
             return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
+        if threading.get_ident() == self._loop_thread:
             self._stop_accepting_now()
         else:
             loop.call_soon_threadsafe(self._stop_accepting_now)
@@ -226,35 +238,9 @@ class Simulator:
 
         Raises RuntimeError if already serving, OSError if the port cannot be bound.
         """
-        ready = threading.Event()
-        box: dict[str, Any] = {}
-
-        async def serve_until_stopped() -> None:
-            stop = asyncio.Event()
-            try:
-                async with self.serve(host, port) as url:
-                    box.update(url=url, loop=asyncio.get_running_loop(), stop=stop)
-                    ready.set()
-                    await stop.wait()
-            except BaseException as exc:  # handed to the caller's thread
-                box["error"] = exc
-            finally:
-                ready.set()
-
-        thread = threading.Thread(
-            target=asyncio.run, args=(serve_until_stopped(),), name="simulator", daemon=True)
-        thread.start()
-        ready.wait()
-        if "error" in box:
-            thread.join()
-            raise box["error"]
-        try:
-            yield str(box["url"])
-        finally:
-            box["loop"].call_soon_threadsafe(box["stop"].set)
-            thread.join()
-            if "error" in box:
-                raise box["error"]
+        with anyio.from_thread.start_blocking_portal() as portal, \
+                portal.wrap_async_context_manager(self.serve(host, port)) as url:
+            yield url
 
     @contextlib.asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
@@ -267,42 +253,53 @@ class Simulator:
             raise RuntimeError("this Simulator is already serving")
         self._serving = True
         try:
+            threads = self._threads = anyio.CapacityLimiter(_FILE_THREADS)
             if self.config.answers_dir is not None:
-                await asyncio.to_thread(self._book.scan)
+                await anyio.to_thread.run_sync(self._book.scan, limiter=threads)
             if self.config.log_path is not None:
-                self._log_file = await asyncio.to_thread(self._open_log)
-            self._log_lock = asyncio.Lock()
-            self._stopping = asyncio.Event()
-            self._loop = asyncio.get_running_loop()
-            self._slots = _Slots(self.config.load.capacity)
-            # A deep backlog: benchmarks open hundreds of connections at once.
-            server = await asyncio.start_server(self._handle, host, port, backlog=1024)
-            self._server = server
-            bound = server.sockets[0].getsockname()[1]
-            shown = f"[{host}]" if ":" in host else host
-            self._base_url = f"http://{shown}:{bound}/v1"
-            log.info("simulator listening on %s", self._base_url)
-            try:
-                yield self._base_url
-            finally:
-                server.close()
-                # Open connections (idle keep-alive, stalls, generations) end with the server.
-                while self._connections:
-                    tasks = list(self._connections)
-                    for task in tasks:
-                        task.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    self._connections.difference_update(tasks)
+                self._log_file = await anyio.to_thread.run_sync(self._open_log, limiter=threads)
+            self._log_lock = anyio.Lock()
+            self._stopping = anyio.Event()
+            self._slots = anyio.Semaphore(self.config.load.capacity)
+            arrivals, accepted = anyio.create_memory_object_stream[_Streams](math.inf)
+            with arrivals, accepted:
+                # A deep backlog: benchmarks open hundreds of connections at once.
+                server = await asyncio.start_server(
+                    functools.partial(self._arrive, arrivals), host, port, backlog=1024)
+                self._server = server
+                # The stream server is asyncio's, so the loop is too (anyio's from-thread token needs anyio 4.8).
+                self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+                bound = server.sockets[0].getsockname()[1]
+                shown = f"[{host}]" if ":" in host else host
+                self._base_url = f"http://{shown}:{bound}/v1"
+                log.info("simulator listening on %s", self._base_url)
+                error: BaseException | None = None
+                async with anyio.create_task_group() as connections:
+                    connections.start_soon(self._serve_connections, accepted, connections)
+                    try:
+                        yield self._base_url
+                    except BaseException as exc:  # the caller's; re-raised below, not wrapped in a group
+                        error = exc
+                    finally:
+                        server.close()
+                        # Open connections (idle keep-alive, stalls, generations) end with the server.
+                        connections.cancel_scope.cancel()
+                for _reader, writer in _drain(accepted):
+                    writer.transport.abort()
+                if error is not None:
+                    raise error
                 await server.wait_closed()
         finally:
             self._base_url = None
             self._serving = False
             self._loop = None
+            self._loop_thread = None
             self._server = None
             self._idle.clear()
             if self._log_file is not None:
                 log_file, self._log_file = self._log_file, None
-                await asyncio.to_thread(log_file.close)
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(log_file.close)
 
     def _open_log(self) -> IO[str]:
         assert self.config.log_path is not None
@@ -311,11 +308,22 @@ class Simulator:
 
     # --------------------------------------------------------------------------------------------- plumbing
 
+    @staticmethod
+    def _arrive(arrivals: MemoryObjectSendStream[_Streams], reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter) -> None:
+        """asyncio's callback for a new connection (a plain function, so asyncio starts no task for it)."""
+        try:
+            arrivals.send_nowait((reader, writer))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            writer.transport.abort()  # the server is ending
+
+    async def _serve_connections(self, accepted: MemoryObjectReceiveStream[_Streams], connections: TaskGroup) -> None:
+        async for reader, writer in accepted:
+            connections.start_soon(self._handle, reader, writer)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._connections.add(task)
         conn = Connection(reader, writer)
+        cut = False
         try:
             if self.stopping:
                 # Accepted in the instant before the listener closed: a stopping server drops it.
@@ -338,13 +346,14 @@ class Simulator:
                     break
         except (_Closed, ConnectionError, OSError):
             pass
-        except asyncio.CancelledError:
-            # Only serve() cancels these tasks, to stop. Ending normally (not re-raising) keeps Python 3.11's
-            # start_server callback from logging the cancellation as an error.
+        except anyio.get_cancelled_exc_class():
+            # Only serve() cancels connections, to stop: cut them off rather than wait for the client.
+            cut = True
             writer.transport.abort()
+            raise
         finally:
-            self._connections.discard(task)
-            await conn.close()
+            if not cut:
+                await conn.close()
 
     def _next_fault(self) -> str | None:
         """The fault of the next chat request in arrival order (script first, then the seeded rate)."""
@@ -377,7 +386,7 @@ class Simulator:
         if self._log_file is not None and self._log_lock is not None:
             line = record.to_json(with_body=self.config.record_bodies) + "\n"
             async with self._log_lock:
-                await asyncio.to_thread(self._write_log, line)
+                await anyio.to_thread.run_sync(self._write_log, line, limiter=self._threads)
 
     def _write_log(self, line: str) -> None:
         log_file = self._log_file
@@ -402,12 +411,13 @@ class Simulator:
         if not self.stopping:
             return
         try:
-            if draft.gone is not None:
-                await asyncio.shield(draft.gone)
+            if draft.watch is not None:
+                await draft.watch.gone.wait()
             else:
                 await conn.wait_client_gone()
-        except asyncio.CancelledError:
-            await self._commit(draft, STATUS_NO_RESPONSE)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._commit(draft, STATUS_NO_RESPONSE)
             raise
         await self._commit(draft, STATUS_CLIENT_GONE)
         raise _Closed
@@ -427,19 +437,23 @@ class Simulator:
         return await self._error(conn, draft, 400, message, SCHEMA_ERROR_TYPE, location)
 
     @staticmethod
-    async def _unless_gone(work: Awaitable[Any], gone: asyncio.Future[None]) -> None:
-        """Await ``work`` unless the client leaves first (then cancel it and raise _Closed)."""
-        task = asyncio.ensure_future(work)
-        try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if task.cancelled() or not task.done():
+    async def _watched(conn: Connection, draft: _Draft, body: Callable[[_Watch], Awaitable[T]]) -> T:
+        """``body(watch)`` while a child task watches for the client leaving. A client that left, or a send that
+        failed, ends as _Closed, raised once the watcher is gone (outside the task group, so unwrapped)."""
+        results: list[T] = []
+        async with anyio.create_task_group() as tg:
+            watch = draft.watch = _Watch()
+            tg.start_soon(watch.run, conn)
+            try:
+                results.append(await body(watch))
+            except (_Closed, ConnectionError, OSError):
+                pass
+            finally:
+                draft.watch = None
+                tg.cancel_scope.cancel()
+        if not results:
             raise _Closed
-        task.result()
+        return results[0]
 
     # ----------------------------------------------------------------------------------------------- routes
 
@@ -565,7 +579,7 @@ class Simulator:
         max_tokens = draft.max_tokens = refusal
 
         try:
-            answer = await asyncio.to_thread(self._book.choose, messages)
+            answer = await anyio.to_thread.run_sync(self._book.choose, messages, limiter=self._threads)
         except OSError as exc:
             log.error("simulator: cannot read a canned answer: %s", exc)
             return await self._error(conn, draft, 500, f"simulator: cannot read a canned answer: {exc}",
@@ -590,35 +604,36 @@ class Simulator:
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
         assert self._slots is not None
         slots = self._slots
-        gone = draft.gone = asyncio.ensure_future(conn.wait_client_gone())
-        acquired = False
+
+        async def generate(watch: _Watch) -> bool:
+            acquired = False
+            try:
+                if draft.stream:
+                    # Like vLLM (a streaming response), the headers go out at once, before queueing.
+                    await conn.send(response_head(200, [
+                        ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
+                        ("transfer-encoding", "chunked")], keep_alive=draft.keep_alive))
+                await watch.unless_gone(slots.acquire)
+                acquired = True
+                draft.start = time.monotonic()
+                if draft.stream:
+                    await self._stream(conn, draft, watch, text, finish, include_usage, fault == "malformed")
+                    return draft.keep_alive
+                await watch.unless_gone(anyio.sleep, self.config.load.service_time(
+                    draft.prompt_tokens or 0, draft.completion_tokens or 0))
+                if fault == "malformed":
+                    full = self._completion(draft, text, finish)
+                    return await self._reply(conn, draft, 200, full[: max(1, len(full) // 2)])
+                return await self._reply(conn, draft, 200, self._completion(draft, text, finish))
+            finally:
+                if acquired:
+                    slots.release()
+
         try:
-            if draft.stream:
-                # Like vLLM (a streaming response), the headers go out at once, before queueing.
-                await conn.send(response_head(200, [
-                    ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
-                    ("transfer-encoding", "chunked")], keep_alive=draft.keep_alive))
-            await self._unless_gone(slots.acquire(), gone)
-            acquired = True
-            draft.start = time.monotonic()
-            if draft.stream:
-                await self._stream(conn, draft, gone, text, finish, include_usage, fault == "malformed")
-                return draft.keep_alive
-            await self._unless_gone(asyncio.sleep(self.config.load.service_time(
-                draft.prompt_tokens or 0, draft.completion_tokens)), gone)
-            if fault == "malformed":
-                full = self._completion(draft, text, finish)
-                return await self._reply(conn, draft, 200, full[: max(1, len(full) // 2)])
-            return await self._reply(conn, draft, 200, self._completion(draft, text, finish))
-        except (_Closed, ConnectionError, OSError):
+            return await self._watched(conn, draft, generate)
+        except _Closed:
             await self._commit(draft, STATUS_CLIENT_GONE)
-            raise _Closed from None
-        finally:
-            if acquired:
-                slots.release()
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+            raise
 
     def _context_refusal(self, prompt: int, max_tokens: int | None) -> tuple[str, str | None] | int:
         """The 400 (message, param) when the prompt and max_tokens do not fit, else the completion budget to use.
@@ -666,14 +681,11 @@ class Simulator:
         if fault == "trickle":
             await self._trickle(conn, draft)
         if fault == "stall":
-            gone = asyncio.ensure_future(conn.wait_client_gone())
-            try:
-                with contextlib.suppress(_Closed):
-                    await self._unless_gone(asyncio.sleep(self.config.faults.stall_seconds), gone)
-            finally:
-                gone.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await gone
+            async def stall(watch: _Watch) -> None:
+                await watch.unless_gone(anyio.sleep, self.config.faults.stall_seconds)
+
+            with contextlib.suppress(_Closed):
+                await self._watched(conn, draft, stall)
         await self._commit(draft, STATUS_NO_RESPONSE)
         raise _Closed
 
@@ -682,18 +694,17 @@ class Simulator:
         body = self._completion(draft, "A trickled answer.", "stop")
         await conn.send(response_head(200, [("content-type", "application/json"),
                                             ("content-length", str(len(body)))], keep_alive=False))
-        gone = draft.gone = asyncio.ensure_future(conn.wait_client_gone())
-        try:
+
+        async def trickle(watch: _Watch) -> None:
             for at in range(len(body)):
-                await self._unless_gone(asyncio.sleep(self.config.faults.trickle_interval), gone)
+                await watch.unless_gone(anyio.sleep, self.config.faults.trickle_interval)
                 await conn.send(body[at: at + 1])
-        except (_Closed, ConnectionError, OSError):
+
+        try:
+            await self._watched(conn, draft, trickle)
+        except _Closed:
             await self._commit(draft, STATUS_CLIENT_GONE)
-            raise _Closed from None
-        finally:
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+            raise
         await self._commit(draft, 200)
         raise _Closed
 
@@ -717,7 +728,7 @@ class Simulator:
         })
 
     async def _stream(
-        self, conn: Connection, draft: _Draft, gone: asyncio.Future[None], text: str, finish: str,
+        self, conn: Connection, draft: _Draft, watch: _Watch, text: str, finish: str,
         include_usage: bool, malformed: bool,
     ) -> None:
         """Send ``text`` as server-sent events, paced by the load model; _Closed if the client leaves."""
@@ -736,7 +747,7 @@ class Simulator:
         # the whole stream takes the same service time as a plain answer.
         due = (draft.start or time.monotonic()) + load.service_time(draft.prompt_tokens or 0, 0)
         if due > time.monotonic():
-            await self._unless_gone(asyncio.sleep(due - time.monotonic()), gone)
+            await watch.unless_gone(anyio.sleep, due - time.monotonic())
         await self._hang_if_stopping(conn, draft)
         await conn.send(event([delta({"role": "assistant", "content": ""})]))
         step = (LEGACY_STREAM_CHUNK_TOKENS if self._legacy else STREAM_CHUNK_TOKENS) * CHARS_PER_TOKEN
@@ -745,8 +756,8 @@ class Simulator:
             piece = text[at: at + step]
             due += load.decode_per_token * text_tokens(piece)
             if due > time.monotonic():
-                await asyncio.sleep(due - time.monotonic())
-            if gone.done():
+                await anyio.sleep(due - time.monotonic())
+            if watch.gone.is_set():
                 raise _Closed
             await self._hang_if_stopping(conn, draft)
             if malformed and at >= len(text) // 2:
@@ -767,3 +778,12 @@ class Simulator:
                                              "total_tokens": prompt + completion}))
         await self._commit(draft, 200)
         await conn.send(chunk(b"data: [DONE]\n\n") + LAST_CHUNK)
+
+
+def _drain(accepted: MemoryObjectReceiveStream[_Streams]) -> Iterator[_Streams]:
+    """Connections accepted but never served (the server ended first)."""
+    while True:
+        try:
+            yield accepted.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return

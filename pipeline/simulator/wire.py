@@ -1,5 +1,9 @@
 """A small HTTP/1.1 server layer over asyncio streams: requests in, bytes out, keep-alive.
 
+The bytes go through asyncio's streams (not anyio's socket streams) because a response sent before a close must
+reach the client: ``StreamWriter.close()`` flushes and then sends FIN, while anyio's ``SocketStream.aclose()``
+aborts the transport and drops what is still buffered. All concurrency around it is anyio (see :mod:`.server`).
+
 Enough of HTTP/1.1 for OpenAI clients: request bodies by Content-Length (chunked bodies are accepted too),
 ``Expect: 100-continue``, persistent connections (HTTP/1.1 default, ``Connection: close`` honoured), responses
 with Content-Length or chunked transfer encoding (for server-sent events).
@@ -11,6 +15,8 @@ import asyncio
 import contextlib
 from dataclasses import dataclass
 from http import HTTPStatus
+
+import anyio
 
 HEAD_LIMIT = 64 * 1024
 BODY_LIMIT = 64 * 1024 * 1024
@@ -202,7 +208,7 @@ class Connection:
             if not await self._fill():
                 return
         # A client that floods us while we answer is not leaving; stop reading and never return.
-        await asyncio.get_running_loop().create_future()
+        await anyio.sleep_forever()
 
     async def send(self, data: bytes) -> None:
         """Write ``data`` and wait until it is handed to the OS. Raises ConnectionError if the client left."""
