@@ -218,14 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"skipped: no corpus at {', '.join(missing)}", file=sys.stderr)
         return 0
     folders = corpus_folders(args.folders)
-    measured = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    measured, load_before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="differential-cache-", dir="/tmp") as cache:
         rows = anyio.run(measure, folders, args.inputs, args.seed, Path(cache), args.warm)
     lines = table(rows)
     print("\n".join(lines))
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"command": ["python", "-m", "bench.differential", *(argv if argv is not None else sys.argv[1:])],
-            "measured": measured, "load_average": os.getloadavg(), "inputs": args.inputs, "seed": args.seed,
+            "measured": measured, "load_average": {"start": load_before, "end": os.getloadavg()},
+            "inputs": args.inputs, "seed": args.seed,
             "folders": [str(f) for f in folders], "tasks": [row.to_json() for row in rows]}
     target = RESULTS / "differential.json"
     tmp = target.with_suffix(".json.tmp")
