@@ -111,6 +111,9 @@ class TranslationSettings:
     #: :mod:`pipeline.differential`. 20 costs about a second of CPU per task once (gcc, the C runs, cached) and
     #: 20 short runs per attempt that passed the shipped tests.
     differential: int = 20
+    #: Inputs the model is asked for once per task, before the oracle is built (0: none asked); the C program
+    #: judges them like the mutations (:func:`pipeline.proposals.propose_inputs`). One more request per task.
+    differential_model_inputs: int = 0
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,11 @@ SETTINGS: tuple[Setting, ...] = (
        switches=(("--no-differential", 0, "do not compare with the C program on generated inputs"),),
        help="generated inputs per task on which the translation must agree with the C program "
             "(default 20; 0 or --no-differential: off)"),
+    _s("translation", "differential_model_inputs", int, "differential", "model_inputs",
+       flag="--differential-model-inputs", env="C2RUST_DIFFERENTIAL_MODEL_INPUTS", job=True, panel="translation",
+       low=0, high=100, metavar="N",
+       help="ask the model once per task for N test inputs, judged by the C program like the generated ones "
+            "(default 0: none asked; one more request per task)"),
     _s("run", "executor", str, "pipeline", flag="--executor", job=True, panel="translation", choices=EXECUTORS,
        metavar="local|ray", help="where builds and tests run: this machine (default) or a Ray cluster "
        "(pip install -e '.[ray]')"),

@@ -145,6 +145,7 @@ def settings_fingerprint(config: Config) -> str:
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
         **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
+        **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
     })
 
 

@@ -34,9 +34,12 @@ class Verifier(Protocol):
         ``oracle``, a program that passes ``suite`` must also agree with the C program on its inputs."""
         ...
 
-    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+    async def oracle(
+        self, c_source: str, suite: TestSuite, key: str, proposed: Sequence[str] = ()
+    ) -> Oracle | None:
         """What the C program says on inputs beyond the suite's (differential testing), prepared once per task;
-        None when switched off. ``key`` names the task's inputs, for caching."""
+        None when switched off. ``key`` names the task's inputs, for caching; ``proposed`` inputs (the model's)
+        are tried first, under the same rules."""
         ...
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:

@@ -17,12 +17,13 @@ import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .differential import feedable
 from .errors import TaskFailure
 from .interfaces import Model
+from .records import Usage
 from .task import Feed
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Proposal:
     parsed: int = 0  # items found in the answer, before deduplication and caps
     problem: str | None = None  # why there are none (request failed, nothing parseable)
     tokens: int = 0  # prompt + completion tokens the request used
+    usage: Usage = field(default_factory=Usage)  # the same, split as the server reported them
+    requests: int = 0  # chat requests sent (1 + retries)
 
 
 def proposal_request(name: str, c_source: str, feed: Feed, examples: Sequence[str], count: int) -> str:
@@ -107,7 +110,7 @@ async def propose_inputs(
         completion = await model.complete(messages, purpose=f"{name}: input proposals")
     except TaskFailure as exc:
         log.warning("%s: the model proposed no inputs: %s", name, exc)
-        return Proposal((), problem=f"the request failed: {exc}")
+        return Proposal((), problem=f"the request failed: {exc}", requests=exc.requests)
     tokens = completion.usage.prompt_tokens + completion.usage.completion_tokens
     items = parse_proposals(completion.text)
     known = set(examples)
@@ -116,7 +119,7 @@ async def propose_inputs(
     if completion.truncated:
         problem = (problem + "; " if problem else "") + "the answer was cut off at max_tokens"
     log.info("%s: the model proposed %d inputs, %d new and usable", name, len(items), len(fresh))
-    return Proposal(tuple(fresh), len(items), problem, tokens)
+    return Proposal(tuple(fresh), len(items), problem, tokens, completion.usage, completion.requests)
 
 
 def parse_proposals(text: str) -> list[str]:

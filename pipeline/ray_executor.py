@@ -32,7 +32,7 @@ import socket
 import tarfile
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +44,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from .build import Toolchain
 from .config import Config
-from .differential import Oracle
 from .errors import ConfigError, FatalError, TaskFailure
-from .records import Candidate, Verdict
+from .records import Candidate, Oracle, Verdict
 from .sandbox import Sandbox, _copy_files
 from .testing import TestSuite
 from .verifier import LocalVerifier
@@ -182,11 +181,12 @@ def verify_job(config: Config, candidate: Candidate, shipped: ShippedSuite, orac
     return verdict
 
 
-def oracle_job(config: Config, c_source: str, shipped: ShippedSuite, key: str) -> Oracle | None:
+def oracle_job(config: Config, c_source: str, shipped: ShippedSuite, key: str, proposed: Sequence[str]
+               ) -> Oracle | None:
     """A Ray task: the C program's oracle on generated inputs (a plain value; cached on the node by ``key``)."""
     node = _node_verifier(config)
     with unpacked(shipped, node.verifier.sandbox.scratch) as suite:
-        oracle: Oracle | None = node.run(node.verifier.oracle, c_source, suite, key)
+        oracle: Oracle | None = node.run(node.verifier.oracle, c_source, suite, key, proposed)
     return oracle
 
 
@@ -361,11 +361,14 @@ class RayVerifier:
                                            oracle)
         return verdict
 
-    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+    async def oracle(
+        self, c_source: str, suite: TestSuite, key: str, proposed: Sequence[str] = ()
+    ) -> Oracle | None:
         if self.config.translation.differential <= 0:
             return None
         shipped = await anyio.to_thread.run_sync(ship_suite, suite)
-        oracle: Oracle | None = await self._run("oracle", TASK_NAMES["oracle"], c_source, shipped, key)
+        oracle: Oracle | None = await self._run("oracle", TASK_NAMES["oracle"], c_source, shipped, key,
+                                                tuple(proposed))
         return oracle
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:

@@ -239,6 +239,10 @@ def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             out["vacuous_tests"] += 1
         elif kind == "input_error":
             out["input_errors"] += 1
+        # The input-proposal request (differential testing) is the task's too.
+        asked = (rec.get("differential") or {}).get("proposals") or {}
+        out["prompt_tokens"] += asked.get("prompt_tokens", 0) or 0
+        out["completion_tokens"] += asked.get("completion_tokens", 0) or 0
         for name in STAGES:
             st = rec.get("stages", {}).get(name, {})
             status = st.get("status", "not_run")
@@ -266,6 +270,10 @@ def _add_differential(totals: dict[str, Any], record: Mapping[str, Any]) -> None
         totals["rejected"][reason] = totals["rejected"].get(reason, 0) + count
     for stage in (record.get("stages") or {}).values():
         totals["mismatches"] += stage.get("differential_mismatches", 0) or 0
+    asked = report.get("proposals") or {}
+    if asked:  # only when the model was asked for inputs (--differential-model-inputs)
+        totals["proposal_requests"] = totals.get("proposal_requests", 0) + (asked.get("requests", 0) or 0)
+        totals["proposed_kept"] = totals.get("proposed_kept", 0) + (asked.get("kept", 0) or 0)
 
 
 def render_table(summary: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,9 @@ from typing import Any
 import aiofiles
 import anyio
 
+from .differential import applicable
 from .errors import TaskFailure, TaskInputError
+from .proposals import Proposal, propose_inputs
 from .records import StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
@@ -85,6 +87,35 @@ async def _vacuous_tests(env: StageEnv, suite: TestSuite, key_hash: str) -> str 
     return "; ".join(found[:3]) + more
 
 
+async def _proposals(env: StageEnv, name: str, inputs: TaskInputs) -> Proposal | None:
+    """The model's proposed inputs for the oracle, when ``[differential] model_inputs`` asks for some and the
+    tests feed inputs (else None, and no request is sent). A failed request is a Proposal with a ``problem``:
+    the oracle goes on with mutations alone."""
+    count = env.config.translation.differential_model_inputs
+    if count <= 0 or env.config.translation.differential <= 0:
+        return None
+    feed, shipped, _ = applicable(inputs.suite)
+    if feed is None:
+        return None
+    proposal = await propose_inputs(env.model, name=name, c_source=inputs.c_source, feed=feed, examples=shipped,
+                                    count=count)
+    event: dict[str, Any] = {"event": "input_proposals", "asked": count, "proposed": list(proposal.inputs),
+                             "prompt_tokens": proposal.usage.prompt_tokens,
+                             "completion_tokens": proposal.usage.completion_tokens}
+    if proposal.problem:
+        event["message"] = proposal.problem
+    env.record(event)
+    return proposal
+
+
+def _proposal_report(proposal: Proposal, asked: int) -> dict[str, Any]:
+    """The task record's account of the proposal request: inputs asked, parsed and usable, its cost, and why
+    there are none when the request failed or the answer held none."""
+    return {"asked": asked, "parsed": proposal.parsed, "usable": len(proposal.inputs),
+            "requests": proposal.requests, "prompt_tokens": proposal.usage.prompt_tokens,
+            "completion_tokens": proposal.usage.completion_tokens, "note": proposal.problem}
+
+
 async def translate_task(
     env: StageEnv, task: Task, key_hash: str, files: TaskFiles | None = None
 ) -> tuple[TaskResult, list[dict[str, Any]]]:
@@ -109,13 +140,19 @@ async def translate_task(
         transcript.append({"event": "vacuous_tests", "message": vacuous})
         return TaskResult(*ident, reason=vacuous, failure_kind="vacuous_tests",
                           wall_seconds=time.perf_counter() - started), transcript
-    oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash)
-    report = oracle.report() if oracle is not None else {"status": "off"}
+    name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
+    proposal = await _proposals(env, name, inputs)
+    oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash,
+                                       proposed=proposal.inputs if proposal else ())
+    report: dict[str, Any] = oracle.report() if oracle is not None else {"status": "off"}
+    if proposal is not None:
+        kept = sum(item.input in proposal.inputs for item in oracle.inputs) if oracle is not None else 0
+        report["proposals"] = {**_proposal_report(proposal, env.config.translation.differential_model_inputs),
+                               "kept": kept}
     if oracle is not None:
         log.debug("%s: differential testing: %s", task.id, oracle.note or
                  f"{len(oracle.inputs)} of {oracle.tried} generated inputs kept (rejected: {dict(oracle.rejected)})")
         transcript.append({"event": "differential", **report})
-    name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
     stages: list[StageResult] = []
     unidiomatic = await _with_code_stats(env, await run_stage(
         env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite, oracle=oracle,

@@ -18,7 +18,7 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,9 @@ class LocalVerifier:
                 return await self.run_tests(binary, suite)
             return await run_test_suite(binary, suite, sandbox=self.sandbox, limits=limits, fail_fast=fail_fast)
 
-    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+    async def oracle(
+        self, c_source: str, suite: TestSuite, key: str, proposed: Sequence[str] = ()
+    ) -> Oracle | None:
         budget = self.config.translation.differential
         if budget <= 0:
             return None
@@ -176,7 +178,8 @@ class LocalVerifier:
         )
         return await build_oracle(c_source, suite, sandbox=self.sandbox, cpu=self.cpu, budget=budget,
                                   seed=DIFFERENTIAL_SEED, limits=limits,
-                                  cache_dir=self.config.toolchain.resolved_cache_dir(), key=f"{key}:{selected}")
+                                  cache_dir=self.config.toolchain.resolved_cache_dir(), key=f"{key}:{selected}",
+                                  proposed=proposed)
 
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:
         limits = self.sandbox.limits(

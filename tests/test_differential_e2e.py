@@ -299,3 +299,75 @@ async def test_on_the_shared_corpus_c_agrees_with_its_own_oracle(
     assert row.agreed == 20, row.line()
     if name == "s403666666":
         assert row.oracle.rejected.get("optimisation_dependent", 0) >= 1, row.line()
+
+
+# Doubles a long, except for one value no mutation of the samples reaches (3, 21 -> +-1, x2, x10, 0, -1, ...).
+MAGIC_C = c_reading_a_long('    if (n == 1234) puts("magic"); else printf("%ld\\n", n * 2);\n')
+# Passes both samples and every mutation of them: only an input the model proposes shows it wrong.
+MAGIC_RS = DOUBLE_I64
+MAGIC_FIXED = rust_reading_a_number("i64", '        Some(1234) => println!("magic"),\n'
+                                           '        Some(n) => println!("{}", n * 2),\n')
+
+
+@pytest.mark.parametrize("asked", [pytest.param(3, id="three-asked"), pytest.param(0, id="off-by-default")])
+def test_model_proposed_inputs_catch_what_mutations_miss(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path, asked: int
+) -> None:
+    """--differential-model-inputs N asks the model once per task for inputs before the oracle is built: the
+    proposed 1234 is the counterexample that rejects a translation every mutation agrees with, and the request's
+    tokens count in the task's totals. Off (the default), no proposal request is sent and the translation
+    verifies on mutations alone; switching it on then redoes the task (the settings fingerprint changed)."""
+    corpus.add_task("magic", c_source=MAGIC_C, samples=DOUBLE_SAMPLES,
+                    unidiomatic=[answer(MAGIC_RS), answer(MAGIC_FIXED)], idiomatic=[answer(MAGIC_FIXED)])
+    (corpus.answers / "magic" / "inputs-1.md").write_text('Edge cases:\n\n```json\n["0", "1234", "-8"]\n```\n')
+    sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    flags = ("--differential-model-inputs", str(asked)) if asked else ()
+    result = run_corpus(cli, corpus, url, out, *flags)
+    assert result.returncode == 0, result.output
+    proposals = [r for r in sim.chat_requests if r.stage == "inputs"]
+    record = task_record(out, "magic")
+    if not asked:
+        assert proposals == [] and "proposals" not in record["differential"]
+        assert record["stages"]["unidiomatic"]["attempts"] == 1  # the wrong translation verified
+        assert "1234" not in [s["input"] for s in kept_samples(out, "magic")]
+        fingerprint = summary(out)["run"]["settings_fingerprint"]
+        # Asking for inputs is part of the settings fingerprint: the rerun redoes the task and catches it.
+        result = run_corpus(cli, corpus, url, out, "--differential-model-inputs", "3")
+        assert result.returncode == 0, result.output
+        assert summary(out)["run"]["settings_fingerprint"] != fingerprint
+        assert kinds(out, "magic") == ["differential_mismatch"]
+        assert len([r for r in sim.chat_requests if r.stage == "inputs"]) == 1
+        return
+    assert len(proposals) == 1 and proposals[0].answer_key == "magic"
+    assert "3 inputs" in proposals[0].body["messages"][-1]["content"]
+    assert kinds(out, "magic") == ["differential_mismatch"]
+    assert {"input": "1234", "output": "magic"} in kept_samples(out, "magic")
+    info = json.loads((out / "magic" / "unidiomatic_failure_info.json").read_text())
+    assert "generated input 1 ('1234')" in info["attempts"][0]["message"]
+    assert "Standard input:\n1234\n" in requests_for(sim, "magic")[2]["messages"][-1]["content"]
+    asked_record = record["differential"]["proposals"]
+    assert (asked_record["asked"], asked_record["usable"], asked_record["kept"]) == (3, 3, 3)
+    assert asked_record["requests"] == 1 and asked_record["prompt_tokens"] > 0
+    stage_tokens = sum(s.get("prompt_tokens", 0) for s in record["stages"].values())
+    assert summary(out)["totals"]["prompt_tokens"] == stage_tokens + asked_record["prompt_tokens"]
+
+
+def test_a_proposal_answer_without_inputs_is_noted_and_the_task_goes_on(
+    cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """When the model's answer to the proposal request holds no inputs, the task is not failed: the record says
+    why, and the oracle is built from mutations alone."""
+    corpus.add_task("magic", c_source=MAGIC_C, samples=DOUBLE_SAMPLES, unidiomatic=[answer(MAGIC_FIXED)],
+                    idiomatic=[answer(MAGIC_FIXED)])
+    (corpus.answers / "magic" / "inputs-1.md").write_text("I would rather not choose inputs.\n")
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = run_corpus(cli, corpus, url, out, "--differential-model-inputs", "4")
+    assert result.returncode == 0, result.output
+    record = task_record(out, "magic")
+    assert record["status"] == "verified" and record["differential"]["status"] == "checked"
+    asked = record["differential"]["proposals"]
+    assert (asked["asked"], asked["usable"], asked["kept"]) == (4, 0, 0)
+    assert asked["note"] == "the answer held no JSON list of inputs"
+    assert record["differential"]["inputs"] >= 15  # every usable mutation of two one-number samples

@@ -65,7 +65,7 @@ class FakeVerifier:
     async def vacuous_tests(self, suite: TestSuite, key: str) -> list[str]:
         return []
 
-    async def oracle(self, c_source: str, suite: TestSuite, key: str) -> Oracle | None:
+    async def oracle(self, c_source: str, suite: TestSuite, key: str, proposed: Sequence[str] = ()) -> Oracle | None:
         return None
 
     async def code_stats(self, code: str) -> dict[str, Any]:
