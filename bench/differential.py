@@ -39,8 +39,9 @@ import anyio
 
 from bench.common import RESULTS, ROOT
 from pipeline.config import SandboxSettings
-from pipeline.differential import GCC_FLAGS, Oracle, build_oracle
+from pipeline.differential import GCC_FLAGS, build_oracle
 from pipeline.discovery import discover
+from pipeline.records import Oracle
 from pipeline.sandbox import Limits, Sandbox, run_process, tool_env
 from pipeline.task import Task, hash_contents
 from pipeline.testing import load_test_suite, run_test_suite

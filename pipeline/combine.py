@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from .build import Toolchain
 from .c_program import CProgram
 from .c_types import TypeTranslation
+from .records import TestSuite
 from .sandbox import Limits, Sandbox
-from .testing import TestSuite, TestVerdict, run_test_suite
+from .testing import TestVerdict, run_test_suite
 
 PRELUDE = (
     "#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unused_imports, "

@@ -41,11 +41,10 @@ from pathlib import Path
 import anyio
 
 from .cache import read_json, write_json
-from .records import Oracle as Oracle
-from .records import OracleInput as OracleInput
+from .records import Oracle, OracleInput, TestSuite
 from .sandbox import Limits, ProcessResult, Sandbox, run_process, tool_env
 from .task import Feed
-from .testing import TestSuite, normalize_output
+from .testing import normalize_output
 
 log = logging.getLogger(__name__)
 

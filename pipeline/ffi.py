@@ -31,8 +31,9 @@ import anyio
 from .build import STATICLIB_LINK_FLAGS, Toolchain
 from .c_program import CItem, CProgram
 from .c_types import TypeTranslation
+from .records import TestSuite
 from .sandbox import Limits, Sandbox, run_process, tool_env
-from .testing import TestSuite, TestVerdict, run_test_suite
+from .testing import TestVerdict, run_test_suite
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from .function_context import function_context
 from .interfaces import Model
 from .items import ItemBook, blocked_items, item_digests
 from .prompts import Turn, conversation
+from .records import TestSuite
 from .sandbox import Limits, Sandbox
-from .testing import TestSuite
 
 log = logging.getLogger(__name__)
 

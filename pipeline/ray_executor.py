@@ -45,9 +45,8 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from .build import Toolchain
 from .config import Config
 from .errors import ConfigError, FatalError, TaskFailure
-from .records import Candidate, Oracle, Verdict
+from .records import Candidate, Oracle, TestSuite, Verdict
 from .sandbox import Sandbox, _copy_files
-from .testing import TestSuite
 from .verifier import LocalVerifier
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from .prompts import Turn, conversation, cut_off_turn, first_prompt
 from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, TestSuite, Usage, Verdict
 
 if TYPE_CHECKING:
-    from .differential import Oracle
+    from .records import Oracle
 
 log = logging.getLogger(__name__)
 

@@ -45,9 +45,7 @@ from .errors import TaskInputError
 
 # The test records live with the other plain values (records.py); named here as well so that code written before
 # they moved (verifier.py, differential.py on other branches) keeps importing them from here.
-from .records import SampleRun as SampleRun
-from .records import TestCase as TestCase
-from .records import TestSuite as TestSuite
+from .records import SampleRun, TestCase, TestSuite
 from .task import Feed, Task
 
 if TYPE_CHECKING:

@@ -27,11 +27,11 @@ import anyio
 
 from .build import BuildResult, Toolchain
 from .config import Config
-from .differential import RUN_SECONDS, Oracle, applicable, build_oracle
-from .records import STAGE_SPECS, AttemptKind, Candidate, StageName, TestCounts, Verdict
+from .differential import RUN_SECONDS, applicable, build_oracle
+from .records import STAGE_SPECS, AttemptKind, Candidate, Oracle, StageName, TestCounts, TestSuite, Verdict
 from .rust_source import first_unsafe_line
 from .sandbox import Limits, Sandbox
-from .testing import TestSuite, TestVerdict, run_test_suite
+from .testing import TestVerdict, run_test_suite
 from .vacuity import find_vacuous
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from pipeline.config import Config, TranslationSettings
-from pipeline.differential import Oracle, OracleInput
 from pipeline.errors import RequestFailed
-from pipeline.records import Candidate, Completion, TestCounts, TestSuite, Usage, Verdict
+from pipeline.records import Candidate, Completion, Oracle, OracleInput, TestCounts, TestSuite, Usage, Verdict
 from pipeline.stages import StageEnv, run_stage
 
 SUITE = TestSuite(base_dir=Path("."), cases=(), files=())

@@ -8,8 +8,9 @@ import subprocess
 from pathlib import Path
 
 from pipeline.c_program import CProgram, parse_program
+from pipeline.records import TestSuite
 from pipeline.task import Task
-from pipeline.testing import TestSuite, load_test_suite
+from pipeline.testing import load_test_suite
 
 PROGRAM_C = r"""
 #include <stdio.h>

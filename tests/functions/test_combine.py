@@ -11,8 +11,8 @@ from pipeline.c_program import CProgram
 from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.combine import WHOLE_PROGRAM, combine, verify_combined
 from pipeline.ffi import verify_function
+from pipeline.records import TestSuite
 from pipeline.sandbox import Sandbox
-from pipeline.testing import TestSuite
 from tests.functions.function_fixtures import RUST_FUNCTIONS, numbers_task
 
 

@@ -13,9 +13,10 @@ from pipeline.c_program import CProgram
 from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.discovery import discover
 from pipeline.ffi import FfiVerdict, drop_static, harness_c_source, harness_rust_source, verify_function
+from pipeline.records import TestSuite
 from pipeline.sandbox import Sandbox
 from pipeline.task import Task
-from pipeline.testing import TestSuite, load_test_suite
+from pipeline.testing import load_test_suite
 from tests.functions.conftest import FUNCTIONS
 
 CMP_VALUE = """

@@ -19,9 +19,8 @@ from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.extract import BEGIN_MARK, END_MARK
 from pipeline.function_stage import FunctionEnv, translate_by_function
 from pipeline.items import ItemBook
-from pipeline.records import Completion, Usage
+from pipeline.records import Completion, TestSuite, Usage
 from pipeline.sandbox import Sandbox
-from pipeline.testing import TestSuite
 from tests.functions.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, numbers_task
 
 ANSWERS = {"push": [PUSH], "sum": [SUM], "is_even+is_odd": [EVEN_ODD], "main": [MAIN]}
