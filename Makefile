@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV_PYTHON := .venv/bin/python
 
-.PHONY: setup demo test test-vllm lint bench
+.PHONY: setup demo test test-vllm test-ray lint bench
 
 setup:
 	@$(PYTHON) scripts/setup.py
@@ -20,6 +20,11 @@ test: setup
 test-vllm: setup
 	$(VENV_PYTHON) scripts/vllm/vllm_env.py ensure
 	C2RUST_VLLM_SUITE=1 $(VENV_PYTHON) -m pytest -q -p no:cacheprovider --durations=5 tests/vllm
+
+# The Ray executor's suite (tests/test_ray_executor.py): starts Ray clusters on 127.0.0.1; needs the ray extra,
+# which `make setup` installs (C2RUST_REQUIRE_RAY=1: a missing Ray fails the suite instead of skipping it).
+test-ray: setup
+	C2RUST_RAY_SUITE=1 C2RUST_REQUIRE_RAY=1 $(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/test_ray_executor.py
 
 lint: setup
 	$(VENV_PYTHON) -m ruff check .
