@@ -33,7 +33,7 @@ class ScriptedModel:
     scripts: dict[str, list[str]]
     seen: list[tuple[str, list[dict[str, str]]]] = field(default_factory=list)
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1) -> Completion:
         match = re.search(r"Translate the C functions? (.+?) of the program", messages[1]["content"])
         assert match is not None, messages[1]["content"][:200]
         group = "+".join(re.findall(r"`(\w+)`", match.group(1)))
