@@ -97,8 +97,15 @@ async def judge_choices(
         else:
             groups.setdefault(extraction.candidates or (extraction.code,), []).append(index)
 
+    failures: list[Exception] = []
+
     async def verify(programs: tuple[str, ...], indices: list[int], scope: anyio.CancelScope) -> None:
-        verdict = await verifier.verify(Candidate(stage, programs), suite, oracle)
+        try:
+            verdict = await verifier.verify(Candidate(stage, programs), suite, oracle)
+        except Exception as exc:  # a fatal error (a full disk): raised below as it is, not in an exception group
+            failures.append(exc)
+            scope.cancel()
+            return
         for index in indices:
             verdicts[index] = verdict
         if verdict.verified:
@@ -111,6 +118,8 @@ async def judge_choices(
         async with anyio.create_task_group() as tg:
             for programs, indices in groups.items():
                 tg.start_soon(verify, programs, indices, tg.cancel_scope)
+    if failures:
+        raise failures[0]
     judged = tuple(Judged(i, choices[i], verdicts[i], extracted[i].code, extracted[i].cut_off)
                    for i in range(len(choices)) if i in verdicts)
     winners = [j for j in judged if j.verdict.verified]
