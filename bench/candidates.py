@@ -33,25 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    CLI,
-    MODEL,
-    RESULTS,
-    ROOT,
-    LoadSpec,
-    TaskPlan,
-    chat,
-    clean_env,
-    markdown_table,
-    read_log,
-    run_measured,
-    simulator,
-    slot_seconds,
-    utilisation,
-    write_config,
-    write_corpus,
-    write_json,
-)
+from . import common
+from .common import LoadSpec, TaskPlan
 
 LOADS = {
     # 8 slots, about 6 s per answer of 300 tokens, a prompt's prefill a thirtieth of a decode per token: the server
@@ -80,22 +63,23 @@ def run_one(rate: float, n: int, args: argparse.Namespace, corpus: Path, work: P
     """One CLI run over ``corpus`` with ``--candidates n`` against a fresh simulator; its figures."""
     load = LOADS[args.load]
     label = f"p{rate:g}-n{n}"
-    with simulator(load, work / f"{label}.jsonl", stderr_path=work / f"{label}-sim.err") as sim:
+    with common.simulator(load, work / f"{label}.jsonl", stderr_path=work / f"{label}-sim.err") as sim:
         out = work / f"{label}-out"
-        argv = [sys.executable, str(CLI), "--config", str(config), "--c-files", str(corpus), "--json-files",
-                str(corpus), "--output", str(out), "--base-url", sim.url, "--model", MODEL,
+        argv = [sys.executable, str(common.CLI), "--config", str(config), "--c-files", str(corpus), "--json-files",
+                str(corpus), "--output", str(out), "--base-url", sim.url, "--model", common.MODEL,
                 "--workers", str(args.workers or load.capacity), "--jobs", str(args.jobs),
-                "--cache-dir", str(RESULTS / "cache"), "--max-tokens", "2048", "--max-attempts", str(args.max_attempts),
-                "--no-idiomatic", "--temperature", "0.7", "--candidates", str(n)]
-        run = run_measured(argv, cwd=ROOT, stdout_path=work / f"{label}.out", stderr_path=work / f"{label}.err",
-                           env=clean_env())
-        records = chat(read_log(sim.log_path))
+                "--cache-dir", str(common.RESULTS / "cache"), "--max-tokens", "2048",
+                "--max-attempts", str(args.max_attempts), "--no-idiomatic", "--temperature", "0.7",
+                "--candidates", str(n)]
+        run = common.run_measured(argv, cwd=common.ROOT, stdout_path=work / f"{label}.out",
+                                  stderr_path=work / f"{label}.err", env=common.clean_env())
+        records = common.chat(common.read_log(sim.log_path))
     totals = json.loads((out / "batch_summary.json").read_text())["totals"]
     verified = int(totals["verified"])
     per = max(verified, 1)
     first = min((float(r["arrival"]) for r in records), default=0.0)
     last = max((float(r["end"]) for r in records), default=0.0)
-    slots = slot_seconds(records, capacity=load.capacity)
+    slots = common.slot_seconds(records, capacity=load.capacity)
     return {
         "p": rate, "n": n, "returncode": run.returncode, "tasks": int(totals["tasks"]), "verified": verified,
         "expected_verified": round(int(totals["tasks"]) * (1 - (1 - rate) ** (n * args.max_attempts)), 1),
@@ -104,7 +88,7 @@ def run_one(rate: float, n: int, args: argparse.Namespace, corpus: Path, work: P
         "tokens_per_verified": (totals["prompt_tokens"] + totals["completion_tokens"]) / per,
         "completion_tokens_per_verified": totals["completion_tokens"] / per,
         "slot_seconds": slots, "slot_seconds_per_verified": slots / per,
-        "slots_busy": utilisation(records, load.capacity, first, last) if records else 0.0,
+        "slots_busy": common.utilisation(records, load.capacity, first, last) if records else 0.0,
         "wall_seconds": run.wall_seconds, "cpu_seconds_per_verified": run.tree_cpu_seconds / per,
         "background_cores": max(0.0, run.system_cpu_seconds - run.tree_cpu_seconds) / run.wall_seconds,
     }
@@ -126,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-candidates-"))
     runs: list[dict[str, Any]] = []
     try:
-        config = write_config(work / "sactor.toml", compile_cache=False)
+        config = common.write_config(work / "sactor.toml", compile_cache=False)
         for rate in rates:
             corpus = work / f"corpus-p{rate:g}"
-            write_corpus(corpus, [RatePlan(f"task{i:04d}", f"task{i:04d}", stdout=f"out {i}", tokens=args.tokens,
-                                           success_rate=rate) for i in range(args.tasks)])
+            plans = [RatePlan(f"task{i:04d}", f"task{i:04d}", stdout=f"out {i}", tokens=args.tokens,
+                              success_rate=rate) for i in range(args.tasks)]
+            common.write_corpus(corpus, plans)
             for n in counts:
                 runs.append(run_one(rate, n, args, corpus, work, config))
                 r = runs[-1]
@@ -140,11 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                  round(r["tokens_per_verified"]), round(r["completion_tokens_per_verified"]),
                  f"{r['slot_seconds_per_verified']:.2f}", f"{r['slots_busy']:.2f}", f"{r['wall_seconds']:.1f}",
                  f"{r['cpu_seconds_per_verified']:.2f}"] for r in runs]
-        print(markdown_table(["p", "n", "verified", "expected", "requests", "tokens/verified",
+        print(common.markdown_table(["p", "n", "verified", "expected", "requests", "tokens/verified",
                               "completion tokens/verified", "slot-s/verified", "slots busy", "wall s",
                               "CPU s/verified"], rows))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = write_json(RESULTS / f"candidates-{args.load}-{stamp}.json", {"args": vars(args), "runs": runs})
+        path = common.write_json(common.RESULTS / f"candidates-{args.load}-{stamp}.json",
+                                 {"args": vars(args), "runs": runs})
         print(f"results: {path}")
         return 0 if all(r["returncode"] in (0, 1) for r in runs) else 1
     finally:
