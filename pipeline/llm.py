@@ -876,6 +876,7 @@ class ModelClient:
         route = "chat/completions (stream)"
         parts: list[list[str]] = [[] for _ in range(n)]
         finish: list[str | None] = [None] * n
+        seen: set[int] = set()  # a server that ignores n sends fewer choices: those it sent count
         counts = Usage()
         try:
             stream = await self._openai.chat.completions.create(
@@ -892,6 +893,7 @@ class ModelClient:
                         index = int(choice.index or 0)
                         if not 0 <= index < n:
                             raise ValueError(f"choice index {index} of {n}")
+                        seen.add(index)
                         if choice.delta is not None and choice.delta.content:
                             parts[index].append(choice.delta.content)
                         if choice.finish_reason:
@@ -906,12 +908,11 @@ class ModelClient:
             raise self._convert(exc, route=route, max_tokens=max_tokens) from exc
         except (AttributeError, TypeError, ValueError) as exc:
             raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed stream event") from exc
-        if any(reason is None for reason in finish):
+        if not seen or any(finish[index] is None for index in seen):
             raise ServerUnreachable(
                 f"{route}: the stream from {self.base_url} ended before the answer was complete"
             )
-        return _reply([Choice("".join(text), str(reason)) for text, reason in zip(parts, finish, strict=True)],
-                      counts)
+        return _reply([Choice("".join(parts[index]), str(finish[index])) for index in sorted(seen)], counts)
 
 
 __all__ = [
