@@ -133,3 +133,32 @@ def test_the_simulator_refuses_n_with_greedy_sampling_as_vllm(simulator_factory:
     body["temperature"] = 0.5
     ok = httpx2.post(f"{url}/chat/completions", json=body).json()
     assert [c["index"] for c in ok["choices"]] == [0, 1]
+
+
+async def test_a_request_for_n_choices_takes_one_answers_time_on_n_slots(simulator_factory: Any) -> None:
+    """Capacity 2: a request for 2 choices takes one answer's time but both slots, so a request after it waits."""
+    import anyio
+    import httpx2
+
+    from pipeline.simulator import LoadModel
+
+    sim, url = simulator_factory(load=LoadModel(capacity=2, latency=0.4))
+
+    async def post(client: httpx2.AsyncClient, n: int) -> None:
+        body = {"model": "sim-model", "messages": [{"role": "user", "content": "Reply with the word ok."}], "n": n,
+                "temperature": 0.5}
+        response = await client.post(f"{url}/chat/completions", json=body)
+        assert response.status_code == 200
+
+    for first_n in (1, 2):
+        sim.reset_log()
+        async with httpx2.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
+            tg.start_soon(post, client, first_n)
+            await anyio.sleep(0.1)
+            tg.start_soon(post, client, 1)
+        first, second = sim.chat_requests
+        assert first.end - first.start == pytest.approx(0.4, abs=0.15)  # one answer's time, whatever n
+        if first_n == 1:
+            assert second.start < first.end  # a free slot: served side by side
+        else:
+            assert second.start >= first.end - 0.01  # both slots were held by the two choices
