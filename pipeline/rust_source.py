@@ -368,3 +368,38 @@ def _with_leading_comments(code: str, start: int) -> int:
         if start == 0 or not line.strip().startswith("//"):
             return start
         start = line_start
+
+
+def strip_repeated(code: str, seen: dict[str, str]) -> tuple[str, list[str]]:
+    """``code`` (one item of a program assembled from several answers) without what an earlier item already
+    declared: ``extern "C"`` declarations of a name declared before (``stderr``, ``stdin``: the same symbol),
+    and top-level items identical, up to whitespace, to an earlier item of the same name (a helper two
+    answers both wrote). ``seen`` maps what came before (``extern NAME`` / ``KIND NAME`` -> text) and is
+    updated. Different items of one name are kept: the build names them."""
+    normal = " ".join
+    given = {key.split(" ", 1)[1] for key in seen if key.startswith("extern ")}
+    removed: list[str] = []
+    cuts: list[tuple[int, int, str]] = []
+    for kind, name, start, end in top_level_items(code):
+        text = code[start:end]
+        if kind == "extern" and "{" in mask_comments_and_strings(text):
+            declared = _extern_declared(text)
+            drop = [(s, e) for name_, s, e in declared if name_ in given]
+            removed.extend(f"extern {name_}" for name_, _, _ in declared if name_ in given)
+            seen.update({f"extern {name_}": "" for name_, _, _ in declared})
+            if drop and len(drop) == len(declared):
+                cuts.append((start, end, ""))
+            elif drop:
+                for s, e in sorted(drop, reverse=True):
+                    text = text[:s] + text[e:]
+                cuts.append((start, end, text))
+        elif name and kind not in ("attribute", "use", "impl"):
+            key = f"{kind} {name}"
+            if key in seen and normal(seen[key].split()) == normal(text.split()):
+                cuts.append((start, end, ""))
+                removed.append(key)
+            else:
+                seen.setdefault(key, text)
+    for start, end, replacement in sorted(cuts, reverse=True):
+        code = code[:start] + replacement + code[end:]
+    return code, removed

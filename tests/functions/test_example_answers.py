@@ -153,3 +153,22 @@ async def test_inventory_translated_function_by_function_to_verified_pure_rust(
     rerun = await translate_by_function(_env(rerun_model, services), inventory, translation, suite,
                                         ItemBook.load(book_dir))
     assert rerun_model.seen == [] and rerun.verified
+
+
+@pytest.mark.timeout(600)  # about 60 s: 34 FFI builds and test runs
+async def test_exprcalc_translated_function_by_function_to_verified_pure_rust(
+    exprcalc: CProgram, services: tuple[Toolchain, Sandbox], tmp_path: Path
+) -> None:
+    """exprcalc.c: BUILTINS from a global prompt, its 33 groups FFI-verified first time (the six-function
+    parser group and is_even+is_odd in one prompt each), and the combined program passes every test as
+    pure Rust, although two answers both declare C's `stderr` (the program keeps one)."""
+    translation = translate_types(exprcalc)
+    model = AnswerModel((ANSWERS,), "exprcalc")
+    run = await translate_by_function(_env(model, services), exprcalc, translation, _suite(exprcalc),
+                                      ItemBook.load(tmp_path / "items"))
+    groups = ["+".join(k.split(":", 1)[1] for k in g) for g in exprcalc.function_groups()]
+    assert "parse_call+parse_primary+parse_power+parse_unary+parse_term+parse_expr" in groups
+    assert model.asked("globals") == ["BUILTINS"] and model.asked("functions") == groups
+    assert [o.status for o in run.outcomes] == ["verified"] * (len(groups) + 1)
+    assert run.combined is not None and run.combined.passed, run.combined.feedback
+    assert run.combined_source is not None and run.combined_source.count("static mut stderr") == 1
