@@ -19,7 +19,7 @@ from pipeline.c_program import CProgram, parse_program
 from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.extract import BEGIN_MARK, END_MARK
 from pipeline.function_stage import FunctionEnv, translate_by_function
-from pipeline.items import ItemBook
+from pipeline.items import ItemBook, write_item_files
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.rust_source import strip_given, strip_repeated
 from pipeline.sandbox import Sandbox
@@ -150,7 +150,12 @@ async def test_a_bit_field_type_and_a_table_global_come_from_the_model_and_the_p
     assert run.verified and run.combined_source is not None
     assert run.combined_source.count("pub struct Flags") == 1
     assert run.combined_source.count("pub static mut NAMES") == 1
-    assert ItemBook.load(book_dir).records["global:NAMES"].status == "verified"
+    book = ItemBook.load(book_dir)
+    assert book.records["global:NAMES"].status == "verified"
+    written = write_item_files(tmp_path / "out", program, types, book)
+    assert {p.relative_to(tmp_path / "out").as_posix() for p in written} == {
+        "structs/Flags.rs", "global_vars/NAMES.rs", "global_vars/g_flags.rs", "functions/main.rs"}
+    assert "pub static mut NAMES" in (tmp_path / "out" / "global_vars" / "NAMES.rs").read_text()
 
 
 async def test_a_global_the_model_gets_wrong_blocks_the_combine_not_the_functions(
