@@ -132,8 +132,9 @@ async def translate_by_function(
     leftovers = await translate_leftovers(env, program, translation, book, digests)
     translation = leftovers.translation
     # A group that failed in an earlier run is asked again (the model may do better now), so only this
-    # run's failures block.
-    failed: set[str] = set()
+    # run's failures block. A type the model failed blocks the functions that use it (their harness needs
+    # it); a failed global only the combine (in the harness C keeps its own).
+    failed: set[str] = {key for key in leftovers.failed if not key.startswith("global:")}
     outcomes: list[GroupOutcome] = [
         GroupOutcome((item.key,), item.status, item.attempts, item.rust, item.reason, requests=item.requests)
         for item in leftovers.outcomes

@@ -181,6 +181,22 @@ async def test_a_global_the_model_gets_wrong_blocks_the_combine_not_the_function
     assert [label for label, _ in model.seen] == ["NAMES"] and rerun.verified
 
 
+async def test_a_type_the_model_gets_wrong_blocks_the_functions_that_use_it(
+    flags: tuple[CProgram, TypeTranslation, TestSuite], services: tuple[Toolchain, Sandbox], tmp_path: Path
+) -> None:
+    """Flags with the wrong layout three times: failed with the layout mismatch as reason; main, which uses
+    it, is blocked by it and never asked."""
+    program, types, suite = flags
+    model = ItemModel({"Flags": [FLAGS_WRONG], "NAMES": [NAMES], "main": [MAIN]})
+    run = await translate_by_function(_env(model, services), program, types, suite, ItemBook.load(tmp_path / "b"))
+    assert [label for label, _ in model.seen] == ["Flags", "Flags", "Flags", "NAMES"]
+    (main,) = [o for o in run.outcomes if o.group == ("function:main",)]
+    assert main.status == "blocked" and main.blocked_by == "struct:Flags"
+    info = ItemBook.load(tmp_path / "b").failure_info()
+    assert "offset Flags.count: C 4, Rust 8" in info["struct:Flags"]["reason"]
+    assert info["function:main"]["blocked_by"] == "struct:Flags" and run.combined is None
+
+
 def test_strip_given_drops_repeated_types_externs_and_inner_attributes() -> None:
     """What the prompt gave, written again by the answer, goes; the answer's own items and helpers stay."""
     answer = """#![allow(dead_code)]
