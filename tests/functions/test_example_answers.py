@@ -21,12 +21,13 @@ from pipeline.build import Toolchain
 from pipeline.c_program import CProgram
 from pipeline.c_types import translate_types
 from pipeline.extract import extract_rust
-from pipeline.function_stage import FunctionEnv, translate_by_function
+from pipeline.function_stage import translate_by_function
 from pipeline.items import ItemBook
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.sandbox import Sandbox
 from pipeline.testing import load_test_suite
 from tests.functions.conftest import FUNCTIONS
+from tests.functions.function_fixtures import function_env
 
 HERE = Path(__file__).parent
 ANSWERS = HERE / "answers"
@@ -87,11 +88,6 @@ def _suite(program: CProgram) -> TestSuite:
                                 feed="stdin" if name == "inventory" else "args"))
 
 
-def _env(model: AnswerModel, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:
-    toolchain, sandbox = services
-    return FunctionEnv(model, toolchain, sandbox, sandbox.limits(wall_seconds=20, output_bytes=100_000))
-
-
 def test_every_item_of_both_examples_has_a_canned_answer(inventory: CProgram, exprcalc: CProgram) -> None:
     """One answer file per function group (label as the prompt names it) and per model-translated global;
     each holds Rust between the extract marks."""
@@ -121,7 +117,8 @@ async def test_inventory_translated_function_by_function_to_verified_pure_rust(
     suite = _suite(inventory)
     model = AnswerModel((REPAIR, ANSWERS), "inventory")
     book_dir = tmp_path / "items"
-    run = await translate_by_function(_env(model, services), inventory, translation, suite, ItemBook.load(book_dir))
+    env = function_env(model, services)
+    run = await translate_by_function(env, inventory, translation, suite, ItemBook.load(book_dir))
 
     assert model.asked("globals") == ["CATEGORY_NAMES", "SORT_KEYS"]
     global_prompt = next(m for f, lab, m in model.seen if lab == "SORT_KEYS")[1]["content"]
@@ -150,7 +147,7 @@ async def test_inventory_translated_function_by_function_to_verified_pure_rust(
     assert records["global:SORT_KEYS"].status == "verified"
 
     rerun_model = AnswerModel((ANSWERS,), "inventory")
-    rerun = await translate_by_function(_env(rerun_model, services), inventory, translation, suite,
+    rerun = await translate_by_function(function_env(rerun_model, services), inventory, translation, suite,
                                         ItemBook.load(book_dir))
     assert rerun_model.seen == [] and rerun.verified
 
@@ -164,7 +161,7 @@ async def test_exprcalc_translated_function_by_function_to_verified_pure_rust(
     pure Rust, although two answers both declare C's `stderr` (the program keeps one)."""
     translation = translate_types(exprcalc)
     model = AnswerModel((ANSWERS,), "exprcalc")
-    run = await translate_by_function(_env(model, services), exprcalc, translation, _suite(exprcalc),
+    run = await translate_by_function(function_env(model, services), exprcalc, translation, _suite(exprcalc),
                                       ItemBook.load(tmp_path / "items"))
     groups = ["+".join(k.split(":", 1)[1] for k in g) for g in exprcalc.function_groups()]
     assert "parse_call+parse_primary+parse_power+parse_unary+parse_term+parse_expr" in groups

@@ -6,8 +6,6 @@ gcc's layout probe, the FFI harness and the tests are real."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +13,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.build import Toolchain
-from pipeline.c_program import CProgram, parse_program
+from pipeline.c_program import CProgram
 from pipeline.c_types import TypeTranslation, translate_types
 from pipeline.extract import BEGIN_MARK, END_MARK
-from pipeline.function_stage import FunctionEnv, translate_by_function
+from pipeline.function_stage import translate_by_function
 from pipeline.items import ItemBook, write_item_files
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.rust_source import strip_given, strip_repeated
 from pipeline.sandbox import Sandbox
-from pipeline.task import Task
-from pipeline.testing import load_test_suite
+from tests.functions.function_fixtures import function_env, write_task
 from tests.functions.test_example_answers import prompt_item
 
 FLAGS_C = r"""
@@ -113,18 +110,8 @@ class ItemModel:
 
 @pytest.fixture
 def flags(tmp_path: Path) -> tuple[CProgram, TypeTranslation, TestSuite]:
-    (tmp_path / "flags.c").write_text(FLAGS_C)
-    (tmp_path / "flags_samples.json").write_text(json.dumps(SAMPLES))
-    found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    program = parse_program(tmp_path / "flags.c", include_dirs=(found.stdout.strip(),))
-    suite = load_test_suite(Task("flags", tmp_path / "flags.c", tmp_path / "flags_samples.json",
-                                 test_kind="samples", feed="args"))
+    program, suite = write_task(tmp_path, "flags", FLAGS_C, SAMPLES)
     return program, translate_types(program), suite
-
-
-def _env(model: ItemModel, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:
-    toolchain, sandbox = services
-    return FunctionEnv(model, toolchain, sandbox, sandbox.limits(wall_seconds=20, output_bytes=100_000))
 
 
 async def test_a_bit_field_type_and_a_table_global_come_from_the_model_and_the_program_combines(
@@ -137,7 +124,7 @@ async def test_a_bit_field_type_and_a_table_global_come_from_the_model_and_the_p
     assert set(types.unsupported) == {"struct:Flags", "global:NAMES"}
     model = ItemModel({"Flags": [FLAGS_WRONG, FLAGS], "NAMES": [NAMES], "main": [MAIN]})
     book_dir = tmp_path / "items"
-    run = await translate_by_function(_env(model, services), program, types, suite, ItemBook.load(book_dir))
+    run = await translate_by_function(function_env(model, services), program, types, suite, ItemBook.load(book_dir))
     assert [label for label, _ in model.seen] == ["Flags", "Flags", "NAMES", "main"]
     first = model.seen[0][1][1]["content"]
     assert "\nGlobal-level item: Flags\n" in first and "unsigned lo : 4;" in first
@@ -166,7 +153,7 @@ async def test_a_global_the_model_gets_wrong_blocks_the_combine_not_the_function
     program, types, suite = flags
     model = ItemModel({"Flags": [FLAGS], "NAMES": [NAMES_WRONG], "main": [MAIN]})
     book_dir = tmp_path / "items"
-    run = await translate_by_function(_env(model, services), program, types, suite, ItemBook.load(book_dir))
+    run = await translate_by_function(function_env(model, services), program, types, suite, ItemBook.load(book_dir))
     statuses = {o.group[0]: o.status for o in run.outcomes}
     assert statuses == {"struct:Flags": "verified", "global:NAMES": "failed", "function:main": "verified"}
     assert run.combined is None and run.combined_source is None
@@ -177,7 +164,7 @@ async def test_a_global_the_model_gets_wrong_blocks_the_combine_not_the_function
     assert "mismatched types" in repair
 
     model = ItemModel({"NAMES": [NAMES]})
-    rerun = await translate_by_function(_env(model, services), program, types, suite, ItemBook.load(book_dir))
+    rerun = await translate_by_function(function_env(model, services), program, types, suite, ItemBook.load(book_dir))
     assert [label for label, _ in model.seen] == ["NAMES"] and rerun.verified
 
 
@@ -188,7 +175,8 @@ async def test_a_type_the_model_gets_wrong_blocks_the_functions_that_use_it(
     it, is blocked by it and never asked."""
     program, types, suite = flags
     model = ItemModel({"Flags": [FLAGS_WRONG], "NAMES": [NAMES], "main": [MAIN]})
-    run = await translate_by_function(_env(model, services), program, types, suite, ItemBook.load(tmp_path / "b"))
+    env = function_env(model, services)
+    run = await translate_by_function(env, program, types, suite, ItemBook.load(tmp_path / "b"))
     assert [label for label, _ in model.seen] == ["Flags", "Flags", "Flags", "NAMES"]
     (main,) = [o for o in run.outcomes if o.group == ("function:main",)]
     assert main.status == "blocked" and main.blocked_by == "struct:Flags"
