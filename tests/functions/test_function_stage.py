@@ -21,7 +21,7 @@ from pipeline.function_stage import FunctionEnv, translate_by_function
 from pipeline.items import ItemBook
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.sandbox import Sandbox
-from tests.functions.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, numbers_task
+from tests.functions.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, function_env, numbers_task
 
 ANSWERS = {"push": [PUSH], "sum": [SUM], "is_even+is_odd": [EVEN_ODD], "main": [MAIN]}
 
@@ -53,8 +53,7 @@ def task(tmp_path: Path) -> tuple[CProgram, TypeTranslation, TestSuite]:
 
 
 def _env(model: ScriptedModel, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:
-    toolchain, sandbox = services
-    return FunctionEnv(model, toolchain, sandbox, sandbox.limits(wall_seconds=20, output_bytes=100_000))
+    return function_env(model, services)
 
 
 async def test_every_group_verified_then_combined(
