@@ -87,6 +87,46 @@ def first_prompt(stage: StageName, *, name: str, c_source: str, rust_source: str
                            reply_format=_REPLY_FORMAT)
 
 
+#: The marker line of a function-level request: the simulator (and anyone reading a log) finds the group by it.
+FUNCTION_MARKER = "Function-level item: "
+
+#: The function-level unidiomatic request (:mod:`pipeline.function_stage`). Laid out for vLLM's prefix cache:
+#: the instructions come first and are the same bytes for every item of every task; the marker line, the
+#: item's names and its context (:meth:`~pipeline.function_context.FunctionContext.render`) come last.
+FUNCTION_REQUEST = """A C program is being translated into Rust (edition 2021) one function at a time: each \
+translation is linked into the C program in place of the C definition and must behave identically.
+
+Write each function as `#[no_mangle] pub unsafe extern "C" fn NAME(...)` with the C parameter and return types \
+(`main` alone as a plain `fn main()`, reading arguments with std::env::args). This is a close translation: keep \
+the C logic; `unsafe`, raw pointers and `libc::...` are allowed, no other crates. The types, globals and \
+functions shown with the item are already defined with exactly these Rust declarations: use them, do not define \
+them again, and define nothing else but small private helpers.
+
+Reply with the Rust code only, between these two lines:
+{begin}
+(the Rust function or functions)
+{end}
+
+{marker}{label}
+Translate the C {what} {names} of the program `{program}`.
+
+{context}
+"""
+
+#: The repair turn of a function-level answer without code (verdicts of the FFI check carry their own text).
+FUNCTION_NO_CODE = "{problem}. Reply with the Rust code between the marks."
+
+
+def function_request(*, label: str, names: str, many: bool, program: str, context: str) -> str:
+    """The first request for one function group (``label``: its names joined with '+'; ``names``: the same,
+    quoted for the text)."""
+    return FUNCTION_REQUEST.format(
+        begin=BEGIN_MARK, end=END_MARK, marker=FUNCTION_MARKER, label=label, names=names, program=program,
+        what="functions (they call each other, so they are translated together)" if many else "function",
+        context=context,
+    )
+
+
 @dataclass(frozen=True)
 class Turn:
     """One failed attempt: the model's answer and what we told it about the failure."""
