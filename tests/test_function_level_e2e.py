@@ -1,0 +1,176 @@
+"""Function-level translation through the real CLI and the simulator (issue 12): --granularity auto sends a
+program that cannot fit the server's context function by function, each group FFI-verified and repaired, the
+items combined into pure Rust, per-item results and counts written, and a rerun asks only for what is missing.
+
+The program is tests/functions/function_fixtures.py's numbers.c (push, sum, the is_even+is_odd recursion
+group, main) behind a long header comment, so that the whole file and its answer exceed the simulator's
+context (max_model_len 1500) while each function's prompt fits. The canned answers are written by the tests in
+the simulator's function-level layout (answers/numbers/functions/LABEL-N.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pipeline.extract import BEGIN_MARK, END_MARK
+from pipeline.function_task import IDIOMATIC_NOT_BUILT
+from pipeline.prompts import FUNCTION_MARKER, first_prompt
+from tests.conftest import Cli
+from tests.functions.function_fixtures import EVEN_ODD, MAIN, PROGRAM_C, PUSH, SAMPLES, SUM, SUM_WRONG
+from tests.test_batch_e2e import run, summary
+
+#: What makes numbers.c too large for a small context: a header comment, outside every function.
+HEADER = "/*\n" + "".join(f" * numbers.c, line {i}: a header comment as long as a licence text.\n"
+                          for i in range(40)) + " */\n"
+SMALL_CONTEXT = 1500
+#: Answers of a small context are short: the client then budgets each request down to what the context leaves.
+SHORT_ANSWERS = ("--max-tokens", "400")
+FUNCTIONS = ("push", "sum", "is_even", "is_odd", "main")
+ANSWERS = {"push": [PUSH], "sum": [SUM_WRONG, SUM], "is_even+is_odd": [EVEN_ODD], "main": [MAIN]}
+
+
+def numbers_corpus(root: Path, answers: dict[str, list[str]], *, header: str = HEADER) -> tuple[Path, Path]:
+    """corpus/numbers.c with its tests (inputs as arguments), and answers/numbers/functions/LABEL-N.md."""
+    corpus, canned = root / "corpus", root / "answers" / "numbers"
+    corpus.mkdir(parents=True, exist_ok=True)
+    (corpus / "numbers.c").write_text(header + PROGRAM_C)
+    (corpus / "numbers_samples.json").write_text(json.dumps(SAMPLES))
+    (corpus / "numbers.json").write_text(json.dumps([
+        {"command": f"sactor run-tests --type bin ./numbers_samples.json %t {i} --feed-as-args", "test_id": i}
+        for i in range(len(SAMPLES))
+    ]))
+    (canned / "functions").mkdir(parents=True, exist_ok=True)
+    (canned / "match.txt").write_text("numbers.c")
+    for label, codes in answers.items():
+        for number, code in enumerate(codes, start=1):
+            (canned / "functions" / f"{label}-{number}.md").write_text(
+                f"Here it is.\n{BEGIN_MARK}\n{code.strip()}\n{END_MARK}\n")
+    return corpus, root / "answers"
+
+
+def asked(sim: Any) -> list[tuple[str, list[dict[str, str]]]]:
+    """(label of the marker line, messages) of every chat request the simulator answered, in order."""
+    found = []
+    for request in sim.chat_requests:
+        messages = request.body["messages"]
+        first = next(m["content"] for m in messages if m["role"] == "user")
+        marker = [line[len(FUNCTION_MARKER):] for line in first.splitlines() if line.startswith(FUNCTION_MARKER)]
+        found.append((marker[0] if marker else "", messages))
+    return found
+
+
+def c_bodies() -> dict[str, str]:
+    """Each function's C body (from its opening brace), as the program has it."""
+    bodies = {}
+    for name in FUNCTIONS:
+        match = re.search(rf"^(?:static )?\w+ \*?{name}\([^;{{]*\)\s*(\{{[^\n]*}}$|\{{.*?^}})", PROGRAM_C, re.M | re.S)
+        assert match is not None, name
+        bodies[name] = match.group(1)
+    return bodies
+
+
+def test_auto_translates_a_program_too_large_for_the_context_function_by_function(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """One prompt per group with only its C bodies; a wrong sum is repaired by a prompt naming sum; the
+    combined program is pure Rust and verified; summary, per-item files and statistics count items."""
+    corpus, answers = numbers_corpus(tmp_path / "data", ANSWERS)
+    sim, url = simulator_factory(answers_dir=answers, max_model_len=SMALL_CONTEXT)
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url, "--granularity", "auto", *SHORT_ANSWERS)
+    assert result.returncode == 0, result.output
+
+    requests = asked(sim)
+    assert [label for label, _ in requests] == ["push", "sum", "sum", "is_even+is_odd", "main"]
+    bodies = c_bodies()
+    for label, messages in requests:
+        shown = {name for name, body in bodies.items() if body in messages[1]["content"]}
+        assert shown == set(label.split("+")), (label, shown)
+    repair = requests[2][1][-1]["content"]
+    assert "With the Rust translation of `sum` linked into the C program, tests fail" in repair
+
+    task = summary(out)["tasks"][0]
+    assert task["status"] == "verified"
+    assert task["granularity"]["granularity"] == "function"
+    assert f"max_model_len {SMALL_CONTEXT}" in task["granularity"]["reason"]
+    assert task["granularity"]["items"] == {"verified": 5, "failed": 0, "blocked": 0, "total": 5}
+    assert task["stages"]["unidiomatic"]["requests"] == 5
+    assert task["stages"]["idiomatic"] == {**task["stages"]["idiomatic"], "status": "skipped",
+                                           "reason": IDIOMATIC_NOT_BUILT}
+    assert summary(out)["totals"]["items"] == {"function_level_tasks": 1, "verified": 5, "failed": 0, "blocked": 0}
+    assert "function-level: 1 tasks, items 5 verified, 0 failed, 0 blocked" in result.output
+
+    task_dir = out / "numbers"
+    combined = (task_dir / "translated_code_unidiomatic" / "combined.rs").read_text()
+    assert 'extern "C" {' not in combined and "fn sum(" in combined and "fn main()" in combined
+    for name in FUNCTIONS:
+        assert (task_dir / "translated_code_unidiomatic" / "functions" / f"{name}.rs").is_file(), name
+    assert (task_dir / "translated_code_unidiomatic" / "structs" / "Node.rs").is_file()
+    failure = json.loads((task_dir / "unidiomatic_failure_info.json").read_text())
+    assert failure["items"] == {}
+    stats = json.loads((task_dir / "llm_stat_unidiomatic.json").read_text())
+    assert stats["items"]["sum"]["total_queries"] == 2 and stats["items"]["is_even+is_odd"]["total_queries"] == 1
+    assert stats["total_queries"] == 5
+
+
+def test_a_failed_function_blocks_main_and_a_rerun_asks_only_for_what_is_missing(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """sum never verifies: main is blocked_by_failed_dependency, the others verified and kept in the item
+    book; the rerun (--retry-failed, a model that now gets sum right) asks for sum and main only."""
+    corpus, answers = numbers_corpus(tmp_path / "first", {**ANSWERS, "sum": [SUM_WRONG]})
+    sim, url = simulator_factory(answers_dir=answers, max_model_len=SMALL_CONTEXT)
+    out = tmp_path / "out"
+    first = run(cli, corpus, out, url, "--max-attempts", "2", *SHORT_ANSWERS)
+    assert first.returncode == 1, first.output
+    assert [label for label, _ in asked(sim)] == ["push", "sum", "sum", "is_even+is_odd"]
+    task = summary(out)["tasks"][0]
+    assert task["granularity"]["items"] == {"verified": 3, "failed": 1, "blocked": 1, "total": 5}
+    failure = json.loads((out / "numbers" / "unidiomatic_failure_info.json").read_text())
+    assert failure["items"]["function:main"] == {"status": "blocked_by_failed_dependency", "attempts": 0,
+                                                 "reason": "needs function:sum, which failed",
+                                                 "blocked_by": "function:sum"}
+    assert failure["items"]["function:sum"]["status"] == "failed"
+    assert not (out / "numbers" / "translated_code_unidiomatic" / "combined.rs").exists()
+    assert (out / "numbers" / "translated_code_unidiomatic" / "functions" / "push.rs").is_file()
+
+    _, fixed = numbers_corpus(tmp_path / "second", ANSWERS)
+    sim2, url2 = simulator_factory(answers_dir=fixed, max_model_len=SMALL_CONTEXT)
+    second = run(cli, corpus, out, url2, "--max-attempts", "2", "--retry-failed", *SHORT_ANSWERS)
+    assert second.returncode == 0, second.output
+    assert [label for label, _ in asked(sim2)] == ["sum", "sum", "main"]
+    assert summary(out)["tasks"][0]["granularity"]["items"] == {"verified": 5, "failed": 0, "blocked": 0,
+                                                                "total": 5}
+
+
+def test_a_small_program_stays_whole_file_under_auto(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
+    """With the simulator's default context, numbers.c goes whole-file: the request is the whole-file one,
+    byte for byte, and the summary says why."""
+    corpus, answers = numbers_corpus(tmp_path / "data", {}, header="")
+    sim, url = simulator_factory(answers_dir=answers)
+    out = tmp_path / "out"
+    run(cli, corpus, out, url, "--max-attempts", "1", "--no-idiomatic")
+    (request,) = sim.chat_requests
+    assert request.body["messages"][1]["content"] == first_prompt(
+        "unidiomatic", name="numbers.c", c_source=(corpus / "numbers.c").read_text())
+    cut = summary(out)["tasks"][0]["granularity"]
+    assert cut["granularity"] == "file" and cut["reason"].startswith("auto: program and answer need about")
+
+
+def test_granularity_function_on_a_program_libclang_cannot_parse_fails_the_task(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """--granularity function and a C file that does not compile: the task fails naming the file and line,
+    without a model request."""
+    corpus, answers = numbers_corpus(tmp_path / "data", {}, header="int broken( {\n")
+    sim, url = simulator_factory(answers_dir=answers)
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url, "--granularity", "function")
+    assert result.returncode == 1, result.output
+    task = summary(out)["tasks"][0]
+    assert task["reason"].startswith(f"--granularity function: {corpus / 'numbers.c'}:1:"), task["reason"]
+    assert "function-level translation needs a program that compiles" in task["reason"]
+    assert sim.chat_requests == []
