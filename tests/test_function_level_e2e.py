@@ -20,7 +20,7 @@ from pipeline.function_task import IDIOMATIC_NOT_BUILT
 from pipeline.prompts import FUNCTION_MARKER, first_prompt
 from tests.conftest import Cli
 from tests.functions.function_fixtures import EVEN_ODD, MAIN, PROGRAM_C, PUSH, SAMPLES, SUM, SUM_WRONG
-from tests.test_batch_e2e import run, summary
+from tests.test_batch_e2e import finished_run, run, summary
 
 #: What makes numbers.c too large for a small context: a header comment, outside every function.
 HEADER = "/*\n" + "".join(f" * numbers.c, line {i}: a header comment as long as a licence text.\n"
@@ -174,3 +174,37 @@ def test_granularity_function_on_a_program_libclang_cannot_parse_fails_the_task(
     assert task["reason"].startswith(f"--granularity function: {corpus / 'numbers.c'}:1:"), task["reason"]
     assert "function-level translation needs a program that compiles" in task["reason"]
     assert sim.chat_requests == []
+
+
+def test_default_granularity_keeps_earlier_results_and_other_settings_redo_them(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A corpus finished with the defaults is unchanged for `--granularity auto` (no request), while
+    `--granularity file` or `--function-fallback` change the settings fingerprint and redo the task."""
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 1)
+    sim.reset_log()
+    same = run(cli, corpus, out, url, "--granularity", "auto", "--no-function-fallback")
+    assert same.returncode == 0, same.output
+    assert sim.chat_requests == [] and summary(out)["skipped_unchanged"] == 1
+    for flags in (("--granularity", "file"), ("--function-fallback",)):
+        sim.reset_log()
+        again = run(cli, corpus, out, url, *flags)
+        assert again.returncode == 0, again.output
+        assert len(sim.chat_requests) == 2, flags  # both stages asked again
+
+
+def test_function_fallback_translates_function_by_function_after_the_whole_file_stage_failed(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A small program whose whole-file answers never hold code: with --function-fallback it is translated
+    again group by group and verified; its record holds both stages' requests and says why."""
+    corpus, answers = numbers_corpus(tmp_path / "data", ANSWERS, header="")
+    sim, url = simulator_factory(answers_dir=answers)
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url, "--function-fallback", "--max-attempts", "2", "--no-idiomatic")
+    assert result.returncode == 0, result.output
+    assert [label for label, _ in asked(sim)] == ["", "", "push", "sum", "sum", "is_even+is_odd", "main"]
+    task = summary(out)["tasks"][0]
+    assert task["granularity"]["granularity"] == "function"
+    assert task["granularity"]["reason"].startswith("fallback after the whole-file stage failed")
+    assert task["stages"]["unidiomatic"]["requests"] == 7 and task["stages"]["unidiomatic"]["status"] == "verified"
