@@ -352,8 +352,15 @@ class TaskSummary:
             "wall_seconds": self.wall_seconds,
             "differential": self.differential,
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
-            **({"granularity": self.granularity} if self.granularity is not None else {}),
+            **(_granularity_json(self.granularity) if self.granularity is not None else {}),
         }
+
+
+def _granularity_json(cut: Mapping[str, Any]) -> dict[str, Any]:
+    """A task record's ``granularity`` ("file" or "function"), ``granularity_reason`` and, for function-level
+    tasks, ``items`` (verified, failed, blocked, total)."""
+    return {"granularity": cut.get("granularity"), "granularity_reason": cut.get("reason"),
+            **({"items": dict(cut["items"])} if cut.get("items") else {})}
 
 
 @dataclass(frozen=True)

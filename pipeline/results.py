@@ -240,11 +240,10 @@ def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     for rec in records:
         out["tasks"] += 1
         _add_differential(differential, rec)
-        cut = rec.get("granularity") or {}
-        if cut.get("granularity") == "function":
+        if rec.get("granularity") == "function":
             items["function_level_tasks"] += 1
             for status in ("verified", "failed", "blocked"):
-                items[status] += (cut.get("items") or {}).get(status, 0) or 0
+                items[status] += (rec.get("items") or {}).get(status, 0) or 0
         out["verified" if rec.get("status") == "verified" else "failed"] += 1
         kind = rec.get("failure_kind")
         if kind == "vacuous_tests":

@@ -94,9 +94,9 @@ def test_auto_translates_a_program_too_large_for_the_context_function_by_functio
 
     task = summary(out)["tasks"][0]
     assert task["status"] == "verified"
-    assert task["granularity"]["granularity"] == "function"
-    assert f"max_model_len {SMALL_CONTEXT}" in task["granularity"]["reason"]
-    assert task["granularity"]["items"] == {"verified": 5, "failed": 0, "blocked": 0, "total": 5}
+    assert task["granularity"] == "function"
+    assert f"max_model_len {SMALL_CONTEXT}" in task["granularity_reason"]
+    assert task["items"] == {"verified": 5, "failed": 0, "blocked": 0, "total": 5}
     assert task["stages"]["unidiomatic"]["requests"] == 5
     assert task["stages"]["idiomatic"] == {**task["stages"]["idiomatic"], "status": "skipped",
                                            "reason": IDIOMATIC_NOT_BUILT}
@@ -128,7 +128,7 @@ def test_a_failed_function_blocks_main_and_a_rerun_asks_only_for_what_is_missing
     assert first.returncode == 1, first.output
     assert [label for label, _ in asked(sim)] == ["push", "sum", "sum", "is_even+is_odd"]
     task = summary(out)["tasks"][0]
-    assert task["granularity"]["items"] == {"verified": 3, "failed": 1, "blocked": 1, "total": 5}
+    assert task["items"] == {"verified": 3, "failed": 1, "blocked": 1, "total": 5}
     failure = json.loads((out / "numbers" / "unidiomatic_failure_info.json").read_text())
     assert failure["items"]["function:main"] == {"status": "blocked_by_failed_dependency", "attempts": 0,
                                                  "reason": "needs function:sum, which failed",
@@ -142,7 +142,7 @@ def test_a_failed_function_blocks_main_and_a_rerun_asks_only_for_what_is_missing
     second = run(cli, corpus, out, url2, "--max-attempts", "2", "--retry-failed", *SHORT_ANSWERS)
     assert second.returncode == 0, second.output
     assert [label for label, _ in asked(sim2)] == ["sum", "sum", "main"]
-    assert summary(out)["tasks"][0]["granularity"]["items"] == {"verified": 5, "failed": 0, "blocked": 0,
+    assert summary(out)["tasks"][0]["items"] == {"verified": 5, "failed": 0, "blocked": 0,
                                                                 "total": 5}
 
 
@@ -156,8 +156,8 @@ def test_a_small_program_stays_whole_file_under_auto(cli: Cli, simulator_factory
     (request,) = sim.chat_requests
     assert request.body["messages"][1]["content"] == first_prompt(
         "unidiomatic", name="numbers.c", c_source=(corpus / "numbers.c").read_text())
-    cut = summary(out)["tasks"][0]["granularity"]
-    assert cut["granularity"] == "file" and cut["reason"].startswith("auto: program and answer need about")
+    task = summary(out)["tasks"][0]
+    assert task["granularity"] == "file" and task["granularity_reason"].startswith("auto: program and answer need")
 
 
 def test_granularity_function_on_a_program_libclang_cannot_parse_fails_the_task(
@@ -205,6 +205,6 @@ def test_function_fallback_translates_function_by_function_after_the_whole_file_
     assert result.returncode == 0, result.output
     assert [label for label, _ in asked(sim)] == ["", "", "push", "sum", "sum", "is_even+is_odd", "main"]
     task = summary(out)["tasks"][0]
-    assert task["granularity"]["granularity"] == "function"
-    assert task["granularity"]["reason"].startswith("fallback after the whole-file stage failed")
+    assert task["granularity"] == "function"
+    assert task["granularity_reason"].startswith("fallback after the whole-file stage failed")
     assert task["stages"]["unidiomatic"]["requests"] == 7 and task["stages"]["unidiomatic"]["status"] == "verified"
