@@ -35,7 +35,7 @@ from .ffi import verify_function
 from .function_context import function_context
 from .interfaces import Model
 from .items import ItemBook, blocked_items, item_digests
-from .prompts import FUNCTION_NO_CODE, Turn, conversation, function_request
+from .prompts import FUNCTION_NO_CODE, FUNCTION_REPLY, Turn, conversation, function_request
 from .records import TestSuite
 from .sandbox import Limits, Sandbox
 
@@ -154,7 +154,7 @@ async def _translate_group(
     attempts: list[tuple[str, str]] = []
     requests = 0
     for number in range(1, env.max_attempts + 1):
-        messages = conversation(env.system, first, turns)
+        messages = conversation(env.system, first, turns, reply=FUNCTION_REPLY)
         env.record({"group": list(group), "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
         try:
             completion = await env.model.complete(messages, purpose=f"{program.path.name}:{label}:{number}")

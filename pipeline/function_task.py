@@ -46,10 +46,11 @@ from .c_types import TypeTranslation, translate_types
 from .errors import ConfigError, TaskFailure, TaskInputError
 from .function_context import Granularity, choose_granularity
 from .function_stage import FunctionEnv, FunctionRun, translate_by_function
-from .items import FOLDERS, ItemBook, write_item_files
+from .items import ItemBook, write_item_files
 from .llm import estimate_tokens
 from .prompts import conversation, first_prompt
 from .records import STAGE_SPECS, Attempt, AttemptKind, StageResult, TestSuite, Usage
+from .results import ITEM_FOLDERS
 from .sandbox import Sandbox
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ async def plan_task(
 
 def _clear_item_files(stage_dir: Path) -> None:
     """Remove the per-item files of an earlier run (their items may have failed since)."""
-    for folder in set(FOLDERS.values()):
+    for folder in ITEM_FOLDERS:
         shutil.rmtree(stage_dir / folder, ignore_errors=True)
 
 

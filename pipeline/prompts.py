@@ -113,6 +113,8 @@ Translate the C {what} {names} of the program `{program}`.
 {context}
 """
 
+#: The end of a function-level repair request: what to send back.
+FUNCTION_REPLY = f"Reply with the corrected Rust function(s) only, between {BEGIN_MARK} and {END_MARK}."
 #: The repair turn of a function-level answer without code (verdicts of the FFI check carry their own text).
 FUNCTION_NO_CODE = "{problem}. Reply with the Rust code between the marks."
 
@@ -151,8 +153,9 @@ def cut_off_turn(completion_tokens: int, code: str | None, summary: str, feedbac
     return Turn(shown, summary, advice)
 
 
-def conversation(system: str, first: str, turns: list[Turn]) -> list[Message]:
-    """The messages for the next attempt: system, first request, then the failed turns.
+def conversation(system: str, first: str, turns: list[Turn], *, reply: str = _REPLY_SHORT) -> list[Message]:
+    """The messages for the next attempt: system, first request, then the failed turns (the last one ends with
+    ``reply``, what to send back: the whole program by default, :data:`FUNCTION_REPLY` for a function).
 
     Only the last turn is sent in full; earlier ones become stubs, so a long repair loop does not grow the
     prompt without bound while the number of earlier attempts stays visible.
@@ -168,7 +171,7 @@ def conversation(system: str, first: str, turns: list[Turn]) -> list[Message]:
             "role": "user",
             "content": REPAIR.format(
                 attempt=number, summary=turn.summary, feedback=turn.feedback.rstrip(),
-                reply_format_short=_REPLY_SHORT,
+                reply_format_short=reply,
             ) if last else f"Attempt {number} failed: {turn.summary}",
         })
     return messages

@@ -30,6 +30,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -137,6 +138,8 @@ def _failure_info(stage: StageResult) -> dict[str, Any]:
     }
 
 
+#: The folders of SACToR's per-item layout under a stage's result folder (pipeline/items.py writes them).
+ITEM_FOLDERS = ("functions", "structs", "enums", "global_vars")
 #: The kept generated inputs and the C program's outputs, in SACToR's samples format (reusable as tests).
 DIFFERENTIAL_SAMPLES = "differential_samples.json"
 _ATTEMPT_FILE = re.compile("(?:" + "|".join(STAGES) + r")-[0-9]+\.rs")
@@ -172,6 +175,11 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
             _remove(result_dir / f"llm_stat_{name}.json")
     if not result.differential_samples:
         _remove(result_dir / DIFFERENTIAL_SAMPLES)
+    if (result.granularity or {}).get("granularity") != "function":
+        # A task that went whole-file this time: per-item files of an earlier function-level run would not
+        # describe this result (items.json stays: digests make it safe to resume from later).
+        for folder in ITEM_FOLDERS:
+            shutil.rmtree(result_dir / STAGE_SPECS["unidiomatic"].result_dir / folder, ignore_errors=True)
     attempts = result_dir / "attempts"
     try:
         with os.scandir(attempts) as it:

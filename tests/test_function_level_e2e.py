@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.extract import BEGIN_MARK, END_MARK
 from pipeline.function_task import IDIOMATIC_NOT_BUILT
-from pipeline.prompts import FUNCTION_MARKER, first_prompt
+from pipeline.prompts import FUNCTION_MARKER, FUNCTION_REPLY, first_prompt
 from tests.conftest import Cli
 from tests.functions.function_fixtures import EVEN_ODD, MAIN, PROGRAM_C, PUSH, SAMPLES, SUM, SUM_WRONG
 from tests.test_batch_e2e import finished_run, run, summary
@@ -91,6 +91,7 @@ def test_auto_translates_a_program_too_large_for_the_context_function_by_functio
         assert shown == set(label.split("+")), (label, shown)
     repair = requests[2][1][-1]["content"]
     assert "With the Rust translation of `sum` linked into the C program, tests fail" in repair
+    assert repair.endswith(FUNCTION_REPLY)
 
     task = summary(out)["tasks"][0]
     assert task["status"] == "verified"
@@ -148,11 +149,15 @@ def test_a_failed_function_blocks_main_and_a_rerun_asks_only_for_what_is_missing
 
 def test_a_small_program_stays_whole_file_under_auto(cli: Cli, simulator_factory: Any, tmp_path: Path) -> None:
     """With the simulator's default context, numbers.c goes whole-file: the request is the whole-file one,
-    byte for byte, and the summary says why."""
+    byte for byte, the summary says why, and per-item files of an earlier function-level run are removed."""
     corpus, answers = numbers_corpus(tmp_path / "data", {}, header="")
     sim, url = simulator_factory(answers_dir=answers)
     out = tmp_path / "out"
+    stale = out / "numbers" / "translated_code_unidiomatic" / "functions" / "sum.rs"  # of an earlier function-level run
+    stale.parent.mkdir(parents=True)
+    stale.write_text("// earlier\n")
     run(cli, corpus, out, url, "--max-attempts", "1", "--no-idiomatic")
+    assert not stale.parent.exists()
     (request,) = sim.chat_requests
     assert request.body["messages"][1]["content"] == first_prompt(
         "unidiomatic", name="numbers.c", c_source=(corpus / "numbers.c").read_text())
