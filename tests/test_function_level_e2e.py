@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pipeline.function_task import IDIOMATIC_NOT_BUILT
 from pipeline.prompts import FUNCTION_MARKER, FUNCTION_REPLY, first_prompt
 from tests.conftest import Cli
 from tests.functions.function_fixtures import EVEN_ODD, MAIN, PROGRAM_C, PUSH, SAMPLES, SUM, SUM_WRONG
-from tests.test_batch_e2e import finished_run, run, summary
+from tests.test_batch_e2e import _signal_when, _start_run, finished_run, run, summary
 
 #: What makes numbers.c too large for a small context: a header comment, outside every function.
 HEADER = "/*\n" + "".join(f" * numbers.c, line {i}: a header comment as long as a licence text.\n"
@@ -213,3 +214,33 @@ def test_function_fallback_translates_function_by_function_after_the_whole_file_
     assert task["granularity"] == "function"
     assert task["granularity_reason"].startswith("fallback after the whole-file stage failed")
     assert task["stages"]["unidiomatic"]["requests"] == 7 and task["stages"]["unidiomatic"]["status"] == "verified"
+
+
+def test_an_interrupted_run_resumes_without_asking_for_verified_functions(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """SIGINT once push is verified (items.json in the task's folder): exit 130; the rerun never asks for push."""
+    from pipeline.simulator import LoadModel
+
+    corpus, answers = numbers_corpus(tmp_path / "data", ANSWERS)
+    _slow, slow_url = simulator_factory(answers_dir=answers, max_model_len=SMALL_CONTEXT,
+                                        load=LoadModel(capacity=1, latency=0.5, decode_per_token=0.0))
+    out = tmp_path / "out"
+    book = out / "numbers" / "items.json"
+
+    def push_verified() -> bool:
+        try:
+            records = json.loads(book.read_text())["items"]
+        except (OSError, ValueError):
+            return False
+        return any(r["key"] == "function:push" and r["status"] == "verified" for r in records)
+
+    proc = _start_run(cli, corpus, out, slow_url, *SHORT_ANSWERS)
+    stderr = _signal_when(proc, push_verified, signal.SIGINT)
+    assert proc.returncode == 130, stderr
+    sim, url = simulator_factory(answers_dir=answers, max_model_len=SMALL_CONTEXT)
+    rerun = run(cli, corpus, out, url, *SHORT_ANSWERS)
+    assert rerun.returncode == 0, rerun.output
+    labels = [label for label, _ in asked(sim)]
+    assert "push" not in labels and labels[-1] == "main", labels
+    assert summary(out)["tasks"][0]["items"]["verified"] == 5
