@@ -244,3 +244,21 @@ def test_an_interrupted_run_resumes_without_asking_for_verified_functions(
     labels = [label for label, _ in asked(sim)]
     assert "push" not in labels and labels[-1] == "main", labels
     assert summary(out)["tasks"][0]["items"]["verified"] == 5
+
+
+def test_with_several_servers_the_smallest_context_decides(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Two servers of 8192 and 1500 tokens: the program fits the first but not the second, so auto goes
+    function-level, naming the smaller context."""
+    corpus, answers = numbers_corpus(tmp_path / "data", ANSWERS)
+    big, big_url = simulator_factory(answers_dir=answers)
+    small, small_url = simulator_factory(answers_dir=answers, max_model_len=SMALL_CONTEXT)
+    out = tmp_path / "out"
+    result = cli("--c-files", corpus, "--json-files", corpus, "--output", out, "--base-url", big_url,
+                 "--base-url", small_url, "--model", "sim-model", *SHORT_ANSWERS)
+    assert result.returncode == 0, result.output
+    task = summary(out)["tasks"][0]
+    assert task["granularity"] == "function" and f"max_model_len {SMALL_CONTEXT}" in task["granularity_reason"]
+    assert sorted(label for label, _ in asked(big) + asked(small)) == sorted(
+        ["push", "sum", "sum", "is_even+is_odd", "main"])
