@@ -126,7 +126,9 @@ async def translate_task(
     of a function-level task (:mod:`pipeline.function_task`); without it tasks go whole-file."""
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
-    env = dataclasses.replace(env, record=transcript.append)
+    # Without a result folder there is nowhere to keep the item book: whole-file only.
+    env = dataclasses.replace(env, record=transcript.append,
+                              functions=env.functions if result_dir is not None else None)
     ident = (task.id, printable(task.c_path), printable(task.test_path), key_hash)
     try:
         inputs = await anyio.to_thread.run_sync(
