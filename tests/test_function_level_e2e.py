@@ -104,6 +104,7 @@ def test_auto_translates_a_program_too_large_for_the_context_function_by_functio
                                            "reason": IDIOMATIC_NOT_BUILT}
     assert summary(out)["totals"]["items"] == {"function_level_tasks": 1, "verified": 5, "failed": 0, "blocked": 0}
     assert "function-level: 1 tasks, items 5 verified, 0 failed, 0 blocked" in result.output
+    assert "items 5 ok / 0 failed / 0 blocked" in result.output  # the progress line
 
     task_dir = out / "numbers"
     combined = (task_dir / "translated_code_unidiomatic" / "combined.rs").read_text()
