@@ -90,6 +90,9 @@ def test_auto_translates_a_program_too_large_for_the_context_function_by_functio
     for label, messages in requests:
         shown = {name for name, body in bodies.items() if body in messages[1]["content"]}
         assert shown == set(label.split("+")), (label, shown)
+    # Prefix-cache friendly: everything before the marker line is the same bytes for every item (and task).
+    assert len({messages[1]["content"].split(FUNCTION_MARKER)[0] for _, messages in requests}) == 1
+    assert "numbers" not in requests[0][1][1]["content"].split(FUNCTION_MARKER)[0]
     repair = requests[2][1][-1]["content"]
     assert "With the Rust translation of `sum` linked into the C program, tests fail" in repair
     assert repair.endswith(FUNCTION_REPLY)
