@@ -153,7 +153,6 @@ async def translate_task(
         transcript.append({"event": "input_error", "message": str(exc)})
         return TaskResult(*ident, reason=str(exc), failure_kind="input_error",
                           wall_seconds=time.perf_counter() - started), transcript
-    transcript.append({"event": "granularity", **plan.record()})
     proposal = await _proposals(env, name, inputs)
     oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash,
                                        proposed=proposal.inputs if proposal else ())
