@@ -189,18 +189,23 @@ def test_granularity_function_on_a_program_libclang_cannot_parse_fails_the_task(
 def test_default_granularity_keeps_earlier_results_and_other_settings_redo_them(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
-    """A corpus finished with the defaults is unchanged for `--granularity auto` (no request), while
-    `--granularity file` or `--function-fallback` change the settings fingerprint and redo the task."""
+    """A corpus finished with the defaults is unchanged for `--granularity auto --no-function-fallback` (no
+    request); `--granularity file` or `function`, or `--function-fallback`, change the settings fingerprint."""
+    import dataclasses
+
+    from pipeline.config import Config
+    from pipeline.engine import settings_fingerprint
+
     corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 1)
     sim.reset_log()
     same = run(cli, corpus, out, url, "--granularity", "auto", "--no-function-fallback")
     assert same.returncode == 0, same.output
     assert sim.chat_requests == [] and summary(out)["skipped_unchanged"] == 1
-    for flags in (("--granularity", "file"), ("--function-fallback",)):
-        sim.reset_log()
-        again = run(cli, corpus, out, url, *flags)
-        assert again.returncode == 0, again.output
-        assert len(sim.chat_requests) == 2, flags  # both stages asked again
+    default = Config()
+    prints = {settings_fingerprint(dataclasses.replace(
+        default, translation=dataclasses.replace(default.translation, **change)))
+        for change in ({"granularity": "file"}, {"granularity": "function"}, {"function_fallback": True})}
+    assert len(prints) == 3 and settings_fingerprint(default) not in prints
 
 
 def test_function_fallback_translates_function_by_function_after_the_whole_file_stage_failed(
