@@ -54,11 +54,12 @@ from .errors import (
     Interrupted,
 )
 from .extract import BEGIN_MARK
+from .function_task import FunctionLevel
 from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
-from .prompts import FIRST_REQUESTS, REPAIR
+from .prompts import FIRST_REQUESTS, FUNCTION_REQUEST, REPAIR
 from .ray_executor import RayVerifier
 from .records import STAGES, TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
@@ -147,6 +148,10 @@ def settings_fingerprint(config: Config) -> str:
         **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
         **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),
+        # Function-level settings count only away from their defaults: runs from before they existed keep
+        # their records (auto keeps every program that fits the context whole-file, as before).
+        **({"granularity": [cut, FUNCTION_REQUEST]} if (cut := config.translation.granularity) != "auto" else {}),
+        **({"function_fallback": FUNCTION_REQUEST} if config.translation.function_fallback else {}),
     })
 
 
@@ -191,6 +196,7 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
                     await stack.enter_async_context(RayVerifier.open(config, cpu)) if config.run.executor == "ray"
                     else LocalVerifier(config, toolchain, sandbox, cpu)
                 )
+                functions = _function_level(config, client, info, toolchain, sandbox, cpu)
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside the task group's exception group
             startup.cancel_scope.cancel()
@@ -198,7 +204,18 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             raise failure
         if state.interrupted:
             raise Interrupted(f"interrupted by {state.interrupted} during start-up; nothing was translated")
-        yield Services(StageEnv(config, client, verifier), info, client, sandbox)
+        yield Services(StageEnv(config, client, verifier, functions=functions), info, client, sandbox)
+
+
+def _function_level(config: Config, client: ModelClient | EndpointPool, info: ServerInfo, toolchain: Toolchain,
+                    sandbox: Sandbox, cpu: anyio.CapacityLimiter) -> FunctionLevel:
+    """The services of function-level tasks, sized by the smallest context of the run's servers."""
+    smallest = client.smallest_context if isinstance(client, EndpointPool) else info.max_model_len
+    if config.run.executor == "ray" and (config.translation.granularity != "file"
+                                         or config.translation.function_fallback):
+        log.info("--executor ray: function-level tasks build and test their functions (FFI checks, the combined "
+                 "program) on this machine; whole-file builds and tests go to the Ray cluster")
+    return FunctionLevel(toolchain, sandbox, cpu, smallest, settings_fingerprint(config))
 
 
 #: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
@@ -314,7 +331,8 @@ class _Run:
         assert self.env is not None
         digest = key.input_hash
         try:
-            result, transcript = await translate_task(self.env, task, digest, files)
+            result, transcript = await translate_task(self.env, task, digest, files,
+                                                      result_dir=self.options.output / task.id)
         except FatalError:
             raise
         except Exception as exc:
@@ -351,6 +369,9 @@ class _Run:
             elif stage.status == "failed":
                 c.stage_failed[stage.stage] += 1
             c.completion_tokens += stage.usage.completion_tokens
+        for status, count in ((result.granularity or {}).get("items") or {}).items():
+            if status in c.items:
+                c.items[status] += count
 
 
 def _unwritable(result_dir: Path, exc: OSError) -> str:

@@ -87,6 +87,48 @@ def first_prompt(stage: StageName, *, name: str, c_source: str, rust_source: str
                            reply_format=_REPLY_FORMAT)
 
 
+#: The marker line of a function-level request: the simulator (and anyone reading a log) finds the group by it.
+FUNCTION_MARKER = "Function-level item: "
+
+#: The function-level unidiomatic request (:mod:`pipeline.function_stage`). Laid out for vLLM's prefix cache:
+#: the instructions come first and are the same bytes for every item of every task; the marker line, the
+#: item's names and its context (:meth:`~pipeline.function_context.FunctionContext.render`) come last.
+FUNCTION_REQUEST = """A C program is being translated into Rust (edition 2021) one function at a time: each \
+translation is linked into the C program in place of the C definition and must behave identically.
+
+Write each function as `#[no_mangle] pub unsafe extern "C" fn NAME(...)` with the C parameter and return types \
+(`main` alone as a plain `fn main()`, reading arguments with std::env::args). This is a close translation: keep \
+the C logic; `unsafe`, raw pointers and `libc::...` are allowed, no other crates. The types, globals and \
+functions shown with the item are already defined with exactly these Rust declarations: use them, do not define \
+them again, and define nothing else but small private helpers.
+
+Reply with the Rust code only, between these two lines:
+{begin}
+(the Rust function or functions)
+{end}
+
+{marker}{label}
+Translate the C {what} {names} of the program `{program}`.
+
+{context}
+"""
+
+#: The end of a function-level repair request: what to send back.
+FUNCTION_REPLY = f"Reply with the corrected Rust function(s) only, between {BEGIN_MARK} and {END_MARK}."
+#: The repair turn of a function-level answer without code (verdicts of the FFI check carry their own text).
+FUNCTION_NO_CODE = "{problem}. Reply with the Rust code between the marks."
+
+
+def function_request(*, label: str, names: str, many: bool, program: str, context: str) -> str:
+    """The first request for one function group (``label``: its names joined with '+'; ``names``: the same,
+    quoted for the text)."""
+    return FUNCTION_REQUEST.format(
+        begin=BEGIN_MARK, end=END_MARK, marker=FUNCTION_MARKER, label=label, names=names, program=program,
+        what="functions (they call each other, so they are translated together)" if many else "function",
+        context=context,
+    )
+
+
 @dataclass(frozen=True)
 class Turn:
     """One failed attempt: the model's answer and what we told it about the failure."""
@@ -111,8 +153,9 @@ def cut_off_turn(completion_tokens: int, code: str | None, summary: str, feedbac
     return Turn(shown, summary, advice)
 
 
-def conversation(system: str, first: str, turns: list[Turn]) -> list[Message]:
-    """The messages for the next attempt: system, first request, then the failed turns.
+def conversation(system: str, first: str, turns: list[Turn], *, reply: str = _REPLY_SHORT) -> list[Message]:
+    """The messages for the next attempt: system, first request, then the failed turns (the last one ends with
+    ``reply``, what to send back: the whole program by default, :data:`FUNCTION_REPLY` for a function).
 
     Only the last turn is sent in full; earlier ones become stubs, so a long repair loop does not grow the
     prompt without bound while the number of earlier attempts stays visible.
@@ -128,7 +171,7 @@ def conversation(system: str, first: str, turns: list[Turn]) -> list[Message]:
             "role": "user",
             "content": REPAIR.format(
                 attempt=number, summary=turn.summary, feedback=turn.feedback.rstrip(),
-                reply_format_short=_REPLY_SHORT,
+                reply_format_short=reply,
             ) if last else f"Attempt {number} failed: {turn.summary}",
         })
     return messages
