@@ -504,7 +504,8 @@ def hostile_run(
             pass
         listener_works = listener.seen.wait(timeout=5)
         yield HostileRun(
-            helper=helper, result=result, wall=wall, out=out, corpus_dir=corpus_dir, home=home, scratch_base=scratch_base,
+            helper=helper,
+            result=result, wall=wall, out=out, corpus_dir=corpus_dir, home=home, scratch_base=scratch_base,
             secret_file=secret_file, secret_text=secret_text, corpus_before=corpus_before,
             corpus_after=snapshot(corpus_dir), home_before=home_before, home_after=snapshot(home), bodies=bodies,
             feedback=feedback, leftovers=leftovers, program_uids=program_uids, listener_peers=peers,
