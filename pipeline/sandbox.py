@@ -422,13 +422,22 @@ class Sandbox:
         symlink or does not exist is skipped with a warning. Removed on exit.
         """
         names = list(files)
-        path = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="work-", dir=self.scratch)))
+        if names and source_dir is None:
+            log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
+
+        def make() -> Path:  # one trip to a worker thread: directory and copies
+            path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
+            try:
+                if names and source_dir is not None:
+                    _copy_files(Path(source_dir), names, path)
+            except BaseException:
+                _remove_tree(path)
+                raise
+            return path
+
+        path = await anyio.to_thread.run_sync(make)
         self._workdirs.add(path)
         try:
-            if names and source_dir is not None:
-                await anyio.to_thread.run_sync(_copy_files, Path(source_dir), names, path)
-            elif names:
-                log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
             yield path
         finally:
             self._workdirs.discard(path)
