@@ -715,14 +715,19 @@ async def _execute(
                 assert proc.stdout is not None and proc.stderr is not None
                 tg.start_soon(_pump, proc.stdout, out, deadline)
                 tg.start_soon(_pump, proc.stderr, err, deadline)
+                fed = anyio.Event()
                 if stdin is not None and proc.stdin is not None:
-                    tg.start_soon(_feed, proc.stdin, stdin)
+                    tg.start_soon(_feed, proc.stdin, stdin, fed)
+                else:
+                    fed.set()
                 await proc.wait()
                 # Straggler processes may still hold the pipes: give them a moment, then stop reading.
                 with anyio.move_on_after(_DRAIN_GRACE):
                     await out.done.wait()
                     await err.done.wait()
-                tg.cancel_scope.cancel()
+                    await fed.wait()
+                if not (out.done.is_set() and err.done.is_set() and fed.is_set()):
+                    tg.cancel_scope.cancel()  # costly (it formats the task's repr): only when something is left
         exceeded = out.exceeded or err.exceeded
         timed_out = deadline.cancel_called and not exceeded and proc.returncode is None
         killed = timed_out or exceeded
@@ -746,13 +751,15 @@ async def _pump(stream: anyio.abc.ByteReceiveStream, capture: _Capture, deadline
         capture.done.set()
 
 
-async def _feed(stream: anyio.abc.ByteSendStream, data: bytes) -> None:
+async def _feed(stream: anyio.abc.ByteSendStream, data: bytes, done: anyio.Event) -> None:
     try:
         if data:
             await stream.send(data)
         await stream.aclose()
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError, ConnectionResetError):
         pass  # the program did not read all of its input; that is its business
+    finally:
+        done.set()
 
 
 async def _kill_tree(
