@@ -572,10 +572,12 @@ def test_ordinary_tasks_in_the_same_run_verify(hostile_run: HostileRun) -> None:
 
 
 def test_the_run_names_the_sandbox_helper_it_used(hostile_run: HostileRun) -> None:
-    """The run summary's sandbox line says which pid-1 helper started the programs."""
+    """The start-up log and the run summary's sandbox line say which pid-1 helper started the programs."""
     summary = json.loads((hostile_run.out / "batch_summary.json").read_text())
     named = {"compiled": "compiled helper", "python": "Python helper"}[hostile_run.helper]
     assert named in summary["run"]["sandbox"], summary["run"]["sandbox"]
+    assert re.search(rf"INFO pipeline\.sandbox: sandbox complete: .*{named}", hostile_run.result.stderr), (
+        hostile_run.result.stderr[-2000:])
 
 
 def test_include_str_is_refused_without_compiling(hostile_run: HostileRun) -> None:
