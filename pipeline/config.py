@@ -181,6 +181,7 @@ class SandboxSettings:
     max_file_mb: int = 64
     open_files: int = 256
     network: bool = False
+    helper: str = "auto"  # auto: the compiled helper when gcc builds it, else Python; compiled; python
 
 
 @dataclass(frozen=True)
@@ -391,6 +392,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("sandbox", "max_file_mb", int, "sandbox", positive=True, high=1 << 20),
     _s("sandbox", "open_files", int, "sandbox", positive=True, high=1 << 20),
     _s("sandbox", "network", bool, "sandbox"),
+    _s("sandbox", "helper", str, "sandbox", env="C2RUST_SANDBOX_HELPER", choices=("auto", "compiled", "python")),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_FILE_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}

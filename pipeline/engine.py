@@ -182,7 +182,9 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
             try:
                 toolchain = await Toolchain.prepare(config.toolchain)
-                sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
+                sandbox = await stack.enter_async_context(Sandbox.open(
+                    config.sandbox, scratch_root=scratch_root, cache_dir=config.toolchain.resolved_cache_dir()
+                ))
                 client: ModelClient | EndpointPool
                 if config.model.endpoints:
                     client = await stack.enter_async_context(EndpointPool.open(config))

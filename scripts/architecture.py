@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                        "c_program"),
     "model": ("endpoints", "llm", "llm_errors"),
     "verification": ("verifier", "ray_executor", "vacuity", "differential", "cache", "testing", "build",
-                     "rust_source", "sandbox", "sandbox_init"),
+                     "rust_source", "sandbox", "sandbox_helper", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
     "test server": ("simulator",),
 }
