@@ -9,8 +9,9 @@ Steps: write a synthetic corpus of distinct ``@sim`` tasks (in blocks of 10: 2 p
 cache: a prompt is rendered as a chat template would (role markers around each message), cut into blocks of
 :data:`BLOCK_TOKENS` tokens (the simulator's rule: 4 characters a token), and a block hits when the same block
 chain (everything before it included) was part of an earlier prompt. The cache never evicts (vLLM keeps blocks
-until memory runs short), and it holds prompts only, not generated tokens (vLLM would also hold the answers'
-blocks, so a real server can hit more).
+until memory runs short). Two variants: the cache holds prompts only, or also each answer as the next request of
+its conversation quotes it (vLLM's v1 engine caches the blocks of generated tokens too, so a repair request that
+quotes the previous answer word for word finds it cached).
 
 Figures (per verified task): prompt tokens as the server counts them, prompt tokens that miss the cache (the
 prefill the GPU really does), and the hit rate (hit tokens / prompt tokens, like vLLM's
@@ -79,8 +80,11 @@ class PrefixCache:
     def __post_init__(self) -> None:
         self._seen: set[bytes] = set()
 
-    def lookup(self, text: str) -> int:
-        """Add ``text``'s full blocks to the cache; return how many of its tokens were cached before."""
+    def insert(self, text: str) -> None:
+        """Add ``text``'s full blocks to the cache without counting a lookup (generated tokens)."""
+        self._walk(text)
+
+    def _walk(self, text: str) -> int:
         digest = hashlib.sha256()
         hit_chars = 0
         missed = False
@@ -93,6 +97,11 @@ class PrefixCache:
             else:
                 missed = True
                 self._seen.add(key)
+        return hit_chars
+
+    def lookup(self, text: str) -> int:
+        """Add ``text``'s full blocks to the cache; return how many of its tokens were cached before."""
+        hit_chars = self._walk(text)
         tokens = -(-len(text) // CHARS_PER_TOKEN)
         hit = min(hit_chars // CHARS_PER_TOKEN, tokens)
         self.queries += tokens
@@ -100,12 +109,25 @@ class PrefixCache:
         return hit
 
 
-def replay(bodies: Iterable[Mapping[str, Any]]) -> PrefixCache:
-    """Every chat request body, in arrival order, through one :class:`PrefixCache`."""
+def replay(bodies: Iterable[Mapping[str, Any]], *, answers: bool = False) -> PrefixCache:
+    """Every chat request body, in arrival order, through one :class:`PrefixCache`. With ``answers``, a request
+    whose messages but the last two were an earlier prompt word for word first adds that prompt with its answer
+    (the assistant message it quotes) to the cache, as the server did when it generated the answer."""
     cache = PrefixCache()
+    prompts: set[str] = set()
     for body in bodies:
-        cache.lookup(render(body.get("messages") or []))
+        messages = list(body.get("messages") or [])
+        if answers and len(messages) >= 4 and messages[-2].get("role") == "assistant" \
+                and _digest(render(messages[:-2])) in prompts:
+            cache.insert(render(messages[:-1]))
+        text = render(messages)
+        prompts.add(_digest(text))
+        cache.lookup(text)
     return cache
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -116,6 +138,7 @@ class Figures:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    cached_tokens_with_answers: int
 
     @property
     def per_verified(self) -> dict[str, float]:
@@ -123,7 +146,9 @@ class Figures:
         return {"requests": self.requests / n, "prompt_tokens": self.prompt_tokens / n,
                 "uncached_prompt_tokens": (self.prompt_tokens - self.cached_tokens) / n,
                 "completion_tokens": self.completion_tokens / n,
-                "hit_rate": self.cached_tokens / max(self.prompt_tokens, 1)}
+                "uncached_prompt_tokens_with_answers": (self.prompt_tokens - self.cached_tokens_with_answers) / n,
+                "hit_rate": self.cached_tokens / max(self.prompt_tokens, 1),
+                "hit_rate_with_answers": self.cached_tokens_with_answers / max(self.prompt_tokens, 1)}
 
 
 def measure(work: Path, count: int, tokens: int, workers: int, cache_dir: Path) -> Figures:
@@ -143,10 +168,11 @@ def measure(work: Path, count: int, tokens: int, workers: int, cache_dir: Path) 
     requests = [r for r in sim.chat_requests if r.status == 200]
     tasks = json.loads((out / "batch_summary.json").read_text())["tasks"]
     # The server's counts; the cache model's token rule is the simulator's, so the two agree up to role markers.
-    cache = replay(r.body for r in requests)
     prompt = sum(r.prompt_tokens or 0 for r in requests)
+    cached = [replay((r.body for r in requests), answers=answers) for answers in (False, True)]
+    scaled = [round(cache.hits * prompt / max(cache.queries, 1)) for cache in cached]
     return Figures(len(tasks), sum(t["status"] == "verified" for t in tasks), len(requests), prompt,
-                   sum(r.completion_tokens or 0 for r in requests), round(cache.hits * prompt / max(cache.queries, 1)))
+                   sum(r.completion_tokens or 0 for r in requests), *scaled)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,10 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         figures = measure(Path(tmp), args.tasks, args.tokens, args.workers, args.cache_dir.resolve())
     per = figures.per_verified
     print(markdown_table(
-        ["tasks", "verified", "requests/verified", "prompt tokens/verified", "uncached prompt tokens/verified",
-         "prefix-cache hit rate", "completion tokens/verified"],
+        ["tasks", "verified", "requests/verified", "prompt tokens/verified", "uncached (prompts cached)",
+         "hit rate", "uncached (answers cached too)", "hit rate", "completion tokens/verified"],
         [[figures.tasks, figures.verified, per["requests"], per["prompt_tokens"], per["uncached_prompt_tokens"],
-          per["hit_rate"], per["completion_tokens"]]]))
+          per["hit_rate"], per["uncached_prompt_tokens_with_answers"], per["hit_rate_with_answers"],
+          per["completion_tokens"]]]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({**asdict(figures), "per_verified": per}, indent=2) + "\n")
