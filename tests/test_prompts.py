@@ -4,7 +4,7 @@ a repair request extends the request before it."""
 from __future__ import annotations
 
 import hashlib
-import os
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ COMPILE_ERROR = answer('fn main() {\n    let count: i32 = "not a number";\n    p
 
 
 def common_prefix(a: str, b: str) -> int:
-    return len(os.path.commonprefix([a, b]))
+    """How many leading characters ``a`` and ``b`` share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def rendered(messages: list[dict[str, Any]]) -> str:
@@ -67,7 +68,7 @@ def test_first_requests_of_two_tasks_share_every_instruction_and_repairs_extend_
 
     repairs = [rendered(messages) for messages in requests_of(sim, "alpha", "unidiomatic")]
     assert len(repairs) == 3
-    for before, after in zip(repairs, repairs[1:]):
+    for before, after in itertools.pairwise(repairs):
         assert after.startswith(before.removesuffix("<|end|>\n")), "a repair request rewrote an earlier message"
         print(f"repair: {common_prefix(before, after)} of {len(after)} characters shared with the request before")
 
@@ -77,7 +78,7 @@ def test_long_repair_loops_stub_the_oldest_turns_once_and_stay_bounded() -> None
     shares with the one before everything up to the first newly stubbed turn, and the prompt stays bounded."""
     turns = [Turn(f"program {n} " + "x" * 5000, f"summary {n}", f"feedback {n} " + "y" * 1000) for n in range(1, 7)]
     sent = [conversation("system", "first", turns[:count]) for count in range(1, len(turns) + 1)]
-    for before, after in zip(sent, sent[1:]):
+    for before, after in itertools.pairwise(sent):
         stubs_before = sum("program omitted" in m["content"] for m in before)
         kept = 2 + 2 * stubs_before  # system, first and the turns already stubbed are resent unchanged
         assert after[:kept] == before[:kept]
