@@ -59,9 +59,9 @@ from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
-from .prompts import FIRST_REQUESTS, FUNCTION_REQUEST, REPAIR
+from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
 from .ray_executor import RayVerifier
-from .records import STAGES, TaskFiles, TaskKey, TaskResult
+from .records import TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
@@ -138,7 +138,7 @@ def settings_fingerprint(config: Config) -> str:
         "max_tokens": config.model.max_tokens,
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
-        "prompts": [*(FIRST_REQUESTS[stage] for stage in STAGES), REPAIR, BEGIN_MARK],
+        "prompts": [PROMPTS_REVISION, BEGIN_MARK],  # the wording's revision: a new layout keeps finished tasks
         "max_attempts": config.translation.max_attempts,
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
