@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV_PYTHON := .venv/bin/python
 
-.PHONY: setup demo test test-vllm test-ray lint bench
+.PHONY: setup demo test test-vllm test-ray test-examples lint bench
 
 setup:
 	@$(PYTHON) scripts/setup.py
@@ -25,6 +25,12 @@ test-vllm: setup
 # which `make setup` installs (C2RUST_REQUIRE_RAY=1: a missing Ray fails the suite instead of skipping it).
 test-ray: setup
 	C2RUST_RAY_SUITE=1 C2RUST_REQUIRE_RAY=1 $(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/test_ray_executor.py
+
+# The bundled multi-function examples (examples/functions) translated function by function from canned answers,
+# through the CLI and the simulator with a 4096-token context, and directly through the function stage.
+test-examples: setup
+	C2RUST_EXAMPLES_SUITE=1 $(VENV_PYTHON) -m pytest -q -p no:cacheprovider --durations=5 \
+		tests/test_function_examples_e2e.py tests/functions/test_example_answers.py
 
 lint: setup
 	$(VENV_PYTHON) -m ruff check .

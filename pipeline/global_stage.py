@@ -16,8 +16,7 @@ attempt limit. During FFI verification the C global stays in C; the verified Rus
 combined program (:func:`translate_leftovers`, called by :func:`pipeline.function_stage.translate_by_function`).
 An item that fails is recorded in the item book with the reason and blocks the combine only.
 
-The prompt text (:data:`GLOBAL_REQUEST`) lives here until the prompts of function-level translation move to
-:mod:`pipeline.prompts`.
+The prompt text is :data:`pipeline.prompts.GLOBAL_REQUEST`, beside the function-level one.
 """
 
 from __future__ import annotations
@@ -36,38 +35,16 @@ from .build import Toolchain
 from .c_program import CProgram
 from .c_types import RustType, TypeTranslation, verify_layouts
 from .errors import TaskFailure
-from .extract import BEGIN_MARK, END_MARK, extract_rust
+from .extract import extract_rust
 from .ffi import RUST_PRELUDE
 from .function_context import TYPE_KINDS, function_context
 from .interfaces import Model
 from .items import ItemBook
-from .prompts import Turn, conversation
+from .prompts import FUNCTION_NO_CODE, GLOBAL_REPLY, Turn, conversation, global_request
 from .rust_source import given_names, strip_given, top_level_items
 from .sandbox import Sandbox
 
 log = logging.getLogger(__name__)
-
-#: The marker line the simulator recognises a global-level prompt by (agreed in issue 12's layout).
-MARKER = "Global-level item: "
-
-GLOBAL_REQUEST = f"""Translate one item of a C program into Rust (edition 2021): a global variable or a type \
-definition that could not be translated mechanically. The program is being translated one item at a time \
-into one Rust module; the types, globals and functions shown below are already defined there with exactly \
-these Rust declarations: use them, do not define them again.
-
-- A global: write `pub static mut NAME: TYPE = VALUE;` with exactly the Rust type given below and the C \
-initial value (a function pointer as `Some(name)`, a string as `b"text\\0".as_ptr() as *const libc::c_char`, \
-a missing value as zero).
-- A type: write a `#[repr(C)]` definition with the same name and exactly the C layout (size, alignment, \
-field offsets; libc types), with `#[derive(Copy, Clone)]`; bit-fields share one integer field of their unit.
-
-Define nothing else. Reply with the Rust code only, between these two lines:
-{BEGIN_MARK}
-(the Rust definition)
-{END_MARK}
-
-"""
-
 
 def leftover_items(program: CProgram, translation: TypeTranslation) -> list[str]:
     """The type and global keys the model must translate, in source order."""
@@ -91,7 +68,8 @@ def item_prompt(program: CProgram, translation: TypeTranslation, key: str) -> st
     if declared is not None:
         parts.append(("Its Rust declaration (keep this type)", "rust", f"pub {_as_mut(declared)};"))
     body = "\n\n".join(f"{title}:\n```{lang}\n{text}\n```" for title, lang, text in parts if text)
-    return f"{GLOBAL_REQUEST}{MARKER}{item.name}\n\n{body}\n"
+    return global_request(name=item.name, kind="global" if item.kind == "global" else "type",
+                          program=program.path.name, context=body)
 
 
 @dataclass(frozen=True)
@@ -260,7 +238,7 @@ async def _translate_item(env: ItemEnv, program: CProgram, translation: TypeTran
     attempts: list[tuple[str, str]] = []
     requests = 0
     for number in range(1, env.max_attempts + 1):
-        messages = conversation(env.system, first, turns)
+        messages = conversation(env.system, first, turns, reply=GLOBAL_REPLY)
         env.record({"item": key, "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
         try:
             completion = await env.model.complete(messages, purpose=f"{program.path.name}:{name}:{number}")
@@ -273,7 +251,7 @@ async def _translate_item(env: ItemEnv, program: CProgram, translation: TypeTran
         if extraction.code is None:
             problem = extraction.problem or "the answer contains no Rust code"
             attempts.append(("no_code", problem))
-            turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
+            turns.append(Turn(completion.text, problem, FUNCTION_NO_CODE.format(problem=problem)))
             continue
         async with env.sandbox.build_dir() as build_dir:
             verdict = await verify_item(program, translation, key, extraction.code, toolchain=env.toolchain,

@@ -144,6 +144,42 @@ def function_request(*, label: str, names: str, many: bool, program: str, contex
     )
 
 
+#: The marker line of a request for a global or type the deterministic translation left (pipeline.global_stage).
+GLOBAL_MARKER = "Global-level item: "
+
+#: The request for one global or type: fixed instructions first (prefix cache), the marker line and item last.
+GLOBAL_REQUEST = """Translate one item of a C program into Rust (edition 2021): a global variable or a type \
+definition that could not be translated mechanically. The program is being translated one item at a time \
+into one Rust module; the types, globals and functions shown below are already defined there with exactly \
+these Rust declarations: use them, do not define them again.
+
+- A global: write `pub static mut NAME: TYPE = VALUE;` with exactly the Rust type given below and the C \
+initial value (a function pointer as `Some(name)`, a string as `b"text\\0".as_ptr() as *const libc::c_char`, \
+a missing value as zero).
+- A type: write a `#[repr(C)]` definition with the same name and exactly the C layout (size, alignment, \
+field offsets; libc types), with `#[derive(Copy, Clone)]`; bit-fields share one integer field of their unit.
+
+Define nothing else. Reply with the Rust code only, between these two lines:
+{begin}
+(the Rust definition)
+{end}
+
+{marker}{name}
+Translate the C {kind} `{name}` of the program `{program}`.
+
+{context}
+"""
+
+#: The end of a global's or type's repair request.
+GLOBAL_REPLY = f"Reply with the corrected Rust definition only, between {BEGIN_MARK} and {END_MARK}."
+
+
+def global_request(*, name: str, kind: str, program: str, context: str) -> str:
+    """The first request for the global or type ``name`` (``kind``: "global" or "type")."""
+    return GLOBAL_REQUEST.format(begin=BEGIN_MARK, end=END_MARK, marker=GLOBAL_MARKER, name=name, kind=kind,
+                                 program=program, context=context)
+
+
 @dataclass(frozen=True)
 class Turn:
     """One failed attempt: the model's answer and what we told it about the failure."""

@@ -17,6 +17,10 @@ SHARED_CORPUS = ROOT.parent / "shared" / "corpus"
 #: The Ray executor's tests start a Ray cluster (tens of seconds each): `make test-ray` runs them
 #: (C2RUST_RAY_SUITE=1), `make test` does not collect them, as it does not collect tests/vllm/.
 collect_ignore = [] if os.environ.get("C2RUST_RAY_SUITE") else ["test_ray_executor.py"]
+#: The large examples translated function by function (minutes each): `make test-examples` runs them
+#: (C2RUST_EXAMPLES_SUITE=1; tests/functions/conftest.py ignores its part the same way).
+if not os.environ.get("C2RUST_EXAMPLES_SUITE"):
+    collect_ignore.append("test_function_examples_e2e.py")
 DIFFERENTIAL_VARIABLE = "C2RUST_DIFFERENTIAL"
 
 

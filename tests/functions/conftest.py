@@ -3,6 +3,7 @@ and the toolchain and sandbox the FFI and combine tests build and run with."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,8 @@ from pipeline.sandbox import Sandbox
 from tests.conftest import ROOT
 
 FUNCTIONS = ROOT / "examples" / "functions"
+#: The bundled examples translated from their canned answers take a minute or more each: `make test-examples`.
+collect_ignore = [] if os.environ.get("C2RUST_EXAMPLES_SUITE") else ["test_example_answers.py"]
 
 
 @pytest.fixture(scope="session")

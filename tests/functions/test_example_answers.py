@@ -6,7 +6,8 @@ prompt (a later attempt gets the last file). ``answers_repair/`` overlays a wron
 for one function and its correction. The model below serves them by the item named in each prompt; the
 toolchain, the FFI harness, gcc and the example's tests are real. One run of inventory.c takes about 65 s
 on a quiet 2-core machine (46 FFI builds and test runs, then the combined build; 4 min at load 15),
-exprcalc.c about 60 s (2 min at load 15): their timeouts are raised, and they stay part of ``make test``."""
+exprcalc.c about 60 s (2 min at load 15): their timeouts are raised; `make test-examples` runs them,
+`make test` does not collect them."""
 
 from __future__ import annotations
 
