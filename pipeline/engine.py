@@ -63,6 +63,7 @@ from .ray_executor import RayVerifier
 from .records import STAGES, TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
+from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .task import Orphan, Task, printable
 from .translate import read_task, translate_task
@@ -182,7 +183,7 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
                     client = await stack.enter_async_context(EndpointPool.open(config))
                 else:
                     client = await stack.enter_async_context(ModelClient.open(
-                        config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                        config.model, config.client, limiter=PriorityLimiter(config.client.workers)
                     ))
                 info = await client.preflight()
                 cpu = anyio.CapacityLimiter(config.run.jobs)
@@ -380,10 +381,12 @@ def task_worker_count(config: Config) -> int:
     """Enough tasks in flight that neither the model slots nor the CPU slots wait on the other.
 
     Up to ``workers`` tasks can come back from the model at once (the first wave of a run, or a wave that
-    stayed in step) and wait for compile and test; another ``workers`` keep every model slot busy meanwhile.
-    With only ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave (bench/README.md).
+    stayed in step) and wait for compile and test; the others keep every model slot busy meanwhile. With only
+    ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave; with ``4 * workers``
+    every task of a small corpus starts at once and a run's tasks start early, which shortens the drain: the
+    waiting requests are served most-work-left first (:mod:`pipeline.scheduling`; bench/README.md, #16).
     """
-    return 2 * model_slots(config) + 2 * config.run.jobs
+    return 4 * model_slots(config) + 2 * config.run.jobs
 
 
 async def run_batch(
