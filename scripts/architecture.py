@@ -24,7 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "batch": ("engine", "discovery", "ledger", "results", "progress", "gentests"),
     "translation": ("translate", "stages", "prompts", "extract", "proposals"),
     "function level": ("function_stage", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
-    "model": ("endpoints", "llm", "llm_errors"),
+    "model": ("endpoints", "llm", "llm_errors", "scheduling"),
     "verification": ("verifier", "ray_executor", "vacuity", "differential", "cache", "testing", "build",
                      "rust_source", "sandbox", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
