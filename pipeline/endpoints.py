@@ -367,6 +367,7 @@ class EndpointPool:
         Raises ModelUnavailable when every server has been failing for the outage budget.
         """
         place = self._line.join()
+        served = False
         try:
             while True:
                 # Only while no server is in service: one in service has answered since it failed, or will be
@@ -380,13 +381,15 @@ class EndpointPool:
                 if self._line.ahead(place) < self.router.free():
                     index = self.router.pick()
                     if index is not None:
+                        served = True
                         return index
                 changed = self._changed
                 with anyio.move_on_after(WAIT_STEP):
                     await changed.wait()
         finally:
             self._line.leave(place)
-            self._notify()  # the requests behind this one moved up
+            if not served:
+                self._notify()  # the requests behind it moved up without a slot taken: they may go now
 
     def _release(self, index: int) -> None:
         self.router.finished(index)
