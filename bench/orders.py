@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 from collections.abc import Callable, Sequence
 
-from .throughput import BLOCK, FAILURES, MAX_ATTEMPTS, REPAIRS
+from .throughput import MAX_ATTEMPTS, make_plans
 
 Plan = tuple[tuple[bool, ...], ...]  # per stage, per attempt: does the answer verify
 Rank = Callable[[int, int, int], int]  # (stage index, attempt, stage count) -> higher is served first
@@ -35,22 +34,10 @@ ORDERS: dict[str, Rank] = {
 }
 
 
-def plans(count: int, repairs: int, failures: int, seed: int = 1) -> list[Plan]:
-    """throughput.py's mix, as verdicts: ``repairs`` and ``failures`` tasks in each block of 10."""
-    rng = random.Random(seed)
-    out: list[Plan] = []
-    made_r = made_f = 0
-    while len(out) < count:
-        kinds: list[tuple[tuple[str, ...], tuple[str, ...]]] = [(("pass",), ("pass",))] * (BLOCK - repairs - failures)
-        for _ in range(repairs):
-            kinds.append(REPAIRS[made_r % len(REPAIRS)])
-            made_r += 1
-        for _ in range(failures):
-            kinds.append(FAILURES[made_f % len(FAILURES)])
-            made_f += 1
-        rng.shuffle(kinds)
-        out += [tuple(tuple(step == "pass" for step in stage) for stage in kind) for kind in kinds]
-    return out[:count]
+def plans(count: int, repair_rate: float, fail_rate: float) -> list[Plan]:
+    """throughput.py's corpus plans (same mix, same shuffle), as verdicts."""
+    return [tuple(tuple(step == "pass" for step in stage) for stage in (p.unidiomatic, p.idiomatic))
+            for p in make_plans(count, repair_rate, fail_rate, tokens=0)]
 
 
 def makespan(tasks: Sequence[Plan], *, slots: int, service: float, cpu: float, jobs: int, workers: int,
@@ -109,10 +96,10 @@ def makespan(tasks: Sequence[Plan], *, slots: int, service: float, cpu: float, j
 
 
 def main() -> int:
-    cases = [  # (name, tasks, slots, service s, repairs, failures, CPU s per verification)
-        ("48 tasks, 16 slots, 4 s, first-try passes", 48, 16, 4.0, 0, 0, 0.15),
-        ("256 tasks, model-bound preset", 256, 64, 5.5, 2, 1, 0.1),
-        ("1024 tasks, model-bound preset", 1024, 64, 5.5, 2, 1, 0.1),
+    cases = [  # (name, tasks, slots, service s, repair rate, fail rate, CPU s per verification)
+        ("48 tasks, 16 slots, 4 s, first-try passes", 48, 16, 4.0, 0.0, 0.0, 0.15),
+        ("256 tasks, model-bound preset", 256, 64, 5.5, 0.2, 0.1, 0.1),
+        ("1024 tasks, model-bound preset", 1024, 64, 5.5, 0.2, 0.1, 0.1),
     ]
     print("| corpus | task workers | " + " | ".join(f"{name} s (of bound)" for name in ORDERS) + " |")
     print("|---|---|" + "---|" * len(ORDERS))
