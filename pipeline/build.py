@@ -220,7 +220,16 @@ class Toolchain:
         env = tool_env()
         quick = Limits(wall_seconds=60.0, memory_bytes=2 << 30, output_bytes=200_000)
         here = Path(tempfile.gettempdir())
-        vv = await run_process([found, "-vV"], cwd=here, limits=quick, env=env)
+        # Start-up is on the run's critical path (#16): the two questions to the compiler go side by side.
+        probes: dict[str, ProcessResult] = {}
+
+        async def probe(name: str, argv: list[str]) -> None:
+            probes[name] = await run_process(argv, cwd=here, limits=quick, env=env)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(probe, "vv", [found, "-vV"])
+            tg.start_soon(probe, "sysroot", [found, "--print", "sysroot"])
+        vv, sysroot_res = probes["vv"], probes["sysroot"]
         if not vv.ok:
             raise ConfigError(
                 f"[toolchain] rustc = {settings.rustc!r} does not run: {_describe_failure(vv, 'rustc -vV')}"
@@ -232,7 +241,6 @@ class Toolchain:
         host = info.get("host", "")
         # Skip the rustup proxy (tens of ms per call): use the real compiler in the sysroot when it is there.
         rustc = found
-        sysroot_res = await run_process([found, "--print", "sysroot"], cwd=here, limits=quick, env=env)
         if sysroot_res.ok:
             real = Path(sysroot_res.stdout.decode().strip()) / "bin" / "rustc"
             if real.is_file() and os.access(real, os.X_OK):
@@ -246,9 +254,25 @@ class Toolchain:
                 f"[toolchain] cache_dir: cannot create {cache_dir} ({exc.strerror}): set [toolchain] cache_dir "
                 f"(or --cache-dir) to a writable directory"
             ) from exc
-        rlib = await _ensure_libc(rustc, env, version_text, host, libc_src, cache_dir, settings)
-        libc_id = await anyio.to_thread.run_sync(lambda: hashlib.sha256(rlib.read_bytes()).hexdigest()[:32])
-        clippy = await _find_clippy(settings, rustc, env) if settings.clippy else None
+        clippy_found: list[str | None] = [None]
+
+        async def find_clippy() -> None:
+            clippy_found[0] = await _find_clippy(settings, rustc, env)
+
+        failure: ConfigError | None = None
+        async with anyio.create_task_group() as tg:  # the clippy probe beside the libc check (or build)
+            if settings.clippy:
+                tg.start_soon(find_clippy)
+            try:
+                rlib = await _ensure_libc(rustc, env, version_text, host, libc_src, cache_dir, settings)
+                libc_id = await anyio.to_thread.run_sync(
+                    lambda: hashlib.sha256(rlib.read_bytes()).hexdigest()[:32])
+            except ConfigError as exc:
+                failure = exc  # raised below as it is, not inside the task group's exception group
+                tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        clippy = clippy_found[0]
         log.info("toolchain: %s, libc rlib %s, clippy %s", version_text.splitlines()[0], rlib,
                  clippy or "not used")
         return cls(settings, rustc=rustc, clippy=clippy, version_text=version_text, libc_rlib=rlib,

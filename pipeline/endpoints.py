@@ -44,6 +44,7 @@ from .errors import (
 from .llm import ClientStats, ModelClient, ServerInfo
 from .llm_errors import failure_kind
 from .records import Completion
+from .scheduling import PriorityLimiter, WaitingLine
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,10 @@ class Router:
             return None
         self.states[best[2]].in_flight += 1
         return best[2]
+
+    def free(self) -> int:
+        """Slots free on the servers in service."""
+        return sum(max(0, s.capacity - s.in_flight) for s in self.states if s.up)
 
     def finished(self, index: int) -> None:
         self.states[index].in_flight -= 1
@@ -256,6 +261,7 @@ class EndpointPool:
         )
         self._clock = clock
         self._changed = anyio.Event()
+        self._line = WaitingLine()
         self._info: ServerInfo | None = None
         #: The smallest context length the servers reported at preflight (None: none said), for the
         #: granularity of function-level translation.
@@ -274,7 +280,7 @@ class EndpointPool:
                                   capacities(config), strict=True):
                 settings = dataclasses.replace(config.client, workers=cap)
                 clients.append(await stack.enter_async_context(
-                    ModelClient.open(model, settings, limiter=anyio.CapacityLimiter(cap))))
+                    ModelClient.open(model, settings, limiter=PriorityLimiter(cap))))
             yield cls(config, clients)
 
     @property
@@ -360,24 +366,35 @@ class EndpointPool:
         )
 
     async def _acquire(self) -> int:
-        """A slot on the best server in service; probes the servers that are due meanwhile.
+        """A slot on the best server in service; probes the servers that are due meanwhile. Waiting requests
+        take the free slots in their order (:mod:`pipeline.scheduling`: tasks under way first).
 
         Raises ModelUnavailable when every server has been failing for the outage budget.
         """
-        while True:
-            # Only while no server is in service: one in service has answered since it failed, or will be tried.
-            if not any(s.up for s in self.router.states) and self.router.exhausted():
-                raise self._stop_error()
-            due = self.router.claim_probe()
-            if due is not None:
-                await self._probe(due)
-                continue
-            index = self.router.pick()
-            if index is not None:
-                return index
-            changed = self._changed
-            with anyio.move_on_after(WAIT_STEP):
-                await changed.wait()
+        place = self._line.join()
+        served = False
+        try:
+            while True:
+                # Only while no server is in service: one in service has answered since it failed, or will be
+                # tried.
+                if not any(s.up for s in self.router.states) and self.router.exhausted():
+                    raise self._stop_error()
+                due = self.router.claim_probe()
+                if due is not None:
+                    await self._probe(due)
+                    continue
+                if self._line.ahead(place) < self.router.free():
+                    index = self.router.pick()
+                    if index is not None:
+                        served = True
+                        return index
+                changed = self._changed
+                with anyio.move_on_after(WAIT_STEP):
+                    await changed.wait()
+        finally:
+            self._line.leave(place)
+            if not served:
+                self._notify()  # the requests behind it moved up without a slot taken: they may go now
 
     def _release(self, index: int) -> None:
         self.router.finished(index)

@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Container, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .build import Toolchain
@@ -64,6 +65,7 @@ from .ray_executor import RayVerifier
 from .records import TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
+from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .task import Orphan, Task, printable
 from .translate import read_task, translate_task
@@ -181,18 +183,14 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
         async with anyio.create_task_group() as startup:
             startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
             try:
-                toolchain = await Toolchain.prepare(config.toolchain)
-                sandbox = await stack.enter_async_context(Sandbox.open(
-                    config.sandbox, scratch_root=scratch_root, cache_dir=config.toolchain.resolved_cache_dir()
-                ))
                 client: ModelClient | EndpointPool
                 if config.model.endpoints:
                     client = await stack.enter_async_context(EndpointPool.open(config))
                 else:
                     client = await stack.enter_async_context(ModelClient.open(
-                        config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)
+                        config.model, config.client, limiter=PriorityLimiter(config.client.workers)
                     ))
-                info = await client.preflight()
+                toolchain, sandbox, info = await _start_up(config, stack, client, scratch_root)
                 cpu = anyio.CapacityLimiter(config.run.jobs)
                 verifier: Verifier = (
                     await stack.enter_async_context(RayVerifier.open(config, cpu)) if config.run.executor == "ray"
@@ -218,6 +216,40 @@ def _function_level(config: Config, client: ModelClient | EndpointPool, info: Se
         log.info("--executor ray: function-level tasks build and test their functions (FFI checks, the combined "
                  "program) on this machine; whole-file builds and tests go to the Ray cluster")
     return FunctionLevel(toolchain, sandbox, cpu, smallest, settings_fingerprint(config))
+
+
+async def _start_up(config: Config, stack: AsyncExitStack, client: ModelClient | EndpointPool,
+                    scratch_root: Path | None) -> tuple[Toolchain, Sandbox, ServerInfo]:
+    """The toolchain probe and libc check, the sandbox probe and the server's preflight, side by side: none
+    waits for another (start-up s in bench/README.md, #16).
+
+    A failing toolchain or sandbox stops the others at once (a preflight may wait out an outage); the error
+    raised is the first in the order toolchain, sandbox, preflight, as it is (no exception group).
+    """
+    done: dict[str, Any] = {}
+    failures: dict[str, Exception] = {}
+
+    async def one(name: str, start: Callable[[], Awaitable[Any]], scope: anyio.CancelScope) -> None:
+        try:
+            done[name] = await start()
+        except Exception as exc:
+            failures[name] = exc
+            if name != "preflight":
+                scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, "toolchain", lambda: Toolchain.prepare(config.toolchain), tg.cancel_scope)
+        tg.start_soon(one, "sandbox", lambda: stack.enter_async_context(
+            Sandbox.open(config.sandbox, scratch_root=scratch_root,
+                         cache_dir=config.toolchain.resolved_cache_dir())), tg.cancel_scope)
+        tg.start_soon(one, "preflight", client.preflight, tg.cancel_scope)
+    for name in ("toolchain", "sandbox", "preflight"):
+        if name in failures:
+            raise failures[name]
+    if len(done) < 3:  # pragma: no cover - cancelled from outside: the enclosing scope raises at this checkpoint
+        await checkpoint()
+        raise Interrupted("start-up was cancelled")
+    return done["toolchain"], done["sandbox"], done["preflight"]
 
 
 #: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
@@ -404,10 +436,12 @@ def task_worker_count(config: Config) -> int:
     """Enough tasks in flight that neither the model slots nor the CPU slots wait on the other.
 
     Up to ``workers`` tasks can come back from the model at once (the first wave of a run, or a wave that
-    stayed in step) and wait for compile and test; another ``workers`` keep every model slot busy meanwhile.
-    With only ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave (bench/README.md).
+    stayed in step) and wait for compile and test; the others keep every model slot busy meanwhile. With only
+    ``workers + 2 * jobs`` the slots sat mostly idle for seconds after every such wave; with ``4 * workers``
+    every task of a small corpus starts at once and a run's tasks start early, which shortens the drain: the
+    waiting requests are served most-work-left first (:mod:`pipeline.scheduling`; bench/README.md, #16).
     """
-    return 2 * model_slots(config) + 2 * config.run.jobs
+    return 4 * model_slots(config) + 2 * config.run.jobs
 
 
 async def run_batch(

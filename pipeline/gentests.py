@@ -34,6 +34,7 @@ from .interfaces import Model
 from .llm import ModelClient
 from .proposals import propose_inputs
 from .sandbox import Limits, Sandbox
+from .scheduling import PriorityLimiter
 from .task import Feed
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ async def generate_tests(config: Config, options: GenerateOptions) -> list[Gener
         model: Model | None = None
         if options.model_inputs > 0:
             client = await stack.enter_async_context(ModelClient.open(
-                config.model, config.client, limiter=anyio.CapacityLimiter(config.client.workers)))
+                config.model, config.client, limiter=PriorityLimiter(config.client.workers)))
             await client.preflight()
             model = client
         cpu = anyio.CapacityLimiter(max(1, config.run.jobs))

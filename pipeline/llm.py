@@ -82,6 +82,7 @@ from .llm_errors import (
     server_message,
 )
 from .records import Choice, Completion, Usage
+from .scheduling import PriorityLimiter
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class ModelClient:
         model: ModelSettings,
         client: ClientSettings,
         *,
-        limiter: anyio.CapacityLimiter,
+        limiter: PriorityLimiter | anyio.CapacityLimiter,
         sleep: Sleep,
         clock: Clock,
     ) -> None:
@@ -299,14 +300,15 @@ class ModelClient:
         model: ModelSettings,
         client: ClientSettings,
         *,
-        limiter: anyio.CapacityLimiter | None = None,
+        limiter: PriorityLimiter | anyio.CapacityLimiter | None = None,
         sleep: Sleep = anyio.sleep,
         clock: Clock = time.monotonic,
     ) -> AsyncIterator[ModelClient]:
         """Open the run's one AsyncOpenAI client (pool sized to ``client.workers``) and close it on exit.
 
-        ``limiter`` bounds the requests in flight (default: ``client.workers``). ``sleep`` and ``clock`` are
-        what retries wait with and what the outage budget is measured by; tests pass fakes.
+        ``limiter`` bounds the requests in flight (default: ``client.workers``), tasks under way first.
+        ``sleep`` and ``clock`` are what retries wait with and what the outage budget is measured by; tests
+        pass fakes.
         """
         timeout = httpx2.Timeout(client.request_timeout, connect=client.connect_timeout)
         http = openai.DefaultAsyncHttpxClient(
@@ -326,7 +328,7 @@ class ModelClient:
                 oa,
                 model,
                 client,
-                limiter=limiter or anyio.CapacityLimiter(client.workers),
+                limiter=limiter or PriorityLimiter(client.workers),
                 sleep=sleep,
                 clock=clock,
             )

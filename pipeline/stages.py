@@ -17,7 +17,8 @@ from .config import Config
 from .errors import TaskFailure
 from .interfaces import Model, Verifier
 from .prompts import Turn, conversation, cut_off_turn, first_prompt
-from .records import Attempt, Completion, StageName, StageResult, TestSuite, Usage
+from .records import STAGES, Attempt, Completion, StageName, StageResult, TestSuite, Usage
+from .scheduling import request_rank, stage_rank
 
 if TYPE_CHECKING:
     from .function_task import FunctionLevel
@@ -58,12 +59,15 @@ async def run_stage(
     turns: list[Turn] = []
     attempts: list[Attempt] = []
     requests = 0
-    for number in range(1, env.config.translation.max_attempts + 1):
+    max_attempts = env.config.translation.max_attempts
+    stage_count = len(STAGES) if env.config.translation.idiomatic else 1
+    for number in range(1, max_attempts + 1):
         messages = conversation(system, first, turns)
         env.record({"stage": stage, "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
         try:
-            completion = await env.model.complete(messages, purpose=f"{name}:{stage}:{number}",
-                                                  n=env.config.translation.candidates)
+            with request_rank(stage_rank(STAGES.index(stage), stage_count, number, max_attempts)):
+                completion = await env.model.complete(messages, purpose=f"{name}:{stage}:{number}",
+                                                      n=env.config.translation.candidates)
         except TaskFailure as exc:
             # The server refused this request for good (context overflow, a 4xx, retries spent while the server
             # answered others): asking again with a longer conversation cannot help.

@@ -370,7 +370,9 @@ def test_server_gone_past_the_outage_budget_stops_the_run_with_exit_3(
     names = flat_corpus(corpus, 8)
     (cli.cwd / "sactor.toml").write_text(FAST_RETRIES.replace("outage_budget = 20", "outage_budget = 2"))
     out = tmp_path / "out"
-    sim = Simulator(SimConfig(load=LoadModel(capacity=1, latency=0.2)))
+    # Tasks finish close together at the end of a run (the most work left is served first, pipeline/scheduling.py):
+    # slow answers leave the server time to die while six tasks still wait for theirs.
+    sim = Simulator(SimConfig(load=LoadModel(capacity=1, latency=0.6)))
     with sim.running() as url:
         proc = _start_run(cli, corpus, out, url, "--workers", "1")
         _wait_for(lambda: len(_finished(out)) >= 2)

@@ -25,6 +25,7 @@ from pipeline.errors import (
     ServerUnreachable,
 )
 from pipeline.llm import Completion, ModelClient, estimate_tokens
+from pipeline.scheduling import PriorityLimiter
 from pipeline.simulator import FaultPlan, LoadModel, SimConfig, Simulator
 
 MODEL = "sim-model"
@@ -89,7 +90,7 @@ def settings(**overrides: Any) -> ClientSettings:
 @asynccontextmanager
 async def client_for(
     base_url: str, fake: FakeTime, *, model: str = MODEL, max_tokens: int = 1024, preflight: bool = True,
-    api_key: str = "EMPTY", limiter: anyio.CapacityLimiter | None = None, **client: Any,
+    api_key: str = "EMPTY", limiter: PriorityLimiter | anyio.CapacityLimiter | None = None, **client: Any,
 ) -> AsyncIterator[ModelClient]:
     model_settings = ModelSettings(base_url=base_url, model=model, max_tokens=max_tokens, api_key=api_key)
     async with ModelClient.open(model_settings, settings(**client), limiter=limiter, sleep=fake.sleep,
