@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
@@ -415,15 +416,32 @@ def _unwritable(result_dir: Path, exc: OSError) -> str:
 
 
 async def _watch_signals(scope: anyio.CancelScope, state: RunState, phase: str = "run") -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for signum in signals:
-            state.interrupted = signal.Signals(signum).name
-            if phase == "run":
-                log.warning("received %s: stopping; finished tasks are kept", state.interrupted)
-            else:
-                log.warning("received %s during %s: stopping", state.interrupted, phase)
-            scope.cancel()
-            return
+    try:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                state.interrupted = signal.Signals(signum).name
+                if phase == "run":
+                    log.warning("received %s: stopping; finished tasks are kept", state.interrupted)
+                else:
+                    log.warning("received %s during %s: stopping", state.interrupted, phase)
+                scope.cancel()
+                return
+    finally:
+        _interrupt_between_watchers()
+
+
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_between_watchers() -> None:
+    """A signal receiver that ends leaves SIGTERM at SIG_DFL (asyncio's remove_signal_handler), so a SIGTERM
+    between start-up's watcher and the run's would kill the process without clean-up (exit -15). Until the
+    next watcher takes over, both signals interrupt like Ctrl-C: KeyboardInterrupt, which the CLI turns into
+    exit 130 after the tasks are cancelled and closed."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 async def _track_in_flight(client: ModelClient | EndpointPool, counters: Counters) -> None:

@@ -104,3 +104,37 @@ def test_signal_during_preflight_exits_130_and_removes_the_scratch(
     assert "interrupted" in stderr and "Traceback" not in stderr
     assert not _scratch_of(proc.pid)
     assert not (tmp_path / "out" / "ledger.journal.jsonl").exists()
+
+
+SIGTERM_BETWEEN_WATCHERS = """
+import os, signal, sys
+import anyio
+from pipeline.engine import RunState, _watch_signals
+
+async def main() -> None:
+    async with anyio.create_task_group() as tg:  # start-up's watcher, ended as start-up ends
+        tg.start_soon(_watch_signals, tg.cancel_scope, RunState(), "start-up")
+        await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+    os.kill(os.getpid(), signal.SIGTERM)  # before the run's watcher listens
+    await anyio.sleep(5)
+
+try:
+    anyio.run(main)
+except KeyboardInterrupt:
+    print("interrupted, cleaned up")
+    sys.exit(130)
+"""
+
+
+def test_sigterm_between_the_start_up_and_the_run_watchers_interrupts_cleanly() -> None:
+    """A signal watcher that ends leaves SIGTERM at the default action (asyncio restores SIG_DFL): a SIGTERM in
+    the moment before the next watcher listens used to kill the CLI without clean-up (exit -15)."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_BETWEEN_WATCHERS], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 130, (proc.returncode, proc.stderr[-2000:])
+    assert "interrupted, cleaned up" in proc.stdout
