@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "faces": ("cli", "check", "report", "report_render"),
     "batch": ("engine", "discovery", "ledger", "results", "progress", "gentests"),
     "translation": ("translate", "stages", "prompts", "extract", "proposals"),
-    "function level": ("function_stage", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
+    "function level": ("function_stage", "function_idiomatic", "rust_items", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
     "model": ("endpoints", "llm", "llm_errors"),
     "verification": ("verifier", "ray_executor", "vacuity", "differential", "cache", "testing", "build",
                      "rust_source", "sandbox", "sandbox_init"),

@@ -1,0 +1,174 @@
+"""Top-level items of a Rust source without a parser: enough to take a program (or an answer) apart by item.
+
+The function-level idiomatic stage (:mod:`pipeline.function_idiomatic`) moves items between the two halves of
+a program being made safe, shows callees in declared form, and tells a safe function from its wrapper. It
+needs, for each top-level item, its text (attributes and doc comments included), its kind and its name;
+:func:`split_items` gives that from a brace-matching scan over the source with comments and literals masked
+(:func:`~pipeline.rust_source.mask_comments_and_strings`). Inner attributes (``#![allow(...)]``) are items of
+kind ``inner_attribute``. Text the scan cannot place (a stray ``}``) ends up in an item of kind ``other``, so
+nothing is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .rust_source import first_unsafe_line, mask_comments_and_strings
+
+_HEAD = re.compile(
+    r"^(?:pub(?:\s*\([^)]*\))?\s+)?(?:default\s+)?(?:(?:unsafe|const|async|extern(?:\s+\"[^\"]*\")?)\s+)*"
+    r"(?P<kind>fn|struct|enum|union|type|const|static|mod|trait|use|impl|macro_rules!|thread_local!)"
+    r"(?P<rest>.*)",
+    re.DOTALL,
+)
+_NAME = re.compile(r"\s*(?:mut\s+)?(?:r#)?([A-Za-z_][A-Za-z0-9_]*)")
+_IMPL_TARGET = re.compile(r"\s*(?:<[^{]*?>\s*)?(?:[\w:<>, ]+?\s+for\s+)?([A-Za-z_][A-Za-z0-9_]*)")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class RustItem:
+    """One top-level item: ``kind`` is ``fn``, ``struct``, ``enum``, ``union``, ``type``, ``const``,
+    ``static``, ``mod``, ``trait``, ``use``, ``impl`` (``name`` is the type implemented), ``macro_rules``,
+    ``thread_local`` (``name`` is the first variable declared), ``inner_attribute`` or ``other``."""
+
+    kind: str
+    name: str
+    text: str
+
+    @property
+    def is_unsafe(self) -> bool:
+        """Whether the item uses `unsafe` (outside comments and literals)."""
+        return first_unsafe_line(self.text) is not None
+
+    def words(self) -> set[str]:
+        """The identifiers the item's code mentions (comments and literals excluded)."""
+        return set(_WORD.findall(mask_comments_and_strings(self.text)))
+
+    def signature(self) -> str:
+        """A function's declaration (its text up to the body, attributes dropped) ending in ``;``; the item's
+        text for anything else."""
+        if self.kind != "fn":
+            return self.text.strip()
+        masked = mask_comments_and_strings(self.text)
+        start = _code_start(masked)
+        brace = _body_brace(masked, start)
+        return " ".join(self.text[start:brace].split()) + ";"
+
+
+def _code_start(masked: str) -> int:
+    """Where the item's own code starts, after its outer attributes and leading blanks."""
+    i = 0
+    n = len(masked)
+    while True:
+        while i < n and masked[i].isspace():
+            i += 1
+        if masked.startswith("#[", i):
+            i = _close(masked, i + 1)
+            continue
+        return i  # comments are blanks in the masked text
+
+
+def _close(masked: str, open_at: int) -> int:
+    """The index after the bracket matching the one at ``open_at``."""
+    depth = 0
+    for j in range(open_at, len(masked)):
+        ch = masked[j]
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return len(masked)
+
+
+def _body_brace(masked: str, start: int) -> int:
+    """Where a function's body opens: its first ``{`` outside parentheses and brackets."""
+    depth = 0
+    for j in range(start, len(masked)):
+        ch = masked[j]
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch in "{;" and depth <= 0:
+            return j
+    return len(masked)
+
+
+def _kind_and_name(code: str) -> tuple[str, str]:
+    match = _HEAD.match(code)
+    if match is None:
+        return "other", ""
+    kind, rest = match.group("kind"), match.group("rest")
+    if kind == "impl":
+        target = _IMPL_TARGET.match(rest)
+        return "impl", target.group(1) if target else ""
+    if kind == "macro_rules!":
+        name = _NAME.match(rest)
+        return "macro_rules", name.group(1) if name else ""
+    if kind == "thread_local!":
+        name = re.search(r"static\s+([A-Za-z_][A-Za-z0-9_]*)", rest)
+        return "thread_local", name.group(1) if name else ""
+    if kind == "use":
+        return "use", " ".join(rest.split()).rstrip(";")
+    name = _NAME.match(rest)
+    return kind, name.group(1) if name else ""
+
+
+def split_items(source: str) -> list[RustItem]:
+    """The top-level items of ``source`` in order. An item ends at a ``;`` or at the ``}`` that closes its
+    body at the top level (for ``static``/``const`` with an initializer, at the ``;`` after it)."""
+    masked = mask_comments_and_strings(source)
+    items: list[RustItem] = []
+    n = len(masked)
+    i = 0
+    while i < n:
+        start = i
+        code = _code_start(masked[i:]) + i
+        if code >= n:
+            break
+        if masked.startswith("#![", code):
+            end = _close(masked, code + 2)
+            items.append(RustItem("inner_attribute", "", source[start:end].strip("\n")))
+            i = end
+            continue
+        kind, _ = _kind_and_name(masked[code:code + 400])
+        needs_semicolon = kind in ("static", "const", "type", "use", "other")
+        depth = 0
+        j = code
+        end = n
+        while j < n:
+            ch = masked[j]
+            if ch in "([{":
+                depth += 1
+            elif ch in ")]}":
+                depth -= 1
+                if depth == 0 and ch == "}" and not needs_semicolon:
+                    end = j + 1
+                    break
+                if depth < 0:  # a stray closer: keep it with what came before
+                    end = j + 1
+                    break
+            elif ch == ";" and depth == 0:
+                end = j + 1
+                break
+            j += 1
+        text = source[start:end]
+        kind, name = _kind_and_name(masked[code:end]) if kind != "other" else ("other", "")
+        items.append(RustItem(kind, name, text.strip("\n")))
+        i = end
+    return [item for item in items if item.text.strip()]
+
+
+def join_items(items: Iterable[RustItem]) -> str:
+    """The items' texts, one blank line apart."""
+    return "\n\n".join(item.text.strip("\n") for item in items)
+
+
+def defined_names(items: Iterable[RustItem]) -> set[str]:
+    """The names the items define in the value or type namespace (``use`` and impls define none)."""
+    return {item.name for item in items if item.name and item.kind not in ("use", "impl", "inner_attribute")}
