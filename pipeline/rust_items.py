@@ -19,7 +19,7 @@ from .rust_source import first_unsafe_line, mask_comments_and_strings
 
 _HEAD = re.compile(
     r"^(?:pub(?:\s*\([^)]*\))?\s+)?(?:default\s+)?(?:(?:unsafe|const|async|extern(?:\s+\"[^\"]*\")?)\s+)*"
-    r"(?P<kind>fn|struct|enum|union|type|const|static|mod|trait|use|impl|macro_rules!|thread_local!)"
+    r"(?P<kind>fn|struct|enum|union|type|const|static|mod|trait|use|impl|macro_rules!|thread_local!|\{)"
     r"(?P<rest>.*)",
     re.DOTALL,
 )
@@ -31,7 +31,8 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 @dataclass(frozen=True)
 class RustItem:
     """One top-level item: ``kind`` is ``fn``, ``struct``, ``enum``, ``union``, ``type``, ``const``,
-    ``static``, ``mod``, ``trait``, ``use``, ``impl`` (``name`` is the type implemented), ``macro_rules``,
+    ``static``, ``mod``, ``trait``, ``use``, ``impl`` (``name`` is the type implemented), ``extern`` (an
+    ``extern "C" {...}`` block), ``macro_rules``,
     ``thread_local`` (``name`` is the first variable declared), ``inner_attribute`` or ``other``."""
 
     kind: str
@@ -113,6 +114,8 @@ def _kind_and_name(code: str) -> tuple[str, str]:
     if kind == "thread_local!":
         name = re.search(r"static\s+([A-Za-z_][A-Za-z0-9_]*)", rest)
         return "thread_local", name.group(1) if name else ""
+    if kind == "{":  # extern "C" { ... }: the declarations of an extern block
+        return "extern", ""
     if kind == "use":
         return "use", " ".join(rest.split()).rstrip(";")
     name = _NAME.match(rest)
@@ -137,7 +140,7 @@ def split_items(source: str) -> list[RustItem]:
             i = end
             continue
         kind, _ = _kind_and_name(masked[code:code + 400])
-        needs_semicolon = kind in ("static", "const", "type", "use", "other")
+        needs_semicolon = kind in ("static", "const", "type", "use")
         depth = 0
         j = code
         end = n
