@@ -37,7 +37,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ from .errors import TaskFailure, TaskInputError
 from .extract import BEGIN_MARK, END_MARK, extract_rust
 from .function_stage import FunctionEnv
 from .prompts import Turn, conversation
-from .records import TestSuite
+from .records import Attempt, AttemptKind, Completion, StageResult, TestSuite, Usage
 from .results import atomic_write_json, atomic_write_text
 from .rust_items import RustItem, defined_names, join_items, split_items
 from .rust_source import first_unsafe_line
@@ -118,7 +118,7 @@ class UnitOutcome:
     label: str
     functions: tuple[str, ...]
     status: str
-    attempts: tuple[tuple[str, str], ...] = ()
+    attempts: tuple[Attempt, ...] = ()
     safe_code: str | None = None
     reason: str = ""
     blocked_by: str | None = None
@@ -160,6 +160,16 @@ class IdiomaticRun:
         if self.stage not in ("passed", "incomplete"):
             info["program"] = {"status": "failed", "reason": self.reason}
         return info
+
+    def stage_result(self) -> StageResult:
+        """The run as the idiomatic stage's result for results.py and the summary: every unit's attempts
+        in order (numbered through, each message naming its unit), the safe program when it verified."""
+        attempts = [replace(a, number=number, message=f"{o.label}: {a.message}")
+                    for number, (o, a) in enumerate(((o, a) for o in self.outcomes for a in o.attempts), 1)]
+        return StageResult("idiomatic", "verified" if self.verified else "failed", tuple(attempts),
+                           code=self.source if self.verified else None,
+                           reason=None if self.verified else self.reason, wall_seconds=self.seconds,
+                           requests=self.requests)
 
     def counts(self) -> dict[str, int]:
         """Units per status, for the summary."""
@@ -455,6 +465,11 @@ async def _check(env: FunctionEnv, suite: TestSuite, combined: CombinedProgram) 
     return "tests", verdict.feedback(FEEDBACK_CHARS), {}
 
 
+def _attempt(number: int, completion: Completion, kind: AttemptKind, message: str, code: str | None,
+             build_seconds: float = 0.0) -> Attempt:
+    return Attempt(number, kind, message, code, completion.usage, completion.seconds, build_seconds)
+
+
 async def _convert(
     env: FunctionEnv, program: CProgram, state: _Program, unit: Unit, suite: TestSuite
 ) -> tuple[UnitOutcome, tuple[str, str] | None, str | None]:
@@ -463,8 +478,12 @@ async def _convert(
     first = unit_prompt(program, state, unit)
     names = ", ".join(f"`{name}`" for name in unit.names)
     turns: list[Turn] = []
-    attempts: list[tuple[str, str]] = []
+    attempts: list[Attempt] = []
     requests = 0
+
+    def outcome(status: str, reason: str = "", safe: str | None = None) -> UnitOutcome:
+        return UnitOutcome(unit.label, unit.functions, status, tuple(attempts), safe, reason, requests=requests)
+
     for number in range(1, env.max_attempts + 1):
         messages = conversation(env.system, first, turns)
         env.record({"stage": "idiomatic", "unit": unit.label, "attempt": number, "event": "prompt",
@@ -474,28 +493,32 @@ async def _convert(
                                                                     f"{unit.label}:{number}")
         except TaskFailure as exc:
             requests += exc.requests
-            attempts.append(("request_failed", str(exc)))
-            return UnitOutcome(unit.label, unit.functions, "failed", tuple(attempts), reason=str(exc),
-                               requests=requests), None, None
+            attempts.append(Attempt(number, "request_failed", str(exc), None, Usage(), 0.0))
+            return outcome("failed", str(exc)), None, None
         requests += completion.requests
         extraction = extract_rust(completion.text, truncated=completion.truncated)
+
         if extraction.code is None:
             problem = extraction.problem or "the answer contains no Rust code"
-            attempts.append(("no_code", problem))
+            kind: AttemptKind = "truncated" if completion.truncated else "no_code"
+            attempts.append(_attempt(number, completion, kind, problem, None))
             turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
             continue
         safe, transitional, refusal = split_answer(unit, extraction.code)
         if refusal is not None:
-            attempts.append(("refused", refusal))
+            attempts.append(_attempt(number, completion, "refused", refusal, extraction.code))
             turns.append(Turn(completion.text, refusal, f"For {names}: {refusal}."))
             continue
         combined = state.render((unit, safe, transitional))
+        started = time.perf_counter()
         stage, feedback, per_item = await _check(env, suite, combined)
+        seconds = time.perf_counter() - started
         env.record({"stage": "idiomatic", "unit": unit.label, "attempt": number, "event": "verdict",
                     "kind": stage})
         if stage == "passed":
-            return (UnitOutcome(unit.label, unit.functions, "verified", (*attempts, ("passed", "")),
-                                safe_code=safe, requests=requests), (safe, transitional), combined.source)
+            attempts.append(_attempt(number, completion, "verified", "the whole program passes the tests",
+                                     extraction.code, seconds))
+            return outcome("verified", safe=safe), (safe, transitional), combined.source
         if stage == "build":
             where = ", ".join(sorted(key for key in per_item if key not in ("root", "module", "types", "program")))
             summary = f"with the safe {names} in the program, it does not compile" + (
@@ -504,11 +527,11 @@ async def _convert(
         else:
             summary = f"with the safe {names} in the program, tests fail"
             detail = f"With the safe version of {names} in the program, tests fail:\n{feedback}"
-        attempts.append((stage, summary))
+        failed: AttemptKind = "compile_error" if stage == "build" else "test_failure"
+        attempts.append(_attempt(number, completion, failed, summary, extraction.code, seconds))
         turns.append(Turn(completion.text, summary, detail))
-    last = attempts[-1][1] if attempts else "no attempt"
-    return (UnitOutcome(unit.label, unit.functions, "failed", tuple(attempts), requests=requests,
-                        reason=f"not made safe after {len(attempts)} attempts; last: {last}"), None, None)
+    last = attempts[-1].message if attempts else "no attempt"
+    return outcome("failed", f"not made safe after {len(attempts)} attempts; last: {last}"), None, None
 
 
 # --------------------------------------------------------------------------------------------------------

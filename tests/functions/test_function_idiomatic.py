@@ -138,7 +138,10 @@ async def test_a_wrong_safe_function_is_repaired_by_a_prompt_naming_it(
     assert "With the safe version of `sum` in the program, tests fail" in repair
     assert "Expected output:" in repair
     (outcome,) = [o for o in run.outcomes if o.label == "sum"]
-    assert [stage for stage, _ in outcome.attempts] == ["tests", "passed"]
+    assert [attempt.kind for attempt in outcome.attempts] == ["test_failure", "verified"]
+    result = run.stage_result()
+    assert result.verified and result.code == run.source and result.requests == 5
+    assert [a.message.split(":")[0] for a in result.attempts] == ["push", "sum", "sum", "is_even+is_odd", "main"]
 
 
 async def test_a_unit_that_cannot_be_made_safe_fails_with_a_reason_and_blocks_its_callers(
