@@ -109,6 +109,7 @@ class Unit:
     code: str
     wrappers: tuple[str, ...]
     uses: tuple[str, ...]
+    accessors: tuple[str, ...] = ()  # shared scalar globals it uses, through get_NAME / set_NAME
 
 
 @dataclass(frozen=True)
@@ -191,6 +192,34 @@ class Plan:
     data: tuple[RustItem, ...]
     units: tuple[Unit, ...]
     globals: dict[str, RustItem]
+    scalars: dict[str, tuple[str, str]] = field(default_factory=dict)  # shared scalar -> (type, initializer)
+
+    def accessors(self, name: str, *, safe: bool) -> str:
+        """``get_NAME``/``set_NAME`` of a shared scalar global: over the ``static mut`` while unconverted
+        code uses it (in the module), over a ``thread_local!`` ``Cell`` at the end (at the root)."""
+        rust_type, initial = self.scalars[name]
+        if safe:
+            return (f"thread_local! {{\n    static {name}: std::cell::Cell<{rust_type}> = "
+                    f"std::cell::Cell::new({initial});\n}}\n\n"
+                    f"fn get_{name}() -> {rust_type} {{\n    {name}.with(|cell| cell.get())\n}}\n\n"
+                    f"fn set_{name}(value: {rust_type}) {{\n    {name}.with(|cell| cell.set(value));\n}}")
+        return (f"pub fn get_{name}() -> {rust_type} {{\n    unsafe {{ {name} }}\n}}\n\n"
+                f"pub fn set_{name}(value: {rust_type}) {{\n    unsafe {{ {name} = value; }}\n}}")
+
+
+_SCALAR_STATIC = re.compile(
+    r"^(?:pub(?:\s*\([^)]*\))?\s+)?static\s+mut\s+(?:r#)?\w+\s*:\s*"
+    r"(?P<type>libc::(?:c_\w+|size_t|ssize_t)|[iu](?:8|16|32|64|128|size)|f32|f64|bool)\s*=\s*(?P<init>[^;]+);\s*$"
+)
+
+
+def _scalar(item: RustItem) -> tuple[str, str] | None:
+    """(type, initializer) of a ``static mut`` of a number or bool type with a plain initializer."""
+    code = "\n".join(line for line in item.text.splitlines() if not line.lstrip().startswith(("#", "//")))
+    match = _SCALAR_STATIC.match(code.strip())
+    if match is None or first_unsafe_line(match.group("init")) is not None:
+        return None
+    return match.group("type"), " ".join(match.group("init").split())
 
 
 def _public_main(item: RustItem) -> RustItem:
@@ -234,16 +263,26 @@ def plan_units(program: CProgram, combined_source: str) -> Plan:
     edges: dict[str, set[str]] = {node: set() for node in nodes}
     for node in nodes:
         edges[node] = {node_of[w] for w in words.get(node, ()) if w in node_of} - {node}
-    shared = [node for node in nodes if node.startswith(("h:", "v:"))]
+    scalars = {name: found for name, item in globals_.items() if (found := _scalar(item)) is not None}
+    # A global or helper changes together with all its users; a scalar global need not: safe code reaches
+    # it through accessors (unless one unit holds all its users, which then owns it).
+    shared = [node for node in nodes if node.startswith("h:") or (node.startswith("v:") and node[2:] not in scalars)]
     for node in nodes:
         for target in list(edges[node]):
             if target in shared:
-                edges[target].add(node)  # a global or helper changes together with all its users
+                edges[target].add(node)
     components = _strongly_connected(nodes, {node: frozenset(targets) for node, targets in edges.items()})
     owner: dict[str, int] = {}
     for index, component in enumerate(components):
         for node in component:
             owner[node] = index
+    users: dict[str, set[int]] = {}
+    for node in nodes:
+        for target in edges[node]:
+            if target.startswith("v:") and target[2:] in scalars and members.get(node):
+                users.setdefault(target[2:], set()).add(owner[node])
+    owned = {name: next(iter(found)) for name, found in users.items() if len(found) == 1}
+    scalars = {name: found for name, found in scalars.items() if name in users and name not in owned}
     labels: dict[int, str] = {}
     units: list[Unit] = []
     for index, component in enumerate(components):
@@ -258,10 +297,13 @@ def plan_units(program: CProgram, combined_source: str) -> Plan:
         wrappers = tuple(name for name in names if name in outside_words and name != "main")
         uses = tuple(dict.fromkeys(labels[owner[t]] for node in component for t in sorted(edges[node])
                                    if owner[t] != index and owner[t] in labels))
-        units.append(Unit(label, functions, tuple(names),
-                          tuple(node[2:] for node in component if node.startswith("v:")),
-                          join_items(fns[name] for name in names), wrappers, uses))
-    return Plan(tuple(data), tuple(units), globals_)
+        own_globals = [node[2:] for node in component if node.startswith("v:")]
+        own_globals += [name for name, unit_index in owned.items() if unit_index == index]
+        unit_words = set().union(*(words.get(node, set()) for node in component))
+        units.append(Unit(label, functions, tuple(names), tuple(name for name in globals_ if name in own_globals),
+                          join_items(fns[name] for name in names), wrappers, uses,
+                          tuple(name for name in scalars if name in unit_words)))
+    return Plan(tuple(data), tuple(units), globals_, scalars)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -311,6 +353,7 @@ class _Program:
             blocks.append(("root", f"fn main() {{ {MODULE}::main() }}"))
         blocks.append(("module", f"pub mod {MODULE} {{\nuse super::*;"))
         blocks.append(("types", join_items(self.plan.data)))
+        blocks.extend(("accessors", self.plan.accessors(name, safe=False)) for name in self.plan.scalars)
         for unit in self.plan.units:
             if unit.label in self.transitional:
                 blocks.append((unit.label, self.transitional[unit.label]))
@@ -339,7 +382,10 @@ class _Program:
                     needed |= item.words()
                     changed = True
         lifted.sort(key=self.plan.data.index)
-        blocks = [("types", join_items(lifted)), ("program", join_items(root))]
+        safe_state = [self.plan.accessors(name, safe=True) for name in self.plan.scalars
+                      if f"get_{name}" in needed or f"set_{name}" in needed]
+        blocks = [("types", join_items(lifted)), ("globals", "\n\n".join(safe_state)),
+                  ("program", join_items(root))]
         return _assemble(blocks)
 
 
@@ -404,6 +450,11 @@ def unit_prompt(program: CProgram, state: _Program, unit: Unit) -> str:
     if unit.globals:
         intro.append("Globals only this step uses (replace them with safe state): "
                      + ", ".join(f"`{g}`" for g in unit.globals) + ".")
+    if unit.accessors:
+        intro.append("Globals shared with functions outside this step: read and write them only through "
+                     "these safe functions (they stay valid when the global itself becomes safe):\n"
+                     + "\n".join(f"fn get_{g}() -> {state.plan.scalars[g][0]};\n"
+                                 f"fn set_{g}(value: {state.plan.scalars[g][0]});" for g in unit.accessors))
     sections = [
         _section(f"Original types it uses (in `mod {MODULE}`)", join_items(original)),
         _section("Safe types already at the crate root (use them, do not redefine)", join_items(safe_types)),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.build import Toolchain
-from pipeline.c_program import CProgram
+from pipeline.c_program import CProgram, parse_program
 from pipeline.c_types import translate_types
 from pipeline.combine import combine
 from pipeline.function_idiomatic import MARKER, IdiomaticBook, idiomatic_by_function, write_idiomatic_files
@@ -23,7 +23,8 @@ from pipeline.function_stage import FunctionEnv
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.rust_source import first_unsafe_line
 from pipeline.sandbox import Sandbox
-from pipeline.testing import run_test_suite
+from pipeline.task import Task
+from pipeline.testing import load_test_suite, run_test_suite
 from tests.functions.function_fixtures import RUST_FUNCTIONS, numbers_task
 
 ANSWERS = Path(__file__).parent / "answers" / "numbers" / "idiomatic-functions"
@@ -173,3 +174,84 @@ async def test_a_unit_that_cannot_be_made_safe_fails_with_a_reason_and_blocks_it
     assert [label for label, _ in model.seen] == ["sum", "main"]
     assert [o.status for o in rerun.outcomes] == ["resumed", "verified", "resumed", "verified"]
     assert rerun.verified
+
+
+COUNTER_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+
+static int g_calls = 0;
+
+static int twice(int x) { g_calls++; return 2 * x; }
+
+int main(int argc, char **argv) {
+    int s = 0;
+    for (int i = 1; i < argc; i++) s += twice(atoi(argv[i]));
+    printf("%d after %d calls\n", s, g_calls);
+    return 0;
+}
+"""
+COUNTER_RUST = {
+    ("function:twice",): """
+#[no_mangle]
+pub unsafe extern "C" fn twice(x: libc::c_int) -> libc::c_int {
+    g_calls += 1;
+    2 * x
+}
+""",
+    ("function:main",): """
+fn main() {
+    unsafe {
+        let mut s: libc::c_int = 0;
+        for arg in std::env::args().skip(1) {
+            let text = std::ffi::CString::new(arg).unwrap();
+            s += twice(libc::atoi(text.as_ptr()));
+        }
+        libc::printf(b"%d after %d calls\\n\\0".as_ptr() as *const libc::c_char, s, g_calls);
+    }
+}
+""",
+}
+COUNTER_ANSWERS = {
+    "twice": ["""----RUST BEGIN----
+fn twice(x: i32) -> i32 {
+    set_g_calls(get_g_calls() + 1);
+    2 * x
+}
+
+pub unsafe extern "C" fn twice(x: libc::c_int) -> libc::c_int {
+    super::twice(x)
+}
+----RUST END----
+"""],
+    "main": ["""----RUST BEGIN----
+fn main() {
+    let s: i32 = std::env::args().skip(1).map(|arg| twice(arg.trim().parse().unwrap_or(0))).sum();
+    println!("{} after {} calls", s, get_g_calls());
+}
+----RUST END----
+"""],
+}
+
+
+async def test_a_counter_shared_by_two_units_is_reached_through_accessors_and_ends_as_safe_state(
+    services: tuple[Toolchain, Sandbox], tmp_path: Path, include_dirs: tuple[str, ...]
+) -> None:
+    """A scalar global used by two functions does not merge them: each prompt offers get_/set_ accessors
+    (over the static mut while unconverted code uses it), and the end program keeps it in a thread_local
+    Cell, with no `unsafe`, passing the tests."""
+    (tmp_path / "counter.c").write_text(COUNTER_C)
+    (tmp_path / "counter_samples.json").write_text(
+        '[{"input": "1 2 3", "output": "12 after 3 calls"}, {"input": "5", "output": "10 after 1 calls"}]')
+    program = parse_program(tmp_path / "counter.c", include_dirs=include_dirs)
+    suite = load_test_suite(Task("counter", tmp_path / "counter.c", tmp_path / "counter_samples.json",
+                                 test_kind="samples", feed="args"))
+    source = combine(program, translate_types(program), COUNTER_RUST).source
+    model = ScriptedModel({k: list(v) for k, v in COUNTER_ANSWERS.items()})
+    run = await idiomatic_by_function(_env(model, services), program, source, suite, IdiomaticBook.load(tmp_path))
+    assert [label for label, _ in model.seen] == ["twice", "main"]
+    for _, messages in model.seen:
+        assert "fn get_g_calls() -> libc::c_int;\nfn set_g_calls(value: libc::c_int);" in messages[1]["content"]
+    assert run.verified and run.source is not None, run.reason
+    assert first_unsafe_line(run.source) is None
+    assert "static g_calls: std::cell::Cell<libc::c_int> = std::cell::Cell::new(0 as libc::c_int);" in run.source
