@@ -36,7 +36,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -310,18 +310,37 @@ def plan_units(program: CProgram, combined_source: str) -> Plan:
 # Rendering
 
 
-def _dedupe(items: Sequence[RustItem]) -> list[RustItem]:
-    """Later definitions of a name replace earlier ones (an answer may redefine a safe type); identical
-    ``use`` lines once."""
+def _dedupe_labelled(items: Sequence[tuple[str, RustItem]]) -> list[tuple[str, RustItem]]:
+    """Later definitions of a name replace earlier ones (an answer may redefine a safe type or a helper);
+    identical ``use`` lines once. Items come with the label of the unit that wrote them."""
     seen: set[tuple[str, str]] = set()
-    out: list[RustItem] = []
-    for item in reversed(items):
+    out: list[tuple[str, RustItem]] = []
+    for label, item in reversed(items):
         space = "type" if item.kind in ("struct", "enum", "union", "type", "trait") else item.kind
         key = (space, item.name) if item.kind in _NAMESPACED and item.name else (item.kind, item.text.strip())
         if item.kind == "impl" or key not in seen:
             seen.add(key)
-            out.append(item)
+            out.append((label, item))
     return out[::-1]
+
+
+def _dedupe(items: Sequence[RustItem]) -> list[RustItem]:
+    return [item for _, item in _dedupe_labelled([("", item) for item in items])]
+
+
+def _labelled(codes: Iterable[tuple[str, str]]) -> list[tuple[str, RustItem]]:
+    return _dedupe_labelled([(label, item) for label, code in codes for item in split_items(code)])
+
+
+def _blocks(labelled: Sequence[tuple[str, RustItem]]) -> list[tuple[str, str]]:
+    """Consecutive items of one unit as one block, for the line map."""
+    blocks: list[tuple[str, str]] = []
+    for label, item in labelled:
+        if blocks and blocks[-1][0] == label:
+            blocks[-1] = (label, blocks[-1][1] + "\n\n" + item.text.strip("\n"))
+        else:
+            blocks.append((label, item.text.strip("\n")))
+    return blocks
 
 
 @dataclass
@@ -331,6 +350,11 @@ class _Program:
     plan: Plan
     safe: dict[str, str] = field(default_factory=dict)
     transitional: dict[str, str] = field(default_factory=dict)
+
+    def items(self) -> list[RustItem]:
+        """Every item the program holds now: original data, safe code, wrappers and helpers."""
+        texts = [*self.safe.values(), *self.transitional.values()]
+        return [*self.plan.data, *(item for text in texts for item in split_items(text))]
 
     def root_items(self, extra: tuple[str, str] | None = None) -> list[RustItem]:
         texts = [self.safe[u.label] for u in self.plan.units if u.label in self.safe]
@@ -344,23 +368,19 @@ class _Program:
         unit_now = step[0].label if step else None
         converted = set(self.safe) | ({unit_now} if unit_now else set())
         blocks: list[tuple[str, str]] = [("root", "use unidiomatic::*;")]
-        for unit in self.plan.units:
-            if unit.label in self.safe:
-                blocks.append((unit.label, self.safe[unit.label]))
-            elif step is not None and unit.label == unit_now:
-                blocks.append((unit.label, step[1]))
+        safe = [(u.label, self.safe[u.label]) for u in self.plan.units if u.label in self.safe]
+        transitional = [(u.label, self.transitional[u.label]) for u in self.plan.units if u.label in self.transitional]
+        if step is not None:
+            safe.append((step[0].label, step[1]))
+            transitional.append((step[0].label, step[2]))
+        blocks.extend(_blocks(_labelled(safe)))
         if not any("main" in u.names for u in self.plan.units if u.label in converted):
             blocks.append(("root", f"fn main() {{ {MODULE}::main() }}"))
         blocks.append(("module", f"pub mod {MODULE} {{\nuse super::*;"))
         blocks.append(("types", join_items(self.plan.data)))
         blocks.extend(("accessors", self.plan.accessors(name, safe=False)) for name in self.plan.scalars)
-        for unit in self.plan.units:
-            if unit.label in self.transitional:
-                blocks.append((unit.label, self.transitional[unit.label]))
-            elif step is not None and unit.label == unit_now:
-                blocks.append((unit.label, step[2]))
-            elif unit.label not in converted:
-                blocks.append((unit.label, unit.code))
+        blocks.extend((unit.label, unit.code) for unit in self.plan.units if unit.label not in converted)
+        blocks.extend(_blocks(_labelled(transitional)))
         blocks.append(("module", "}"))
         return _assemble(blocks)
 
@@ -476,11 +496,28 @@ def _is_transitional(item: RustItem) -> bool:
     return item.is_unsafe or "super::" in item.text or bool(re.search(r'extern\s+"C"', item.text))
 
 
-def split_answer(unit: Unit, code: str) -> tuple[str, str, str | None]:
-    """(safe code for the root, transitional code for the module, the problem or None) of an answer."""
-    items = [item for item in split_items(code) if item.kind != "inner_attribute"]
+def _normal(text: str) -> str:
+    return " ".join(text.split())
+
+
+def split_answer(unit: Unit, code: str, given: Iterable[RustItem] = ()) -> tuple[str, str, str | None]:
+    """(safe code for the root, transitional code for the module, the problem or None) of an answer.
+
+    Items that repeat one of ``given`` (the program's items) word for word are dropped; a ``mod unidiomatic``
+    the answer writes out is taken apart, its items going to the module."""
+    known = {_normal(item.text) for item in given}
+    items: list[RustItem] = []
+    forced: list[RustItem] = []
+    for item in split_items(code):
+        if item.kind == "mod" and item.name == MODULE:
+            inner = item.text[item.text.index("{") + 1:item.text.rindex("}")]
+            forced.extend(i for i in split_items(inner) if not (i.kind == "use" and i.name == "super::*"))
+        elif item.kind != "inner_attribute" and not (item.kind == "use" and item.name.startswith(MODULE)):
+            items.append(item)
+    items = [item for item in items if _normal(item.text) not in known]
+    forced = [item for item in forced if _normal(item.text) not in known]
     safe = [item for item in items if not _is_transitional(item)]
-    transitional = [item for item in items if _is_transitional(item)]
+    transitional = [*forced, *(item for item in items if _is_transitional(item))]
     problems: list[str] = []
     safe_fns = {item.name for item in safe if item.kind == "fn"}
     for key in unit.functions:
@@ -555,7 +592,7 @@ async def _convert(
             attempts.append(_attempt(number, completion, kind, problem, None))
             turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
             continue
-        safe, transitional, refusal = split_answer(unit, extraction.code)
+        safe, transitional, refusal = split_answer(unit, extraction.code, state.items())
         if refusal is not None:
             attempts.append(_attempt(number, completion, "refused", refusal, extraction.code))
             turns.append(Turn(completion.text, refusal, f"For {names}: {refusal}."))

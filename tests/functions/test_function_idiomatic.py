@@ -18,9 +18,17 @@ from pipeline.build import Toolchain
 from pipeline.c_program import CProgram, parse_program
 from pipeline.c_types import translate_types
 from pipeline.combine import combine
-from pipeline.function_idiomatic import MARKER, IdiomaticBook, idiomatic_by_function, write_idiomatic_files
+from pipeline.function_idiomatic import (
+    MARKER,
+    IdiomaticBook,
+    Unit,
+    idiomatic_by_function,
+    split_answer,
+    write_idiomatic_files,
+)
 from pipeline.function_stage import FunctionEnv
 from pipeline.records import Completion, TestSuite, Usage
+from pipeline.rust_items import split_items
 from pipeline.rust_source import first_unsafe_line
 from pipeline.sandbox import Sandbox
 from pipeline.task import Task
@@ -255,3 +263,54 @@ async def test_a_counter_shared_by_two_units_is_reached_through_accessors_and_en
     assert run.verified and run.source is not None, run.reason
     assert first_unsafe_line(run.source) is None
     assert "static g_calls: std::cell::Cell<libc::c_int> = std::cell::Cell::new(0 as libc::c_int);" in run.source
+
+
+def test_an_answer_is_taken_apart_by_item() -> None:
+    """Safe items go to the root, `unsafe`/`extern "C"`/`super::` ones to the module; a written-out
+    `mod unidiomatic` is unpacked; items repeating the program's own are dropped; a member left unsafe or a
+    missing wrapper is named."""
+    unit = Unit("sum", ("function:sum",), ("sum",), (), "", ("sum",), ())
+    given = split_items("#[repr(C)]\npub struct Node {\n    pub value: libc::c_int,\n}")
+    answer = """#[repr(C)]
+pub struct Node {
+    pub value: libc::c_int,
+}
+
+use std::cell::Cell;
+
+fn sum(node: Option<&Node>) -> i32 { node.map_or(0, |n| n.value + sum(n.next.as_deref())) }
+
+pub mod unidiomatic {
+    use super::*;
+    pub extern "C" fn sum(n: *const Node) -> libc::c_int { 0 }
+}
+"""
+    safe, transitional, problem = split_answer(unit, answer, given)
+    assert problem is None
+    assert [(i.kind, i.name) for i in split_items(safe)] == [("use", "std::cell::Cell"), ("fn", "sum")]
+    assert [(i.kind, i.name) for i in split_items(transitional)] == [("fn", "sum")]
+    _, _, problem = split_answer(unit, SUM_UNSAFE.split("\n", 1)[1].rsplit("----RUST END", 1)[0])
+    assert problem == ("`sum` is not safe Rust (`unsafe` on line 2 of it): write it without `unsafe`, raw "
+                       "pointers, `static mut` or `super::`, and its wrapper separately")
+    _, _, problem = split_answer(unit, "fn sum(n: Option<&Node>) -> i32 { 0 }")
+    assert problem is not None and "add a wrapper with exactly that signature that calls `super::sum`" in problem
+
+
+def test_rust_items_split_at_the_top_level() -> None:
+    """extern blocks, statics with struct initializers, impls and macros are one item each."""
+    source = """extern "C" {
+    fn f(x: i32) -> i32;
+    static mut stdin: *mut libc::FILE;
+}
+pub static KEYS: [Key; 1] = [Key { name: "a", f: Some(f) }];
+impl Key { fn new() -> Self { Key { name: "", f: None } } }
+thread_local! { static COUNT: std::cell::Cell<i32> = std::cell::Cell::new(0); }
+/// doc
+#[inline]
+pub(crate) unsafe extern "C" fn g(p: *mut i32) -> i32 { *p }
+"""
+    items = split_items(source)
+    assert [(i.kind, i.name) for i in items] == [("extern", ""), ("static", "KEYS"), ("impl", "Key"),
+                                                 ("thread_local", "COUNT"), ("fn", "g")]
+    assert items[-1].signature() == 'pub(crate) unsafe extern "C" fn g(p: *mut i32) -> i32;'
+    assert items[-1].text.startswith("/// doc")
