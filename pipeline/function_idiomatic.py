@@ -43,9 +43,10 @@ from typing import Any
 
 from .c_program import CProgram, _strongly_connected
 from .combine import PRELUDE, CombinedProgram, attribute_errors
-from .errors import TaskFailure, TaskInputError
+from .errors import TaskFailure
 from .extract import BEGIN_MARK, END_MARK, extract_rust
 from .function_stage import FunctionEnv
+from .items import read_book
 from .prompts import Turn, conversation
 from .records import Attempt, AttemptKind, Completion, StageResult, TestSuite, Usage
 from .results import atomic_write_json, atomic_write_text
@@ -638,19 +639,10 @@ class IdiomaticBook:
     def load(cls, folder: Path) -> IdiomaticBook:
         """The book in ``folder`` (empty when there is none). Raises TaskInputError naming the file when it
         is not a book this version wrote."""
-        path = folder / BOOK
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = read_book(folder / BOOK, BOOK_VERSION, "units", "the idiomatic stage")
+        if data is None:
             return cls(folder)
-        except (OSError, ValueError) as exc:
-            raise TaskInputError(f"{path}: cannot read the idiomatic item records ({exc}); delete the file to "
-                                 f"redo the idiomatic stage") from exc
-        if not isinstance(data, dict) or data.get("version") != BOOK_VERSION or not isinstance(
-                data.get("units"), dict):
-            raise TaskInputError(f"{path}: not an idiomatic item book of version {BOOK_VERSION}; delete it to "
-                                 f"redo the idiomatic stage")
-        return cls(folder, dict(data["units"]))
+        return cls(folder, dict(data.get("units", {})))
 
     def save(self) -> None:
         atomic_write_json(self.folder / BOOK, {"version": BOOK_VERSION, "units": self.records})

@@ -59,9 +59,8 @@ class RustItem:
         return " ".join(self.text[start:brace].split()) + ";"
 
 
-def _code_start(masked: str) -> int:
-    """Where the item's own code starts, after its outer attributes and leading blanks."""
-    i = 0
+def _code_start(masked: str, i: int = 0) -> int:
+    """Where the item from ``i`` has its own code, after its outer attributes and leading blanks."""
     n = len(masked)
     while True:
         while i < n and masked[i].isspace():
@@ -72,32 +71,31 @@ def _code_start(masked: str) -> int:
         return i  # comments are blanks in the masked text
 
 
-def _close(masked: str, open_at: int) -> int:
-    """The index after the bracket matching the one at ``open_at``."""
-    depth = 0
-    for j in range(open_at, len(masked)):
-        ch = masked[j]
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-            if depth == 0:
-                return j + 1
-    return len(masked)
-
-
-def _body_brace(masked: str, start: int) -> int:
-    """Where a function's body opens: its first ``{`` outside parentheses and brackets."""
+def _scan(masked: str, start: int, stops: str, nest: str = "([{") -> int:
+    """The index of the first character of ``stops`` from ``start`` outside the brackets of ``nest`` that
+    open after ``start``; the end of the text when there is none."""
+    closers = {"(": ")", "[": "]", "{": "}"}
+    inner = "".join(closers[c] for c in nest)
     depth = 0
     for j in range(start, len(masked)):
         ch = masked[j]
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch in "{;" and depth <= 0:
+        if depth == 0 and ch in stops:
             return j
+        if ch in nest:
+            depth += 1
+        elif ch in inner:
+            depth -= 1
     return len(masked)
+
+
+def _close(masked: str, open_at: int) -> int:
+    """The index after the ``]`` matching the ``[`` at ``open_at`` (an attribute)."""
+    return min(_scan(masked, open_at + 1, "]") + 1, len(masked))
+
+
+def _body_brace(masked: str, start: int) -> int:
+    """Where a function's body opens: its first ``{`` (or ``;``) outside parentheses and brackets."""
+    return _scan(masked, start, "{;", nest="([")
 
 
 def _kind_and_name(code: str) -> tuple[str, str]:
@@ -131,7 +129,7 @@ def split_items(source: str) -> list[RustItem]:
     i = 0
     while i < n:
         start = i
-        code = _code_start(masked[i:]) + i
+        code = _code_start(masked, i)
         if code >= n:
             break
         if masked.startswith("#![", code):
@@ -140,26 +138,12 @@ def split_items(source: str) -> list[RustItem]:
             i = end
             continue
         kind, _ = _kind_and_name(masked[code:code + 400])
-        needs_semicolon = kind in ("static", "const", "type", "use")
-        depth = 0
-        j = code
-        end = n
-        while j < n:
-            ch = masked[j]
-            if ch in "([{":
-                depth += 1
-            elif ch in ")]}":
-                depth -= 1
-                if depth == 0 and ch == "}" and not needs_semicolon:
-                    end = j + 1
-                    break
-                if depth < 0:  # a stray closer: keep it with what came before
-                    end = j + 1
-                    break
-            elif ch == ";" and depth == 0:
-                end = j + 1
-                break
-            j += 1
+        if kind in ("static", "const", "type", "use"):
+            end = _scan(masked, code, ";") + 1
+        else:
+            stop = _scan(masked, code, "{;", nest="([")
+            end = _scan(masked, stop + 1, "}") + 1 if masked[stop:stop + 1] == "{" else stop + 1
+        end = min(end, n)
         text = source[start:end]
         kind, name = _kind_and_name(masked[code:end]) if kind != "other" else ("other", "")
         items.append(RustItem(kind, name, text.strip("\n")))

@@ -26,7 +26,6 @@ from pipeline.function_idiomatic import (
     split_answer,
     write_idiomatic_files,
 )
-from pipeline.function_stage import FunctionEnv
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.rust_items import split_items
 from pipeline.rust_source import first_unsafe_line
@@ -34,6 +33,7 @@ from pipeline.sandbox import Sandbox
 from pipeline.task import Task
 from pipeline.testing import load_test_suite, run_test_suite
 from tests.functions.function_fixtures import RUST_FUNCTIONS, numbers_task
+from tests.functions.test_function_stage import _env  # the same services, any scripted model
 
 ANSWERS = Path(__file__).parent / "answers" / "numbers" / "idiomatic-functions"
 #: Compiles, but forgets the first node: only the tests can tell.
@@ -84,11 +84,6 @@ class ScriptedModel:
 def task(tmp_path: Path) -> tuple[CProgram, str, TestSuite]:
     program, suite = numbers_task(tmp_path)
     return program, combine(program, translate_types(program), RUST_FUNCTIONS).source, suite
-
-
-def _env(model: ScriptedModel, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:
-    toolchain, sandbox = services
-    return FunctionEnv(model, toolchain, sandbox, sandbox.limits(wall_seconds=20, output_bytes=100_000))
 
 
 async def test_every_unit_made_safe_and_the_end_program_has_no_unsafe(
