@@ -34,12 +34,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from .c_program import CProgram, _strongly_connected
 from .combine import PRELUDE, CombinedProgram, attribute_errors
@@ -48,7 +52,7 @@ from .extract import BEGIN_MARK, END_MARK, extract_rust
 from .function_stage import FunctionEnv
 from .items import read_book
 from .prompts import Turn, conversation
-from .records import Attempt, AttemptKind, Completion, StageResult, TestSuite, Usage
+from .records import STAGE_SPECS, Attempt, AttemptKind, Completion, StageResult, TestSuite, Usage
 from .results import atomic_write_json, atomic_write_text
 from .rust_items import RustItem, defined_names, join_items, split_items
 from .rust_source import first_unsafe_line
@@ -172,6 +176,21 @@ class IdiomaticRun:
                            code=self.source if self.verified else None,
                            reason=None if self.verified else self.reason, wall_seconds=self.seconds,
                            requests=self.requests)
+
+    def llm_stat(self) -> dict[str, Any]:
+        """SACToR's llm_stat keys per unit label (only units that sent requests)."""
+        stats: dict[str, Any] = {}
+        for outcome in self.outcomes:
+            if not outcome.requests:
+                continue
+            inputs = [a.usage.prompt_tokens for a in outcome.attempts]
+            outputs = [a.usage.completion_tokens for a in outcome.attempts]
+            stats[outcome.label] = {
+                "status": outcome.status, "total_queries": outcome.requests,
+                "total_costed_input_tokens": sum(inputs), "total_costed_output_tokens": sum(outputs),
+                "costed_input_tokens": inputs, "costed_output_tokens": outputs,
+            }
+        return stats
 
     def counts(self) -> dict[str, int]:
         """Units per status, for the summary."""
@@ -696,7 +715,7 @@ async def idiomatic_by_function(
         if blocker is not None:
             outcome = UnitOutcome(unit.label, unit.functions, "blocked", blocked_by=blocker,
                                   reason=f"calls {blocker}, which could not be made safe")
-            book.record(outcome, digest, None)
+            await anyio.to_thread.run_sync(book.record, outcome, digest, None)
         elif (earlier := book.accepted(unit.label, digest)) is not None:
             state.safe[unit.label], state.transitional[unit.label] = earlier
             outcome = UnitOutcome(unit.label, unit.functions, "resumed", safe_code=earlier[0])
@@ -705,7 +724,7 @@ async def idiomatic_by_function(
             if accepted is not None:
                 state.safe[unit.label], state.transitional[unit.label] = accepted
                 partial = verified_source
-            book.record(outcome, digest, accepted)
+            await anyio.to_thread.run_sync(book.record, outcome, digest, accepted)
         log.info("%s: idiomatic %s: %s%s", program.path.name, unit.label, outcome.status,
                  f" ({outcome.reason})" if outcome.reason else "")
         done[unit.label] = outcome.status
@@ -751,3 +770,26 @@ def write_idiomatic_files(stage_dir: Path, run: IdiomaticRun) -> list[Path]:
         atomic_write_text(stage_dir / "combined.rs", run.source)
         written.append(stage_dir / "combined.rs")
     return written
+
+
+async def idiomatic_task(
+    env: FunctionEnv, program: CProgram, combined_source: str, suite: TestSuite, result_dir: Path
+) -> tuple[StageResult, IdiomaticRun | None]:
+    """The idiomatic stage of one function-level task with its files: the book in ``result_dir``, the run,
+    SACToR's per-item layout under ``translated_code_idiomatic/`` (files of an earlier run removed first).
+    A damaged book fails the stage naming the file (the run is then None). Raises only fatal errors."""
+    try:
+        book = await anyio.to_thread.run_sync(IdiomaticBook.load, result_dir)
+    except TaskFailure as exc:
+        return StageResult("idiomatic", "failed", reason=str(exc)), None
+    await anyio.to_thread.run_sync(lambda: os.makedirs(result_dir, exist_ok=True))
+    run = await idiomatic_by_function(env, program, combined_source, suite, book)
+    stage_dir = result_dir / STAGE_SPECS["idiomatic"].result_dir
+
+    def write() -> None:
+        for folder in set(_FOLDERS.values()):
+            shutil.rmtree(stage_dir / folder, ignore_errors=True)
+        write_idiomatic_files(stage_dir, run)
+
+    await anyio.to_thread.run_sync(write)
+    return run.stage_result(), run
