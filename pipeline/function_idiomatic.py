@@ -604,6 +604,10 @@ async def _convert(
             attempts.append(Attempt(number, "request_failed", str(exc), None, Usage(), 0.0))
             return outcome("failed", str(exc)), None, None
         requests += completion.requests
+        env.record({"stage": "idiomatic", "unit": unit.label, "attempt": number, "event": "answer",
+                    "content": completion.text, "finish_reason": completion.finish_reason,
+                    "prompt_tokens": completion.usage.prompt_tokens,
+                    "completion_tokens": completion.usage.completion_tokens})
         extraction = extract_rust(completion.text, truncated=completion.truncated)
 
         if extraction.code is None:
@@ -730,10 +734,13 @@ async def idiomatic_by_function(
         done[unit.label] = outcome.status
         outcomes.append(outcome)
         states[unit.label] = json.dumps([digest, state.safe.get(unit.label, "unconverted")])
-    not_safe = [o.label for o in outcomes if o.status in ("failed", "blocked")]
-    if not_safe:
-        return IdiomaticRun(tuple(outcomes), "incomplete", "not made safe: " + ", ".join(not_safe),
-                            partial_source=partial, seconds=time.perf_counter() - started)
+    failed = [o for o in outcomes if o.status == "failed"]
+    blocked = [o for o in outcomes if o.status == "blocked"]
+    if failed or blocked:
+        reason = (f"function-level idiomatic: {len(failed)} of {len(outcomes)} units not made safe, "
+                  f"{len(blocked)} blocked by them; " + "; ".join(f"{o.label}: {o.reason}" for o in failed[:3]))
+        return IdiomaticRun(tuple(outcomes), "incomplete", reason.rstrip("; "), partial_source=partial,
+                            seconds=time.perf_counter() - started)
     final = state.final()
     line = first_unsafe_line(final.source)
     if line is not None:
