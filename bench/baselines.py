@@ -135,7 +135,7 @@ class BlockingModel:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1) -> Completion:
         started = time.perf_counter()
         try:
             text, finish, sent = complete(self.ctx, [dict(m) for m in messages])  # type: ignore[misc]

@@ -159,6 +159,7 @@ class LoadSpec:
     fault_rate: float = 0.0
     fault_kinds: tuple[str, ...] = ("503",)
     retry_after: float = 0.5
+    prefill_per_token: float = 0.0
 
     def service_time(self, completion_tokens: int) -> float:
         return self.latency + self.decode_per_token * completion_tokens
@@ -181,7 +182,8 @@ def simulator(load: LoadSpec, log_path: Path, *, stderr_path: Path, seed: int = 
     argv = [
         sys.executable, "-m", "pipeline.simulator", "--port", "0", "--model", MODEL,
         "--capacity", str(load.capacity), "--latency", str(load.latency),
-        "--decode-per-token", str(load.decode_per_token), "--fault-rate", str(load.fault_rate),
+        "--decode-per-token", str(load.decode_per_token), "--prefill-per-token", str(load.prefill_per_token),
+        "--fault-rate", str(load.fault_rate),
         "--fault-kinds", ",".join(load.fault_kinds), "--retry-after", str(load.retry_after),
         "--seed", str(seed), "--log", str(log_path), "--no-bodies",
     ]
@@ -343,16 +345,19 @@ def chat(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in records if r["path"] == CHAT_PATH and r["method"] == "POST"]
 
 
-def slot_seconds(records: Sequence[dict[str, Any]], t0: float = -math.inf, t1: float = math.inf) -> float:
-    """Generation-slot seconds the chat requests held within [t0, t1] (a fault answered at once holds none)."""
-    return sum(max(0.0, min(float(r["end"]), t1) - max(float(r["start"]), t0)) for r in chat(records))
+def slot_seconds(records: Sequence[dict[str, Any]], t0: float = -math.inf, t1: float = math.inf,
+                 capacity: int = 1 << 30) -> float:
+    """Generation-slot seconds the chat requests held within [t0, t1] (a fault answered at once holds none); a
+    request for n choices holds n slots (``capacity`` caps them, as the simulator does)."""
+    return sum(max(0.0, min(float(r["end"]), t1) - max(float(r["start"]), t0)) * min(int(r.get("n") or 1), capacity)
+               for r in chat(records))
 
 
 def utilisation(records: Sequence[dict[str, Any]], capacity: int, t0: float, t1: float) -> float:
     """Time-weighted busy generation slots over capacity, within [t0, t1]."""
     if t1 <= t0:
         return 0.0
-    return slot_seconds(records, t0, t1) / (capacity * (t1 - t0))
+    return slot_seconds(records, t0, t1, capacity) / (capacity * (t1 - t0))
 
 
 # ------------------------------------------------------------------------------------------------------------

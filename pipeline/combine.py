@@ -19,6 +19,7 @@ from .build import Toolchain
 from .c_program import CProgram
 from .c_types import TypeTranslation
 from .records import TestSuite
+from .rust_source import strip_repeated
 from .sandbox import Limits, Sandbox
 from .testing import TestVerdict, run_test_suite
 
@@ -73,6 +74,10 @@ def combine(
             missing.extend(group)
         else:
             blocks.append((group[0] if len(group) == 1 else "+".join(group), code.strip()))
+    # Two answers may both declare a library symbol (`extern "C" { static mut stderr: ... }`) or write the
+    # same helper: the program keeps the first.
+    seen: dict[str, str] = {}
+    blocks = [(key, strip_repeated(block, seen)[0].strip()) for key, block in blocks]
     text = PRELUDE
     lines: list[tuple[str, int, int]] = []
     for key, block in blocks:

@@ -114,6 +114,9 @@ class TranslationSettings:
     #: Inputs the model is asked for once per task, before the oracle is built (0: none asked); the C program
     #: judges them like the mutations (:func:`pipeline.proposals.propose_inputs`). One more request per task.
     differential_model_inputs: int = 0
+    #: Choices asked for per chat request of a stage (vLLM's ``n``: one prefill, n decodes); they are verified side
+    #: by side and the first that verifies is kept (:mod:`pipeline.candidates`). Needs a temperature above 0.
+    candidates: int = 1
 
 
 @dataclass(frozen=True)
@@ -249,6 +252,8 @@ MAX_WORKERS = 1024
 #: Compile and test processes at once: far beyond any machine's cores, short of a fork bomb.
 MAX_JOBS = 256
 EXECUTORS = ("local", "ray")
+#: Choices per request: each one holds a sequence slot of the server (vLLM's --max-num-seqs) while it decodes.
+MAX_CANDIDATES = 16
 
 
 def _base_url_rule(value: str) -> str | None:
@@ -323,6 +328,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("client", "context_margin", int, "pipeline", low=0, high=1_000_000),
     _s("client", "stream", bool, "pipeline", job=True, panel="server",
        switches=(("--stream", True, "stream answers (SSE)"),)),
+    _s("translation", "candidates", int, "pipeline", flag="--candidates", env="C2RUST_CANDIDATES", job=True,
+       panel="translation", positive=True, high=MAX_CANDIDATES, metavar="N",
+       help="answers asked for per request (vLLM's n: the prompt is computed once), verified side by side; the "
+            "first that verifies is kept (default 1; needs --temperature above 0)"),
     _s("run", "jobs", int, "pipeline", flag="--jobs", job=True, panel="translation", positive=True,
        cap=MAX_JOBS, help="compile and test processes at once (default: CPU cores)"),
     _s("run", "feed", str, "pipeline", job=True, panel="translation", choices=("stdin", "args"), switches=(
@@ -692,6 +701,16 @@ def _check_models(config: Config) -> None:
             )
 
 
+def _check_candidates(config: Config) -> None:
+    count = config.translation.candidates
+    if count > 1 and config.model.temperature <= 0:
+        raise ConfigError(
+            f"[pipeline] candidates = {count} (--candidates) needs [VLLM] temperature (--temperature) above 0: vLLM "
+            f"refuses n > 1 with greedy sampling (temperature 0), whose answers would all be the same; set e.g. "
+            f"--temperature 0.7, or --candidates 1"
+        )
+
+
 def _apply(config: Config, values: Mapping[str, Any]) -> Config:
     groups: dict[str, dict[str, Any]] = {}
     for name, value in values.items():
@@ -736,4 +755,5 @@ def load_config(
         config = _apply(config, values)
     used = [name for name, values in layers if values]
     _check_models(config)
+    _check_candidates(config)
     return dataclasses.replace(config, source=" < ".join(["defaults", *used]))

@@ -378,7 +378,9 @@ class EndpointPool:
         self.router.finished(index)
         self._notify()
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1
+    ) -> Completion:
         """The answer to ``messages`` from one of the servers; safe to call from many tasks at once.
 
         Raises ContextOverflow and other TaskFailures as one server would, RequestFailed when the request kept
@@ -393,7 +395,7 @@ class EndpointPool:
             call.tried.add(index)
             failure: PipelineError | None = None
             try:
-                completion = await self._clients[index].attempt(messages, purpose=purpose)
+                completion = await self._clients[index].attempt(messages, purpose=purpose, n=n)
             except (TransientError, ModelUnavailable) as exc:
                 failure = exc
             except TaskFailure as exc:

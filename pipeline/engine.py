@@ -146,6 +146,7 @@ def settings_fingerprint(config: Config) -> str:
         "edition": config.toolchain.edition,
         **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
+        **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),
     })
 
 

@@ -29,10 +29,12 @@ from .errors import TaskFailure
 from .extract import BEGIN_MARK, END_MARK, extract_rust
 from .ffi import verify_function
 from .function_context import function_context
+from .global_stage import translate_leftovers
 from .interfaces import Model
 from .items import ItemBook, blocked_items, item_digests
 from .prompts import Turn, conversation
 from .records import TestSuite
+from .rust_source import given_names, strip_given
 from .sandbox import Limits, Sandbox
 
 log = logging.getLogger(__name__)
@@ -125,10 +127,18 @@ async def translate_by_function(
     started = time.perf_counter()
     digests = item_digests(program, env.salt)
     book.forget_stale(digests)
+    # Globals and types the deterministic translation left go to the model first; the model's types serve
+    # every later prompt and harness, its globals the combined program (in the FFI harness C keeps its own).
+    leftovers = await translate_leftovers(env, program, translation, book, digests)
+    translation = leftovers.translation
     # A group that failed in an earlier run is asked again (the model may do better now), so only this
-    # run's failures block.
-    failed: set[str] = set()
-    outcomes: list[GroupOutcome] = []
+    # run's failures block. A type the model failed blocks the functions that use it (their harness needs
+    # it); a failed global only the combine (in the harness C keeps its own).
+    failed: set[str] = {key for key in leftovers.failed if not key.startswith("global:")}
+    outcomes: list[GroupOutcome] = [
+        GroupOutcome((item.key,), item.status, item.attempts, item.rust, item.reason, requests=item.requests)
+        for item in leftovers.outcomes
+    ]
     code: dict[tuple[str, ...], str] = {}
     for group in program.function_groups():
         blockers = blocked_items(program, failed)
@@ -151,9 +161,9 @@ async def translate_by_function(
             failed.update(group)
             book.record(group, "failed", digests, attempts=len(outcome.attempts), reason=outcome.reason)
         outcomes.append(outcome)
-    if len(code) != len(program.function_groups()):
+    if len(code) != len(program.function_groups()) or leftovers.failed:
         return FunctionRun(tuple(outcomes), None, None, time.perf_counter() - started)
-    combined = combine(program, translation, code)
+    combined = combine(program, translation, code, leftovers.globals_code)
     verdict = await verify_combined(combined, suite, toolchain=env.toolchain, sandbox=env.sandbox,
                                     limits=env.limits)
     return FunctionRun(tuple(outcomes), verdict, combined.source, time.perf_counter() - started)
@@ -164,6 +174,10 @@ async def _translate_group(
 ) -> GroupOutcome:
     first = function_prompt(program, translation, group)
     label = "+".join(key.split(":", 1)[1] for key in group)
+    # What the prompt gives in declared form (types, globals, other functions) is dropped from answers that
+    # define it again: the harness and the combined program define it once.
+    given = given_names(translation.rust_source()) | {
+        item.name for item in program.items if item.kind in ("function", "global") and item.key not in group}
     turns: list[Turn] = []
     attempts: list[tuple[str, str]] = []
     requests = 0
@@ -183,13 +197,16 @@ async def _translate_group(
             attempts.append(("no_code", problem))
             turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
             continue
-        verdict = await verify_function(program, translation, group, extraction.code, suite,
+        rust, removed = strip_given(extraction.code, given)
+        if removed:
+            log.debug("function_stage: %s: removed what the prompt gave: %s", label, ", ".join(removed))
+        verdict = await verify_function(program, translation, group, rust, suite,
                                         toolchain=env.toolchain, sandbox=env.sandbox, limits=env.limits)
         summary = verdict.feedback.splitlines()[0] if verdict.feedback else verdict.stage
         attempts.append((verdict.stage, summary))
         env.record({"group": list(group), "attempt": number, "event": "verdict", "stage": verdict.stage})
         if verdict.passed:
-            return GroupOutcome(group, "verified", tuple(attempts), rust=extraction.code, requests=requests)
+            return GroupOutcome(group, "verified", tuple(attempts), rust=rust, requests=requests)
         if verdict.stage == "unsupported":
             return GroupOutcome(group, "failed", tuple(attempts), reason=verdict.feedback, requests=requests)
         turns.append(Turn(completion.text, summary, verdict.feedback))

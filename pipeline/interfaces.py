@@ -16,8 +16,10 @@ from .records import Candidate, Completion, Oracle, TestSuite, Verdict
 class Model(Protocol):
     """Completes conversations. Implemented by :class:`pipeline.llm.ModelClient`."""
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
-        """The answer to ``messages``.
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1
+    ) -> Completion:
+        """The answer to ``messages`` (``n`` > 1: that many choices in one request, in ``Completion.choices``).
 
         Raises :class:`~pipeline.errors.TaskFailure` when this request cannot succeed (the stage records it)
         and :class:`~pipeline.errors.FatalError` when the run must stop.

@@ -188,7 +188,8 @@ def write_item_files(
 ) -> list[Path]:
     """SACToR's per-item layout under ``stage_dir`` (e.g. ``translated_code_unidiomatic``): every type the
     deterministic translation wrote, every global with a Rust definition, every verified function (a
-    recursion group's file holds the whole group, written under each member's name). Returns the files."""
+    recursion group's file holds the whole group, written under each member's name), and the globals and
+    types the model translated (verified in ``book``). Returns the files."""
     written: list[Path] = []
 
     def put(kind: str, name: str, code: str) -> None:
@@ -197,14 +198,15 @@ def write_item_files(
         written.append(path)
 
     for item in program.items:
+        record = book.records.get(item.key)
+        # What the model translated (functions, and the globals and types c_types left) is in the book.
+        verified = record.rust if record is not None and record.status == "verified" and record.rust else None
         if item.kind in ("struct", "union", "enum", "typedef") and item.key not in translation.unsupported:
             # A typedef that only repeats its record's name has no code of its own: the record's file serves.
             if any(t.key == item.key and t.code for t in translation.types):
                 put(item.kind, item.name, translation.code_for(item.key))
         elif item.kind == "global" and item.key in translation.global_definitions:
             put("global", item.name, translation.global_definitions[item.key])
-        elif item.kind == "function":
-            record = book.records.get(item.key)
-            if record is not None and record.status == "verified" and record.rust:
-                put("function", item.name, record.rust)
+        elif verified is not None:
+            put(item.kind, item.name, verified)
     return written

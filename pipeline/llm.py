@@ -81,7 +81,7 @@ from .llm_errors import (
     secrets_of,
     server_message,
 )
-from .records import Completion, Usage
+from .records import Choice, Completion, Usage
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ class _Call:
     queued: float = 0.0
     max_tokens: int | None = None  # decided once, before the first chat request
     first_failure: float | None = None  # when this call first failed; later successes elsewhere blame it
+    n: int = 1  # choices asked for (OpenAI/vLLM ``n``; 1: the parameter is not sent)
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,17 @@ class _Reply:
     text: str
     finish_reason: str
     usage: Usage
+    choices: tuple[Choice, ...] = ()  # every choice, in index order, when the request asked for several
+
+    def completion(self, call: _Call, now: float) -> Completion:
+        return Completion(text=self.text, finish_reason=self.finish_reason, usage=self.usage,
+                          seconds=now - call.began, queued_seconds=call.queued, requests=call.requests,
+                          choices=self.choices if call.n > 1 else ())
+
+
+def _reply(choices: Sequence[Choice], usage: Usage) -> _Reply:
+    first = choices[0]
+    return _Reply(first.text, first.finish_reason, usage, tuple(choices))
 
 
 @dataclass
@@ -591,15 +603,18 @@ class ModelClient:
             raise ContextOverflow(f"{overflow_message(configured, prompt, context)} (prompt tokens {how})")
         return budget
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
-        """Send one chat request and return the model's answer; safe to call from many tasks at once.
+    async def complete(
+        self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1
+    ) -> Completion:
+        """Send one chat request and return the model's answer; safe to call from many tasks at once. ``n`` > 1
+        asks for that many choices in one request (they share the prompt's prefill on vLLM).
 
         Call :meth:`preflight` first: it supplies the context length for the max_tokens budget (without it,
         the configured max_tokens is sent as is and only the server's 400 reports an overflow).
         Raises ContextOverflow (prompt too long), RequestFailed (refused, or retries ran out while the server
         answered others), ModelUnavailable (model gone, key refused, outage budget spent).
         """
-        call = _Call(purpose=purpose or "chat", began=self._clock())
+        call = _Call(purpose=purpose or "chat", began=self._clock(), n=n)
         settings = self._settings
         while True:
             try:
@@ -623,23 +638,18 @@ class ModelClient:
                 raise
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
-        return Completion(
-            text=reply.text,
-            finish_reason=reply.finish_reason,
-            usage=reply.usage,
-            seconds=self._clock() - call.began,
-            queued_seconds=call.queued,
-            requests=call.requests,
-        )
+        return reply.completion(call, self._clock())
 
-    async def attempt(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+    async def attempt(
+        self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1
+    ) -> Completion:
         """One chat request: no retry, no waiting out an outage. For a pool of servers
         (:mod:`pipeline.endpoints`), which sends a failed request to another server instead.
 
         Raises TransientError when this server failed the request; TaskFailure and ModelUnavailable as
         :meth:`complete` does.
         """
-        call = _Call(purpose=purpose or "chat", began=self._clock())
+        call = _Call(purpose=purpose or "chat", began=self._clock(), n=n)
         try:
             reply = await self._attempt(call, messages)
         except TaskFailure as exc:
@@ -647,8 +657,7 @@ class ModelClient:
             raise
         self.stats.prompt_tokens += reply.usage.prompt_tokens
         self.stats.completion_tokens += reply.usage.completion_tokens
-        return Completion(text=reply.text, finish_reason=reply.finish_reason, usage=reply.usage,
-                          seconds=self._clock() - call.began, queued_seconds=call.queued, requests=call.requests)
+        return reply.completion(call, self._clock())
 
     async def _after_exhausted(self, call: _Call, exc: TransientError) -> None:
         """Retries ran out: blame this request, stop the run, or wait out the outage (returns to retry)."""
@@ -726,9 +735,9 @@ class ModelClient:
                 try:
                     with anyio.fail_after(limit):
                         if self._settings.stream:
-                            reply = await self._chat_stream(messages, max_tokens, progress)
+                            reply = await self._chat_stream(messages, max_tokens, progress, call.n)
                         else:
-                            reply = await self._chat_once(messages, max_tokens)
+                            reply = await self._chat_once(messages, max_tokens, call.n)
                 except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
                     failure = exc
                 finally:
@@ -753,7 +762,7 @@ class ModelClient:
         if failure is not None:
             raise failure
         assert reply is not None
-        if reply.finish_reason == "abort":
+        if any(choice.finish_reason == "abort" for choice in reply.choices):
             # vLLM 0.32 answers the requests in flight this way when told to stop: the answer is partial and
             # says nothing about the program, so it must not spend a translation attempt.
             raise ServerUnreachable(
@@ -828,19 +837,20 @@ class ModelClient:
             self._probe_at, self._probe_result = now, result
             return result
 
-    def _request_args(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> dict[str, Any]:
+    def _request_args(self, messages: Sequence[Mapping[str, str]], max_tokens: int, n: int) -> dict[str, Any]:
         return {
             "model": self._model.model,
             "messages": cast(list[ChatCompletionMessageParam], [dict(m) for m in messages]),
             "max_tokens": max_tokens,
             "temperature": self._model.temperature,
+            **({"n": n} if n != 1 else {}),  # a one-choice request stays as it always was
         }
 
-    async def _chat_once(self, messages: Sequence[Mapping[str, str]], max_tokens: int) -> _Reply:
+    async def _chat_once(self, messages: Sequence[Mapping[str, str]], max_tokens: int, n: int) -> _Reply:
         route = "chat/completions"
         try:
             response = await self._openai.chat.completions.create(
-                **self._request_args(messages, max_tokens), stream=False
+                **self._request_args(messages, max_tokens, n), stream=False
             )
         except openai.NotFoundError as exc:
             raise await self._model_not_served(exc) from exc
@@ -850,25 +860,27 @@ class ModelClient:
         if not isinstance(response, ChatCompletion):
             raise ServerBusy(f"{route}: the server at {self.base_url} answered with a body that is not JSON")
         try:
-            choice = response.choices[0]
-            text = choice.message.content or ""
-            finish = str(choice.finish_reason or "stop")
+            choices = [Choice(c.message.content or "", str(c.finish_reason or "stop"))
+                       for c in sorted(response.choices, key=lambda c: int(c.index or 0))]
             usage = response.usage
             counts = Usage(int(usage.prompt_tokens), int(usage.completion_tokens)) if usage else Usage()
-        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+        except (AttributeError, TypeError, ValueError) as exc:
             raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed completion") from exc
-        return _Reply(text, finish, counts)
+        if not choices:
+            raise ServerBusy(f"{route}: the server at {self.base_url} sent a completion without choices")
+        return _reply(choices, counts)
 
     async def _chat_stream(
-        self, messages: Sequence[Mapping[str, str]], max_tokens: int, progress: _Progress
+        self, messages: Sequence[Mapping[str, str]], max_tokens: int, progress: _Progress, n: int
     ) -> _Reply:
         route = "chat/completions (stream)"
-        parts: list[str] = []
-        finish: str | None = None
+        parts: list[list[str]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+        seen: set[int] = set()  # a server that ignores n sends fewer choices: those it sent count
         counts = Usage()
         try:
             stream = await self._openai.chat.completions.create(
-                **self._request_args(messages, max_tokens),
+                **self._request_args(messages, max_tokens, n),
                 stream=True,
                 stream_options={"include_usage": True},
             )
@@ -878,10 +890,14 @@ class ModelClient:
                     if chunk.usage is not None:
                         counts = Usage(int(chunk.usage.prompt_tokens), int(chunk.usage.completion_tokens))
                     for choice in chunk.choices or ():
+                        index = int(choice.index or 0)
+                        if not 0 <= index < n:
+                            raise ValueError(f"choice index {index} of {n}")
+                        seen.add(index)
                         if choice.delta is not None and choice.delta.content:
-                            parts.append(choice.delta.content)
+                            parts[index].append(choice.delta.content)
                         if choice.finish_reason:
-                            finish = str(choice.finish_reason)
+                            finish[index] = str(choice.finish_reason)
         except openai.NotFoundError as exc:
             raise await self._model_not_served(exc) from exc
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
@@ -892,11 +908,11 @@ class ModelClient:
             raise self._convert(exc, route=route, max_tokens=max_tokens) from exc
         except (AttributeError, TypeError, ValueError) as exc:
             raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed stream event") from exc
-        if finish is None:
+        if not seen or any(finish[index] is None for index in seen):
             raise ServerUnreachable(
                 f"{route}: the stream from {self.base_url} ended before the answer was complete"
             )
-        return _Reply("".join(parts), finish, counts)
+        return _reply([Choice("".join(parts[index]), str(finish[index])) for index in sorted(seen)], counts)
 
 
 __all__ = [

@@ -127,8 +127,22 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One of the answers a request asked for (``n`` > 1: several, sampled from the same prompt)."""
+
+    text: str
+    finish_reason: str
+
+    @property
+    def truncated(self) -> bool:
+        """True when the model stopped at max_tokens: the text is incomplete."""
+        return self.finish_reason == "length"
+
+
+@dataclass(frozen=True)
 class Completion:
-    """The model's answer to one conversation."""
+    """The model's answer to one conversation: the first choice's text, and every choice when the request asked
+    for several. ``usage`` is the request's: the prompt once, the completion tokens of every choice."""
 
     text: str
     finish_reason: str
@@ -136,11 +150,17 @@ class Completion:
     seconds: float  # wall time, including retries and waiting for a request slot
     queued_seconds: float  # time spent waiting for a request slot (the limiter)
     requests: int  # chat requests sent for it (1 + retries)
+    choices: tuple[Choice, ...] = ()  # empty: the one choice above
 
     @property
     def truncated(self) -> bool:
         """True when the model stopped at max_tokens: the text is incomplete."""
         return self.finish_reason == "length"
+
+    @property
+    def candidates(self) -> tuple[Choice, ...]:
+        """Every choice in the server's order (at least one)."""
+        return self.choices or (Choice(self.text, self.finish_reason),)
 
 
 @dataclass(frozen=True)

@@ -223,3 +223,183 @@ def unsafe_stats(source: str) -> dict[str, Any]:
         "unsafe_blocks": blocks,
         "unsafe_fns": fns,
     }
+
+
+_TOP_ITEM = re.compile(
+    r"(?:pub(?:\([^)]*\))?\s+)?(?:(?:unsafe|const|async|default)\s+)*(?:extern\s+(?:\"[^\"]*\"\s+)?)?"
+    r"(?P<kind>fn|struct|enum|union|trait|type|const|static(?:\s+mut)?|mod|impl|use|macro_rules!|extern)"
+    r"(?:\s+(?P<name>r#\w+|[A-Za-z_]\w*))?"
+)
+_ATTRIBUTE = re.compile(r"#\s*!?\s*\[")
+
+
+def _skip_bracketed(masked: str, start: int, open_: str, close: str) -> int:
+    """The index after the bracket closing the one at ``start``."""
+    depth = 0
+    for j in range(start, len(masked)):
+        if masked[j] == open_:
+            depth += 1
+        elif masked[j] == close:
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return len(masked)
+
+
+def _item_end(masked: str, start: int) -> int:
+    """The index after the item starting at ``start``: its closing brace, or the ``;`` of a braceless item."""
+    depth = 0
+    for j in range(start, len(masked)):
+        ch = masked[j]
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif ch == ";" and depth == 0:
+            return j + 1
+        elif ch == "{" and depth == 0:
+            return _skip_bracketed(masked, j, "{", "}")
+    return len(masked)
+
+
+def top_level_items(source: str) -> list[tuple[str, str, int, int]]:
+    """The top-level items of ``source`` as (kind, name, start, end): kind ``fn``, ``struct``, ``static``
+    (``static mut`` too), ``extern`` (an ``extern "C" { ... }`` block, name ""), ``attribute`` (an inner
+    ``#![...]``), ...; the span includes the item's outer attributes. A textual scan, not a parser: text
+    it does not recognise is skipped up to the next ``;`` or block."""
+    masked = mask_comments_and_strings(source)
+    items: list[tuple[str, str, int, int]] = []
+    i, n = 0, len(masked)
+    while i < n:
+        while i < n and masked[i].isspace():
+            i += 1
+        if i >= n:
+            break
+        start = i
+        attribute = _ATTRIBUTE.match(masked, i)
+        if attribute and "!" in attribute.group(0):
+            end = _skip_bracketed(masked, masked.index("[", i), "[", "]")
+            items.append(("attribute", "", start, end))
+            i = end
+            continue
+        while attribute:  # outer attributes belong to the item after them
+            i = _skip_bracketed(masked, masked.index("[", i), "[", "]")
+            while i < n and masked[i].isspace():
+                i += 1
+            attribute = _ATTRIBUTE.match(masked, i)
+            if attribute and "!" in attribute.group(0):
+                break
+        match = _TOP_ITEM.match(masked, i)
+        end = _item_end(masked, i)
+        if match:
+            kind = match.group("kind")
+            kind = "static" if kind.startswith("static") else kind
+            name = (match.group("name") or "") if kind not in ("extern", "impl", "use") else ""
+            if kind == "extern" and match.group("name") == "crate":
+                kind = "extern crate"
+            items.append((kind, name.removeprefix("r#"), start, end))
+        i = max(end, i + 1)
+    return items
+
+
+#: Item kinds that define a type or a constant, a global, a function (what a prompt can give in declared form).
+_TYPE_KINDS = frozenset({"struct", "enum", "union", "type", "const"})
+
+
+def given_names(source: str) -> set[str]:
+    """The names ``source``'s top-level items define (types, constants, statics, functions), for
+    :func:`strip_given`."""
+    return {name for kind, name, _, _ in top_level_items(source) if name and kind in (*_TYPE_KINDS, "static", "fn")}
+
+
+def _extern_declared(block: str) -> list[tuple[str, int, int]]:
+    """The (name, start, end) of each declaration inside an ``extern "C" { ... }`` block's text."""
+    masked = mask_comments_and_strings(block)
+    inner = masked.index("{") + 1
+    out = []
+    for match in re.finditer(r"(?:pub(?:\([^)]*\))?\s+)?(?:fn|static(?:\s+mut)?)\s+(?:r#)?(\w+)[^;]*;",
+                             masked[inner:]):
+        head = masked.rfind("\n", 0, inner + match.start()) + 1
+        out.append((match.group(1), max(head, inner), inner + match.end()))
+    return out
+
+
+def strip_given(code: str, given: set[str]) -> tuple[str, list[str]]:
+    """``code`` (a model's answer) without the items that repeat what the prompt gave in declared form:
+    definitions of types, constants, statics or functions named in ``given``, the declarations of given
+    items inside ``extern "C"`` blocks (a block left empty goes entirely), and inner attributes
+    (``#![allow(...)]``, which the harness sets and which may not appear mid-file). Returns the code and
+    what was removed (``struct Item``, ``extern fn tree_find``, ...), for the log."""
+    removed: list[str] = []
+    cuts: list[tuple[int, int, str]] = []
+    for kind, name, start, end in top_level_items(code):
+        if kind == "attribute":
+            cuts.append((start, end, ""))
+            removed.append(code[start:end].strip())
+        elif kind == "extern" and "{" in mask_comments_and_strings(code[start:end]):
+            block = code[start:end]
+            declared = _extern_declared(block)
+            drop = [(s, e) for name_, s, e in declared if name_ in given]
+            if not drop:
+                continue
+            removed.extend(f"extern {name_}" for name_, _, _ in declared if name_ in given)
+            if len(drop) == len(declared):
+                cuts.append((start, end, ""))
+            else:
+                kept = block
+                for s, e in sorted(drop, reverse=True):
+                    kept = kept[:s] + kept[e:]
+                cuts.append((start, end, kept))
+        elif name in given and kind in (*_TYPE_KINDS, "static", "fn"):
+            cuts.append((start, end, ""))
+            removed.append(f"{kind} {name}")
+    for start, end, replacement in sorted(cuts, reverse=True):
+        if not replacement:
+            start = _with_leading_comments(code, start)
+        code = code[:start] + replacement + code[end:]
+    return re.sub(r"\n{3,}", "\n\n", code).strip() + "\n", removed
+
+
+def _with_leading_comments(code: str, start: int) -> int:
+    """``start`` moved back over the ``//`` comment lines (doc comments) right before it."""
+    while True:
+        line_start = code.rfind("\n", 0, max(start - 1, 0)) + 1 if start > 0 else 0
+        line = code[line_start:start]
+        if start == 0 or not line.strip().startswith("//"):
+            return start
+        start = line_start
+
+
+def strip_repeated(code: str, seen: dict[str, str]) -> tuple[str, list[str]]:
+    """``code`` (one item of a program assembled from several answers) without what an earlier item already
+    declared: ``extern "C"`` declarations of a name declared before (``stderr``, ``stdin``: the same symbol),
+    and top-level items identical, up to whitespace, to an earlier item of the same name (a helper two
+    answers both wrote). ``seen`` maps what came before (``extern NAME`` / ``KIND NAME`` -> text) and is
+    updated. Different items of one name are kept: the build names them."""
+    normal = " ".join
+    given = {key.split(" ", 1)[1] for key in seen if key.startswith("extern ")}
+    removed: list[str] = []
+    cuts: list[tuple[int, int, str]] = []
+    for kind, name, start, end in top_level_items(code):
+        text = code[start:end]
+        if kind == "extern" and "{" in mask_comments_and_strings(text):
+            declared = _extern_declared(text)
+            drop = [(s, e) for name_, s, e in declared if name_ in given]
+            removed.extend(f"extern {name_}" for name_, _, _ in declared if name_ in given)
+            seen.update({f"extern {name_}": "" for name_, _, _ in declared})
+            if drop and len(drop) == len(declared):
+                cuts.append((start, end, ""))
+            elif drop:
+                for s, e in sorted(drop, reverse=True):
+                    text = text[:s] + text[e:]
+                cuts.append((start, end, text))
+        elif name and kind not in ("attribute", "use", "impl"):
+            key = f"{kind} {name}"
+            if key in seen and normal(seen[key].split()) == normal(text.split()):
+                cuts.append((start, end, ""))
+                removed.append(key)
+            else:
+                seen.setdefault(key, text)
+    for start, end, replacement in sorted(cuts, reverse=True):
+        code = code[:start] + replacement + code[end:]
+    return code, removed

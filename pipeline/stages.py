@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .candidates import Judgement, judge_choices
 from .config import Config
 from .errors import TaskFailure
-from .extract import extract_rust
 from .interfaces import Model, Verifier
 from .prompts import Turn, conversation, cut_off_turn, first_prompt
-from .records import Attempt, AttemptKind, Candidate, StageName, StageResult, TestSuite, Usage, Verdict
+from .records import Attempt, Completion, StageName, StageResult, TestSuite, Usage
 
 if TYPE_CHECKING:
     from .records import Oracle
@@ -59,7 +59,8 @@ async def run_stage(
         messages = conversation(system, first, turns)
         env.record({"stage": stage, "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
         try:
-            completion = await env.model.complete(messages, purpose=f"{name}:{stage}:{number}")
+            completion = await env.model.complete(messages, purpose=f"{name}:{stage}:{number}",
+                                                  n=env.config.translation.candidates)
         except TaskFailure as exc:
             # The server refused this request for good (context overflow, a 4xx, retries spent while the server
             # answered others): asking again with a longer conversation cannot help.
@@ -74,21 +75,14 @@ async def run_stage(
             return StageResult(stage, "failed", tuple(attempts), reason=reason,
                                wall_seconds=time.perf_counter() - started, requests=requests)
         requests += completion.requests
-        env.record({"stage": stage, "attempt": number, "event": "answer", "content": completion.text,
-                    "finish_reason": completion.finish_reason,
-                    "prompt_tokens": completion.usage.prompt_tokens,
-                    "completion_tokens": completion.usage.completion_tokens})
-        extraction = extract_rust(completion.text, truncated=completion.truncated)
-        if extraction.code is None:
-            kind: AttemptKind = "truncated" if completion.truncated or extraction.cut_off else "no_code"
-            problem = extraction.problem or "the answer contains no Rust code"
-            check = Verdict(kind, problem, problem)
-        else:
-            candidate = Candidate(stage, extraction.candidates or (extraction.code,))
-            check = await env.verifier.verify(candidate, suite, oracle)
+        # Several choices (``[pipeline] candidates``) are verified side by side; the stage goes on with the
+        # first that verifies, else with the most promising (pipeline.candidates).
+        judgement = await judge_choices(completion.candidates, stage, env.verifier, suite, oracle)
+        chosen, check = judgement.chosen, judgement.chosen.verdict
+        _record_answer(env, stage, number, completion, judgement)
         attempts.append(Attempt(
             number, check.kind, check.message, check.code, completion.usage, completion.seconds,
-            check.build_seconds, check.test_seconds, check.counts,
+            judgement.build_seconds, judgement.test_seconds, check.counts,
         ))
         env.record({"stage": stage, "attempt": number, "event": "verdict", "kind": check.kind,
                     "message": check.message})
@@ -96,12 +90,12 @@ async def run_stage(
         if check.kind == "verified":
             return StageResult(stage, "verified", tuple(attempts), code=check.code,
                                wall_seconds=time.perf_counter() - started, requests=requests)
-        if completion.truncated:
+        if chosen.choice.truncated:
             # A cut-off answer filled what the context left: sent back whole, the repair would not fit.
-            turns.append(cut_off_turn(completion.usage.completion_tokens, check.code or extraction.code, check.message,
-                                      check.feedback))
+            tokens = completion.usage.completion_tokens // len(completion.candidates)
+            turns.append(cut_off_turn(tokens, check.code or chosen.code, check.message, check.feedback))
         else:
-            turns.append(Turn(completion.text, check.message, check.feedback))
+            turns.append(Turn(chosen.choice.text, check.message, check.feedback))
     last = attempts[-1].message if attempts else "no attempt was made"
     if attempts and attempts[-1].kind == "truncated" and "truncated" not in last:
         last = f"{last} (truncated)"
@@ -110,3 +104,24 @@ async def run_stage(
         reason=f"not verified after {len(attempts)} attempts; last: {last}",
         wall_seconds=time.perf_counter() - started, requests=requests,
     )
+
+
+def _record_answer(env: StageEnv, stage: StageName, number: int, completion: Completion, judgement: Judgement) -> None:
+    """The transcript's answer event: the answer the stage goes on with and the request's tokens; with several
+    choices, which one it is and what became of each (``cancelled``: another verified first)."""
+    chosen = judgement.chosen
+    event: dict[str, Any] = {"stage": stage, "attempt": number, "event": "answer", "content": chosen.choice.text,
+                             "finish_reason": chosen.choice.finish_reason,
+                             "prompt_tokens": completion.usage.prompt_tokens,
+                             "completion_tokens": completion.usage.completion_tokens}
+    if len(completion.candidates) > 1:
+        verdicts = {j.index: j.verdict for j in judgement.judged}
+        event["candidate"] = chosen.index + 1
+        event["candidates"] = [
+            {"candidate": i + 1, "finish_reason": c.finish_reason,
+             "kind": verdicts[i].kind if i in verdicts else "cancelled",
+             "message": verdicts[i].message if i in verdicts else "another candidate verified first",
+             **({"content": c.text} if i != chosen.index else {})}
+            for i, c in enumerate(completion.candidates)
+        ]
+    env.record(event)

@@ -31,7 +31,7 @@ class FakeModel:
     script: list[str | Exception]
     seen: list[list[dict[str, str]]] = field(default_factory=list)
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1) -> Completion:
         self.seen.append([dict(m) for m in messages])
         item = self.script.pop(0)
         if isinstance(item, Exception):

@@ -7,6 +7,8 @@ Canned answers live in ``answers_dir``::
     answers_dir/<key>/unidiomatic-2.md   attempt 2, ... (a later attempt gets the last file)
     answers_dir/<key>/idiomatic-1.md     ...
     answers_dir/<key>/inputs-1.md        the answer to a request for test inputs (``generate-tests``)
+    answers_dir/<key>/unidiomatic-1-c2.md  optional: choice 2 of a request for several (``n``); without such a
+                                         file, every choice gets the plain file
 
 * task: the key whose match string occurs in the FIRST user message; the longest match string wins
   (then the smallest key, so the choice is deterministic);
@@ -46,7 +48,7 @@ DIRECTIVE_KEY = "directive"
 #: Not a translation stage: a request for test inputs (``generate-tests``), answered from ``inputs-N.md``.
 INPUTS = "inputs"
 ANSWER_STAGES = (*STAGES, INPUTS)
-_ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, ANSWER_STAGES)) + r")-(\d+)\.md$")
+_ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, ANSWER_STAGES)) + r")-(\d+)(?:-c(\d+))?\.md$")
 #: Later stages first: a stage's first request may also quote what an earlier one quotes (the C program).
 _DETECTION_ORDER = tuple(reversed(STAGE_SPECS.values()))
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
@@ -185,11 +187,13 @@ class AnswerBook:
         for name in names:
             m = _ANSWER_FILE.match(name)
             if m:
-                found[m.group(1)].append((int(m.group(2)), self.root / key / name))
+                # Choice k's files of a stage are listed under "stage-ck" (see _canned).
+                group = f"{m.group(1)}-c{int(m.group(3))}" if m.group(3) else m.group(1)
+                found.setdefault(group, []).append((int(m.group(2)), self.root / key / name))
         with self._lock:
             for s, files in found.items():
                 self._files[(key, s)] = sorted(files)
-            return self._files[(key, stage)]
+            return self._files.setdefault((key, stage), [])
 
     def _load(self, path: Path) -> _CannedFile:
         with self._lock:
@@ -215,8 +219,8 @@ class AnswerBook:
             self._cache[path] = loaded
         return loaded
 
-    def _canned(self, key: str, stage: str, attempt: int) -> Answer | None:
-        files = self._stage_files(key, stage)
+    def _canned(self, key: str, stage: str, attempt: int, choice: int = 1) -> Answer | None:
+        files = (self._stage_files(key, f"{stage}-c{choice}") if choice > 1 else []) or self._stage_files(key, stage)
         if not files:
             return None
         chosen = files[0][1]
@@ -233,19 +237,20 @@ class AnswerBook:
                 fault = None
         return Answer(canned.text, canned.finish_reason, key, stage, attempt, fault)
 
-    def choose(self, messages: list[Any]) -> Answer:
-        """The answer for a request's ``messages``. Raises OSError if a matched answer file is unreadable."""
+    def choose(self, messages: list[Any], choice: int = 1) -> Answer:
+        """The answer for a request's ``messages`` (choice ``choice`` of a request for several). Raises OSError if
+        a matched answer file is unreadable."""
         first_user = first_user_text(messages)
         stage = detect_stage(first_user)
         attempt = detect_attempt(messages)
         key = self.find_key(first_user) if self._matches else None
         if key is not None:
-            answer = self._canned(key, stage, attempt)
+            answer = self._canned(key, stage, attempt, choice)
             if answer is not None:
                 return answer
         found = directive.find_directive(first_user)
         if found is not None:
-            text, finish = directive.render(found, stage, attempt)
+            text, finish = directive.render(found, stage, attempt, choice)
             return Answer(text, finish, DIRECTIVE_KEY, stage, attempt)
         word = _REPLY_WITH_WORD.match(first_user)
         if word is not None:

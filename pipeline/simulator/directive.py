@@ -19,12 +19,21 @@ the request's stage and attempt the outcome is ``list[attempt - 1]`` (the last o
 
 Code comes in a ```rust fence wrapped in prose, padded with ``//`` lines to about ``tokens`` tokens, and names
 the directive's ``id`` in a comment so programs of different tasks differ.
+
+Requests for several choices (``n``): an attempt's entry may itself be a list, one outcome per choice (the last
+repeats): ``"unidiomatic": [["test_fail", "pass"], "pass"]`` fails choice 1 of attempt 1 and passes choice 2.
+``"success_rate": P`` (0 to 1) instead draws every choice of every attempt and stage: ``pass`` with probability P,
+else the ``"failure"`` outcome (default ``test_fail``), from an RNG seeded with the id, stage, attempt, choice
+and ``"seed"`` (default 0), so choice k of an attempt gets the same outcome whatever ``n`` the request asked for:
+runs with n = 1, 2, 4 face the same per-choice success rate (and the same draws). Choice k > 1 names itself in a
+comment, so the choices of one request are different programs, as a sampling model's are.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,31 +48,48 @@ OUTCOMES = ("pass", "compile_error", "test_fail", "unsafe", "no_code", "truncate
 MARKER = "@sim "
 
 
+#: An attempt's entry: one outcome for every choice, or one per choice.
+Entry = str | tuple[str, ...]
+
+
 @dataclass(frozen=True)
 class Directive:
     """A parsed ``@sim`` line."""
 
     id: str
-    plans: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # outcomes by stage name
+    plans: Mapping[str, tuple[Entry, ...]] = field(default_factory=dict)  # outcomes by stage name
     stdout: str = ""
     tokens: int | None = None
+    success_rate: float | None = None  # set: every choice passes with this probability (seeded)
+    failure: str = "test_fail"  # the outcome of a choice that does not pass under success_rate
+    seed: int = 0
 
-    def outcome(self, stage: str, attempt: int) -> str:
-        """The outcome for ``stage`` at ``attempt`` (1-based); the last listed outcome repeats."""
+    def outcome(self, stage: str, attempt: int, choice: int = 1) -> str:
+        """The outcome for ``stage`` at ``attempt`` and ``choice`` (1-based); the last listed outcome repeats."""
+        if self.success_rate is not None:
+            draw = random.Random(f"{self.id}\0{stage}\0{attempt}\0{choice}\0{self.seed}").random()
+            return "pass" if draw < self.success_rate else self.failure
         plan = self.plans.get(stage, ("pass",))
         if not plan:
             return "pass"
-        return plan[min(max(attempt, 1), len(plan)) - 1]
+        entry = plan[min(max(attempt, 1), len(plan)) - 1]
+        if isinstance(entry, str):
+            return entry
+        return entry[min(max(choice, 1), len(entry)) - 1] if entry else "pass"
 
 
-def _outcomes(value: Any) -> tuple[str, ...]:
+def _outcomes(value: Any) -> tuple[Entry, ...]:
     if value is None:
         return ("pass",)
     if isinstance(value, str):
         return (value,)
     if isinstance(value, list):
-        return tuple(str(item) for item in value)
+        return tuple(tuple(str(i) for i in item) if isinstance(item, list) else str(item) for item in value)
     return ("pass",)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def find_directive(text: str) -> Directive | None:
@@ -86,12 +112,16 @@ def find_directive(text: str) -> Directive | None:
             continue
         if not isinstance(obj, dict):
             continue
-        tokens = obj.get("tokens")
+        tokens = _number(obj.get("tokens"))
+        rate = _number(obj.get("success_rate"))
         return Directive(
             id=str(obj.get("id", "")),
             plans={stage: _outcomes(obj.get(stage)) for stage in STAGES},
             stdout=str(obj.get("stdout", "")),
-            tokens=int(tokens) if isinstance(tokens, (int, float)) and not isinstance(tokens, bool) else None,
+            tokens=int(tokens) if tokens is not None else None,
+            success_rate=min(1.0, max(0.0, rate)) if rate is not None else None,
+            failure=str(obj.get("failure", "test_fail")),
+            seed=int(_number(obj.get("seed")) or 0),
         )
     return None
 
@@ -126,10 +156,11 @@ def _comment_safe(text: str) -> str:
     return json.dumps(text, ensure_ascii=True)
 
 
-def _program(d: Directive, stage: str, outcome: str) -> str:
+def _program(d: Directive, stage: str, outcome: str, choice: int = 1) -> str:
     """The Rust source for a code outcome (without padding)."""
+    which = f" (choice {choice})" if choice > 1 else ""
     header = (
-        f"// Rust translation ({stage}) of task {_comment_safe(d.id)}, written by the simulator.\n"
+        f"// Rust translation ({stage}) of task {_comment_safe(d.id)}{which}, written by the simulator.\n"
         "// @@PAD@@\n"
     )
     output = f"const OUTPUT: &str = {rust_string_literal(d.stdout)};\n\n"
@@ -189,9 +220,10 @@ def _prose_filler(n: int) -> str:
     return f"I would need more context about the intended behaviour before writing code ({n:04d})."
 
 
-def render(d: Directive, stage: str, attempt: int) -> tuple[str, str]:
-    """The assistant message for ``d`` at ``stage``/``attempt``, and its finish_reason."""
-    outcome = d.outcome(stage, attempt)
+def render(d: Directive, stage: str, attempt: int, choice: int = 1) -> tuple[str, str]:
+    """The assistant message for ``d`` at ``stage``/``attempt`` (choice ``choice`` of the request), and its
+    finish_reason."""
+    outcome = d.outcome(stage, attempt, choice)
     target = (d.tokens or 0) * CHARS_PER_TOKEN
     name = _comment_safe(d.id)
     if outcome == "no_code" or outcome not in OUTCOMES:
@@ -206,7 +238,7 @@ def render(d: Directive, stage: str, attempt: int) -> tuple[str, str]:
     text = (
         f"Here is the {stage} Rust translation of the C program.\n\n"
         "```rust\n"
-        f"{_program(d, stage, code_outcome)}"
+        f"{_program(d, stage, code_outcome, choice)}"
         "```\n\n"
         "The translation keeps the observable behaviour of the original: the same output and exit code.\n"
     )

@@ -44,6 +44,14 @@ class LoadModel:
 
     A generation takes ``latency + prefill_per_token * prompt_tokens + decode_per_token * completion_tokens``
     seconds. Raises ValueError for a capacity below 1 or a negative time.
+
+    A request for ``n`` choices is priced as vLLM's continuous batching serves it: the prompt is prefilled once
+    (the n sequences share its KV-cache blocks), then the n sequences decode side by side in the running batch,
+    each holding one of the ``capacity`` sequence slots (vLLM's ``--max-num-seqs``), until the longest is done:
+    ``latency + prefill_per_token * prompt_tokens + decode_per_token * max(completion tokens of a choice)``
+    seconds on ``min(n, capacity)`` slots. A decode step costs the same whatever the batch holds (decoding is
+    memory-bound, the premise of ``capacity``), so n choices take about one choice's time but n slots of the
+    server: slot-seconds, not seconds, is what they cost.
     """
 
     capacity: int = 8
@@ -143,7 +151,8 @@ class RequestRecord:
     closed). ``status`` is the HTTP status sent, 0 for a dropped or stalled connection (or one left hanging
     by a shutdown), 499 when the client went away first. ``max_tokens`` is the completion budget the server
     used (vLLM 0.32 lowers the requested one to what the context leaves). ``answer_key`` is the canned
-    answer's key, ``"directive"``, or None.
+    answer's key, ``"directive"``, or None. ``n`` is the number of choices asked for: ``completion_tokens``
+    counts all of them, ``finish_reason`` is the first's, and the request held ``min(n, capacity)`` slots.
     """
 
     id: int
@@ -164,6 +173,7 @@ class RequestRecord:
     attempt: int | None = None
     body: Any = None
     max_tokens: int | None = None
+    n: int = 1
 
     @property
     def queued(self) -> float:

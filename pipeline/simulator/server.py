@@ -137,6 +137,7 @@ class _Draft:
     attempt: int | None = None
     body: Any = None
     max_tokens: int | None = None
+    n: int = 1
     committed: bool = False
     watch: _Watch | None = None  # set while something already watches for the client leaving
     keep_alive: bool = True  # what the client asked for (HTTP/1.1 default, or Connection: close)
@@ -162,6 +163,7 @@ class Simulator:
         self._serving = False
         self._base_url: str | None = None
         self._slots: anyio.Semaphore | None = None
+        self._admit: anyio.Lock | None = None  # FIFO admission: a request for n choices takes its slots at once
         self._threads: anyio.CapacityLimiter | None = None
         self._log_file: IO[str] | None = None
         self._log_lock: anyio.Lock | None = None
@@ -261,6 +263,7 @@ class Simulator:
             self._log_lock = anyio.Lock()
             self._stopping = anyio.Event()
             self._slots = anyio.Semaphore(self.config.load.capacity)
+            self._admit = anyio.Lock()
             arrivals, accepted = anyio.create_memory_object_stream[_Streams](math.inf)
             with arrivals, accepted:
                 # A deep backlog: benchmarks open hundreds of connections at once.
@@ -379,7 +382,7 @@ class Simulator:
             prompt_tokens=draft.prompt_tokens, completion_tokens=draft.completion_tokens,
             finish_reason=draft.finish_reason, answer_key=draft.answer_key, stage=draft.stage,
             attempt=draft.attempt, body=draft.body if self.config.record_bodies else None,
-            max_tokens=draft.max_tokens,
+            max_tokens=draft.max_tokens, n=draft.n,
         )
         with self._lock:
             self._records.append(record)
@@ -573,13 +576,29 @@ class Simulator:
         if max_tokens is not None and max_tokens < 1:
             return await self._error(conn, draft, 400, f"max_tokens must be at least 1, got {max_tokens}.",
                                      VALUE_ERROR_TYPE, "max_tokens")
+        n = body.get("n")
+        n = 1 if n is None else n
+        if not isinstance(n, int) or isinstance(n, bool):
+            return await self._schema_error(conn, draft, "n", "Input should be a valid integer")
+        if n < 1:
+            return await self._error(conn, draft, 400, f"n must be at least 1, got {n}.", VALUE_ERROR_TYPE, "n")
+        greedy = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature < 1e-5
+        if n > 1 and greedy:
+            # vLLM's SamplingParams: greedy sampling would give n identical answers.
+            return await self._error(conn, draft, 400, f"n must be 1 when using greedy sampling, got {n}.",
+                                     VALUE_ERROR_TYPE)
+        draft.n = n
         refusal = self._context_refusal(message_tokens(messages), max_tokens)
         if isinstance(refusal, tuple):
             return await self._error(conn, draft, 400, refusal[0], VALUE_ERROR_TYPE, refusal[1])
         max_tokens = draft.max_tokens = refusal
 
+        def choose() -> list[answers_mod.Answer]:
+            return [self._book.choose(messages, choice) for choice in range(1, n + 1)]
+
         try:
-            answer = await anyio.to_thread.run_sync(self._book.choose, messages, limiter=self._threads)
+            answers = await anyio.to_thread.run_sync(choose, limiter=self._threads)
+            answer = answers[0]
         except OSError as exc:
             log.error("simulator: cannot read a canned answer: %s", exc)
             return await self._error(conn, draft, 500, f"simulator: cannot read a canned answer: {exc}",
@@ -590,43 +609,54 @@ class Simulator:
             if fault in STATUS_FAULTS or fault in CONNECTION_FAULTS:
                 return await self._fault_now(conn, draft, fault)
 
-        text, finish = answer.text, answer.finish_reason
-        if fault == "length":
-            text, finish = text[: len(text) // 2], "length"
-        elif fault == "abort":
-            text, finish = text[: len(text) // 3], "abort"
-        if text_tokens(text) > max_tokens:
-            text, finish = text[: max_tokens * CHARS_PER_TOKEN], "length"
-        draft.completion_tokens = text_tokens(text)
-        draft.finish_reason = finish
+        outputs: list[tuple[str, str]] = []
+        for each in answers:
+            text, finish = each.text, each.finish_reason
+            if fault == "length":
+                text, finish = text[: len(text) // 2], "length"
+            elif fault == "abort":
+                text, finish = text[: len(text) // 3], "abort"
+            if text_tokens(text) > max_tokens:
+                text, finish = text[: max_tokens * CHARS_PER_TOKEN], "length"
+            outputs.append((text, finish))
+        # Usage as vLLM reports it: the prompt once, the completion tokens of every choice.
+        draft.completion_tokens = sum(text_tokens(text) for text, _ in outputs)
+        draft.finish_reason = outputs[0][1]
+        longest = max(text_tokens(text) for text, _ in outputs)
 
         stream_options = body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-        assert self._slots is not None
-        slots = self._slots
+        assert self._slots is not None and self._admit is not None
+        slots, admit = self._slots, self._admit
+        # The n sequences of a request decode side by side, one sequence slot each (see LoadModel).
+        wanted = min(n, self.config.load.capacity)
+        held = [0]
+
+        async def take_slots() -> None:
+            async with admit:
+                while held[0] < wanted:
+                    await slots.acquire()
+                    held[0] += 1
 
         async def generate(watch: _Watch) -> bool:
-            acquired = False
             try:
                 if draft.stream:
                     # Like vLLM (a streaming response), the headers go out at once, before queueing.
                     await conn.send(response_head(200, [
                         ("content-type", "text/event-stream; charset=utf-8"), ("cache-control", "no-cache"),
                         ("transfer-encoding", "chunked")], keep_alive=draft.keep_alive))
-                await watch.unless_gone(slots.acquire)
-                acquired = True
+                await watch.unless_gone(take_slots)
                 draft.start = time.monotonic()
                 if draft.stream:
-                    await self._stream(conn, draft, watch, text, finish, include_usage, fault == "malformed")
+                    await self._stream(conn, draft, watch, outputs, include_usage, fault == "malformed")
                     return draft.keep_alive
-                await watch.unless_gone(anyio.sleep, self.config.load.service_time(
-                    draft.prompt_tokens or 0, draft.completion_tokens or 0))
+                await watch.unless_gone(anyio.sleep, self.config.load.service_time(draft.prompt_tokens or 0, longest))
                 if fault == "malformed":
-                    full = self._completion(draft, text, finish)
+                    full = self._completion(draft, outputs)
                     return await self._reply(conn, draft, 200, full[: max(1, len(full) // 2)])
-                return await self._reply(conn, draft, 200, self._completion(draft, text, finish))
+                return await self._reply(conn, draft, 200, self._completion(draft, outputs))
             finally:
-                if acquired:
+                for _ in range(held[0]):
                     slots.release()
 
         try:
@@ -691,7 +721,7 @@ class Simulator:
 
     async def _trickle(self, conn: Connection, draft: _Draft) -> None:
         """Send a short answer's head at once, then its body one byte per trickle_interval; never finishes early."""
-        body = self._completion(draft, "A trickled answer.", "stop")
+        body = self._completion(draft, [("A trickled answer.", "stop")])
         await conn.send(response_head(200, [("content-type", "application/json"),
                                             ("content-length", str(len(body)))], keep_alive=False))
 
@@ -708,7 +738,7 @@ class Simulator:
         await self._commit(draft, 200)
         raise _Closed
 
-    def _completion(self, draft: _Draft, text: str, finish: str) -> bytes:
+    def _completion(self, draft: _Draft, outputs: list[tuple[str, str]]) -> bytes:
         prompt = draft.prompt_tokens or 0
         completion = draft.completion_tokens or 0
         return _json({
@@ -717,21 +747,24 @@ class Simulator:
             "created": int(time.time()),
             "model": self.config.model,
             "choices": [{
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text, "tool_calls": []},
                 "logprobs": None,
                 "finish_reason": finish,
                 "stop_reason": None,
-            }],
+            } for index, (text, finish) in enumerate(outputs)],
             "usage": {"prompt_tokens": prompt, "completion_tokens": completion,
                       "total_tokens": prompt + completion},
         })
 
     async def _stream(
-        self, conn: Connection, draft: _Draft, watch: _Watch, text: str, finish: str,
+        self, conn: Connection, draft: _Draft, watch: _Watch, outputs: list[tuple[str, str]],
         include_usage: bool, malformed: bool,
     ) -> None:
-        """Send ``text`` as server-sent events, paced by the load model; _Closed if the client leaves."""
+        """Send the choices' texts as server-sent events, paced by the load model; _Closed if the client leaves.
+
+        Several choices (``n``) advance side by side: each step sends the next piece of every choice not yet
+        done, as vLLM's batch decodes them together."""
         load = self.config.load
         created = int(time.time())
         base = {"id": f"chatcmpl-sim-{draft.id}", "object": "chat.completion.chunk", "created": created,
@@ -740,8 +773,8 @@ class Simulator:
         def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             return chunk(b"data: " + _json({**base, "choices": choices, **extra}) + b"\n\n")
 
-        def delta(content: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            return {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}
+        def delta(index: int, content: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+            return {"index": index, "delta": content, "logprobs": None, "finish_reason": finish_reason}
 
         # Chunks are due on a schedule from the slot's start, so the per-chunk overhead does not add up and
         # the whole stream takes the same service time as a plain answer.
@@ -749,28 +782,32 @@ class Simulator:
         if due > time.monotonic():
             await watch.unless_gone(anyio.sleep, due - time.monotonic())
         await self._hang_if_stopping(conn, draft)
-        await conn.send(event([delta({"role": "assistant", "content": ""})]))
+        for index in range(len(outputs)):
+            await conn.send(event([delta(index, {"role": "assistant", "content": ""})]))
         step = (LEGACY_STREAM_CHUNK_TOKENS if self._legacy else STREAM_CHUNK_TOKENS) * CHARS_PER_TOKEN
-        starts = range(0, len(text), step)
-        for at in starts:
-            piece = text[at: at + step]
-            due += load.decode_per_token * text_tokens(piece)
+        longest = max(len(text) for text, _ in outputs)
+        for at in range(0, longest, step):
+            pieces = [(index, text[at: at + step], finish, at + step >= len(text))
+                      for index, (text, finish) in enumerate(outputs) if at < len(text)]
+            due += load.decode_per_token * max(text_tokens(piece) for _, piece, _, _ in pieces)
             if due > time.monotonic():
                 await anyio.sleep(due - time.monotonic())
             if watch.gone.is_set():
                 raise _Closed
             await self._hang_if_stopping(conn, draft)
-            if malformed and at >= len(text) // 2:
-                broken = b'data: {"id": "chatcmpl-sim-' + str(draft.id).encode() + b'", "choi\n\n'
-                await conn.send(chunk(broken))
+            if malformed and at >= longest // 2:
+                spoilt = b'data: {"id": "chatcmpl-sim-' + str(draft.id).encode() + b'", "choi\n\n'
+                await conn.send(chunk(spoilt))
                 break
-            # vLLM 0.32 puts finish_reason on the last content chunk; older servers sent an empty one after.
-            last = not self._legacy and at == starts[-1] and not malformed
-            await conn.send(event([delta({"content": piece}, finish if last else None)]))
-        if malformed and not text:
+            for index, piece, finish, last in pieces:
+                # vLLM 0.32 puts finish_reason on the last content chunk; older servers sent an empty one after.
+                done = not self._legacy and last and not malformed
+                await conn.send(event([delta(index, {"content": piece}, finish if done else None)]))
+        if malformed and not longest:
             await conn.send(chunk(b"data: {not json\n\n"))
-        if self._legacy or not text or malformed:
-            await conn.send(event([delta({} if self._legacy else {"content": ""}, finish)]))
+        for index, (text, finish) in enumerate(outputs):
+            if self._legacy or not text or malformed:
+                await conn.send(event([delta(index, {} if self._legacy else {"content": ""}, finish)]))
         if include_usage:
             prompt = draft.prompt_tokens or 0
             completion = draft.completion_tokens or 0

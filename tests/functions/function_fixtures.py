@@ -7,8 +7,12 @@ import json
 import subprocess
 from pathlib import Path
 
+from pipeline.build import Toolchain
 from pipeline.c_program import CProgram, parse_program
+from pipeline.function_stage import FunctionEnv
+from pipeline.interfaces import Model
 from pipeline.records import TestSuite
+from pipeline.sandbox import Sandbox
 from pipeline.task import Task
 from pipeline.testing import load_test_suite
 
@@ -101,12 +105,23 @@ SAMPLES = [
 ]
 
 
-def numbers_task(directory: Path) -> tuple[CProgram, TestSuite]:
-    """numbers.c and its samples written into ``directory``, parsed, with its test suite."""
-    (directory / "numbers.c").write_text(PROGRAM_C)
-    (directory / "numbers_samples.json").write_text(json.dumps(SAMPLES))
+def write_task(directory: Path, name: str, c_source: str, samples: list[dict[str, str]]) -> tuple[CProgram, TestSuite]:
+    """``NAME.c`` and its samples (fed as arguments) written into ``directory``, parsed, with its test suite."""
+    (directory / f"{name}.c").write_text(c_source)
+    (directory / f"{name}_samples.json").write_text(json.dumps(samples))
     found = subprocess.run(["gcc", "-print-file-name=include"], capture_output=True, text=True, check=True)
-    program = parse_program(directory / "numbers.c", include_dirs=(found.stdout.strip(),))
-    suite = load_test_suite(Task("numbers", directory / "numbers.c", directory / "numbers_samples.json",
+    program = parse_program(directory / f"{name}.c", include_dirs=(found.stdout.strip(),))
+    suite = load_test_suite(Task(name, directory / f"{name}.c", directory / f"{name}_samples.json",
                                  test_kind="samples", feed="args"))
     return program, suite
+
+
+def numbers_task(directory: Path) -> tuple[CProgram, TestSuite]:
+    """numbers.c and its samples written into ``directory``, parsed, with its test suite."""
+    return write_task(directory, "numbers", PROGRAM_C, SAMPLES)
+
+
+def function_env(model: Model, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:
+    """The function stage's services for a test: the real toolchain and sandbox, ``model`` scripted."""
+    toolchain, sandbox = services
+    return FunctionEnv(model, toolchain, sandbox, sandbox.limits(wall_seconds=20, output_bytes=100_000))

@@ -21,7 +21,7 @@ from pipeline.function_stage import FunctionEnv, translate_by_function
 from pipeline.items import ItemBook
 from pipeline.records import Completion, TestSuite, Usage
 from pipeline.sandbox import Sandbox
-from tests.functions.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, numbers_task
+from tests.functions.function_fixtures import EVEN_ODD, MAIN, PUSH, SUM, SUM_WRONG, function_env, numbers_task
 
 ANSWERS = {"push": [PUSH], "sum": [SUM], "is_even+is_odd": [EVEN_ODD], "main": [MAIN]}
 
@@ -33,7 +33,7 @@ class ScriptedModel:
     scripts: dict[str, list[str]]
     seen: list[tuple[str, list[dict[str, str]]]] = field(default_factory=list)
 
-    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "") -> Completion:
+    async def complete(self, messages: Sequence[Mapping[str, str]], *, purpose: str = "", n: int = 1) -> Completion:
         match = re.search(r"Translate the C functions? (.+?) of the program", messages[1]["content"])
         assert match is not None, messages[1]["content"][:200]
         group = "+".join(re.findall(r"`(\w+)`", match.group(1)))
@@ -53,8 +53,7 @@ def task(tmp_path: Path) -> tuple[CProgram, TypeTranslation, TestSuite]:
 
 
 def _env(model: ScriptedModel, services: tuple[Toolchain, Sandbox]) -> FunctionEnv:
-    toolchain, sandbox = services
-    return FunctionEnv(model, toolchain, sandbox, sandbox.limits(wall_seconds=20, output_bytes=100_000))
+    return function_env(model, services)
 
 
 async def test_every_group_verified_then_combined(

@@ -107,6 +107,24 @@ def test_negative_temperature_is_a_400(vllm: Server) -> None:
     assert error["message"].startswith("temperature must be non-negative")
 
 
+def test_n_choices_with_greedy_sampling_is_a_400(vllm: Server) -> None:
+    """n > 1 with temperature 0: 400 "n must be 1 when using greedy sampling" (what --candidates needs to avoid)."""
+    status, body = chat(vllm, n=2, temperature=0, max_tokens=4)
+    assert status == 400
+    assert "n must be 1 when using greedy sampling" in error_of(body)["message"]
+
+
+def test_n_choices_share_one_prompt_in_the_usage(vllm: Server) -> None:
+    """n = 3 with sampling: choices indexed 0..2; usage counts the prompt once, every choice's completion tokens."""
+    status, one = chat(vllm, "count to three", temperature=0.8, max_tokens=6, ignore_eos=True)
+    assert status == 200, one
+    status, body = chat(vllm, "count to three", n=3, temperature=0.8, max_tokens=6, ignore_eos=True)
+    assert status == 200, body
+    assert sorted(c["index"] for c in body["choices"]) == [0, 1, 2]
+    assert body["usage"]["prompt_tokens"] == one["usage"]["prompt_tokens"]
+    assert body["usage"]["completion_tokens"] == 3 * 6
+
+
 def test_wrong_model_is_a_404_listing_valid_aliases(vllm: Server) -> None:
     """An unknown model: 404 NotFoundError whose message ends "Valid aliases: NAME."."""
     status, body = http("POST", f"{vllm.base_url}/chat/completions",
