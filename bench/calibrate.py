@@ -9,9 +9,11 @@ sandbox helper and the program) plus this process's own share (event loop, sandb
 
 from __future__ import annotations
 
+import argparse
 import resource
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -30,7 +32,7 @@ from pipeline.simulator.directive import find_directive, render
 from pipeline.task import Task
 from pipeline.testing import load_test_suite, normalize_output, run_test_suite
 
-from .common import ROOT, TaskPlan
+from .common import RESULTS, ROOT, TaskPlan, markdown_table, write_corpus, write_json
 
 T = TypeVar("T")
 
@@ -88,14 +90,14 @@ def _median(pairs: Sequence[tuple[float, float]]) -> Cost:
     return Cost(statistics.median(w for w, _ in pairs), statistics.median(c for _, c in pairs), len(pairs))
 
 
-async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path) -> Calibration:
+async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto") -> Calibration:
     settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=False, clippy=False)
     toolchain = await Toolchain.prepare(settings)
     ok: list[tuple[float, float]] = []
     err: list[tuple[float, float]] = []
     sandboxed: list[tuple[float, float]] = []
     plain: list[tuple[float, float]] = []
-    async with Sandbox.open(SandboxSettings()) as sandbox:
+    async with Sandbox.open(SandboxSettings(helper=helper), cache_dir=cache_dir) as sandbox:
         limits = sandbox.limits(wall_seconds=60.0, output_bytes=40_000)
         await _warm_up(toolchain, plans[0])
         for plan in plans:
@@ -155,6 +157,66 @@ async def _warm_up(toolchain: Toolchain, plan: TaskPlan) -> None:
         await toolchain.build(program(plan, "unidiomatic", 1) + "\n// warm-up\n", Path(tmp))
 
 
-def calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path) -> Calibration:
+def calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto") -> Calibration:
     """Compile and test the programs of ``plans`` one at a time and return the median costs."""
-    return anyio.run(_calibrate, plans, corpus, cache_dir)
+    return anyio.run(_calibrate, plans, corpus, cache_dir, helper)
+
+
+async def _test_runs(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str, runs: int) -> Cost:
+    """Median cost of one sandboxed test run with ``helper``, each program's suite run ``runs`` times."""
+    settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=True, clippy=False)
+    toolchain = await Toolchain.prepare(settings)
+    costs: list[tuple[float, float]] = []
+    async with Sandbox.open(SandboxSettings(helper=helper), cache_dir=cache_dir) as sandbox:
+        limits = sandbox.limits(wall_seconds=60.0, output_bytes=40_000)
+        for plan in plans:
+            task = Task(plan.name, corpus / f"{plan.name}.c", corpus / f"{plan.name}.json")
+            suite = load_test_suite(task)
+            async with sandbox.build_dir() as out_dir:
+                built = await toolchain.build(program(plan, "unidiomatic", 1), out_dir)
+                assert built.ok and built.binary is not None, built.diagnostics
+                for _ in range(runs):
+                    verdict, wall, cpu = await _measure(
+                        partial(run_test_suite, built.binary, suite, sandbox=sandbox, limits=limits))
+                    assert verdict.passed, verdict.feedback()
+                    costs.append((wall, cpu))
+    return _median(costs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.calibrate``: CPU and wall per test run, sandboxed with each helper and bare, and per
+    compile with each helper (rustc starts under the helper too); blocks alternate the helpers."""
+    from .throughput import make_plans
+
+    p = argparse.ArgumentParser(prog="python -m bench.calibrate", description=main.__doc__)
+    p.add_argument("--programs", type=int, default=8, help="distinct programs (default 8)")
+    p.add_argument("--runs", type=int, default=10, help="test runs per program and block (default 10)")
+    p.add_argument("--rounds", type=int, default=2, help="blocks per helper, alternating (default 2)")
+    p.add_argument("--cache-dir", type=Path, default=RESULTS / "cache", help="libc rlib and helper cache")
+    args = p.parse_args(argv)
+    plans = make_plans(args.programs, 0.0, 0.0, 300)
+    cache = args.cache_dir.resolve()
+    results: dict[str, list[Cost]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-calibrate-") as tmp:
+        corpus = Path(tmp) / "corpus"
+        write_corpus(corpus, plans)
+        for _ in range(args.rounds):
+            for helper in ("python", "compiled"):
+                cal = calibrate(plans, corpus, cache, helper)
+                runs = anyio.run(_test_runs, plans, corpus, cache, helper, args.runs)
+                results.setdefault(f"test run in the sandbox, {helper} helper", []).append(runs)
+                results.setdefault(f"compile (passing), {helper} helper", []).append(cal.compile_ok)
+                results.setdefault("test run, plain subprocess", []).append(cal.test_plain)
+    rows = []
+    for name, costs in results.items():
+        wall = statistics.median(c.wall for c in costs)
+        cpu = statistics.median(c.cpu for c in costs)
+        rows.append([name, f"{wall * 1000:.1f}", f"{cpu * 1000:.1f}", sum(c.samples for c in costs)])
+    write_json(RESULTS / "calibrate.json", {"command": " ".join(["python -m bench.calibrate", *(argv or sys.argv[1:])]),
+                                            "rows": rows})
+    print(markdown_table(["operation", "wall ms", "CPU ms", "samples"], rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

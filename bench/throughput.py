@@ -349,12 +349,14 @@ def _run(preset: Preset, args: argparse.Namespace, work: Path) -> int:
             f"{bound['ideal']:.3g} ({bound['bottleneck']})", bound["fraction"], bound["fraction_available"],
             report.busy_span, report.busy_steady, report.startup_seconds, report.drain_seconds,
             row["latency_p50"], row["latency_p95"],
-            report.process.peak_rss_mb, row["tree_cpu_per_task"], report.background_cores, row["ours_vs_this"],
+            report.process.peak_rss_mb, row["tree_cpu_per_task"],
+            report.process.self_cpu_seconds / max(report.process.tree_cpu_seconds, 1e-9),
+            report.background_cores, row["ours_vs_this"],
         ])
     header = ["schedule", "tasks", "verified", "wall s", "tasks/s", "ideal/s (bound)", "of ideal",
               "of ideal (avail. cores)", "slots busy", "slots busy (steady)", "start-up s", "drain s",
               "p50 s", "p95 s", "peak RSS MB",
-              "CPU s/task", "background cores", "ours / this"]
+              "CPU s/task", "own CPU share", "background cores", "ours / this"]
     cal_rows = [[name, cost.wall, cost.cpu, cost.samples] for name, cost in cal.__dict__.items()]
     first = results[0]
     print(f"\n### {preset.name}: {preset.summary}\n")

@@ -349,7 +349,8 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
         tg.start_soon(watch)
         try:
             files = await read_task(task)
-            result, transcript = await translate_task(services.env, task, files.digest, files)
+            result, transcript = await translate_task(services.env, task, files.digest, files,
+                                                      result_dir=args.result_dir)
             with anyio.CancelScope(shield=True):
                 await write_task_results(args.result_dir, result, transcript)
         except Exception as exc:

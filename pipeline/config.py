@@ -117,6 +117,11 @@ class TranslationSettings:
     #: Choices asked for per chat request of a stage (vLLM's ``n``: one prefill, n decodes); they are verified side
     #: by side and the first that verifies is kept (:mod:`pipeline.candidates`). Needs a temperature above 0.
     candidates: int = 1
+    #: Whole file, one function (or recursion group) at a time, or chosen per program by size ("auto"); see
+    #: docs/function_level.md.
+    granularity: str = "auto"
+    #: A program whose whole-file unidiomatic stage failed is translated again function by function.
+    function_fallback: bool = False
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,7 @@ class SandboxSettings:
     max_file_mb: int = 64
     open_files: int = 256
     network: bool = False
+    helper: str = "auto"  # auto: the compiled helper when gcc builds it, else Python; compiled; python
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,7 @@ MAX_JOBS = 256
 EXECUTORS = ("local", "ray")
 #: Choices per request: each one holds a sequence slot of the server (vLLM's --max-num-seqs) while it decodes.
 MAX_CANDIDATES = 16
+GRANULARITIES = ("auto", "file", "function")
 
 
 def _base_url_rule(value: str) -> str | None:
@@ -350,6 +357,15 @@ SETTINGS: tuple[Setting, ...] = (
        low=0, high=100, metavar="N",
        help="ask the model once per task for N test inputs, judged by the C program like the generated ones "
             "(default 0: none asked; one more request per task)"),
+    _s("translation", "granularity", str, "pipeline", flag="--granularity", env="C2RUST_GRANULARITY", job=True,
+       panel="translation", choices=GRANULARITIES, metavar="auto|file|function",
+       help="translate each program whole, one function at a time, or choose by its size against the server's "
+            "max_model_len (default auto: whole unless it cannot fit)"),
+    _s("translation", "function_fallback", bool, "pipeline", env="C2RUST_FUNCTION_FALLBACK", job=True,
+       panel="translation", switches=(
+           ("--function-fallback", True, "when the whole-file unidiomatic stage fails, translate the program "
+            "again function by function"),
+           ("--no-function-fallback", False, "no function-level second try (default)"))),
     _s("run", "executor", str, "pipeline", flag="--executor", job=True, panel="translation", choices=EXECUTORS,
        metavar="local|ray", help="where builds and tests run: this machine (default) or a Ray cluster "
        "(pip install -e '.[ray]')"),
@@ -376,6 +392,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("sandbox", "max_file_mb", int, "sandbox", positive=True, high=1 << 20),
     _s("sandbox", "open_files", int, "sandbox", positive=True, high=1 << 20),
     _s("sandbox", "network", bool, "sandbox"),
+    _s("sandbox", "helper", str, "sandbox", env="C2RUST_SANDBOX_HELPER", choices=("auto", "compiled", "python")),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_FILE_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}

@@ -257,6 +257,9 @@ class EndpointPool:
         self._clock = clock
         self._changed = anyio.Event()
         self._info: ServerInfo | None = None
+        #: The smallest context length the servers reported at preflight (None: none said), for the
+        #: granularity of function-level translation.
+        self.smallest_context: int | None = None
 
     def __repr__(self) -> str:
         return f"EndpointPool({[c.base_url for c in self._clients]!r})"
@@ -326,6 +329,8 @@ class EndpointPool:
         if len(lengths) > 1:
             log.warning("the model servers report different context lengths (%s): each request is sized for the "
                         "server it goes to", ", ".join(str(n) for n in sorted(lengths, key=str)))
+        known = [length for length in lengths if length is not None]
+        self.smallest_context = min(known) if known else None
         self._info = infos[0]
         return infos[0]
 

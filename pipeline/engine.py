@@ -54,13 +54,14 @@ from .errors import (
     Interrupted,
 )
 from .extract import BEGIN_MARK
+from .function_task import FunctionLevel
 from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
-from .prompts import FIRST_REQUESTS, REPAIR
+from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
 from .ray_executor import RayVerifier
-from .records import STAGES, TaskFiles, TaskKey, TaskResult
+from .records import TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .stages import StageEnv
@@ -137,7 +138,7 @@ def settings_fingerprint(config: Config) -> str:
         "max_tokens": config.model.max_tokens,
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
-        "prompts": [*(FIRST_REQUESTS[stage] for stage in STAGES), REPAIR, BEGIN_MARK],
+        "prompts": [PROMPTS_REVISION, BEGIN_MARK],  # the wording's revision: a new layout keeps finished tasks
         "max_attempts": config.translation.max_attempts,
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
@@ -147,6 +148,10 @@ def settings_fingerprint(config: Config) -> str:
         **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
         **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),
+        # Function-level settings count only away from their defaults: runs from before they existed keep
+        # their records (auto keeps every program that fits the context whole-file, as before).
+        **({"granularity": [cut, FUNCTION_REQUEST]} if (cut := config.translation.granularity) != "auto" else {}),
+        **({"function_fallback": FUNCTION_REQUEST} if config.translation.function_fallback else {}),
     })
 
 
@@ -177,7 +182,9 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
             try:
                 toolchain = await Toolchain.prepare(config.toolchain)
-                sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox, scratch_root=scratch_root))
+                sandbox = await stack.enter_async_context(Sandbox.open(
+                    config.sandbox, scratch_root=scratch_root, cache_dir=config.toolchain.resolved_cache_dir()
+                ))
                 client: ModelClient | EndpointPool
                 if config.model.endpoints:
                     client = await stack.enter_async_context(EndpointPool.open(config))
@@ -191,6 +198,7 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
                     await stack.enter_async_context(RayVerifier.open(config, cpu)) if config.run.executor == "ray"
                     else LocalVerifier(config, toolchain, sandbox, cpu)
                 )
+                functions = _function_level(config, client, info, toolchain, sandbox, cpu)
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside the task group's exception group
             startup.cancel_scope.cancel()
@@ -198,7 +206,18 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
             raise failure
         if state.interrupted:
             raise Interrupted(f"interrupted by {state.interrupted} during start-up; nothing was translated")
-        yield Services(StageEnv(config, client, verifier), info, client, sandbox)
+        yield Services(StageEnv(config, client, verifier, functions=functions), info, client, sandbox)
+
+
+def _function_level(config: Config, client: ModelClient | EndpointPool, info: ServerInfo, toolchain: Toolchain,
+                    sandbox: Sandbox, cpu: anyio.CapacityLimiter) -> FunctionLevel:
+    """The services of function-level tasks, sized by the smallest context of the run's servers."""
+    smallest = client.smallest_context if isinstance(client, EndpointPool) else info.max_model_len
+    if config.run.executor == "ray" and (config.translation.granularity != "file"
+                                         or config.translation.function_fallback):
+        log.info("--executor ray: function-level tasks build and test their functions (FFI checks, the combined "
+                 "program) on this machine; whole-file builds and tests go to the Ray cluster")
+    return FunctionLevel(toolchain, sandbox, cpu, smallest, settings_fingerprint(config))
 
 
 #: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
@@ -314,7 +333,8 @@ class _Run:
         assert self.env is not None
         digest = key.input_hash
         try:
-            result, transcript = await translate_task(self.env, task, digest, files)
+            result, transcript = await translate_task(self.env, task, digest, files,
+                                                      result_dir=self.options.output / task.id)
         except FatalError:
             raise
         except Exception as exc:
@@ -351,6 +371,9 @@ class _Run:
             elif stage.status == "failed":
                 c.stage_failed[stage.stage] += 1
             c.completion_tokens += stage.usage.completion_tokens
+        for status, count in ((result.granularity or {}).get("items") or {}).items():
+            if status in c.items:
+                c.items[status] += count
 
 
 def _unwritable(result_dir: Path, exc: OSError) -> str:

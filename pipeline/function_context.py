@@ -145,25 +145,27 @@ class GranularityChoice:
 
 
 def choose_granularity(
-    setting: Granularity, c_source: str, *, max_model_len: int | None, prompt_overhead_tokens: int = 600
+    setting: Granularity, c_source: str, *, max_model_len: int | None, prompt_overhead_tokens: int = 600,
+    answer_ratio: float = ANSWER_RATIO, context_share: float = CONTEXT_SHARE,
 ) -> GranularityChoice:
     """``file`` or ``function`` for a program of text ``c_source``.
 
     ``auto`` goes whole-file when the program's prompt (its tokens plus ``prompt_overhead_tokens`` of
-    instructions) and the expected answer (:data:`ANSWER_RATIO` times the program) fill at most
-    :data:`CONTEXT_SHARE` of ``max_model_len``; when the server does not say its context length, whole-file
+    instructions) and the expected answer (``answer_ratio`` times the program) fill at most
+    ``context_share`` of ``max_model_len`` (the engine passes its own, laxer, figures: see
+    :mod:`pipeline.function_task`); when the server does not say its context length, whole-file
     (as before function-level existed).
     """
     program = estimate_tokens([{"role": "user", "content": c_source}])
-    needed = program + prompt_overhead_tokens + int(program * ANSWER_RATIO)
+    needed = program + prompt_overhead_tokens + int(program * answer_ratio)
     if setting != "auto":
         return GranularityChoice(setting, f"granularity = {setting}", program, needed, max_model_len)
     if max_model_len is None:
         return GranularityChoice("file", "the server does not say its context length", program, needed, None)
-    budget = int(max_model_len * CONTEXT_SHARE)
+    budget = int(max_model_len * context_share)
     if needed <= budget:
         return GranularityChoice("file", f"program and answer need about {needed} tokens of {budget}",
                                  program, needed, max_model_len)
     return GranularityChoice("function", f"program and answer need about {needed} tokens, more than {budget} "
-                             f"({CONTEXT_SHARE:.0%} of max_model_len {max_model_len})", program, needed,
+                             f"({context_share:.0%} of max_model_len {max_model_len})", program, needed,
                              max_model_len)

@@ -10,7 +10,8 @@ the others (:func:`~pipeline.items.blocked_items`). Verified groups are recorded
 When every group verified, the items are combined into one Rust program and verified with the tests
 (:mod:`pipeline.combine`).
 
-Not yet wired into the engine: :func:`translate_by_function` takes the two services it needs directly.
+The engine calls :func:`translate_by_function` through :mod:`pipeline.function_task`, which builds the
+:class:`FunctionEnv` from the run's services.
 """
 
 from __future__ import annotations
@@ -18,55 +19,37 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from .build import Toolchain
 from .c_program import CProgram
 from .c_types import TypeTranslation
 from .combine import CombineVerdict, combine, verify_combined
 from .errors import TaskFailure
-from .extract import BEGIN_MARK, END_MARK, extract_rust
+from .extract import extract_rust
 from .ffi import verify_function
 from .function_context import function_context
 from .global_stage import translate_leftovers
 from .interfaces import Model
 from .items import ItemBook, blocked_items, item_digests
-from .prompts import Turn, conversation
+from .prompts import FUNCTION_NO_CODE, FUNCTION_REPLY, Turn, conversation, function_request
 from .records import TestSuite
 from .rust_source import given_names, strip_given
 from .sandbox import Limits, Sandbox
 
 log = logging.getLogger(__name__)
 
-FUNCTION_REQUEST = """Translate the C {what} {names} of the program `{program}` into Rust (edition 2021). The \
-program is being translated one function at a time: your translation is linked into the C program in place of \
-the C definition and must behave identically.
-
-Write each function as `#[no_mangle] pub unsafe extern "C" fn NAME(...)` with the C parameter and return types \
-(`main` alone as a plain `fn main()`, reading arguments with std::env::args). This is a close translation: keep \
-the C logic; `unsafe`, raw pointers and `libc::...` are allowed, no other crates. The types, globals and \
-functions shown below are already defined with exactly these Rust declarations: use them, do not define them \
-again, and define nothing else but small private helpers.
-
-Reply with the Rust code only, between these two lines:
-{begin}
-(the Rust function{plural})
-{end}
-
-{context}
-"""
-
-
 def function_prompt(program: CProgram, translation: TypeTranslation, group: Sequence[str]) -> str:
-    """The first request for ``group``: instructions, then :meth:`FunctionContext.render`."""
-    names = ", ".join(f"`{key.split(':', 1)[1]}`" for key in group)
-    many = len(group) > 1
-    return FUNCTION_REQUEST.format(
-        what="functions (they call each other, so they are translated together)" if many else "function",
-        names=names, program=program.path.name, begin=BEGIN_MARK, end=END_MARK, plural="s" if many else "",
-        context=function_context(program, translation, group).render(),
-    )
+    """The first request for ``group`` (:data:`pipeline.prompts.FUNCTION_REQUEST`): instructions, the marker
+    line, then :meth:`FunctionContext.render`."""
+    names = [key.split(":", 1)[1] for key in group]
+    return function_request(label="+".join(names), names=", ".join(f"`{name}`" for name in names),
+                            many=len(group) > 1, program=program.path.name,
+                            context=function_context(program, translation, group).render())
 
 
 @dataclass(frozen=True)
@@ -81,6 +64,8 @@ class FunctionEnv:
     system: str = "You translate C to Rust."
     salt: str = ""  # the settings fingerprint: other settings, other records
     record: Callable[[dict[str, Any]], None] = field(default=lambda event: None)
+    #: Held around each FFI check and the combined build (the engine's CPU limiter); None: unbounded.
+    cpu: anyio.CapacityLimiter | None = None
 
 
 @dataclass(frozen=True)
@@ -164,8 +149,9 @@ async def translate_by_function(
     if len(code) != len(program.function_groups()) or leftovers.failed:
         return FunctionRun(tuple(outcomes), None, None, time.perf_counter() - started)
     combined = combine(program, translation, code, leftovers.globals_code)
-    verdict = await verify_combined(combined, suite, toolchain=env.toolchain, sandbox=env.sandbox,
-                                    limits=env.limits)
+    async with env.cpu or nullcontext():
+        verdict = await verify_combined(combined, suite, toolchain=env.toolchain, sandbox=env.sandbox,
+                                        limits=env.limits)
     return FunctionRun(tuple(outcomes), verdict, combined.source, time.perf_counter() - started)
 
 
@@ -182,7 +168,7 @@ async def _translate_group(
     attempts: list[tuple[str, str]] = []
     requests = 0
     for number in range(1, env.max_attempts + 1):
-        messages = conversation(env.system, first, turns)
+        messages = conversation(env.system, first, turns, reply=FUNCTION_REPLY)
         env.record({"group": list(group), "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
         try:
             completion = await env.model.complete(messages, purpose=f"{program.path.name}:{label}:{number}")
@@ -191,17 +177,21 @@ async def _translate_group(
             attempts.append(("request_failed", str(exc)))
             return GroupOutcome(group, "failed", tuple(attempts), reason=str(exc), requests=requests)
         requests += completion.requests
+        env.record({"group": list(group), "attempt": number, "event": "answer", "content": completion.text,
+                    "finish_reason": completion.finish_reason, "prompt_tokens": completion.usage.prompt_tokens,
+                    "completion_tokens": completion.usage.completion_tokens, "seconds": completion.seconds})
         extraction = extract_rust(completion.text, truncated=completion.truncated)
         if extraction.code is None:
             problem = extraction.problem or "the answer contains no Rust code"
             attempts.append(("no_code", problem))
-            turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
+            turns.append(Turn(completion.text, problem, FUNCTION_NO_CODE.format(problem=problem)))
             continue
         rust, removed = strip_given(extraction.code, given)
         if removed:
             log.debug("function_stage: %s: removed what the prompt gave: %s", label, ", ".join(removed))
-        verdict = await verify_function(program, translation, group, rust, suite,
-                                        toolchain=env.toolchain, sandbox=env.sandbox, limits=env.limits)
+        async with env.cpu or nullcontext():
+            verdict = await verify_function(program, translation, group, rust, suite,
+                                            toolchain=env.toolchain, sandbox=env.sandbox, limits=env.limits)
         summary = verdict.feedback.splitlines()[0] if verdict.feedback else verdict.stage
         attempts.append((verdict.stage, summary))
         env.record({"group": list(group), "attempt": number, "event": "verdict", "stage": verdict.stage})

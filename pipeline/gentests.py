@@ -175,7 +175,9 @@ async def generate_tests(config: Config, options: GenerateOptions) -> list[Gener
             stems[path.stem] = path
     seeds = [await anyio.to_thread.run_sync(_seeds_for, path, options) for path in options.c_files]
     async with AsyncExitStack() as stack:
-        sandbox = await stack.enter_async_context(Sandbox.open(config.sandbox))
+        sandbox = await stack.enter_async_context(Sandbox.open(
+            config.sandbox, cache_dir=config.toolchain.resolved_cache_dir()
+        ))
         model: Model | None = None
         if options.model_inputs > 0:
             client = await stack.enter_async_context(ModelClient.open(

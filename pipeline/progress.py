@@ -14,6 +14,8 @@ from .records import STAGE_SPECS, STAGES
 
 log = logging.getLogger(__name__)
 
+ITEM_STATUSES = ("verified", "failed", "blocked")
+
 
 @dataclass
 class Counters:
@@ -31,6 +33,14 @@ class Counters:
     in_flight_requests: int = 0
     completion_tokens: int = 0
     discovery_finished: bool = False
+    #: Items (functions) of function-level tasks: verified, failed, blocked by a failed dependency.
+    items: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ITEM_STATUSES, 0))
+
+    def item_text(self) -> str:
+        """"items 12 ok / 1 failed / 3 blocked", or "" while no function-level task finished."""
+        if not any(self.items.values()):
+            return ""
+        return f"items {self.items['verified']} ok / {self.items['failed']} failed / {self.items['blocked']} blocked"
 
     def tokens_per_second(self) -> float:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -43,7 +53,8 @@ class Counters:
             f"(verified {self.verified}, failed {self.failed}, unchanged {self.skipped}); "
             + ", ".join(f"{s} {self.stage_verified[s]} ok / {self.stage_failed[s]} failed" for s in STAGES)
             + "; "
-            f"requests in flight {self.in_flight_requests}; {self.tokens_per_second():.0f} tok/s"
+            + (f"{self.item_text()}; " if self.item_text() else "")
+            + f"requests in flight {self.in_flight_requests}; {self.tokens_per_second():.0f} tok/s"
         )
 
 
@@ -91,6 +102,7 @@ class TqdmReporter:
             f"ok {counters.verified} fail {counters.failed} | "
             + " ".join(f"{spec.short} {counters.stage_verified[name]}/{counters.stage_failed[name]}"
                        for name, spec in STAGE_SPECS.items())
+            + (f" | {counters.item_text()}" if counters.item_text() else "")
             + f" | inflight {counters.in_flight_requests}"
             f" | {counters.tokens_per_second():.0f} tok/s",
             refresh=False,

@@ -133,7 +133,9 @@ class _NodeVerifier:
         self.portal = self._portal_cm.__enter__()
         self._sandbox_cm: AbstractContextManager[Sandbox] | None = None
         try:
-            self._sandbox_cm = self.portal.wrap_async_context_manager(Sandbox.open(config.sandbox))
+            self._sandbox_cm = self.portal.wrap_async_context_manager(Sandbox.open(
+                config.sandbox, cache_dir=config.toolchain.resolved_cache_dir()
+            ))
             sandbox = self._sandbox_cm.__enter__()
             toolchain = self.portal.call(Toolchain.prepare, config.toolchain)
             cpu = self.portal.call(_one_slot)  # Ray gives this process one job at a time

@@ -233,6 +233,9 @@ class StageResult:
     wall_seconds: float = 0.0
     requests: int = 0
     clippy: dict[str, Any] | None = None
+    #: A function-level stage's account per item (None for a whole-file stage): ``failure_info`` (item key ->
+    #: status, attempts, reason, blocker) and ``llm_stat`` (group label -> SACToR's llm_stat figures).
+    items: Mapping[str, Any] | None = None
 
     @property
     def usage(self) -> Usage:
@@ -269,6 +272,10 @@ class TaskResult:
     #: task never reached it); and the kept inputs with the C program's outputs, as SACToR samples.
     differential: Mapping[str, Any] | None = None
     differential_samples: tuple[Mapping[str, str], ...] = ()
+    #: How the task was cut for the model: ``granularity`` ("file" or "function"), ``reason`` (why), and for
+    #: function-level tasks the item counts (``items``: verified, failed, blocked, total). None: not decided
+    #: (the task never reached its stages).
+    granularity: Mapping[str, Any] | None = None
 
     def stage(self, name: str) -> StageResult | None:
         return next((s for s in self.stages if s.stage == name), None)
@@ -302,7 +309,8 @@ class TaskResult:
         return TaskSummary(self.task_id, self.c_path, self.test_path, self.input_hash, self.status,
                            self.reason or self._first_stage_reason(), self.failure_kind,
                            round(self.wall_seconds, 3),
-                           dict(self.differential) if self.differential is not None else None, stages)
+                           dict(self.differential) if self.differential is not None else None, stages,
+                           dict(self.granularity) if self.granularity is not None else None)
 
     def _first_stage_reason(self) -> str | None:
         for s in self.stages:
@@ -350,6 +358,7 @@ class TaskSummary:
     wall_seconds: float
     differential: dict[str, Any] | None
     stages: Mapping[str, StageSummary]
+    granularity: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -363,7 +372,15 @@ class TaskSummary:
             "wall_seconds": self.wall_seconds,
             "differential": self.differential,
             "stages": {name: stage.to_json() for name, stage in self.stages.items()},
+            **(_granularity_json(self.granularity) if self.granularity is not None else {}),
         }
+
+
+def _granularity_json(cut: Mapping[str, Any]) -> dict[str, Any]:
+    """A task record's ``granularity`` ("file" or "function"), ``granularity_reason`` and, for function-level
+    tasks, ``items`` (verified, failed, blocked, total)."""
+    return {"granularity": cut.get("granularity"), "granularity_reason": cut.get("reason"),
+            **({"items": dict(cut["items"])} if cut.get("items") else {})}
 
 
 @dataclass(frozen=True)

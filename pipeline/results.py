@@ -11,6 +11,9 @@ Per task (SACToR's names, so users' scripts keep working)::
     RESULT/attempts/<stage>-<n>.rs                      failed attempts' code, for debugging
     RESULT/differential_samples.json                    generated inputs and the C program's outputs (SACToR
                                                         samples), when differential testing kept any
+    RESULT/items.json                                   function-level tasks: the item book (resume per item)
+    RESULT/translated_code_unidiomatic/{functions,structs,enums,global_vars}/NAME.rs   function-level tasks:
+                                                        SACToR's per-item layout (pipeline/items.py)
     RESULT/result.json                                  written last: its presence means the task is complete
     RESULT/transcript.jsonl
 
@@ -27,6 +30,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -119,6 +123,7 @@ def _llm_stat(stage: StageResult) -> dict[str, Any]:
         "costed_input_tokens": inputs,
         "costed_output_tokens": outputs,
         "costed_time": times,
+        **({"items": dict(stage.items["llm_stat"])} if stage.items and "llm_stat" in stage.items else {}),
     }
 
 
@@ -128,9 +133,13 @@ def _failure_info(stage: StageResult) -> dict[str, Any]:
         "stage": stage.stage,
         "status": stage.status,
         "attempts": [{"attempt": a.number, "kind": a.kind, "message": a.message} for a in failed],
+        **({"reason": stage.reason, "items": dict(stage.items["failure_info"])}
+           if stage.items and "failure_info" in stage.items else {}),
     }
 
 
+#: The folders of SACToR's per-item layout under a stage's result folder (pipeline/items.py writes them).
+ITEM_FOLDERS = ("functions", "structs", "enums", "global_vars")
 #: The kept generated inputs and the C program's outputs, in SACToR's samples format (reusable as tests).
 DIFFERENTIAL_SAMPLES = "differential_samples.json"
 _ATTEMPT_FILE = re.compile("(?:" + "|".join(STAGES) + r")-[0-9]+\.rs")
@@ -166,6 +175,11 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
             _remove(result_dir / f"llm_stat_{name}.json")
     if not result.differential_samples:
         _remove(result_dir / DIFFERENTIAL_SAMPLES)
+    if (result.granularity or {}).get("granularity") != "function":
+        # A task that went whole-file this time: per-item files of an earlier function-level run would not
+        # describe this result (items.json stays: digests make it safe to resume from later).
+        for folder in ITEM_FOLDERS:
+            shutil.rmtree(result_dir / STAGE_SPECS["unidiomatic"].result_dir / folder, ignore_errors=True)
     attempts = result_dir / "attempts"
     try:
         with os.scandir(attempts) as it:
@@ -230,9 +244,14 @@ def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     per_stage = {name: {"verified": 0, "failed": 0, "not_run": 0} for name in STAGES}
     differential: dict[str, Any] = {"tasks_checked": 0, "inputs": 0, "tried": 0, "rejected": {}, "not_applicable": 0,
                                     "unavailable": 0, "no_inputs": 0, "mismatches": 0, "cpu_seconds": 0.0}
+    items = {"function_level_tasks": 0, "verified": 0, "failed": 0, "blocked": 0}
     for rec in records:
         out["tasks"] += 1
         _add_differential(differential, rec)
+        if rec.get("granularity") == "function":
+            items["function_level_tasks"] += 1
+            for status in ("verified", "failed", "blocked"):
+                items[status] += (rec.get("items") or {}).get(status, 0) or 0
         out["verified" if rec.get("status") == "verified" else "failed"] += 1
         kind = rec.get("failure_kind")
         if kind == "vacuous_tests":
@@ -252,6 +271,8 @@ def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     out["stages"] = per_stage
     differential["cpu_seconds"] = round(differential["cpu_seconds"], 3)
     out["differential"] = differential
+    if items["function_level_tasks"]:
+        out["items"] = items
     return out
 
 
@@ -297,6 +318,10 @@ def render_table(summary: Mapping[str, Any]) -> list[str]:
             f"{d['mismatches']} attempts disagreed with C; not applicable: {d['not_applicable']}, "
             f"C not built: {d['unavailable']}"
         )
+    items = t.get("items")
+    if items:
+        lines.append(f"function-level: {items['function_level_tasks']} tasks, items {items['verified']} verified, "
+                     f"{items['failed']} failed, {items['blocked']} blocked by a failed dependency")
     if t.get("vacuous_tests") or t.get("input_errors"):
         lines.append(f"not translated: {t.get('vacuous_tests', 0)} with tests that do not exercise the program, "
                      f"{t.get('input_errors', 0)} with unusable inputs")

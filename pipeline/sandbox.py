@@ -13,13 +13,16 @@ Every untrusted run goes through :meth:`Sandbox.run`. What it puts in force, whe
   there is no network but a loopback that is down, and ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``
   are private, size-capped tmpfs (the sandbox's scratch root stays visible at its own path).
 
-How a run is started: ``unshare --pid --fork --kill-child --mount-proc [--net] python -I -S sandbox_init.py``.
-The helper (:mod:`pipeline.sandbox_init`, pid 1 of the namespace, still root) mounts the private tmpfs, forks,
+How a run is started: ``unshare --pid --fork --kill-child --mount-proc [--net] HELPER``, where HELPER is the
+compiled ``sandbox_helper.c`` (built once into the cache directory, see :mod:`pipeline.sandbox_helper`) or, as
+the fallback, ``python -I -S sandbox_init.py``.
+The helper (pid 1 of the namespace, still root) mounts the private tmpfs, forks,
 and the child sets the rlimits, drops to the run's uid/gid with no supplementary groups and ``no_new_privs``,
 and execs the program. The helper reaps everything, and reports the program's exit status and CPU time on a
-private pipe. When it exits, the kernel kills whatever is left in the namespace. After every run the host's
+private pipe. When it exits, the kernel kills whatever is left in the namespace. When a run did not end by
+itself (deadline, output cap, cancellation) and the helper could not answer for its leftovers, the host's
 ``/proc`` is swept for processes of the run's uid (or, without a separate uid, of the run's environment marker)
-until none is left.
+until none is left. Fresh uids are checked against one ``/proc`` scan per batch of runs, not one per run.
 
 Without root or ``unshare`` the same helper runs without namespaces (a child subreaper that kills what its
 program left behind); :class:`Isolation` says what is in force, and a single warning names what is missing.
@@ -46,7 +49,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,8 +58,9 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .config import SandboxSettings
+from .config import SandboxSettings, ToolchainSettings
 from .errors import ConfigError
+from .sandbox_helper import PYTHON, Helper, choose
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +77,14 @@ _DRAIN_GRACE = 0.3
 #: How long the sweep keeps killing a run's leftovers before it gives up and logs an error.
 _SWEEP_SECONDS = 5.0
 _STATUS_MAX = 1 << 16
-#: The pid-1 helper of every run, run as a script: ``python -I -S sandbox_init.py CONFIG_JSON ARGV...``.
-HELPER_SCRIPT = str(Path(__file__).resolve().with_name("sandbox_init.py"))
+#: Fresh uids handed out per /proc scan (each checked against the scan and the user and group databases).
+_UID_BATCH = 64
+#: How long a count of our own processes (for RLIMIT_NPROC without a uid of its own) is reused.
+_NPROC_COUNT_SECONDS = 1.0
+#: Allowance for processes of ours started since that count (other runs, rustc's threads).
+_NPROC_MARGIN = 32
+#: The helper trusted tools (:func:`run_process`) start under: the one the last :meth:`Sandbox.open` chose.
+_tool_helper: Helper = PYTHON
 
 
 #: Scratch roots are named PREFIX<pid>-<random>, so a later run can tell a killed run's leftovers.
@@ -240,27 +250,37 @@ class Sandbox:
     isolation: Isolation
     scratch: Path
 
-    def __init__(self, settings: SandboxSettings, scratch: Path, mode: _Mode) -> None:
+    def __init__(self, settings: SandboxSettings, scratch: Path, mode: _Mode, helper: Helper = PYTHON) -> None:
         self.settings = settings
         self.scratch = scratch
         self._mode = mode
+        self.helper = helper
         self.isolation = Isolation(False, False, False, False, False, ("not probed yet",))
         # A random block of uids per sandbox, one uid per run: RLIMIT_NPROC counts per uid, so a fork bomb in
         # one run cannot starve another, and the sweep finds exactly this run's processes. High up, above the
         # usual system, user and container (subuid) ranges; each is checked to be unused before it is taken.
         self._uids = itertools.count((1 << 30) + secrets.randbelow(1 << 29))
         self._workdirs: set[Path] = set()
+        self._free_uids: list[int] = []
+        self._nproc_count: tuple[float, int] = (float("-inf"), 0)
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, settings: SandboxSettings, *, scratch_root: Path | None = None, namespaces: bool = True
+        cls, settings: SandboxSettings, *, scratch_root: Path | None = None, namespaces: bool = True,
+        cache_dir: Path | None = None,
     ) -> AsyncIterator[Sandbox]:
         """Probe what isolation works, create the run's private scratch root, and remove it on exit.
 
         ``namespaces=False`` skips namespaces and the uid change (the non-root fallback), for tests of that
-        path. Raises ConfigError when ``settings.strict`` and the isolation is incomplete.
+        path. ``cache_dir`` (default: ``[toolchain] cache_dir``'s default) holds the compiled helper, built
+        there on first use. Raises ConfigError when ``settings.strict`` and the isolation is incomplete, or
+        when ``[sandbox] helper = compiled`` and it cannot be built.
         """
+        global _tool_helper
+        helper_dir = Path(cache_dir) if cache_dir is not None else ToolchainSettings().resolved_cache_dir()
+        helper = await anyio.to_thread.run_sync(choose, settings.helper, helper_dir)
+        _tool_helper = helper
         root = Path(scratch_root) if scratch_root is not None else Path(tempfile.gettempdir())
         if os.geteuid() == 0 and namespaces:
             for candidate in (root, Path(tempfile.gettempdir()), Path("/tmp")):
@@ -287,7 +307,7 @@ class Sandbox:
         try:
             # Traverse-only for others: a run's uid reaches its own workdir and the build dirs, lists nothing.
             await anyio.to_thread.run_sync(os.chmod, scratch, 0o711)
-            sandbox = await cls._probe(settings, scratch, namespaces=namespaces)
+            sandbox = await cls._probe(settings, scratch, helper, namespaces=namespaces)
             iso = sandbox.isolation
             missing = iso.missing()
             if settings.network and "network namespace" in missing:
@@ -311,7 +331,7 @@ class Sandbox:
                 await anyio.to_thread.run_sync(_remove_tree, scratch)
 
     @classmethod
-    async def _probe(cls, settings: SandboxSettings, scratch: Path, *, namespaces: bool) -> Sandbox:
+    async def _probe(cls, settings: SandboxSettings, scratch: Path, helper: Helper, *, namespaces: bool) -> Sandbox:
         unshare = shutil.which("unshare")
         root = os.geteuid() == 0
         net = () if settings.network else ("--net",)
@@ -342,7 +362,7 @@ class Sandbox:
         if not root:
             notes.append("not running as root: programs run as your own user and can write what you can")
         for mode in modes:
-            sandbox = cls(settings, scratch, mode)
+            sandbox = cls(settings, scratch, mode, helper)
             found = await sandbox._probe_mode(notes)
             if found is not None:
                 sandbox.isolation = found
@@ -378,6 +398,7 @@ class Sandbox:
         unprivileged = mode.drop_uid and uid.isdigit() and int(uid) not in (0, os.geteuid())
         if self.settings.network:
             notes.append("network allowed by [sandbox] network = true")
+        notes.append(self.helper.describe())
         return Isolation(pid_ns, net_ns, mount_ns, unprivileged, bool(status.get("rl")), tuple(notes))
 
     def limits(self, *, wall_seconds: float, output_bytes: int) -> Limits:
@@ -401,13 +422,22 @@ class Sandbox:
         symlink or does not exist is skipped with a warning. Removed on exit.
         """
         names = list(files)
-        path = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="work-", dir=self.scratch)))
+        if names and source_dir is None:
+            log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
+
+        def make() -> Path:  # one trip to a worker thread: directory and copies
+            path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
+            try:
+                if names and source_dir is not None:
+                    _copy_files(Path(source_dir), names, path)
+            except BaseException:
+                _remove_tree(path)
+                raise
+            return path
+
+        path = await anyio.to_thread.run_sync(make)
         self._workdirs.add(path)
         try:
-            if names and source_dir is not None:
-                await anyio.to_thread.run_sync(_copy_files, Path(source_dir), names, path)
-            elif names:
-                log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
             yield path
         finally:
             self._workdirs.discard(path)
@@ -467,22 +497,19 @@ class Sandbox:
         if marker is not None:
             full_env[MARKER_VAR] = marker
         pipe = _StatusPipe()
-        config = {
-            "fd": pipe.write_fd,
-            "uid": uid,
-            "rl": rlimits,
-            "tmp": list(PRIVATE_TMP_DIRS) if private_tmp else [],
-            "tmp_size": limits.file_size_bytes,
-            "keep": str(self.scratch),
-            "cwd": str(cwd),
-            "pid1": mode.unshare is not None,
-        }
-        cmd = [*(mode.unshare or ()), sys.executable, "-I", "-S", HELPER_SCRIPT, json.dumps(config), *argv]
+        helper = self.helper.command(
+            argv, fd=pipe.write_fd, uid=uid, rlimits=rlimits, tmp=PRIVATE_TMP_DIRS if private_tmp else (),
+            tmp_size=limits.file_size_bytes, keep=str(self.scratch), cwd=str(cwd), pid1=mode.unshare is not None,
+        )
         with pipe:
             raw = await _execute(
-                cmd, cwd=Path(cwd), env=full_env, stdin=stdin, limits=limits, pass_fds=(pipe.write_fd,),
-                after_spawn=pipe.close_write, sweep=lambda: _sweep(uid=uid, marker=marker),
+                [*(mode.unshare or ()), *helper], cwd=Path(cwd), env=full_env, stdin=stdin, limits=limits,
+                pass_fds=(pipe.write_fd,), after_spawn=pipe.close_write,
+                sweep=lambda: _sweep(uid=uid, marker=marker),
                 pid_namespace=mode.unshare is not None and "--pid" in mode.unshare,
+                # With a uid of its own the program cannot touch its root helper, whose exit status 0 says
+                # that it reaped everything (it is their subreaper).
+                helper_reaps=uid is not None,
             )
             status = pipe.read_status()
         return raw.result(tuple(argv), status, limits), status
@@ -513,8 +540,9 @@ class Sandbox:
                     private_tmp = False
         nproc = limits.processes
         if uid is None and os.geteuid() != 0:
-            # Without a uid of its own, RLIMIT_NPROC counts all of our processes: allow for those.
-            nproc += len(_find_processes(uid=os.getuid(), marker=None))
+            # Without a uid of its own, RLIMIT_NPROC counts all of our processes: allow for those (counted at
+            # most once a second, plus one per run the count may have missed).
+            nproc += self._own_processes()
         rlimits = [
             ("RLIMIT_CORE", 0, 0),
             ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
@@ -526,22 +554,33 @@ class Sandbox:
         return uid, private_tmp, rlimits
 
     def _free_uid(self) -> int:
-        """The next uid of our block that no user, group or process has: the sweep kills by uid."""
-        for _ in range(1000):
-            uid = next(self._uids)
-            try:
-                pwd.getpwuid(uid)
-                continue
-            except KeyError:
-                pass
-            try:
-                grp.getgrgid(uid)
-                continue
-            except KeyError:
-                pass
-            if not _find_processes(uid=uid, marker=None):
-                return uid
-        raise OSError(errno.EAGAIN, "no free uid for a sandboxed run")
+        """The next uid of our block that no user, group or process has: the sweep kills by uid.
+
+        One /proc scan serves a batch of uids: the block is random and never reused, so a uid free at the scan
+        stays free (short of another sandbox drawing the same block) until its run takes it.
+        """
+        if not self._free_uids:
+            in_use = _process_uids()
+            for _ in range(1000):
+                uid = next(self._uids)
+                if uid in in_use or _known_id(uid):
+                    continue
+                self._free_uids.append(uid)
+                if len(self._free_uids) == _UID_BATCH:
+                    break
+            if not self._free_uids:
+                raise OSError(errno.EAGAIN, "no free uid for a sandboxed run")
+            self._free_uids.reverse()
+        return self._free_uids.pop()
+
+    def _own_processes(self) -> int:
+        """Processes of our uid (RLIMIT_NPROC counts them), from a /proc scan at most a second old."""
+        now = time.monotonic()
+        taken, count = self._nproc_count
+        if now - taken > _NPROC_COUNT_SECONDS:
+            count = len(_find_processes(uid=os.getuid(), marker=None))
+            self._nproc_count = (now, count)
+        return count + _NPROC_MARGIN
 
 
 def tool_env() -> dict[str, str]:
@@ -572,20 +611,8 @@ async def run_process(
     if env is None:
         env = tool_env()
     pipe = _StatusPipe()
-    config = {
-        "fd": pipe.write_fd,
-        "uid": None,
-        "rl": [
-            ("RLIMIT_CORE", 0, 0),
-            ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
-        ],
-        "tmp": [],
-        "tmp_size": 0,
-        "keep": "",
-        "cwd": str(cwd),
-        "pid1": False,
-    }
-    cmd = [sys.executable, "-I", "-S", HELPER_SCRIPT, json.dumps(config), *argv]
+    rlimits = [("RLIMIT_CORE", 0, 0), ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes)]
+    cmd = _tool_helper.command(argv, fd=pipe.write_fd, uid=None, rlimits=rlimits, cwd=str(cwd), pid1=False)
     with pipe:
         raw = await _execute(
             cmd, cwd=Path(cwd), env=dict(env), stdin=stdin, limits=limits,
@@ -663,6 +690,7 @@ async def _execute(
     after_spawn: Callable[[], None],
     sweep: Callable[[], int] | None,
     pid_namespace: bool = False,
+    helper_reaps: bool = False,
 ) -> _Raw:
     """Start ``cmd`` in a new session, read its output with a cap, and kill its tree when done, whatever
     happened (deadline, output cap, or the caller being cancelled)."""
@@ -687,20 +715,25 @@ async def _execute(
                 assert proc.stdout is not None and proc.stderr is not None
                 tg.start_soon(_pump, proc.stdout, out, deadline)
                 tg.start_soon(_pump, proc.stderr, err, deadline)
+                fed = anyio.Event()
                 if stdin is not None and proc.stdin is not None:
-                    tg.start_soon(_feed, proc.stdin, stdin)
+                    tg.start_soon(_feed, proc.stdin, stdin, fed)
+                else:
+                    fed.set()
                 await proc.wait()
                 # Straggler processes may still hold the pipes: give them a moment, then stop reading.
                 with anyio.move_on_after(_DRAIN_GRACE):
                     await out.done.wait()
                     await err.done.wait()
-                tg.cancel_scope.cancel()
+                    await fed.wait()
+                if not (out.done.is_set() and err.done.is_set() and fed.is_set()):
+                    tg.cancel_scope.cancel()  # costly (it formats the task's repr): only when something is left
         exceeded = out.exceeded or err.exceeded
         timed_out = deadline.cancel_called and not exceeded and proc.returncode is None
         killed = timed_out or exceeded
     finally:
         with anyio.CancelScope(shield=True):
-            await _kill_tree(proc, sweep, pid_namespace=pid_namespace)
+            await _kill_tree(proc, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
     return _Raw(
         proc.returncode, bytes(out.data), bytes(err.data), timed_out, exceeded, killed, time.monotonic() - started
     )
@@ -718,24 +751,31 @@ async def _pump(stream: anyio.abc.ByteReceiveStream, capture: _Capture, deadline
         capture.done.set()
 
 
-async def _feed(stream: anyio.abc.ByteSendStream, data: bytes) -> None:
+async def _feed(stream: anyio.abc.ByteSendStream, data: bytes, done: anyio.Event) -> None:
     try:
         if data:
             await stream.send(data)
         await stream.aclose()
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError, ConnectionResetError):
         pass  # the program did not read all of its input; that is its business
+    finally:
+        done.set()
 
 
 async def _kill_tree(
-    proc: anyio.abc.Process, sweep: Callable[[], int] | None, *, pid_namespace: bool = False
+    proc: anyio.abc.Process, sweep: Callable[[], int] | None, *, pid_namespace: bool = False,
+    helper_reaps: bool = False,
 ) -> None:
     """SIGKILL the process group, reap the leader, then sweep stragglers that left the group.
 
     When unshare exited by itself, it had waited for the namespace's init, whose exit the kernel completes
     only after every process of the namespace is gone: nothing can be left, so the /proc sweep is skipped.
+    So it is when ``helper_reaps`` and the helper exited by itself with status 0: as the run's subreaper it
+    exits 0 only after reaping every process the program left.
     """
     if pid_namespace and proc.returncode is not None:
+        sweep = None
+    if helper_reaps and proc.returncode == 0:
         sweep = None
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -790,13 +830,11 @@ class _StatusPipe:
 # Processes of a run
 
 
-def _find_processes(*, uid: int | None, marker: str | None) -> list[int]:
-    """Live processes whose real uid is ``uid`` or whose environment carries ``marker``."""
-    found = []
-    needle = f"{MARKER_VAR}={marker}".encode() if marker else None
-    me = os.getpid()
+def _live_processes() -> Iterator[tuple[str, bytes]]:
+    """(pid, real uid) of every live process but this one (zombies are already dead)."""
+    me = str(os.getpid())
     for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == me:
+        if not entry.isdigit() or entry == me:
             continue
         try:
             with open(f"/proc/{entry}/status", "rb") as fh:
@@ -809,8 +847,32 @@ def _find_processes(*, uid: int | None, marker: str | None) -> list[int]:
         state = fields.get(b"State", b"").strip()[:1]
         if state in (b"Z", b"X"):
             continue  # already dead, waiting to be reaped
-        real_uid = fields.get(b"Uid", b"").split()[:1]
-        if uid is not None and real_uid == [str(uid).encode()]:
+        yield entry, b"".join(fields.get(b"Uid", b"").split()[:1])
+
+
+def _process_uids() -> set[int]:
+    """The real uids of all live processes (one /proc scan)."""
+    return {int(uid) for _, uid in _live_processes() if uid.isdigit()}
+
+
+def _known_id(uid: int) -> bool:
+    """Whether a user or a group has this id."""
+    for lookup in (pwd.getpwuid, grp.getgrgid):
+        try:
+            lookup(uid)
+            return True
+        except KeyError:
+            pass
+    return False
+
+
+def _find_processes(*, uid: int | None, marker: str | None) -> list[int]:
+    """Live processes whose real uid is ``uid`` or whose environment carries ``marker``."""
+    found = []
+    needle = f"{MARKER_VAR}={marker}".encode() if marker else None
+    wanted = str(uid).encode() if uid is not None else None
+    for entry, real_uid in _live_processes():
+        if wanted is not None and real_uid == wanted:
             found.append(int(entry))
             continue
         if needle is not None:

@@ -8,7 +8,10 @@ subreaper). It is root inside the namespaces when we are root and never runs unt
    groups and ``no_new_privs``, and execs ``ARGV``;
 3. reaps every process until the program ends and reports its exit status, signal and CPU time as JSON on
    the inherited pipe ``fd``;
-4. without a PID namespace, kills whatever the program left behind before exiting (with one, the kernel does).
+4. without a PID namespace, kills whatever the program left behind before exiting (with one, the kernel does);
+   exits 0 when nothing is left, 3 when leftovers could not be reaped in time.
+
+``sandbox_helper.c`` does the same, compiled (see :mod:`pipeline.sandbox_helper`); this script is its fallback.
 
 Run as a script with ``-I -S`` it must import nothing but the standard library, and nothing of the caller's
 environment reaches it except the config. Keep it small: its start-up is paid on every test run.
@@ -109,8 +112,9 @@ def wait_for(pid: int, report: dict[str, Any]) -> None:
     report["cpu"] = usage.ru_utime + usage.ru_stime
 
 
-def kill_orphans() -> None:
-    """Without a PID namespace: kill and reap the program's leftovers (we are their subreaper)."""
+def kill_orphans() -> bool:
+    """Without a PID namespace: kill and reap the program's leftovers (we are their subreaper). True when
+    none is left."""
     end = time.monotonic() + ORPHAN_SWEEP_SECONDS
     while time.monotonic() < end:
         kids: set[int] = set()
@@ -129,8 +133,9 @@ def kill_orphans() -> None:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
         except ChildProcessError:
-            return
+            return True
         time.sleep(0.005)
+    return False
 
 
 def main(cfg: dict[str, Any], argv: list[str]) -> None:
@@ -145,9 +150,8 @@ def main(cfg: dict[str, Any], argv: list[str]) -> None:
     wait_for(pid, report)
     os.write(cfg["fd"], json.dumps(report).encode())
     os.close(cfg["fd"])
-    if not cfg["pid1"]:
-        kill_orphans()
-    os._exit(0)
+    clean = cfg["pid1"] or kill_orphans()
+    os._exit(0 if clean else 3)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from .prompts import Turn, conversation, cut_off_turn, first_prompt
 from .records import Attempt, Completion, StageName, StageResult, TestSuite, Usage
 
 if TYPE_CHECKING:
+    from .function_task import FunctionLevel
     from .records import Oracle
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ class StageEnv:
     model: Model
     verifier: Verifier
     record: Callable[[dict[str, Any]], None] = field(default=lambda event: None)
+    #: The services of function-level translation (:mod:`pipeline.function_task`); None: whole-file only.
+    functions: FunctionLevel | None = None
 
 
 async def run_stage(

@@ -1,4 +1,5 @@
-"""One task from inputs to results: read it, run the unidiomatic stage, then the idiomatic one.
+"""One task from inputs to results: read it, choose its granularity (whole file or function by function,
+:mod:`pipeline.function_task`), run the unidiomatic stage, then the idiomatic one.
 
 Used by the batch engine for every task and by the single-task ``translate`` command.
 """
@@ -16,8 +17,9 @@ import anyio
 
 from .differential import applicable
 from .errors import TaskFailure, TaskInputError
+from .function_task import Plan, idiomatic_stage, plan_task, translate_functions
 from .proposals import Proposal, propose_inputs
-from .records import StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
+from .records import Oracle, StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
 from .testing import input_files, load_test_suite
@@ -117,13 +119,16 @@ def _proposal_report(proposal: Proposal, asked: int) -> dict[str, Any]:
 
 
 async def translate_task(
-    env: StageEnv, task: Task, key_hash: str, files: TaskFiles | None = None
+    env: StageEnv, task: Task, key_hash: str, files: TaskFiles | None = None, *, result_dir: Path | None = None
 ) -> tuple[TaskResult, list[dict[str, Any]]]:
     """Run both stages of one task (from ``files`` when the producer read them already). Returns its result
-    and transcript; raises only fatal errors."""
+    and transcript; raises only fatal errors. ``result_dir`` (the task's result folder) keeps the item book
+    of a function-level task (:mod:`pipeline.function_task`); without it tasks go whole-file."""
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
-    env = dataclasses.replace(env, record=transcript.append)
+    # Without a result folder there is nowhere to keep the item book: whole-file only.
+    env = dataclasses.replace(env, record=transcript.append,
+                              functions=env.functions if result_dir is not None else None)
     ident = (task.id, printable(task.c_path), printable(task.test_path), key_hash)
     try:
         inputs = await anyio.to_thread.run_sync(
@@ -141,6 +146,13 @@ async def translate_task(
         return TaskResult(*ident, reason=vacuous, failure_kind="vacuous_tests",
                           wall_seconds=time.perf_counter() - started), transcript
     name = printable(Path(task.c_path).name)  # goes into the prompt: UTF-8 whatever the file system holds
+    try:
+        plan = await plan_task(env, task.c_path, inputs.c_source, name=name)
+    except TaskFailure as exc:
+        log.info("%s: %s", task.id, exc)
+        transcript.append({"event": "input_error", "message": str(exc)})
+        return TaskResult(*ident, reason=str(exc), failure_kind="input_error",
+                          wall_seconds=time.perf_counter() - started), transcript
     proposal = await _proposals(env, name, inputs)
     oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash,
                                        proposed=proposal.inputs if proposal else ())
@@ -154,18 +166,53 @@ async def translate_task(
                  f"{len(oracle.inputs)} of {oracle.tried} generated inputs kept (rejected: {dict(oracle.rejected)})")
         transcript.append({"event": "differential", **report})
     stages: list[StageResult] = []
-    unidiomatic = await _with_code_stats(env, await run_stage(
-        env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite, oracle=oracle,
-    ))
+    unidiomatic, plan, items = await _unidiomatic(env, task, name, inputs, oracle, plan, result_dir)
     stages.append(unidiomatic)
     if env.config.translation.idiomatic and unidiomatic.verified:
-        idiomatic = await run_stage(
-            env, "idiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite,
-            rust_source=unidiomatic.code, oracle=oracle,
-        )
+        if plan.granularity == "function":
+            idiomatic = await idiomatic_stage(env, name=name, c_source=inputs.c_source, suite=inputs.suite,
+                                              oracle=oracle, unidiomatic=unidiomatic)
+        else:
+            idiomatic = await run_stage(
+                env, "idiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite,
+                rust_source=unidiomatic.code, oracle=oracle,
+            )
         stages.append(await _with_code_stats(env, idiomatic))
     return (
         TaskResult(*ident, stages=tuple(stages), wall_seconds=time.perf_counter() - started,
-                   differential=report, differential_samples=tuple(oracle.samples()) if oracle else ()),
+                   differential=report, differential_samples=tuple(oracle.samples()) if oracle else (),
+                   granularity=plan.record(items)),
         transcript,
     )
+
+
+async def _unidiomatic(
+    env: StageEnv, task: Task, name: str, inputs: TaskInputs, oracle: Oracle | None, plan: Plan,
+    result_dir: Path | None,
+) -> tuple[StageResult, Plan, dict[str, int] | None]:
+    """The unidiomatic stage at the planned granularity; with ``function_fallback``, a whole-file stage that
+    failed is followed by a function-level one (its result then holds both stages' attempts). Returns the
+    stage, the granularity it ended at, and the item counts of a function-level stage."""
+    if plan.granularity == "function" and result_dir is not None:
+        stage, items = await translate_functions(env, plan, inputs.suite, result_dir)
+        return await _with_code_stats(env, stage), plan, items
+    whole = await _with_code_stats(env, await run_stage(
+        env, "unidiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite, oracle=oracle,
+    ))
+    if whole.verified or not env.config.translation.function_fallback or result_dir is None:
+        return whole, plan, None
+    try:
+        second = await plan_task(env, task.c_path, inputs.c_source, name=name, setting="function")
+    except TaskFailure as exc:
+        log.info("%s: no function-level fallback: %s", task.id, exc)
+        return whole, plan, None
+    if second.program is None or len(second.program.function_groups()) < 2:
+        return whole, plan, None
+    log.info("%s: the whole-file stage failed (%s): translating function by function", task.id, whole.reason)
+    stage, items = await translate_functions(env, second, inputs.suite, result_dir)
+    shifted = tuple(dataclasses.replace(a, number=a.number + len(whole.attempts)) for a in stage.attempts)
+    combined = dataclasses.replace(stage, attempts=whole.attempts + shifted, requests=whole.requests + stage.requests,
+                                   wall_seconds=whole.wall_seconds + stage.wall_seconds)
+    fallback = Plan("function", f"fallback after the whole-file stage failed ({plan.reason}): {whole.reason}",
+                    second.program, second.translation)
+    return await _with_code_stats(env, combined), fallback, items

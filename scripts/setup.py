@@ -86,6 +86,15 @@ def _libc_source() -> None:
               "or set [toolchain] libc_source in sactor.toml", file=sys.stderr)
 
 
+def _sandbox_helper() -> None:
+    """Build the compiled sandbox helper into the default cache directory (else the first run builds it)."""
+    code = ("from pipeline.config import ToolchainSettings; from pipeline.sandbox_helper import build; "
+            "h = build(ToolchainSettings().resolved_cache_dir()); print(h.describe())")
+    done = subprocess.run([str(VENV_PYTHON), "-c", code], cwd=ROOT, capture_output=True, text=True, check=False)
+    text = (done.stdout or done.stderr).strip().splitlines()
+    print(f"setup: sandbox: {text[-1] if text else 'helper build exited ' + str(done.returncode)}", flush=True)
+
+
 def main() -> int:
     if sys.version_info < (3, 10):  # noqa: UP036 -- this script runs on whatever Python make was given
         print(f"setup: {sys.executable} is Python {sys.version.split()[0]}; this project needs 3.10 or newer: "
@@ -98,6 +107,7 @@ def main() -> int:
     if not _virtualenv():
         return 1
     _python_packages()
+    _sandbox_helper()
     return 0
 
 

@@ -3,6 +3,8 @@
 #   MODEL=Qwen/Qwen2.5-Coder-7B-Instruct PORT=8000 GPU_MEMORY_UTILIZATION=0.90 MAX_MODEL_LEN=16384 \
 #     scripts/start_vllm.sh
 # Extra arguments are passed to `vllm serve` (for example --tensor-parallel-size 2).
+# Automatic prefix caching is on (vLLM's default since its v1 engine, said here so it stays on): every request
+# starts with what all tasks share, and a repair request extends the one before, so most prompt tokens are cached.
 set -euo pipefail
 MODEL="${MODEL:-Qwen/Qwen2.5-Coder-7B-Instruct}"
 PORT="${PORT:-8000}"
@@ -20,4 +22,5 @@ exec vllm serve "$MODEL" \
   --gpu-memory-utilization "$GPU_MEMORY_UTILIZATION" \
   --max-model-len "$MAX_MODEL_LEN" \
   --max-num-seqs "$MAX_NUM_SEQS" \
+  --enable-prefix-caching \
   "$@"

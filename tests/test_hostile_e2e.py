@@ -360,6 +360,7 @@ def namespaces_work() -> bool:
 
 @dataclass(frozen=True)
 class HostileRun:
+    helper: str
     result: CliResult
     wall: float
     out: Path
@@ -401,9 +402,13 @@ def _source(template: str, **values: str) -> str:
     return code
 
 
-@pytest.fixture(scope="module")
-def hostile_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[HostileRun]:
-    """One batch run of every hostile task beside two ordinary ones, and what it left behind."""
+@pytest.fixture(scope="module", params=["compiled", "python"])
+def hostile_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path
+) -> Iterator[HostileRun]:
+    """One batch run of every hostile task beside two ordinary ones, and what it left behind; once with the
+    compiled sandbox helper and once with the Python fallback (``C2RUST_SANDBOX_HELPER``)."""
+    helper = str(request.param)
     if not namespaces_work():
         pytest.skip("full sandbox isolation needs root and unshare (pid, net, mount namespaces)")
     from pipeline.simulator import SimConfig, Simulator
@@ -457,6 +462,7 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> It
         (work / "sactor.toml").write_text(f"[sandbox]\nmemory_mb = {MEMORY_MB}\n")
         cli = Cli(cache_dir=cache_dir, cwd=work, env={
             "VLLM_API_KEY": API_KEY, "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "TMPDIR": str(scratch_base),
+            "C2RUST_SANDBOX_HELPER": helper,
         })
         ordinary_modes(corpus_dir)
         corpus_before, home_before = snapshot(corpus_dir), snapshot(home)
@@ -498,6 +504,7 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> It
             pass
         listener_works = listener.seen.wait(timeout=5)
         yield HostileRun(
+            helper=helper,
             result=result, wall=wall, out=out, corpus_dir=corpus_dir, home=home, scratch_base=scratch_base,
             secret_file=secret_file, secret_text=secret_text, corpus_before=corpus_before,
             corpus_after=snapshot(corpus_dir), home_before=home_before, home_after=snapshot(home), bodies=bodies,
@@ -562,6 +569,15 @@ def test_ordinary_tasks_in_the_same_run_verify(hostile_run: HostileRun) -> None:
     statuses = {t["task_id"]: t["status"] for t in summary["tasks"]}
     assert statuses == {**{n: "failed" for n in HOSTILE}, **{n: "verified" for n in ORDINARY}}
     assert summary["run"]["sandbox"].startswith("complete:"), summary["run"]["sandbox"]
+
+
+def test_the_run_names_the_sandbox_helper_it_used(hostile_run: HostileRun) -> None:
+    """The start-up log and the run summary's sandbox line say which pid-1 helper started the programs."""
+    summary = json.loads((hostile_run.out / "batch_summary.json").read_text())
+    named = {"compiled": "compiled helper", "python": "Python helper"}[hostile_run.helper]
+    assert named in summary["run"]["sandbox"], summary["run"]["sandbox"]
+    assert re.search(rf"INFO pipeline\.sandbox: sandbox complete: .*{named}", hostile_run.result.stderr), (
+        hostile_run.result.stderr[-2000:])
 
 
 def test_include_str_is_refused_without_compiling(hostile_run: HostileRun) -> None:

@@ -20,7 +20,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pipeline.config import SandboxSettings
+import pipeline.sandbox
+from pipeline import sandbox_helper
+from pipeline.config import SandboxSettings, ToolchainSettings
 from pipeline.errors import ConfigError
 from pipeline.sandbox import MARKER_VAR, Limits, ProcessResult, Sandbox, run_process
 
@@ -29,6 +31,26 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 PYTHON3 = "/usr/bin/python3"  # the system Python: readable by the sandbox's uids, unlike a pyenv under /root
 needs_python3 = pytest.mark.skipif(not Path(PYTHON3).exists(), reason="needs /usr/bin/python3")
 IS_ROOT = os.geteuid() == 0
+
+
+#: The pid-1 helper every test of this file runs with, set by the ``helper`` fixture: each test runs twice,
+#: with the compiled helper and with the Python fallback (``-k compiled`` or ``-k python`` picks one).
+_helper = "auto"
+
+
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def helper(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    kind = str(request.param)
+    monkeypatch.setattr(sys.modules[__name__], "_helper", kind)
+    # Trusted tools (run_process) use the helper of the last Sandbox.open; these tests may open none.
+    chosen = sandbox_helper.choose(kind, ToolchainSettings().resolved_cache_dir())
+    monkeypatch.setattr(pipeline.sandbox, "_tool_helper", chosen)
+    return kind
+
+
+def settings(**kw: object) -> SandboxSettings:
+    """The sandbox settings of a test, with the helper of this round."""
+    return SandboxSettings(helper=_helper, **kw)  # type: ignore[arg-type]
 
 
 def limits(wall: float = 10.0, **kw: int) -> Limits:
@@ -69,14 +91,14 @@ async def wait_for(predicate: Callable[[], object], seconds: float = 5.0) -> Non
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox.open(SandboxSettings()) as sb:
+    async with Sandbox.open(settings()) as sb:
         yield sb
 
 
 @pytest.fixture
 async def fallback() -> AsyncIterator[Sandbox]:
     """The sandbox as it is without namespaces or a separate uid (the non-root fallback)."""
-    async with Sandbox.open(SandboxSettings(), namespaces=False) as sb:
+    async with Sandbox.open(settings(), namespaces=False) as sb:
         yield sb
 
 
@@ -113,14 +135,14 @@ async def test_fallback_isolation_says_what_is_missing(fallback: Sandbox) -> Non
 async def test_strict_sandbox_refuses_incomplete_isolation() -> None:
     """[sandbox] strict = true with missing isolation stops the run with the fix in the message."""
     with pytest.raises(ConfigError, match=r"strict = true.*missing PID namespace.*strict = false"):
-        async with Sandbox.open(SandboxSettings(strict=True), namespaces=False):
+        async with Sandbox.open(settings(strict=True), namespaces=False):
             pass
 
 
 @pytest.mark.skipif(not IS_ROOT, reason="complete isolation needs root")
 async def test_strict_sandbox_opens_when_isolation_is_complete() -> None:
     """Strict mode is no obstacle where everything is in force."""
-    async with Sandbox.open(SandboxSettings(strict=True)) as sb:
+    async with Sandbox.open(settings(strict=True)) as sb:
         assert sb.isolation.complete
 
 
@@ -206,7 +228,7 @@ async def test_daemonised_child_is_gone_after_the_run(namespaces: bool, how: str
     """A child that escapes into its own session is killed when the run ends, with or without namespaces."""
     command, token = sleeper()
     script = "id -u\n" + how.format(sleep=command) + "\necho started"
-    async with Sandbox.open(SandboxSettings(), namespaces=namespaces) as sb:
+    async with Sandbox.open(settings(), namespaces=namespaces) as sb:
         result = await run_sh(sb, script)
         assert result.ok, result.describe()
         assert result.stdout.endswith(b"started\n")
@@ -313,7 +335,7 @@ async def test_network_connections_fail(network: bool) -> None:
         listener.listen(8)
         listener.setblocking(False)
         port = listener.getsockname()[1]
-        async with Sandbox.open(SandboxSettings(network=network)) as sb:
+        async with Sandbox.open(settings(network=network)) as sb:
             if not network and not sb.isolation.net_namespace:
                 pytest.skip("no network namespace on this machine")
             async with sb.workdir() as wd:
@@ -378,7 +400,7 @@ async def test_scratch_is_removed_when_the_sandbox_closes(failing: bool) -> None
     """Scratch root, workdirs and build dirs are gone afterwards, even with files a program made unremovable."""
     seen: list[Path] = []
     with pytest.raises(RuntimeError) if failing else contextlib.nullcontext():
-        async with Sandbox.open(SandboxSettings()) as sb:
+        async with Sandbox.open(settings()) as sb:
             seen.append(sb.scratch)
             async with sb.build_dir() as bd:
                 seen.append(bd)
@@ -398,7 +420,7 @@ async def test_unreachable_scratch_root_is_replaced(tmp_path: Path) -> None:
     """A scratch root others cannot enter (pytest's 0700 tmp) would lock the runs' uids out: it is not used."""
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
-    async with Sandbox.open(SandboxSettings(), scratch_root=private) as sb:
+    async with Sandbox.open(settings(), scratch_root=private) as sb:
         result = await run_sh(sb, "echo ok > f && cat f")
         assert result.ok and result.stdout == b"ok\n"
         if IS_ROOT:
@@ -417,7 +439,7 @@ async def test_a_scratch_root_that_cannot_be_removed_leaves_its_parent_alone() -
     os.chmod(parent, 0o1777)
     scratch: Path | None = None
     try:
-        async with Sandbox.open(SandboxSettings(), scratch_root=parent) as sb:
+        async with Sandbox.open(settings(), scratch_root=parent) as sb:
             scratch = sb.scratch
             assert scratch.parent == parent
             await anyio.run_process(["chattr", "+i", str(scratch)])

@@ -199,6 +199,31 @@ def test_every_declared_stage_is_told_apart_by_its_real_first_request(tmp_path: 
     assert [(r.stage, r.attempt) for r in sim.chat_requests] == [(stage, 1), (stage, 2)]
 
 
+@pytest.mark.parametrize(("marker", "folder", "label"), [
+    pytest.param("Function-level item: ", "functions", "is_even+is_odd", id="functions"),
+    pytest.param("Global-level item: ", "globals", "SORT_KEYS", id="globals"),
+    pytest.param("Idiomatic function-level item: ", "idiomatic-functions", "sum", id="idiomatic-functions"),
+])
+def test_function_level_requests_are_answered_by_marker_line_folder_and_attempt(
+    tmp_path: Path, marker: str, folder: str, label: str
+) -> None:
+    """A marker line picks answers_dir/KEY/FOLDER/LABEL-N.md (N = assistant turns + 1, the last file repeats),
+    even when the prompt quotes Rust; a label without files gets the refusal naming the expected path."""
+    root = tmp_path / "answers"
+    (root / "calc" / folder).mkdir(parents=True)
+    for attempt in (1, 2):
+        (root / "calc" / folder / f"{label}-{attempt}.md").write_text(f"{label} {attempt}", encoding="utf-8")
+    first = f"Instructions.\n\n{marker}{label}\nTranslate it, of the program `calc.c`.\n```rust\nstruct T;\n```\n"
+    missing = first.replace(f"{marker}{label}", f"{marker}other")
+    sim = Simulator(SimConfig(answers_dir=root))
+    with sim.running() as url, client_for(url) as c:
+        texts = [content_of(chat(c, conversation(first, attempt), max_tokens=100)) for attempt in (1, 2, 3)]
+        refusal = content_of(chat(c, conversation(missing), max_tokens=100))
+    assert texts == [f"{label} 1", f"{label} 2", f"{label} 2"]
+    assert str(root / "calc" / folder / "other-1.md") in refusal
+    assert [(r.stage, r.attempt) for r in sim.chat_requests][:3] == [(f"{folder}/{label}", n) for n in (1, 2, 3)]
+
+
 def test_answer_key_appears_only_in_a_later_user_message_is_not_matched(sim_url: Served) -> None:
     """Only the FIRST user message identifies the task; with nothing matching, the answer is prose."""
     sim, url = sim_url

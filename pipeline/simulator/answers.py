@@ -17,6 +17,19 @@ Canned answers live in ``answers_dir``::
   the first user message (``idiomatic`` for "```rust"), else the first stage (``unidiomatic``);
 * attempt: 1 + the number of assistant messages in the request.
 
+Function-level requests (docs/function_level.md) are recognised by a marker line of the first user message,
+never by guessing, and answered from a folder per kind::
+
+    answers_dir/<key>/functions/<label>-<N>.md            "Function-level item: <label>" (the unidiomatic
+                                                          prompt of one function group; <label> is the group's
+                                                          names joined with '+' in the prompt's order, e.g.
+                                                          is_even+is_odd)
+    answers_dir/<key>/globals/<name>-<N>.md               "Global-level item: <name>" (a global or a type)
+    answers_dir/<key>/idiomatic-functions/<label>-<N>.md  "Idiomatic function-level item: <label>"
+
+N is the attempt as above (a later attempt gets the last file); the task key is found as for whole-file
+requests. A key without the expected file gets the refusal below, which then names the path it looked for.
+
 A file may start with one header line ``<!-- sim: {JSON} -->`` (removed from the answer). Options:
 ``{"finish_reason": "length"}`` sends the answer as truncated; ``{"fault": KIND}`` applies that fault kind
 every time this answer is served, or only the first N times with ``"fault_times": N``.
@@ -53,6 +66,10 @@ _ANSWER_FILE = re.compile("^(" + "|".join(map(re.escape, ANSWER_STAGES)) + r")-(
 _DETECTION_ORDER = tuple(reversed(STAGE_SPECS.values()))
 _HEADER = re.compile(r"^<!--\s*sim:\s*(.*?)\s*-->[ \t]*\r?\n?")
 _REPLY_WITH_WORD = re.compile(r"^\s*Reply with the word (\w+)\.?\s*$")
+#: Marker line -> answer folder of the function-level kinds (the longest marker first: one ends another).
+ITEM_KINDS = (("Idiomatic function-level item: ", "idiomatic-functions"), ("Function-level item: ", "functions"),
+              ("Global-level item: ", "globals"))
+_LABEL = re.compile(r"[A-Za-z_][A-Za-z0-9_+]*")
 
 NOT_FOUND_TEXT = (
     "I could not find a translation for this task: the simulator has no canned answer that matches it and "
@@ -98,6 +115,16 @@ def detect_stage(first_user: str) -> str:
         if fence in first_user and any(line.startswith(fence) for line in first_user.splitlines()):
             return spec.name
     return STAGES[0]
+
+
+def detect_item(first_user: str) -> tuple[str, str] | None:
+    """(answer folder, label) of a function-level request: the first line starting with a marker of
+    :data:`ITEM_KINDS` followed by a label of identifiers joined with '+'; None for other requests."""
+    for line in first_user.splitlines():
+        for marker, folder in ITEM_KINDS:
+            if line.startswith(marker) and _LABEL.fullmatch(label := line[len(marker):].strip()):
+                return folder, label
+    return None
 
 
 def detect_attempt(messages: list[Any]) -> int:
@@ -221,8 +248,10 @@ class AnswerBook:
 
     def _canned(self, key: str, stage: str, attempt: int, choice: int = 1) -> Answer | None:
         files = (self._stage_files(key, f"{stage}-c{choice}") if choice > 1 else []) or self._stage_files(key, stage)
-        if not files:
-            return None
+        return self._serve(files, key, stage, attempt) if files else None
+
+    def _serve(self, files: list[tuple[int, Path]], key: str, stage: str, attempt: int) -> Answer:
+        """The answer of the file for ``attempt`` among ``files`` (numbered, sorted): the last one not after it."""
         chosen = files[0][1]
         for number, path in files:
             if number <= attempt:
@@ -237,6 +266,25 @@ class AnswerBook:
                 fault = None
         return Answer(canned.text, canned.finish_reason, key, stage, attempt, fault)
 
+    def _item_files(self, key: str, folder: str, label: str) -> list[tuple[int, Path]]:
+        assert self.root is not None
+        pattern = re.compile(re.escape(label) + r"-(\d+)\.md")
+        try:
+            names = [p.name for p in (self.root / key / folder).iterdir()]
+        except OSError:
+            return []
+        return sorted((int(m.group(1)), self.root / key / folder / name) for name in names
+                      if (m := pattern.fullmatch(name)))
+
+    def _canned_item(self, key: str, folder: str, label: str, attempt: int) -> Answer:
+        stage = f"{folder}/{label}"
+        files = self._item_files(key, folder, label)
+        if not files:
+            expected = self.root / key / folder / f"{label}-{attempt}.md" if self.root else None
+            log.warning("simulator: no canned answer %s", expected)
+            return Answer(f"{NOT_FOUND_TEXT} (expected {expected})", "stop", None, stage, attempt)
+        return self._serve(files, key, stage, attempt)
+
     def choose(self, messages: list[Any], choice: int = 1) -> Answer:
         """The answer for a request's ``messages`` (choice ``choice`` of a request for several). Raises OSError if
         a matched answer file is unreadable."""
@@ -244,6 +292,9 @@ class AnswerBook:
         stage = detect_stage(first_user)
         attempt = detect_attempt(messages)
         key = self.find_key(first_user) if self._matches else None
+        item = detect_item(first_user)
+        if key is not None and item is not None:
+            return self._canned_item(key, *item, attempt)
         if key is not None:
             answer = self._canned(key, stage, attempt, choice)
             if answer is not None:

@@ -604,6 +604,7 @@ class Simulator:
             return await self._error(conn, draft, 500, f"simulator: cannot read a canned answer: {exc}",
                                      "InternalServerError")
         draft.answer_key = answer.key
+        draft.stage = answer.stage  # a function-level request's folder and label ("functions/sum")
         if fault is None and answer.fault is not None:
             fault = draft.fault = answer.fault
             if fault in STATUS_FAULTS or fault in CONNECTION_FAULTS:
