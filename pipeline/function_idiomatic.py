@@ -39,6 +39,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -175,7 +176,8 @@ class IdiomaticRun:
         return StageResult("idiomatic", "verified" if self.verified else "failed", tuple(attempts),
                            code=self.source if self.verified else None,
                            reason=None if self.verified else self.reason, wall_seconds=self.seconds,
-                           requests=self.requests)
+                           requests=self.requests, items={"failure_info": self.failure_info(),
+                                                          "llm_stat": self.llm_stat()})
 
     def llm_stat(self) -> dict[str, Any]:
         """SACToR's llm_stat keys per unit label (only units that sent requests)."""
@@ -564,10 +566,12 @@ def split_answer(unit: Unit, code: str, given: Iterable[RustItem] = ()) -> tuple
 async def _check(env: FunctionEnv, suite: TestSuite, combined: CombinedProgram) -> tuple[str, str, dict[str, str]]:
     """(stage, feedback, rustc errors per unit label) of one program: ``passed``, ``build`` or ``tests``."""
     async with env.sandbox.build_dir() as build_dir:
-        built = await env.toolchain.build(combined.source, build_dir, max_diagnostic_chars=FEEDBACK_CHARS)
+        async with env.cpu or nullcontext():
+            built = await env.toolchain.build(combined.source, build_dir, max_diagnostic_chars=FEEDBACK_CHARS)
         if not built.ok or built.binary is None:
             return "build", built.refused or built.diagnostics, attribute_errors(combined, built.diagnostics)
-        verdict = await run_test_suite(built.binary, suite, sandbox=env.sandbox, limits=env.limits)
+        async with env.cpu or nullcontext():
+            verdict = await run_test_suite(built.binary, suite, sandbox=env.sandbox, limits=env.limits)
     if verdict.passed:
         return "passed", "", {}
     return "tests", verdict.feedback(FEEDBACK_CHARS), {}
