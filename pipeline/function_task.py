@@ -21,9 +21,9 @@ the item book (``items.json``) in the task's result folder so a rerun never asks
 again, writes SACToR's per-item layout there, and returns an ordinary :class:`~pipeline.records.StageResult`
 whose ``code`` is the combined pure-Rust program (written as ``translated_code_unidiomatic/combined.rs``).
 
-:func:`idiomatic_stage` is the seam for the idiomatic stage of function-level programs: today the
-whole-file idiomatic stage on the combined program when it fits the context, else the stage is skipped with
-:data:`IDIOMATIC_NOT_BUILT` (pipeline/function_idiomatic.py will replace this).
+:func:`idiomatic_stage` runs the idiomatic stage of function-level programs (:mod:`pipeline.function_idiomatic`):
+the combined program made safe unit by unit, each step built and tested, with its own book
+(``idiomatic_items.json``) and SACToR's per-item layout under ``translated_code_idiomatic/``.
 
 With ``--executor ray`` the FFI checks and the combined build run on this machine (the engine says so in a
 log line).
@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +46,7 @@ from .c_program import CProgram, compiler_include_dirs, parse_program
 from .c_types import TypeTranslation, translate_types
 from .errors import ConfigError, TaskFailure, TaskInputError
 from .function_context import Granularity, choose_granularity
+from .function_idiomatic import idiomatic_task
 from .function_stage import FunctionEnv, FunctionRun, translate_by_function
 from .items import ItemBook, write_item_files
 from .llm import estimate_tokens
@@ -54,7 +56,6 @@ from .results import ITEM_FOLDERS
 from .sandbox import Sandbox
 
 if TYPE_CHECKING:
-    from .records import Oracle
     from .stages import StageEnv
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,6 @@ log = logging.getLogger(__name__)
 #: already counts code generously), and the request with its answer may fill the whole context.
 AUTO_ANSWER_RATIO = 1.0
 AUTO_CONTEXT_SHARE = 1.0
-IDIOMATIC_NOT_BUILT = "idiomatic stage for function-level programs: not built yet"
 #: The FFI check's stages (pipeline/ffi.py) as the attempt kinds of the task's records.
 _KINDS: dict[str, AttemptKind] = {
     "passed": "verified", "tests": "test_failure", "rust_build": "compile_error", "link": "compile_error",
@@ -204,6 +204,26 @@ def _stage_result(run: FunctionRun, answers: dict[str, list[dict[str, Any]]], bo
                        wall_seconds=run.seconds, requests=run.requests, items=items)
 
 
+def _function_env(
+    env: StageEnv, functions: FunctionLevel, stage: str, also: Callable[[dict[str, Any]], None] | None = None
+) -> FunctionEnv:
+    """The function-level stages' services from the run's: model, toolchain, sandbox, limits, CPU slots; their
+    events go to the task's transcript (``also`` sees them first)."""
+
+    def record(event: dict[str, Any]) -> None:
+        if also is not None:
+            also(event)
+        env.record({"stage": stage, "granularity": "function", **event})
+
+    settings = env.config.translation
+    return FunctionEnv(
+        env.model, functions.toolchain, functions.sandbox,
+        functions.sandbox.limits(wall_seconds=settings.test_timeout, output_bytes=settings.output_byte_limit),
+        max_attempts=settings.max_attempts, system=settings.system_message, salt=functions.salt, record=record,
+        cpu=functions.cpu,
+    )
+
+
 async def translate_functions(
     env: StageEnv, plan: Plan, suite: TestSuite, result_dir: Path
 ) -> tuple[StageResult, dict[str, int]]:
@@ -223,15 +243,8 @@ async def translate_functions(
     def record(event: dict[str, Any]) -> None:
         if event.get("event") == "answer":
             answers.setdefault(_label(tuple(event["group"])), []).append(event)
-        env.record({"stage": "unidiomatic", "granularity": "function", **event})
 
-    settings = env.config.translation
-    function_env = FunctionEnv(
-        env.model, functions.toolchain, functions.sandbox,
-        functions.sandbox.limits(wall_seconds=settings.test_timeout, output_bytes=settings.output_byte_limit),
-        max_attempts=settings.max_attempts, system=settings.system_message, salt=functions.salt, record=record,
-        cpu=functions.cpu,
-    )
+    function_env = _function_env(env, functions, "unidiomatic", record)
     await anyio.to_thread.run_sync(lambda: os.makedirs(result_dir, exist_ok=True))
     run = await translate_by_function(function_env, program, translation, suite, book)
     stage_dir = result_dir / STAGE_SPECS["unidiomatic"].result_dir
@@ -244,30 +257,14 @@ async def translate_functions(
     return _stage_result(run, answers, book), _item_counts(run)
 
 
-def _fits(env: StageEnv, name: str, c_source: str, rust_source: str) -> bool:
-    """Whether the whole-file idiomatic request on ``rust_source`` and an answer as long fit the context."""
-    functions = env.functions
-    if functions is None or functions.max_model_len is None:
-        return True
-    messages = conversation(env.config.translation.system_message,
-                            first_prompt("idiomatic", name=name, c_source=c_source, rust_source=rust_source), [])
-    answer = estimate_tokens([{"role": "assistant", "content": rust_source}])
-    return estimate_tokens(messages) + answer <= functions.max_model_len
-
-
 async def idiomatic_stage(
-    env: StageEnv, *, name: str, c_source: str, suite: TestSuite, oracle: Oracle | None, unidiomatic: StageResult,
+    env: StageEnv, plan: Plan, suite: TestSuite, unidiomatic: StageResult, result_dir: Path
 ) -> StageResult:
-    """The idiomatic stage of a function-level task, from its verified combined program (``unidiomatic``).
-
-    The seam for pipeline/function_idiomatic.py: the whole-file idiomatic stage when the combined program fits
-    the context, else a skipped stage whose reason says the function-level one is not built yet.
-    """
-    from .stages import run_stage
-
-    assert unidiomatic.code is not None
-    if _fits(env, name, c_source, unidiomatic.code):
-        return await run_stage(env, "idiomatic", name=name, c_source=c_source, suite=suite,
-                               rust_source=unidiomatic.code, oracle=oracle)
-    log.info("%s: %s (the combined program does not fit one idiomatic request)", name, IDIOMATIC_NOT_BUILT)
-    return StageResult("idiomatic", "skipped", reason=IDIOMATIC_NOT_BUILT)
+    """The idiomatic stage of a function-level task, from its verified combined program (``unidiomatic``):
+    made safe unit by unit inside the whole program (:mod:`pipeline.function_idiomatic`), its book
+    (``idiomatic_items.json``) and per-item files in ``result_dir``. Raises only fatal errors."""
+    functions = env.functions
+    assert functions is not None and plan.program is not None and unidiomatic.code is not None
+    stage, _ = await idiomatic_task(_function_env(env, functions, "idiomatic"), plan.program, unidiomatic.code,
+                                    suite, result_dir)
+    return stage

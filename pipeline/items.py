@@ -77,6 +77,25 @@ def blocked_items(program: CProgram, failed: Iterable[str]) -> dict[str, str]:
     return {key: value for key, value in blocker.items() if key.startswith("function:")}
 
 
+def read_book(path: Path, version: int, what: str, redo: str) -> dict[str, Any] | None:
+    """The JSON object of a book file of ``version`` (None when there is none yet). Synchronous: a small file.
+
+    Raises TaskInputError naming the file when it cannot be read or is not a book of that version with a
+    ``what`` entry; the message says to delete it to redo ``redo``.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise TaskInputError(f"{path}: cannot read the item records ({exc}); delete the file to redo "
+                             f"{redo}") from exc
+    if not isinstance(data, dict) or data.get("version") != version or not isinstance(data.get(what, []),
+                                                                                         (list, dict)):
+        raise TaskInputError(f"{path}: not an item book of version {version}; delete it to redo {redo}")
+    return data
+
+
 @dataclass(frozen=True)
 class ItemRecord:
     """What happened to one item (a function group is recorded under each of its keys)."""
@@ -104,16 +123,9 @@ class ItemBook:
 
         Raises TaskInputError naming the file when it exists but is not a book this version wrote.
         """
-        path = folder / BOOK
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
+        data = read_book(folder / BOOK, BOOK_VERSION, "items", "the task's items")
+        if data is None:
             return cls(folder)
-        except (OSError, ValueError) as exc:
-            raise TaskInputError(f"{path}: cannot read the item records ({exc}); delete the file to redo "
-                                 f"the task's items") from exc
-        if not isinstance(data, dict) or data.get("version") != BOOK_VERSION:
-            raise TaskInputError(f"{path}: not an item book of version {BOOK_VERSION}; delete it to redo the items")
         records = {}
         for raw in data.get("items", []):
             raw["group"] = tuple(raw.get("group", ()))

@@ -179,7 +179,8 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
         # A task that went whole-file this time: per-item files of an earlier function-level run would not
         # describe this result (items.json stays: digests make it safe to resume from later).
         for folder in ITEM_FOLDERS:
-            shutil.rmtree(result_dir / STAGE_SPECS["unidiomatic"].result_dir / folder, ignore_errors=True)
+            for spec in STAGE_SPECS.values():
+                shutil.rmtree(result_dir / spec.result_dir / folder, ignore_errors=True)
     attempts = result_dir / "attempts"
     try:
         with os.scandir(attempts) as it:

@@ -169,9 +169,8 @@ async def translate_task(
     unidiomatic, plan, items = await _unidiomatic(env, task, name, inputs, oracle, plan, result_dir)
     stages.append(unidiomatic)
     if env.config.translation.idiomatic and unidiomatic.verified:
-        if plan.granularity == "function":
-            idiomatic = await idiomatic_stage(env, name=name, c_source=inputs.c_source, suite=inputs.suite,
-                                              oracle=oracle, unidiomatic=unidiomatic)
+        if plan.granularity == "function" and result_dir is not None:
+            idiomatic = await idiomatic_stage(env, plan, inputs.suite, unidiomatic, result_dir)
         else:
             idiomatic = await run_stage(
                 env, "idiomatic", name=name, c_source=inputs.c_source, suite=inputs.suite,

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.extract import BEGIN_MARK, END_MARK
-from pipeline.function_task import IDIOMATIC_NOT_BUILT
 from pipeline.prompts import FUNCTION_MARKER, FUNCTION_REPLY, first_prompt
 from tests.conftest import Cli
 from tests.functions.function_fixtures import EVEN_ODD, MAIN, PROGRAM_C, PUSH, SAMPLES, SUM, SUM_WRONG
@@ -28,7 +27,8 @@ HEADER = "/*\n" + "".join(f" * numbers.c, line {i}: a header comment as long as 
                           for i in range(40)) + " */\n"
 SMALL_CONTEXT = 1500
 #: Answers of a small context are short: the client then budgets each request down to what the context leaves.
-SHORT_ANSWERS = ("--max-tokens", "400")
+#: (These tests are about the unidiomatic stage: tests/test_function_idiomatic_e2e.py has the idiomatic one.)
+SHORT_ANSWERS = ("--max-tokens", "400", "--no-idiomatic")
 FUNCTIONS = ("push", "sum", "is_even", "is_odd", "main")
 ANSWERS = {"push": [PUSH], "sum": [SUM_WRONG, SUM], "is_even+is_odd": [EVEN_ODD], "main": [MAIN]}
 
@@ -103,8 +103,7 @@ def test_auto_translates_a_program_too_large_for_the_context_function_by_functio
     assert f"max_model_len {SMALL_CONTEXT}" in task["granularity_reason"]
     assert task["items"] == {"verified": 5, "failed": 0, "blocked": 0, "total": 5}
     assert task["stages"]["unidiomatic"]["requests"] == 5
-    assert task["stages"]["idiomatic"] == {**task["stages"]["idiomatic"], "status": "skipped",
-                                           "reason": IDIOMATIC_NOT_BUILT}
+    assert task["stages"]["idiomatic"] == {"status": "not_run"}  # tests/test_function_idiomatic_e2e.py
     assert summary(out)["totals"]["items"] == {"function_level_tasks": 1, "verified": 5, "failed": 0, "blocked": 0}
     assert "function-level: 1 tasks, items 5 verified, 0 failed, 0 blocked" in result.output
     assert "items 5 ok / 0 failed / 0 blocked" in result.output  # the progress line
@@ -178,7 +177,7 @@ def test_granularity_function_on_a_program_libclang_cannot_parse_fails_the_task(
     corpus, answers = numbers_corpus(tmp_path / "data", {}, header="int broken( {\n")
     sim, url = simulator_factory(answers_dir=answers)
     out = tmp_path / "out"
-    result = run(cli, corpus, out, url, "--granularity", "function")
+    result = run(cli, corpus, out, url, "--granularity", "function", "--no-idiomatic")
     assert result.returncode == 1, result.output
     task = summary(out)["tasks"][0]
     assert task["reason"].startswith(f"--granularity function: {corpus / 'numbers.c'}:1:"), task["reason"]
