@@ -29,14 +29,13 @@ from .build import Toolchain
 from .c_program import CProgram
 from .c_types import TypeTranslation
 from .combine import CombineVerdict, combine, verify_combined
-from .errors import TaskFailure
-from .extract import extract_rust
 from .ffi import verify_function
 from .function_context import function_context
 from .global_stage import translate_leftovers
 from .interfaces import Model
+from .item_loop import Check, ask_until_verified
 from .items import ItemBook, blocked_items, item_digests
-from .prompts import FUNCTION_NO_CODE, FUNCTION_REPLY, Turn, conversation, function_request
+from .prompts import FUNCTION_REPLY, function_request
 from .records import TestSuite
 from .rust_source import given_names, strip_given
 from .sandbox import Limits, Sandbox
@@ -158,47 +157,25 @@ async def translate_by_function(
 async def _translate_group(
     env: FunctionEnv, program: CProgram, translation: TypeTranslation, suite: TestSuite, group: tuple[str, ...]
 ) -> GroupOutcome:
-    first = function_prompt(program, translation, group)
     label = "+".join(key.split(":", 1)[1] for key in group)
     # What the prompt gives in declared form (types, globals, other functions) is dropped from answers that
     # define it again: the harness and the combined program define it once.
     given = given_names(translation.rust_source()) | {
         item.name for item in program.items if item.kind in ("function", "global") and item.key not in group}
-    turns: list[Turn] = []
-    attempts: list[tuple[str, str]] = []
-    requests = 0
-    for number in range(1, env.max_attempts + 1):
-        messages = conversation(env.system, first, turns, reply=FUNCTION_REPLY)
-        env.record({"group": list(group), "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
-        try:
-            completion = await env.model.complete(messages, purpose=f"{program.path.name}:{label}:{number}")
-        except TaskFailure as exc:
-            requests += exc.requests
-            attempts.append(("request_failed", str(exc)))
-            return GroupOutcome(group, "failed", tuple(attempts), reason=str(exc), requests=requests)
-        requests += completion.requests
-        env.record({"group": list(group), "attempt": number, "event": "answer", "content": completion.text,
-                    "finish_reason": completion.finish_reason, "prompt_tokens": completion.usage.prompt_tokens,
-                    "completion_tokens": completion.usage.completion_tokens, "seconds": completion.seconds})
-        extraction = extract_rust(completion.text, truncated=completion.truncated)
-        if extraction.code is None:
-            problem = extraction.problem or "the answer contains no Rust code"
-            attempts.append(("no_code", problem))
-            turns.append(Turn(completion.text, problem, FUNCTION_NO_CODE.format(problem=problem)))
-            continue
-        rust, removed = strip_given(extraction.code, given)
+
+    async def check(code: str) -> Check:
+        rust, removed = strip_given(code, given)
         if removed:
             log.debug("function_stage: %s: removed what the prompt gave: %s", label, ", ".join(removed))
         async with env.cpu or nullcontext():
             verdict = await verify_function(program, translation, group, rust, suite,
                                             toolchain=env.toolchain, sandbox=env.sandbox, limits=env.limits)
-        summary = verdict.feedback.splitlines()[0] if verdict.feedback else verdict.stage
-        attempts.append((verdict.stage, summary))
-        env.record({"group": list(group), "attempt": number, "event": "verdict", "stage": verdict.stage})
-        if verdict.passed:
-            return GroupOutcome(group, "verified", tuple(attempts), rust=rust, requests=requests)
-        if verdict.stage == "unsupported":
-            return GroupOutcome(group, "failed", tuple(attempts), reason=verdict.feedback, requests=requests)
-        turns.append(Turn(completion.text, summary, verdict.feedback))
-    return GroupOutcome(group, "failed", tuple(attempts), requests=requests,
-                        reason=f"not verified after {len(attempts)} attempts; last: {attempts[-1][1]}")
+        return Check(verdict.stage, verdict.feedback if not verdict.passed else "", rust,
+                     final=verdict.stage == "unsupported")
+
+    end = await ask_until_verified(
+        env.model, system=env.system, first=function_prompt(program, translation, group), reply=FUNCTION_REPLY,
+        max_attempts=env.max_attempts, purpose=f"{program.path.name}:{label}", check=check, record=env.record,
+        tag={"group": list(group)})
+    return GroupOutcome(group, "verified" if end.rust is not None else "failed", end.attempts, rust=end.rust,
+                        reason=end.reason, requests=end.requests)

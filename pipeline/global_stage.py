@@ -34,13 +34,12 @@ import anyio
 from .build import Toolchain
 from .c_program import CProgram
 from .c_types import RustType, TypeTranslation, verify_layouts
-from .errors import TaskFailure
-from .extract import extract_rust
 from .ffi import RUST_PRELUDE
 from .function_context import TYPE_KINDS, function_context
 from .interfaces import Model
+from .item_loop import Check, ask_until_verified
 from .items import ItemBook
-from .prompts import FUNCTION_NO_CODE, GLOBAL_REPLY, Turn, conversation, global_request
+from .prompts import GLOBAL_REPLY, global_request
 from .rust_source import given_names, strip_given, top_level_items
 from .sandbox import Sandbox
 
@@ -232,35 +231,15 @@ async def translate_leftovers(
 
 
 async def _translate_item(env: ItemEnv, program: CProgram, translation: TypeTranslation, key: str) -> ItemOutcome:
-    name = program[key].name
-    first = item_prompt(program, translation, key)
-    turns: list[Turn] = []
-    attempts: list[tuple[str, str]] = []
-    requests = 0
-    for number in range(1, env.max_attempts + 1):
-        messages = conversation(env.system, first, turns, reply=GLOBAL_REPLY)
-        env.record({"item": key, "attempt": number, "event": "prompt", "content": messages[-1]["content"]})
-        try:
-            completion = await env.model.complete(messages, purpose=f"{program.path.name}:{name}:{number}")
-        except TaskFailure as exc:
-            requests += exc.requests
-            attempts.append(("request_failed", str(exc)))
-            return ItemOutcome(key, "failed", tuple(attempts), reason=str(exc), requests=requests)
-        requests += completion.requests
-        extraction = extract_rust(completion.text, truncated=completion.truncated)
-        if extraction.code is None:
-            problem = extraction.problem or "the answer contains no Rust code"
-            attempts.append(("no_code", problem))
-            turns.append(Turn(completion.text, problem, FUNCTION_NO_CODE.format(problem=problem)))
-            continue
+    async def check(code: str) -> Check:
         async with env.sandbox.build_dir() as build_dir:
-            verdict = await verify_item(program, translation, key, extraction.code, toolchain=env.toolchain,
+            verdict = await verify_item(program, translation, key, code, toolchain=env.toolchain,
                                         work=Path(build_dir))
-        summary = verdict.feedback.splitlines()[0] if verdict.feedback else verdict.stage
-        attempts.append((verdict.stage, summary))
-        env.record({"item": key, "attempt": number, "event": "verdict", "stage": verdict.stage})
-        if verdict.passed:
-            return ItemOutcome(key, "verified", tuple(attempts), rust=verdict.code, requests=requests)
-        turns.append(Turn(completion.text, summary, verdict.feedback))
-    return ItemOutcome(key, "failed", tuple(attempts), requests=requests,
-                       reason=f"not verified after {len(attempts)} attempts; last: {attempts[-1][1]}")
+        return Check(verdict.stage, verdict.feedback, verdict.code)
+
+    end = await ask_until_verified(
+        env.model, system=env.system, first=item_prompt(program, translation, key), reply=GLOBAL_REPLY,
+        max_attempts=env.max_attempts, purpose=f"{program.path.name}:{program[key].name}", check=check,
+        record=env.record, tag={"item": key})
+    return ItemOutcome(key, "verified" if end.rust is not None else "failed", end.attempts, rust=end.rust,
+                       reason=end.reason, requests=end.requests)
