@@ -242,7 +242,9 @@ async def translate_functions(
 
     def record(event: dict[str, Any]) -> None:
         if event.get("event") == "answer":
-            answers.setdefault(_label(tuple(event["group"])), []).append(event)
+            # A function group's answers, or a global's or type's (global_stage: keyed by "item").
+            keys = tuple(event["group"]) if "group" in event else (event["item"],)
+            answers.setdefault(_label(keys), []).append(event)
 
     function_env = _function_env(env, functions, "unidiomatic", record)
     await anyio.to_thread.run_sync(lambda: os.makedirs(result_dir, exist_ok=True))

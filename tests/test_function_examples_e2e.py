@@ -7,7 +7,8 @@ The simulator answers every item from the canned answers of ``tests/functions/an
 ``answers_repair``: a ``unit_price`` that compiles but divides before multiplying, then its correction).
 
 Slow (about 2 minutes on a quiet 2-core machine: 46 FFI builds and test runs, the combined build, then a
-rerun): ``make test-examples`` runs it (C2RUST_EXAMPLES_SUITE=1); ``make test`` does not collect it.
+rerun; the idiomatic stage has no canned answers here and ends with a reason per function):
+``make test-examples`` runs it (C2RUST_EXAMPLES_SUITE=1); ``make test`` does not collect it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pipeline.function_idiomatic import MARKER as IDIOMATIC_MARKER
 from pipeline.prompts import FUNCTION_MARKER
 from tests.conftest import ROOT, Cli
 from tests.test_batch_e2e import run, summary
@@ -51,9 +53,9 @@ def items_asked(sim: Any) -> list[tuple[str, list[dict[str, str]]]]:
         first = next(m["content"] for m in messages if m["role"] == "user")
         label = ""
         for line in first.splitlines():
-            for marker in (FUNCTION_MARKER, GLOBAL_MARKER):
+            for marker, prefix in ((FUNCTION_MARKER, ""), (GLOBAL_MARKER, ""), (IDIOMATIC_MARKER, "idiomatic:")):
                 if line.startswith(marker):
-                    label = line[len(marker):].strip()
+                    label = prefix + line[len(marker):].strip()
         found.append((label, messages))
     return found
 
@@ -73,14 +75,17 @@ def test_inventory_goes_function_by_function_in_a_4096_context_and_verifies_as_p
     corpus, answers = inventory_inputs(tmp_path / "data")
     sim, url = simulator_factory(answers_dir=answers, max_model_len=CONTEXT)
     out = tmp_path / "out"
-    result = run(cli, corpus, out, url, "--no-idiomatic", "--max-tokens", "1024", timeout=900)
-    assert result.returncode == 0, result.output[-3000:]
+    result = run(cli, corpus, out, url, "--max-tokens", "1024", "--max-attempts", "3", timeout=900)
+    # The unidiomatic stage verifies; the idiomatic stage has no canned answers for inventory.c, so it ends
+    # failed with a reason for every function (below).
+    assert result.returncode == 1, result.output[-3000:]
 
     task = summary(out)["tasks"][0]
-    assert task["status"] == "verified", task
+    assert task["stages"]["unidiomatic"]["status"] == "verified", task
     assert task["granularity"] == "function" and f"max_model_len {CONTEXT}" in task["granularity_reason"]
     assert task["items"]["failed"] == 0 and task["items"]["blocked"] == 0
     asked = items_asked(sim)
+    asked = [(label, messages) for label, messages in asked if not label.startswith("idiomatic:")]
     labels = [label for label, _ in asked]
     assert "" not in labels, "a request without an item marker: the whole file was sent"
     assert labels.count("unit_price") == 2  # the wrong answer, then the repair
@@ -112,8 +117,18 @@ def test_inventory_goes_function_by_function_in_a_4096_context_and_verifies_as_p
     failure = json.loads((out / "inventory" / "unidiomatic_failure_info.json").read_text())
     assert failure["items"] == {}
 
-    # A rerun of the finished corpus asks for nothing.
+    # The idiomatic stage: every function ends with a reason, its own failure or the unit that blocked it.
+    assert task["stages"]["idiomatic"]["status"] == "failed"
+    idiomatic = json.loads((out / "inventory" / "idiomatic_failure_info.json").read_text())["items"]
+    assert set(idiomatic) == {f"function:{name}" for name in bodies}
+    for key, info in idiomatic.items():
+        assert info["status"] in ("failed", "blocked_by_failed_dependency"), (key, info)
+        assert info["reason"], key
+    assert any(info["status"] == "blocked_by_failed_dependency" for info in idiomatic.values())
+
+    # A rerun asks for nothing: the task's result is final (--retry-failed would redo the idiomatic stage
+    # only: the verified functions are in the item book).
     sim.reset_log()
-    again = run(cli, corpus, out, url, "--no-idiomatic", "--max-tokens", "1024", timeout=600)
-    assert again.returncode == 0, again.output[-3000:]
-    assert sim.chat_requests == []
+    again = run(cli, corpus, out, url, "--max-tokens", "1024", "--max-attempts", "3", timeout=600)
+    assert again.returncode == 1, again.output[-3000:]  # the summary still holds the failed idiomatic stage
+    assert sim.chat_requests == [] and summary(out)["skipped_unchanged"] == 1
