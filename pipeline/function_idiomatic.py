@@ -49,11 +49,11 @@ import anyio
 from .c_program import CProgram, _strongly_connected
 from .combine import PRELUDE, CombinedProgram, attribute_errors
 from .errors import TaskFailure
-from .extract import BEGIN_MARK, END_MARK, extract_rust
+from .extract import BEGIN_MARK, END_MARK
 from .function_stage import FunctionEnv
+from .item_loop import Check, ask_until_verified
 from .items import read_book
-from .prompts import Turn, conversation
-from .records import STAGE_SPECS, Attempt, AttemptKind, Completion, StageResult, TestSuite, Usage
+from .records import STAGE_SPECS, Attempt, AttemptKind, StageResult, TestSuite
 from .results import atomic_write_json, atomic_write_text
 from .rust_items import RustItem, defined_names, join_items, split_items
 from .rust_source import first_unsafe_line
@@ -577,9 +577,14 @@ async def _check(env: FunctionEnv, suite: TestSuite, combined: CombinedProgram) 
     return "tests", verdict.feedback(FEEDBACK_CHARS), {}
 
 
-def _attempt(number: int, completion: Completion, kind: AttemptKind, message: str, code: str | None,
-             build_seconds: float = 0.0) -> Attempt:
-    return Attempt(number, kind, message, code, completion.usage, completion.seconds, build_seconds)
+#: Attempt kinds of the loop's stages (:class:`~pipeline.item_loop.Try`).
+_KINDS: dict[str, AttemptKind] = {
+    "passed": "verified", "build": "compile_error", "tests": "test_failure", "refused": "refused",
+    "no_code": "no_code", "truncated": "truncated", "request_failed": "request_failed",
+}
+#: The end of a unit's repair request: what to send back.
+IDIOMATIC_REPLY = (f"Reply with the corrected safe Rust of these functions (and their wrappers) only, between "
+                   f"{BEGIN_MARK} and {END_MARK}.")
 
 
 async def _convert(
@@ -587,67 +592,36 @@ async def _convert(
 ) -> tuple[UnitOutcome, tuple[str, str] | None, str | None]:
     """Ask for ``unit``'s safe form until the whole program verifies with it. Returns the outcome, the
     accepted (safe, transitional) code, and the program that verified."""
-    first = unit_prompt(program, state, unit)
     names = ", ".join(f"`{name}`" for name in unit.names)
-    turns: list[Turn] = []
-    attempts: list[Attempt] = []
-    requests = 0
+    accepted: dict[str, Any] = {}
 
-    def outcome(status: str, reason: str = "", safe: str | None = None) -> UnitOutcome:
-        return UnitOutcome(unit.label, unit.functions, status, tuple(attempts), safe, reason, requests=requests)
-
-    for number in range(1, env.max_attempts + 1):
-        messages = conversation(env.system, first, turns)
-        env.record({"stage": "idiomatic", "unit": unit.label, "attempt": number, "event": "prompt",
-                    "content": messages[-1]["content"]})
-        try:
-            completion = await env.model.complete(messages, purpose=f"{program.path.name}:idiomatic:"
-                                                                    f"{unit.label}:{number}")
-        except TaskFailure as exc:
-            requests += exc.requests
-            attempts.append(Attempt(number, "request_failed", str(exc), None, Usage(), 0.0))
-            return outcome("failed", str(exc)), None, None
-        requests += completion.requests
-        env.record({"stage": "idiomatic", "unit": unit.label, "attempt": number, "event": "answer",
-                    "content": completion.text, "finish_reason": completion.finish_reason,
-                    "prompt_tokens": completion.usage.prompt_tokens,
-                    "completion_tokens": completion.usage.completion_tokens})
-        extraction = extract_rust(completion.text, truncated=completion.truncated)
-
-        if extraction.code is None:
-            problem = extraction.problem or "the answer contains no Rust code"
-            kind: AttemptKind = "truncated" if completion.truncated else "no_code"
-            attempts.append(_attempt(number, completion, kind, problem, None))
-            turns.append(Turn(completion.text, problem, f"{problem}. Reply with the Rust code between the marks."))
-            continue
-        safe, transitional, refusal = split_answer(unit, extraction.code, state.items())
+    async def check(code: str) -> Check:
+        safe, transitional, refusal = split_answer(unit, code, state.items())
         if refusal is not None:
-            attempts.append(_attempt(number, completion, "refused", refusal, extraction.code))
-            turns.append(Turn(completion.text, refusal, f"For {names}: {refusal}."))
-            continue
+            return Check("refused", f"For {names}: {refusal}.", message=refusal)
         combined = state.render((unit, safe, transitional))
-        started = time.perf_counter()
         stage, feedback, per_item = await _check(env, suite, combined)
-        seconds = time.perf_counter() - started
-        env.record({"stage": "idiomatic", "unit": unit.label, "attempt": number, "event": "verdict",
-                    "kind": stage})
         if stage == "passed":
-            attempts.append(_attempt(number, completion, "verified", "the whole program passes the tests",
-                                     extraction.code, seconds))
-            return outcome("verified", safe=safe), (safe, transitional), combined.source
+            accepted.update(parts=(safe, transitional), source=combined.source)
+            return Check("passed", code=safe, message="the whole program passes the tests")
         if stage == "build":
             where = ", ".join(sorted(key for key in per_item if key not in ("root", "module", "types", "program")))
             summary = f"with the safe {names} in the program, it does not compile" + (
                 f" (errors in {where})" if where else "")
-            detail = f"With the safe version of {names} in the program, the compiler reported:\n{feedback}"
-        else:
-            summary = f"with the safe {names} in the program, tests fail"
-            detail = f"With the safe version of {names} in the program, tests fail:\n{feedback}"
-        failed: AttemptKind = "compile_error" if stage == "build" else "test_failure"
-        attempts.append(_attempt(number, completion, failed, summary, extraction.code, seconds))
-        turns.append(Turn(completion.text, summary, detail))
-    last = attempts[-1].message if attempts else "no attempt"
-    return outcome("failed", f"not made safe after {len(attempts)} attempts; last: {last}"), None, None
+            return Check(stage, f"With the safe version of {names} in the program, the compiler reported:\n"
+                                f"{feedback}", message=summary)
+        return Check(stage, f"With the safe version of {names} in the program, tests fail:\n{feedback}",
+                     message=f"with the safe {names} in the program, tests fail")
+
+    end = await ask_until_verified(
+        env.model, system=env.system, first=unit_prompt(program, state, unit), reply=IDIOMATIC_REPLY,
+        max_attempts=env.max_attempts, purpose=f"{program.path.name}:idiomatic:{unit.label}", check=check,
+        record=env.record, tag={"stage": "idiomatic", "unit": unit.label}, gave_up="not made safe")
+    attempts = tuple(Attempt(t.number, _KINDS.get(t.stage, "test_failure"), t.summary, t.code, t.usage, t.seconds,
+                             t.check_seconds) for t in end.tries)
+    status = "verified" if end.rust is not None else "failed"
+    outcome = UnitOutcome(unit.label, unit.functions, status, attempts, end.rust, end.reason, requests=end.requests)
+    return outcome, accepted.get("parts"), accepted.get("source")
 
 
 # --------------------------------------------------------------------------------------------------------

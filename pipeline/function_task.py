@@ -67,7 +67,7 @@ AUTO_CONTEXT_SHARE = 1.0
 #: The FFI check's stages (pipeline/ffi.py) as the attempt kinds of the task's records.
 _KINDS: dict[str, AttemptKind] = {
     "passed": "verified", "tests": "test_failure", "rust_build": "compile_error", "link": "compile_error",
-    "unsupported": "refused", "no_code": "no_code", "request_failed": "request_failed",
+    "unsupported": "refused", "no_code": "no_code", "truncated": "truncated", "request_failed": "request_failed",
 }
 
 
