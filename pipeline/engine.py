@@ -34,7 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Container, Itera
 from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -43,9 +43,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .build import Toolchain
 from .config import Config
-from .differential import RULES_VERSION as DIFFERENTIAL_RULES
 from .discovery import discover
-from .endpoints import EndpointPool, endpoint_table, model_slots
 from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -56,21 +54,25 @@ from .errors import (
     Interrupted,
 )
 from .extract import BEGIN_MARK
-from .function_task import FunctionLevel
-from .interfaces import Verifier
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
-from .llm import ModelClient, ServerInfo
 from .progress import Counters, Reporter
 from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
-from .ray_executor import RayVerifier
 from .records import TaskFiles, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_results
 from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
 from .stages import StageEnv
+from .startup import import_services
 from .task import Orphan, Task, printable
 from .translate import read_task, translate_task
-from .verifier import LocalVerifier
+
+# The model client, the stage code and the verifier are imported by start-up, in a worker thread beside the
+# toolchain and sandbox probes (pipeline.startup); below they are imported where they are used.
+if TYPE_CHECKING:
+    from .endpoints import EndpointPool
+    from .function_task import FunctionLevel
+    from .interfaces import Verifier
+    from .llm import ModelClient, ServerInfo
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -136,6 +138,8 @@ def settings_fingerprint(config: Config) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
     off leaves the fingerprint of runs from before it existed."""
     inputs = config.translation.differential
+    if inputs:
+        from .differential import RULES_VERSION as differential_rules
     return fingerprint({
         "model": config.model.model,
         "max_tokens": config.model.max_tokens,
@@ -148,7 +152,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
-        **({"differential": [inputs, DIFFERENTIAL_RULES]} if inputs else {}),
+        **({"differential": [inputs, differential_rules]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
         **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),
         # Function-level settings count only away from their defaults: runs from before they existed keep
@@ -184,19 +188,17 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
         async with anyio.create_task_group() as startup:
             startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
             try:
-                client: ModelClient | EndpointPool
-                if config.model.endpoints:
-                    client = await stack.enter_async_context(EndpointPool.open(config))
-                else:
-                    client = await stack.enter_async_context(ModelClient.open(
-                        config.model, config.client, limiter=PriorityLimiter(config.client.workers)
-                    ))
-                toolchain, sandbox, info = await _start_up(config, stack, client, scratch_root)
+                toolchain, sandbox, client, info = await _start_up(config, stack, scratch_root)
                 cpu = anyio.CapacityLimiter(config.run.jobs)
-                verifier: Verifier = (
-                    await stack.enter_async_context(RayVerifier.open(config, cpu)) if config.run.executor == "ray"
-                    else LocalVerifier(config, toolchain, sandbox, cpu)
-                )
+                verifier: Verifier
+                if config.run.executor == "ray":
+                    from .ray_executor import RayVerifier
+
+                    verifier = await stack.enter_async_context(RayVerifier.open(config, cpu))
+                else:
+                    from .verifier import LocalVerifier
+
+                    verifier = LocalVerifier(config, toolchain, sandbox, cpu)
                 functions = _function_level(config, client, info, toolchain, sandbox, cpu)
             except Exception as exc:
                 failure = exc  # raised below as it is, not inside the task group's exception group
@@ -211,6 +213,9 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
 def _function_level(config: Config, client: ModelClient | EndpointPool, info: ServerInfo, toolchain: Toolchain,
                     sandbox: Sandbox, cpu: anyio.CapacityLimiter) -> FunctionLevel:
     """The services of function-level tasks, sized by the smallest context of the run's servers."""
+    from .endpoints import EndpointPool
+    from .function_task import FunctionLevel
+
     smallest = client.smallest_context if isinstance(client, EndpointPool) else info.max_model_len
     if config.run.executor == "ray" and (config.translation.granularity != "file"
                                          or config.translation.function_fallback):
@@ -219,13 +224,15 @@ def _function_level(config: Config, client: ModelClient | EndpointPool, info: Se
     return FunctionLevel(toolchain, sandbox, cpu, smallest, settings_fingerprint(config))
 
 
-async def _start_up(config: Config, stack: AsyncExitStack, client: ModelClient | EndpointPool,
-                    scratch_root: Path | None) -> tuple[Toolchain, Sandbox, ServerInfo]:
-    """The toolchain probe and libc check, the sandbox probe and the server's preflight, side by side: none
-    waits for another (start-up s in bench/README.md, #16).
+async def _start_up(config: Config, stack: AsyncExitStack, scratch_root: Path | None
+                    ) -> tuple[Toolchain, Sandbox, ModelClient | EndpointPool, ServerInfo]:
+    """The toolchain probe and libc check, the sandbox probe, and the model side, side by side: none waits
+    for another (start-up s in bench/README.md, #16). The model side imports the client and the stage code
+    in a worker thread (while the probes' child processes run), then opens the client and preflights the
+    server.
 
     A failing toolchain or sandbox stops the others at once (a preflight may wait out an outage); the error
-    raised is the first in the order toolchain, sandbox, preflight, as it is (no exception group).
+    raised is the first in the order toolchain, sandbox, model, as it is (no exception group).
     """
     done: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
@@ -235,22 +242,36 @@ async def _start_up(config: Config, stack: AsyncExitStack, client: ModelClient |
             done[name] = await start()
         except Exception as exc:
             failures[name] = exc
-            if name != "preflight":
+            if name != "model":
                 scope.cancel()
+
+    async def model() -> tuple[ModelClient | EndpointPool, ServerInfo]:
+        await anyio.to_thread.run_sync(lambda: import_services(ray=config.run.executor == "ray"))
+        from .endpoints import EndpointPool
+        from .llm import ModelClient
+
+        client: ModelClient | EndpointPool
+        if config.model.endpoints:
+            client = await stack.enter_async_context(EndpointPool.open(config))
+        else:
+            client = await stack.enter_async_context(ModelClient.open(
+                config.model, config.client, limiter=PriorityLimiter(config.client.workers)
+            ))
+        return client, await client.preflight()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(one, "toolchain", lambda: Toolchain.prepare(config.toolchain), tg.cancel_scope)
         tg.start_soon(one, "sandbox", lambda: stack.enter_async_context(
             Sandbox.open(config.sandbox, scratch_root=scratch_root,
                          cache_dir=config.toolchain.resolved_cache_dir())), tg.cancel_scope)
-        tg.start_soon(one, "preflight", client.preflight, tg.cancel_scope)
-    for name in ("toolchain", "sandbox", "preflight"):
+        tg.start_soon(one, "model", model, tg.cancel_scope)
+    for name in ("toolchain", "sandbox", "model"):
         if name in failures:
             raise failures[name]
     if len(done) < 3:  # pragma: no cover - cancelled from outside: the enclosing scope raises at this checkpoint
         await checkpoint()
         raise Interrupted("start-up was cancelled")
-    return done["toolchain"], done["sandbox"], done["preflight"]
+    return done["toolchain"], done["sandbox"], *done["model"]
 
 
 #: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
@@ -341,6 +362,8 @@ class _Run:
         async with open_services(self.config, scratch_root=self.scratch_root) as services:
             self.env, self.info = services.env, services.info
             self.isolation = services.sandbox.isolation.describe()
+            from .endpoints import EndpointPool
+
             self.pool = services.client if isinstance(services.client, EndpointPool) else None
             async with anyio.create_task_group() as side:
                 # Start-up listened for signals itself, which took the handlers from the run's watcher and
@@ -459,6 +482,8 @@ def task_worker_count(config: Config) -> int:
     every task of a small corpus starts at once and a run's tasks start early, which shortens the drain: the
     waiting requests are served most-work-left first (:mod:`pipeline.scheduling`; bench/README.md, #16).
     """
+    from .endpoints import model_slots
+
     return 4 * model_slots(config) + 2 * config.run.jobs
 
 
@@ -524,7 +549,11 @@ async def run_batch(
                    "and rerun (finished tasks are kept)")
         return RunOutcome(fatal.exit_code if fatal else EXIT_FAILED,
                           message=f"run stopped: {fatal}; {message}" if fatal else message)
-    table = render_table(summary) + endpoint_table(summary.get("endpoints"))
+    table = render_table(summary)
+    if summary.get("endpoints"):
+        from .endpoints import endpoint_table
+
+        table += endpoint_table(summary["endpoints"])
     if fatal is not None:
         code = getattr(fatal, "exit_code", EXIT_FAILED)
         return RunOutcome(code, summary, f"run stopped: {fatal}", table)

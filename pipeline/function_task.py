@@ -46,8 +46,6 @@ from .c_program import CProgram, compiler_include_dirs, parse_program
 from .c_types import TypeTranslation, translate_types
 from .errors import ConfigError, TaskFailure, TaskInputError
 from .function_context import Granularity, choose_granularity
-from .function_idiomatic import idiomatic_task
-from .function_stage import FunctionEnv, FunctionRun, translate_by_function
 from .items import ItemBook, write_item_files
 from .llm import estimate_tokens
 from .prompts import conversation, first_prompt
@@ -55,7 +53,10 @@ from .records import STAGE_SPECS, Attempt, AttemptKind, StageResult, TestSuite, 
 from .results import ITEM_FOLDERS
 from .sandbox import Sandbox
 
+# The stages themselves (function_stage, function_idiomatic) are imported when a task goes function-level:
+# a run's first requests need only plan_task (pipeline.startup).
 if TYPE_CHECKING:
+    from .function_stage import FunctionEnv, FunctionRun
     from .stages import StageEnv
 
 log = logging.getLogger(__name__)
@@ -209,6 +210,7 @@ def _function_env(
 ) -> FunctionEnv:
     """The function-level stages' services from the run's: model, toolchain, sandbox, limits, CPU slots; their
     events go to the task's transcript (``also`` sees them first)."""
+    from .function_stage import FunctionEnv
 
     def record(event: dict[str, Any]) -> None:
         if also is not None:
@@ -231,6 +233,8 @@ async def translate_functions(
 
     Raises only fatal errors; a damaged item book fails the stage with the file named.
     """
+    from .function_stage import translate_by_function
+
     functions = env.functions
     assert functions is not None and plan.program is not None and plan.translation is not None
     program, translation = plan.program, plan.translation
@@ -265,6 +269,8 @@ async def idiomatic_stage(
     """The idiomatic stage of a function-level task, from its verified combined program (``unidiomatic``):
     made safe unit by unit inside the whole program (:mod:`pipeline.function_idiomatic`), its book
     (``idiomatic_items.json``) and per-item files in ``result_dir``. Raises only fatal errors."""
+    from .function_idiomatic import idiomatic_task
+
     functions = env.functions
     assert functions is not None and plan.program is not None and unidiomatic.code is not None
     stage, _ = await idiomatic_task(_function_env(env, functions, "idiomatic"), plan.program, unidiomatic.code,

@@ -10,19 +10,22 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiofiles
 import anyio
 
-from .differential import applicable
 from .errors import TaskFailure, TaskInputError
-from .function_task import Plan, idiomatic_stage, plan_task, translate_functions
-from .proposals import Proposal, propose_inputs
 from .records import Oracle, StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
 from .testing import input_files, load_test_suite
+
+# Imported where used: the engine's producer reads tasks (read_task) before start-up has imported the stage
+# code's heavier modules in a worker thread (pipeline.startup); proposals only with [differential] model_inputs.
+if TYPE_CHECKING:
+    from .function_task import Plan
+    from .proposals import Proposal
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,9 @@ async def _proposals(env: StageEnv, name: str, inputs: TaskInputs) -> Proposal |
     count = env.config.translation.differential_model_inputs
     if count <= 0 or env.config.translation.differential <= 0:
         return None
+    from .differential import applicable
+    from .proposals import propose_inputs
+
     feed, shipped, _ = applicable(inputs.suite)
     if feed is None:
         return None
@@ -124,6 +130,8 @@ async def translate_task(
     """Run both stages of one task (from ``files`` when the producer read them already). Returns its result
     and transcript; raises only fatal errors. ``result_dir`` (the task's result folder) keeps the item book
     of a function-level task (:mod:`pipeline.function_task`); without it tasks go whole-file."""
+    from .function_task import idiomatic_stage, plan_task
+
     started = time.perf_counter()
     transcript: list[dict[str, Any]] = []
     # Without a result folder there is nowhere to keep the item book: whole-file only.
@@ -192,6 +200,8 @@ async def _unidiomatic(
     """The unidiomatic stage at the planned granularity; with ``function_fallback``, a whole-file stage that
     failed is followed by a function-level one (its result then holds both stages' attempts). Returns the
     stage, the granularity it ended at, and the item counts of a function-level stage."""
+    from .function_task import Plan, plan_task, translate_functions
+
     if plan.granularity == "function" and result_dir is not None:
         stage, items = await translate_functions(env, plan, inputs.suite, result_dir)
         return await _with_code_stats(env, stage), plan, items
