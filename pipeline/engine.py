@@ -31,10 +31,10 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
@@ -78,6 +78,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -183,31 +184,55 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
     """
     async with AsyncExitStack() as stack:
         state = RunState()
-        failure: Exception | None = None
-        # The services outlive this task group: none of them holds a cancel scope across its yield.
-        async with anyio.create_task_group() as startup:
-            startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
-            try:
-                toolchain, sandbox, client, info = await _start_up(config, stack, scratch_root)
-                cpu = anyio.CapacityLimiter(config.run.jobs)
-                verifier: Verifier
-                if config.run.executor == "ray":
-                    from .ray_executor import RayVerifier
+        toolchain, sandbox = await _during_start_up(state, lambda: _probe(config, stack, scratch_root))
+        # Opened by this task, outside start-up's task groups, as it is closed: the client may keep tasks of
+        # its own for as long as it is open.
+        client = await stack.enter_async_context(_open_client(config))
+        cpu = anyio.CapacityLimiter(config.run.jobs)
 
-                    verifier = await stack.enter_async_context(RayVerifier.open(config, cpu))
-                else:
-                    from .verifier import LocalVerifier
+        async def check() -> tuple[ServerInfo, Verifier]:
+            info = await client.preflight()
+            if config.run.executor == "ray":
+                from .ray_executor import RayVerifier
 
-                    verifier = LocalVerifier(config, toolchain, sandbox, cpu)
-                functions = _function_level(config, client, info, toolchain, sandbox, cpu)
-            except Exception as exc:
-                failure = exc  # raised below as it is, not inside the task group's exception group
-            startup.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
-        if state.interrupted:
-            raise Interrupted(f"interrupted by {state.interrupted} during start-up; nothing was translated")
+                return info, await stack.enter_async_context(RayVerifier.open(config, cpu))
+            from .verifier import LocalVerifier
+
+            return info, LocalVerifier(config, toolchain, sandbox, cpu)
+
+        info, verifier = await _during_start_up(state, check)
+        functions = _function_level(config, client, info, toolchain, sandbox, cpu)
         yield Services(StageEnv(config, client, verifier, functions=functions), info, client, sandbox)
+
+
+async def _during_start_up(state: RunState, step: Callable[[], Awaitable[_T]]) -> _T:
+    """``step``, stopped by SIGINT/SIGTERM (noted in ``state``; Interrupted is raised); its own errors are
+    raised as they are (no exception group)."""
+    done: list[_T] = []
+    failure: Exception | None = None
+    async with anyio.create_task_group() as startup:
+        startup.start_soon(_watch_signals, startup.cancel_scope, state, "start-up")
+        try:
+            done.append(await step())
+        except Exception as exc:
+            failure = exc  # raised below as it is, not inside the task group's exception group
+        startup.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    if state.interrupted or not done:
+        raise Interrupted(f"interrupted by {state.interrupted or 'a signal'} during start-up; nothing was "
+                          "translated")
+    return done[0]
+
+
+def _open_client(config: Config) -> AbstractAsyncContextManager[ModelClient | EndpointPool]:
+    """The run's model client: one server's, or the pool of several (imported by :func:`_probe`)."""
+    from .endpoints import EndpointPool
+    from .llm import ModelClient
+
+    if config.model.endpoints:
+        return EndpointPool.open(config)
+    return ModelClient.open(config.model, config.client, limiter=PriorityLimiter(config.client.workers))
 
 
 def _function_level(config: Config, client: ModelClient | EndpointPool, info: ServerInfo, toolchain: Toolchain,
@@ -224,15 +249,14 @@ def _function_level(config: Config, client: ModelClient | EndpointPool, info: Se
     return FunctionLevel(toolchain, sandbox, cpu, smallest, settings_fingerprint(config))
 
 
-async def _start_up(config: Config, stack: AsyncExitStack, scratch_root: Path | None
-                    ) -> tuple[Toolchain, Sandbox, ModelClient | EndpointPool, ServerInfo]:
-    """The toolchain probe and libc check, the sandbox probe, and the model side, side by side: none waits
-    for another (start-up s in bench/README.md, #16). The model side imports the client and the stage code
-    in a worker thread (while the probes' child processes run), then opens the client and preflights the
-    server.
+async def _probe(config: Config, stack: AsyncExitStack, scratch_root: Path | None) -> tuple[Toolchain, Sandbox]:
+    """The toolchain probe and libc check, the sandbox probe and the imports of the model client and the stage
+    code (:func:`pipeline.startup.import_services`, in a worker thread), side by side: the probes' child
+    processes run while this process imports (start-up s in bench/README.md, #16). The preflight follows,
+    once the client can be opened.
 
-    A failing toolchain or sandbox stops the others at once (a preflight may wait out an outage); the error
-    raised is the first in the order toolchain, sandbox, model, as it is (no exception group).
+    A failing toolchain or sandbox stops the others at once; the error raised is the first in the order
+    toolchain, sandbox, imports, as it is (no exception group).
     """
     done: dict[str, Any] = {}
     failures: dict[str, Exception] = {}
@@ -242,36 +266,22 @@ async def _start_up(config: Config, stack: AsyncExitStack, scratch_root: Path | 
             done[name] = await start()
         except Exception as exc:
             failures[name] = exc
-            if name != "model":
-                scope.cancel()
-
-    async def model() -> tuple[ModelClient | EndpointPool, ServerInfo]:
-        await anyio.to_thread.run_sync(lambda: import_services(ray=config.run.executor == "ray"))
-        from .endpoints import EndpointPool
-        from .llm import ModelClient
-
-        client: ModelClient | EndpointPool
-        if config.model.endpoints:
-            client = await stack.enter_async_context(EndpointPool.open(config))
-        else:
-            client = await stack.enter_async_context(ModelClient.open(
-                config.model, config.client, limiter=PriorityLimiter(config.client.workers)
-            ))
-        return client, await client.preflight()
+            scope.cancel()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(one, "toolchain", lambda: Toolchain.prepare(config.toolchain), tg.cancel_scope)
         tg.start_soon(one, "sandbox", lambda: stack.enter_async_context(
             Sandbox.open(config.sandbox, scratch_root=scratch_root,
                          cache_dir=config.toolchain.resolved_cache_dir())), tg.cancel_scope)
-        tg.start_soon(one, "model", model, tg.cancel_scope)
-    for name in ("toolchain", "sandbox", "model"):
+        tg.start_soon(one, "imports", lambda: anyio.to_thread.run_sync(
+            lambda: import_services(ray=config.run.executor == "ray")), tg.cancel_scope)
+    for name in ("toolchain", "sandbox", "imports"):
         if name in failures:
             raise failures[name]
     if len(done) < 3:  # pragma: no cover - cancelled from outside: the enclosing scope raises at this checkpoint
         await checkpoint()
         raise Interrupted("start-up was cancelled")
-    return done["toolchain"], done["sandbox"], *done["model"]
+    return done["toolchain"], done["sandbox"]
 
 
 #: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
