@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import itertools
 import json
 import logging
@@ -33,6 +34,7 @@ from .model import (
     COMPAT_LEGACY,
     CONNECTION_FAULTS,
     NO_FAULT,
+    POLICY_PRIORITY,
     STATUS_CLIENT_GONE,
     STATUS_FAULTS,
     STATUS_NO_RESPONSE,
@@ -117,6 +119,47 @@ class _Watch:
             raise _Closed
 
 
+class _Admission:
+    """vLLM's waiting queue: the request whose turn it is takes its generation slots (all ``n`` of them, one
+    request at a time); turns go by (priority, arrival), smallest first. With FCFS every priority is 0: arrival
+    order. A request whose client left while it waited gives its place up, and passes on a turn it got as it left.
+    """
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiting: list[tuple[int, int, anyio.Event, list[bool]]] = []  # (priority, arrival, go, [granted, gone])
+        self._arrivals = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def turn(self, priority: int) -> AsyncIterator[None]:
+        if self._busy or self._waiting:
+            go, state = anyio.Event(), [False, False]
+            heapq.heappush(self._waiting, (priority, next(self._arrivals), go, state))
+            try:
+                await go.wait()
+            except BaseException:
+                if state[0]:
+                    self._pass_on()
+                else:
+                    state[1] = True
+                raise
+        else:
+            self._busy = True
+        try:
+            yield
+        finally:
+            self._pass_on()
+
+    def _pass_on(self) -> None:
+        while self._waiting:
+            _priority, _arrival, go, state = heapq.heappop(self._waiting)
+            if not state[1]:
+                state[0] = True
+                go.set()
+                return
+        self._busy = False
+
+
 @dataclass
 class _Draft:
     """A request's record while it is being served (mutable; frozen into a RequestRecord at the end)."""
@@ -163,7 +206,7 @@ class Simulator:
         self._serving = False
         self._base_url: str | None = None
         self._slots: anyio.Semaphore | None = None
-        self._admit: anyio.Lock | None = None  # FIFO admission: a request for n choices takes its slots at once
+        self._admit: _Admission | None = None  # a request for n choices takes its slots at once
         self._threads: anyio.CapacityLimiter | None = None
         self._log_file: IO[str] | None = None
         self._log_lock: anyio.Lock | None = None
@@ -263,7 +306,7 @@ class Simulator:
             self._log_lock = anyio.Lock()
             self._stopping = anyio.Event()
             self._slots = anyio.Semaphore(self.config.load.capacity)
-            self._admit = anyio.Lock()
+            self._admit = _Admission()
             arrivals, accepted = anyio.create_memory_object_stream[_Streams](math.inf)
             with arrivals, accepted:
                 # A deep backlog: benchmarks open hundreds of connections at once.
@@ -588,6 +631,15 @@ class Simulator:
             return await self._error(conn, draft, 400, f"n must be 1 when using greedy sampling, got {n}.",
                                      VALUE_ERROR_TYPE)
         draft.n = n
+        priority = body.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            return await self._schema_error(conn, draft, "priority", "Input should be a valid integer")
+        if priority != 0 and self._legacy and self.config.scheduling_policy != POLICY_PRIORITY:
+            # vLLM before 0.11 (its V0 engine) refused it; 0.32 accepts it and ignores it.
+            return await self._error(conn, draft, 400, f"Got priority {priority} but Priority scheduling is not "
+                                     f"enabled.", VALUE_ERROR_TYPE)
+        if self.config.scheduling_policy != POLICY_PRIORITY:
+            priority = 0
         refusal = self._context_refusal(message_tokens(messages), max_tokens)
         if isinstance(refusal, tuple):
             return await self._error(conn, draft, 400, refusal[0], VALUE_ERROR_TYPE, refusal[1])
@@ -634,7 +686,7 @@ class Simulator:
         held = [0]
 
         async def take_slots() -> None:
-            async with admit:
+            async with admit.turn(priority):
                 while held[0] < wanted:
                     await slots.acquire()
                     held[0] += 1
