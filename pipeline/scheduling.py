@@ -235,9 +235,15 @@ class ServerPriority:
         return f"ServerPriority(mode={self.mode!r}, accepted={self.accepted!r})"
 
     @staticmethod
-    def body() -> dict[str, Any]:
-        """The request arguments that carry the current request's priority (none when it goes without)."""
-        return {"extra_body": {"priority": server_priority(current_rank())}} if _CARRY.get() else {}
+    def fields() -> dict[str, int]:
+        """The JSON body fields that carry the current request's priority (none when it goes without)."""
+        return {"priority": server_priority(current_rank())} if _CARRY.get() else {}
+
+    @classmethod
+    def body(cls) -> dict[str, Any]:
+        """:meth:`fields` as arguments of the openai SDK's ``chat.completions.create``."""
+        fields = cls.fields()
+        return {"extra_body": fields} if fields else {}
 
     def _claim(self) -> bool:
         if self.accepted is not None or self._scouting:
