@@ -75,15 +75,15 @@ def test_a_run_with_request_priority_on_verifies_against_a_priority_server(
 def test_auto_against_the_default_server_takes_every_task_to_verified(
     vllm: Server, run_cli: Any, corpus: Corpus, answers: Answers, tmp_path: Path
 ) -> None:
-    """vLLM 0.32 without --scheduling-policy priority answers a non-zero priority (and ignores it), so the default
-    (auto) sends it and no request is refused or sent twice."""
+    """vLLM 0.32 without --scheduling-policy priority answers a non-zero priority (and ignores it), so auto (the
+    default) sends it and no request is refused or sent twice."""
     status, body = _chat(vllm, "hello", 4, priority=7)
     assert status == 200, body
     names = add_long_tasks(corpus, answers, "vauto_", 3, lines=5)
     out = tmp_path / "out"
     mark = vllm.mark()
     result = run_cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out, "--workers", "3",
-                     "--no-idiomatic", timeout=500)
+                     "--no-idiomatic", "--request-priority", "auto", timeout=500)
     assert result.returncode == 0, result.output
     assert summary(out)["totals"]["verified"] == len(names)
     assert vllm.seen_since(mark).chats == [200] * len(names)
