@@ -26,21 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    CLI,
-    MODEL,
-    LoadSpec,
-    chat,
-    clean_env,
-    markdown_table,
-    read_log,
-    run_measured,
-    simulator,
-    slot_seconds,
-    utilisation,
-    write_config,
-    write_corpus,
-)
+from . import common
 from .throughput import MAX_ATTEMPTS, MAX_TOKENS, make_plans
 
 SCHEDULES = {  # name: (--workers as a multiple of the slots, simulator flags)
@@ -50,25 +36,27 @@ SCHEDULES = {  # name: (--workers as a multiple of the slots, simulator flags)
 }
 
 
-def one_run(work: Path, name: str, load: LoadSpec, cache: Path, config: Path, index: int) -> dict[str, Any]:
+def one_run(work: Path, name: str, load: common.LoadSpec, cache: Path, config: Path, index: int) -> dict[str, Any]:
     multiple, flags = SCHEDULES[name]
     tag = f"{name.replace(' ', '-')}-{index}"
-    with simulator(load, work / f"{tag}.jsonl", stderr_path=work / f"{tag}.sim.err", extra=flags) as sim:
-        argv = [sys.executable, str(CLI), "--c-files", str(work / "corpus"), "--json-files", str(work / "corpus"),
-                "--output", str(work / f"out-{tag}"), "--base-url", sim.url, "--model", MODEL,
+    with common.simulator(load, work / f"{tag}.jsonl", stderr_path=work / f"{tag}.sim.err", extra=flags) as sim:
+        corpus = str(work / "corpus")
+        argv = [sys.executable, str(common.CLI), "--c-files", corpus, "--json-files", corpus,
+                "--output", str(work / f"out-{tag}"), "--base-url", sim.url, "--model", common.MODEL,
                 "--workers", str(load.capacity * multiple), "--cache-dir", str(cache), "--config", str(config),
                 "--max-attempts", str(MAX_ATTEMPTS), "--max-tokens", str(MAX_TOKENS), "--request-priority", "on"]
-        run = run_measured(argv, cwd=work, stdout_path=work / f"{tag}.out", stderr_path=work / f"{tag}.err",
-                           env=clean_env())
+        run = common.run_measured(argv, cwd=work, stdout_path=work / f"{tag}.out",
+                                  stderr_path=work / f"{tag}.err", env=common.clean_env())
         time.sleep(0.5)  # the simulator's log lines of the last requests
-        records = [r for r in chat(read_log(sim.log_path)) if r["status"] == 200 and r.get("max_tokens") != 1]
+        records = [r for r in common.chat(common.read_log(sim.log_path))
+                   if r["status"] == 200 and r.get("max_tokens") != 1]  # the preflight probe aside
     if run.returncode not in (0, 1) or not records:
         raise SystemExit(f"{name}: exited {run.returncode}; see {work}/{tag}.err")
     first, last = min(r["arrival"] for r in records), max(r["end"] for r in records)
     last_first = max(r["arrival"] for r in records if r.get("attempt") == 1 and r.get("stage") == "unidiomatic")
-    bound = slot_seconds(records) / load.capacity
+    bound = common.slot_seconds(records) / load.capacity
     return {"schedule": name, "wall": run.wall_seconds, "span": last - first, "of_bound": bound / (last - first),
-            "busy": utilisation(records, load.capacity, first, last), "drain": last - last_first,
+            "busy": common.utilisation(records, load.capacity, first, last), "drain": last - last_first,
             "requests": len(records)}
 
 
@@ -80,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "c2rust-batch")
     args = p.parse_args(argv)
-    load = LoadSpec(capacity=args.capacity, latency=args.latency, decode_per_token=0.0)
+    load = common.LoadSpec(capacity=args.capacity, latency=args.latency, decode_per_token=0.0)
     with tempfile.TemporaryDirectory(prefix="bench-priority-") as tmp:
         work = Path(tmp)
-        write_corpus(work / "corpus", make_plans(args.tasks, 0.2, 0.1, tokens=400))
-        config = write_config(work / "sactor.toml", compile_cache=False)
+        common.write_corpus(work / "corpus", make_plans(args.tasks, 0.2, 0.1, tokens=400))
+        config = common.write_config(work / "sactor.toml", compile_cache=False)
         runs = [one_run(work, name, load, args.cache_dir.resolve(), config, i)
                 for i in range(args.repeats) for name in SCHEDULES]
     for run in runs:
@@ -94,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in runs if r["schedule"] == name]
         rows.append([name, *(statistics.mean(r[k] for r in mine) for k in ("wall", "span", "of_bound", "busy",
                                                                            "drain", "requests"))])
-    print(markdown_table(["schedule", "wall s", "span s", "of server bound", "slots busy", "drain s", "requests"],
-                         rows))
+    header = ["schedule", "wall s", "span s", "of server bound", "slots busy", "drain s", "requests"]
+    print(common.markdown_table(header, rows))
     return 0
 
 
