@@ -6,7 +6,7 @@ The issue-16 model-bound corpus (16 slots, 4 s per answer; throughput.py's mix o
 attempts a stage) run through the CLI three ways, alternating, each against a fresh simulator process:
 
 * ``client orders`` (reference): ``--workers 16``, the client's own waiting line (pipeline/scheduling.py) orders;
-* ``server fcfs``: ``--workers 48`` (three times the slots: what several runs sharing a server look like), the
+* ``server fcfs``: ``--workers 48`` (``--multiple`` times the slots: as several runs sharing a server), the
   simulator serves its queue in arrival order (vLLM's default; our ``priority`` is sent and ignored);
 * ``server priority``: ``--workers 48`` against ``--scheduling-policy priority``: the queue goes by our priority.
 
@@ -29,15 +29,17 @@ from typing import Any
 from . import common
 from .throughput import MAX_ATTEMPTS, MAX_TOKENS, make_plans
 
-SCHEDULES = {  # name: (--workers as a multiple of the slots, simulator flags)
+SCHEDULES = {  # name: (--workers a multiple of the slots (1) or --multiple of them (0), simulator flags)
     "client orders": (1, ()),
-    "server fcfs": (3, ("--scheduling-policy", "fcfs")),
-    "server priority": (3, ("--scheduling-policy", "priority")),
+    "server fcfs": (0, ("--scheduling-policy", "fcfs")),
+    "server priority": (0, ("--scheduling-policy", "priority")),
 }
 
 
-def one_run(work: Path, name: str, load: common.LoadSpec, cache: Path, config: Path, index: int) -> dict[str, Any]:
+def one_run(work: Path, name: str, load: common.LoadSpec, cache: Path, config: Path, index: int,
+            times: int) -> dict[str, Any]:
     multiple, flags = SCHEDULES[name]
+    multiple = multiple or times
     tag = f"{name.replace(' ', '-')}-{index}"
     with common.simulator(load, work / f"{tag}.jsonl", stderr_path=work / f"{tag}.sim.err", extra=flags) as sim:
         corpus = str(work / "corpus")
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--capacity", type=int, default=16)
     p.add_argument("--latency", type=float, default=4.0)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--multiple", type=int, default=3, help="--workers of the server-ordered runs, in slots")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "c2rust-batch")
     args = p.parse_args(argv)
     load = common.LoadSpec(capacity=args.capacity, latency=args.latency, decode_per_token=0.0)
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         common.write_corpus(work / "corpus", make_plans(args.tasks, 0.2, 0.1, tokens=400))
         config = common.write_config(work / "sactor.toml", compile_cache=False)
-        runs = [one_run(work, name, load, args.cache_dir.resolve(), config, i)
+        runs = [one_run(work, name, load, args.cache_dir.resolve(), config, i, args.multiple)
                 for i in range(args.repeats) for name in SCHEDULES]
     for run in runs:
         print(json.dumps(run), file=sys.stderr)
