@@ -153,3 +153,19 @@ def test_on_against_a_server_that_refuses_priority_stops_at_preflight_naming_the
         assert words in result.output, result.output
     asked = [r for sim, _url in started for r in sim.chat_requests]
     assert asked and all(r.body["max_tokens"] == 1 for r in asked)  # only the preflight probes
+
+
+@pytest.mark.parametrize("compat, policy, code", [
+    pytest.param("legacy", "fcfs", 1, id="refused"),
+    pytest.param("legacy", "priority", 0, id="taken"),
+])
+def test_check_with_request_priority_on_says_whether_the_server_takes_it(
+    cli: Cli, simulator_factory: Any, compat: str, policy: str, code: int
+) -> None:
+    """`check --request-priority on` sends preflight's probe: a server that refuses the field fails the check
+    with the fix; one that takes it passes."""
+    sim, url = simulator_factory(compat=compat, scheduling_policy=policy)
+    result = cli("check", "--base-url", url, "--model", "sim-model", "--request-priority", "on")
+    assert result.returncode == code, result.output
+    assert ("--scheduling-policy priority" in result.output) == (code == 1), result.output
+    assert [r.body["max_tokens"] == 1 and "priority" in r.body for r in sim.chat_requests][:1] == [True]
