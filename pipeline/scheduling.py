@@ -219,10 +219,10 @@ class ServerPriority:
 
     ``off``: never. ``on``: always; a refusal is fatal (:class:`~pipeline.errors.ConfigError`). ``auto``: learned
     from the server, once: while nothing is known, one request at a time carries the field (the others go
-    without, as before); an answer to it settles "yes", a 400 naming ``priority`` (vLLM before 0.11 without
-    ``--scheduling-policy priority``, other OpenAI-compatible servers) settles "no" and the same request is sent
-    again at once without it, so the refusal costs no task anything. vLLM 0.11 and later accept the field whatever
-    their policy (a server without priority scheduling ignores it), so there "yes" is all auto can learn.
+    without, as before); an answer to it settles "yes", a 400 naming ``priority`` (older vLLM, whose V0 engine did so
+    without ``--scheduling-policy priority``; other OpenAI-compatible servers) settles "no" and the same request is sent
+    again at once without it, so the refusal costs no task anything. vLLM 0.32 accepts the field whatever
+    its policy (a server without priority scheduling ignores it), so there "yes" is all auto can learn.
     """
 
     def __init__(self, mode: str, server: str) -> None:

@@ -637,7 +637,7 @@ class Simulator:
         if not isinstance(priority, int) or isinstance(priority, bool):
             return await self._schema_error(conn, draft, "priority", "Input should be a valid integer")
         if priority != 0 and self._legacy and self.config.scheduling_policy != POLICY_PRIORITY:
-            # vLLM before 0.11 (its V0 engine) refused it; 0.32 accepts it and ignores it.
+            # Older vLLM (its V0 engine) refused it; 0.32 accepts it and ignores it.
             return await self._error(conn, draft, 400, f"Got priority {priority} but Priority scheduling is not "
                                      f"enabled.", VALUE_ERROR_TYPE)
         if self.config.scheduling_policy != POLICY_PRIORITY:
