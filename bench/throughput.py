@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import default_jobs
+
 from .calibrate import Calibration, calibrate
 from .common import (
     CLI,
@@ -265,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repair-rate", type=float, help="share of tasks repaired once (a multiple of 0.1)")
     p.add_argument("--fail-rate", type=float, help="share of tasks that fail every attempt (a multiple of 0.1)")
     p.add_argument("--workers", type=int, help="--workers of our run and threads of the pool baseline")
-    p.add_argument("--jobs", type=int, default=CORES, help="--jobs of our run (default: cores)")
+    p.add_argument("--jobs", type=int, default=default_jobs(),
+                   help="--jobs of our run (default: the engine's own default, twice the cores)")
     p.add_argument("--seq-tasks", type=int, help="tasks of the sequential baseline (0: skip it)")
     p.add_argument("--no-pool", action="store_true", help="skip the thread-pool baseline")
     p.add_argument("--pool-sandbox", action="store_true",

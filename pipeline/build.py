@@ -300,10 +300,13 @@ class Toolchain:
             output_bytes=output,
         )
 
-    async def build(self, source: str, out_dir: Path, *, max_diagnostic_chars: int = 6000) -> BuildResult:
+    async def build(
+        self, source: str, out_dir: Path, *, max_diagnostic_chars: int = 6000, cpu: anyio.CapacityLimiter | None = None,
+    ) -> BuildResult:
         """Compile ``source`` into ``out_dir/main``; a failure is a result (errors only, first first).
 
-        The compile cache is consulted and filled only when ``[toolchain] compile_cache`` is true.
+        The compile cache is consulted and filled only when ``[toolchain] compile_cache`` is true. ``cpu`` (the
+        engine's CPU limiter) is held only while rustc runs, not while the source is written or the cache read.
 
         Refused sources (see :func:`forbidden_constructs`) are not compiled. Raises OSError only when
         ``out_dir`` or the cache cannot be written.
@@ -329,13 +332,10 @@ class Toolchain:
         await anyio.to_thread.run_sync(src.write_text, source)
         # Relative names: the diagnostics read "--> main.rs:3:5", the same in every directory and in the cache.
         argv = [self.rustc, *self._flags(), "-o", binary.name, src.name]
-        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env)
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env, slot=cpu)
         seconds = time.monotonic() - started
-        if result.ok and await anyio.to_thread.run_sync(binary.is_file):
-            if entry is not None:
-                await anyio.to_thread.run_sync(_cache_store_binary, entry, binary)
-            else:
-                await anyio.to_thread.run_sync(os.chmod, binary, 0o755)
+        # One trip to a worker thread: the binary made executable for the runs' uids (and cached).
+        if result.ok and await anyio.to_thread.run_sync(_publish_binary, binary, entry):
             return BuildResult(True, binary, "", 0, False, seconds)
         if result.timed_out or result.output_exceeded or result.returncode != 1:
             # Not a verdict on the source (killed, out of memory, crashed): say so and do not cache it.
@@ -627,6 +627,18 @@ def _cache_lookup(entry: Path, binary: Path) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("ok") is False else None
+
+
+def _publish_binary(binary: Path, entry: Path | None) -> bool:
+    """Whether rustc left ``binary``; if so, it is made executable by all and stored in the cache (``entry``)."""
+    try:
+        if entry is not None:
+            _cache_store_binary(entry, binary)
+        else:
+            os.chmod(binary, 0o755)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _cache_store_binary(entry: Path, binary: Path) -> None:

@@ -468,14 +468,16 @@ class Sandbox:
         stdin: bytes | None = None,
         limits: Limits,
         env: Mapping[str, str] | None = None,
+        slot: anyio.CapacityLimiter | None = None,
     ) -> ProcessResult:
         """Run an UNTRUSTED program under every protection in force; see the module docstring.
 
         The environment is ``PATH``, ``LC_ALL=C``, ``HOME`` and ``TMPDIR`` (both ``cwd``) plus ``env``;
-        nothing else of ``os.environ``. A failing program is a result, not an exception; OSError means the
-        sandbox itself could not start it.
+        nothing else of ``os.environ``. ``slot`` (the engine's CPU limiter) is held only while the process
+        lives, from just before it starts to its exit: preparing the run and cleaning up after it hold nothing.
+        A failing program is a result, not an exception; OSError means the sandbox itself could not start it.
         """
-        result, _ = await self._run(argv, cwd=cwd, stdin=stdin, limits=limits, env=env)
+        result, _ = await self._run(argv, cwd=cwd, stdin=stdin, limits=limits, env=env, slot=slot)
         return result
 
     async def _run(
@@ -486,6 +488,7 @@ class Sandbox:
         stdin: bytes | None,
         limits: Limits,
         env: Mapping[str, str] | None,
+        slot: anyio.CapacityLimiter | None = None,
     ) -> tuple[ProcessResult, dict[str, Any] | None]:
         if not argv:
             raise ValueError("empty argv")
@@ -509,7 +512,7 @@ class Sandbox:
                 pid_namespace=mode.unshare is not None and "--pid" in mode.unshare,
                 # With a uid of its own the program cannot touch its root helper, whose exit status 0 says
                 # that it reaped everything (it is their subreaper).
-                helper_reaps=uid is not None,
+                helper_reaps=uid is not None, slot=slot,
             )
             status = pipe.read_status()
         return raw.result(tuple(argv), status, limits), status
@@ -599,10 +602,12 @@ async def run_process(
     limits: Limits,
     env: Mapping[str, str] | None = None,
     stdin: bytes | None = None,
+    slot: anyio.CapacityLimiter | None = None,
 ) -> ProcessResult:
     """Run a TRUSTED tool (rustc, clippy-driver) with a deadline, a memory limit, no core and capped output.
 
     The tool gets its own process group, killed as a whole on timeout or when the output cap is passed.
+    ``slot`` (the engine's CPU limiter) is held only while the tool's process lives.
     ``env`` is used as given; by default a minimal one (PATH, HOME, RUSTUP_HOME/CARGO_HOME/RUSTUP_TOOLCHAIN
     when set, LC_ALL=C). Raises OSError when the tool cannot be started at all.
     """
@@ -616,7 +621,7 @@ async def run_process(
     with pipe:
         raw = await _execute(
             cmd, cwd=Path(cwd), env=dict(env), stdin=stdin, limits=limits,
-            pass_fds=(pipe.write_fd,), after_spawn=pipe.close_write, sweep=None,
+            pass_fds=(pipe.write_fd,), after_spawn=pipe.close_write, sweep=None, slot=slot,
         )
         status = pipe.read_status()
     return raw.result(tuple(argv), status, limits)
@@ -691,21 +696,33 @@ async def _execute(
     sweep: Callable[[], int] | None,
     pid_namespace: bool = False,
     helper_reaps: bool = False,
+    slot: anyio.CapacityLimiter | None = None,
 ) -> _Raw:
     """Start ``cmd`` in a new session, read its output with a cap, and kill its tree when done, whatever
-    happened (deadline, output cap, or the caller being cancelled)."""
+    happened (deadline, output cap, or the caller being cancelled).
+
+    ``slot`` is acquired just before the start and released as soon as the process has exited (or, when it
+    had to be killed, once it is reaped): a CPU slot stands for a core, and the reading, the reaping and the
+    caller's bookkeeping are this process's own work, not the child's (#16).
+    """
+    held = _Held(slot)
+    await held.acquire()
     started = time.monotonic()
-    with anyio.CancelScope(shield=True):  # once started, the process must be in our hands to be killed
-        proc = await anyio.open_process(
-            cmd,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            pass_fds=pass_fds,
-        )
+    try:
+        with anyio.CancelScope(shield=True):  # once started, the process must be in our hands to be killed
+            proc = await anyio.open_process(
+                cmd,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+    except BaseException:
+        held.release()
+        raise
     after_spawn()
     out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
     killed = False
@@ -721,6 +738,7 @@ async def _execute(
                 else:
                     fed.set()
                 await proc.wait()
+                held.release()
                 # Straggler processes may still hold the pipes: give them a moment, then stop reading.
                 with anyio.move_on_after(_DRAIN_GRACE):
                     await out.done.wait()
@@ -733,10 +751,31 @@ async def _execute(
         killed = timed_out or exceeded
     finally:
         with anyio.CancelScope(shield=True):
-            await _kill_tree(proc, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
+            try:
+                await _kill_tree(proc, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
+            finally:
+                held.release()
     return _Raw(
         proc.returncode, bytes(out.data), bytes(err.data), timed_out, exceeded, killed, time.monotonic() - started
     )
+
+
+class _Held:
+    """A CPU slot held by one run: released once, by the task that acquired it (a CapacityLimiter's rule)."""
+
+    def __init__(self, slot: anyio.CapacityLimiter | None) -> None:
+        self.slot = slot
+        self.held = False
+
+    async def acquire(self) -> None:
+        if self.slot is not None:
+            await self.slot.acquire()
+            self.held = True
+
+    def release(self) -> None:
+        if self.held and self.slot is not None:
+            self.held = False
+            self.slot.release()
 
 
 async def _pump(stream: anyio.abc.ByteReceiveStream, capture: _Capture, deadline: anyio.CancelScope) -> None:

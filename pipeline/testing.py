@@ -413,13 +413,17 @@ async def run_test_suite(
     sandbox: Sandbox,
     limits: Limits,
     fail_fast: bool = False,
+    cpu: anyio.CapacityLimiter | None = None,
 ) -> TestVerdict:
     """Run every case of ``suite`` against ``binary``, one after another, in one private copy of ``base_dir``.
 
     Each case runs through ``sandbox.run`` under ``limits`` with ``LC_ALL=C``. ``fail_fast`` stops at the
-    first failure. A failing program is an outcome, not an exception; errors of the sandbox itself propagate.
+    first failure. ``cpu`` (the engine's CPU limiter) is held by each case only while its process lives: the
+    working copy, its removal and the checks of the output hold no slot. A failing program is an outcome, not an
+    exception; errors of the sandbox itself propagate.
     """
-    program = str(await anyio.to_thread.run_sync(Path(binary).resolve))
+    # The builds' binaries are absolute already (the sandbox's scratch root is a real path): no worker-thread trip.
+    program = str(binary) if os.path.isabs(binary) else str(await anyio.to_thread.run_sync(Path(binary).resolve))
     shown = f"./{Path(binary).name}"
     # The sandbox builds the environment from scratch (PATH, HOME, ...) and adds ours: only the locale here.
     env = {"LC_ALL": "C"}
@@ -427,10 +431,10 @@ async def run_test_suite(
     async with sandbox.workdir(suite.base_dir, suite.files) as cwd:
         for case in suite.cases:
             if case.sample is None:
-                outcome = await _run_command(case, program, shown, Path(cwd), sandbox, limits, env)
+                outcome = await _run_command(case, program, shown, Path(cwd), sandbox, limits, env, cpu)
             else:
                 outcome = await _run_sample(
-                    case, case.sample, program, shown, Path(cwd), sandbox, limits, env
+                    case, case.sample, program, shown, Path(cwd), sandbox, limits, env, cpu
                 )
             log.debug("%s (%.2f s)", outcome.summary, outcome.seconds)
             outcomes.append(outcome)
@@ -447,10 +451,11 @@ def _ended(result: ProcessResult) -> str | None:
 
 
 async def _run_command(
-    case: TestCase, program: str, shown: str, cwd: Path, sandbox: Sandbox, limits: Limits, env: dict[str, str]
+    case: TestCase, program: str, shown: str, cwd: Path, sandbox: Sandbox, limits: Limits, env: dict[str, str],
+    cpu: anyio.CapacityLimiter | None,
 ) -> TestOutcome:
     argv = [program if token == TARGET_TOKEN else token for token in case.argv]
-    result = await sandbox.run(argv, cwd=cwd, stdin=None, limits=limits, env=env)
+    result = await sandbox.run(argv, cwd=cwd, stdin=None, limits=limits, env=env, slot=cpu)
     display = shlex.join(shown if token == TARGET_TOKEN else token for token in case.argv)
     passed = result.returncode == 0 and not result.timed_out and not result.output_exceeded
     how = result.describe()
@@ -481,14 +486,15 @@ async def _run_sample(
     sandbox: Sandbox,
     limits: Limits,
     env: dict[str, str],
+    cpu: anyio.CapacityLimiter | None,
 ) -> TestOutcome:
     if sample.feed == "args":
         args = sample.input.split()
-        result = await sandbox.run([program, *args], cwd=cwd, stdin=None, limits=limits, env=env)
+        result = await sandbox.run([program, *args], cwd=cwd, stdin=None, limits=limits, env=env, slot=cpu)
         invocation = shlex.join([shown, *args])
     else:
         stdin = (sample.input + "\n").encode()
-        result = await sandbox.run([program], cwd=cwd, stdin=stdin, limits=limits, env=env)
+        result = await sandbox.run([program], cwd=cwd, stdin=stdin, limits=limits, env=env, slot=cpu)
         invocation = f"{shown} < input"
     actual = normalize_output(_decode(result.stdout) + _decode(result.stderr))
     stopped = _ended(result)

@@ -116,8 +116,8 @@ class LocalVerifier:
                 if refused is not None:
                     first = first or Verdict(*refused, code=code)
                     continue
-                async with self.cpu:
-                    build = await self.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS)
+                # The CPU slot is held by rustc's process alone (see Toolchain.build).
+                build = await self.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS, cpu=self.cpu)
                 build_seconds += build.seconds
                 failed = build_failure(build)
                 if failed is None and build.binary is not None:
@@ -154,10 +154,12 @@ class LocalVerifier:
                        counts)
 
     async def _run(self, binary: Path, suite: TestSuite, limits: Limits, *, fail_fast: bool = False) -> TestVerdict:
-        async with self.cpu:
-            if self.run_tests is not None:
+        if self.run_tests is not None:
+            async with self.cpu:
                 return await self.run_tests(binary, suite)
-            return await run_test_suite(binary, suite, sandbox=self.sandbox, limits=limits, fail_fast=fail_fast)
+        # Each test's process holds a CPU slot while it lives, not the working copy and the bookkeeping (#16).
+        return await run_test_suite(binary, suite, sandbox=self.sandbox, limits=limits, fail_fast=fail_fast,
+                                    cpu=self.cpu)
 
     async def oracle(
         self, c_source: str, suite: TestSuite, key: str, proposed: Sequence[str] = ()

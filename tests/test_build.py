@@ -6,6 +6,7 @@ a pytest temporary directory, so the tests never touch ~/.cache.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from pipeline.build import BINARY_NAME, Toolchain
+from pipeline.build import BINARY_NAME, BuildResult, Toolchain
 from pipeline.config import SandboxSettings, ToolchainSettings, load_config
 from pipeline.errors import ConfigError
 from pipeline.rust_source import forbidden_constructs, mask_comments_and_strings, unsafe_stats
@@ -82,6 +83,30 @@ async def test_good_program_builds_and_runs(toolchain: Toolchain, sandbox: Sandb
             run = await sandbox.run([str(result.binary)], cwd=wd, stdin=b"hello\n", limits=Limits(wall_seconds=10))
     assert run.ok, run.describe()
     assert run.stdout == b"HELLO 5\n"
+
+
+async def test_a_build_holds_the_cpu_slot_only_while_rustc_runs(toolchain: Toolchain, tmp_path: Path) -> None:
+    """The source is written while every CPU slot is taken; rustc waits for a slot and gives it back when done."""
+    cpu = anyio.CapacityLimiter(1)
+    other = object()  # another task's test run, holding the only slot
+    await cpu.acquire_on_behalf_of(other)
+    results: list[BuildResult] = []
+
+    async def build() -> None:
+        results.append(await toolchain.build(unique(GOOD), tmp_path, cpu=cpu))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(build)
+        with anyio.fail_after(5):
+            while not (tmp_path / f"{BINARY_NAME}.rs").exists():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+        assert cpu.statistics().tasks_waiting == 1 and not results
+        assert not (tmp_path / BINARY_NAME).exists()
+        cpu.release_on_behalf_of(other)
+    (result,) = results
+    assert result.ok and result.binary == tmp_path / BINARY_NAME
+    assert os.stat(result.binary).st_mode & 0o777 == 0o755
+    assert cpu.borrowed_tokens == 0
 
 
 async def test_type_error_gives_the_errors_first_and_no_warnings(toolchain: Toolchain, tmp_path: Path) -> None:

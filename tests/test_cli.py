@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 from pathlib import Path
@@ -355,3 +356,17 @@ def test_absurd_concurrency_is_capped_with_a_warning(
     assert "--jobs 10000000 is more than 256; using 256" in result.stderr
     config = json.loads((out / "batch_summary.json").read_text())["config"]
     assert (config["client"]["workers"], config["run"]["jobs"]) == (1024, 256)
+
+
+def test_jobs_defaults_to_twice_the_cores(cli: Cli, corpus: Corpus, simulator_factory: Any, tmp_path: Path) -> None:
+    """Without --jobs a run takes two compile and test slots per CPU core (#16), and --help says so."""
+    corpus.add_task("t")
+    _sim, url = simulator_factory(answers_dir=corpus.answers)
+    out = tmp_path / "out"
+    result = cli("--c-files", corpus.corpus, "--json-files", corpus.corpus, "--output", out, "--base-url", url,
+                 "--model", "sim-model", timeout=60)
+    assert result.returncode == 0, result.output
+    config = json.loads((out / "batch_summary.json").read_text())["config"]
+    assert config["run"]["jobs"] == min(2 * (os.cpu_count() or 1), 256)
+    usage = cli("--help", timeout=60)
+    assert "twice the CPU cores" in " ".join(usage.stdout.split())

@@ -484,6 +484,43 @@ async def test_programs_run_in_a_private_copy(tmp_path: Path, program: Path, san
     assert sorted(os.listdir(tmp_path)) == before
 
 
+async def test_a_cpu_slot_is_held_only_while_a_test_program_runs(
+    tmp_path: Path, program: Path, sandbox: Sandbox
+) -> None:
+    """The working copy is made while every CPU slot is taken; each test then takes a slot for its process only."""
+    (tmp_path / "data.txt").write_text("x\n")
+    task = Task("t", tmp_path / "t.c", write_json(tmp_path / "task.json", [
+        {"command": "%t exit 0 data.txt"}, {"command": "%t loop"}, {"command": "%t exit 0"},
+    ]))
+    cpu = anyio.CapacityLimiter(1)
+    other = object()  # another task's compile, holding the only slot
+    await cpu.acquire_on_behalf_of(other)
+    verdicts: list[TestVerdict] = []
+    limits = sandbox.limits(wall_seconds=0.5, output_bytes=10_000)
+    async with sandbox.build_dir() as build:
+        binary = build / program.name
+        await anyio.to_thread.run_sync(shutil.copy2, program, binary)
+
+        async def suite() -> None:
+            verdicts.append(await run_test_suite(binary, load_test_suite(task), sandbox=sandbox, limits=limits,
+                                                 cpu=cpu))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(suite)
+            with anyio.fail_after(5):  # the copy with its file is there before any slot is free
+                while not list(sandbox.scratch.glob("work-*/data.txt")):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            assert cpu.statistics().tasks_waiting == 1 and not verdicts
+            cpu.release_on_behalf_of(other)
+    (verdict,) = verdicts
+    assert [(o.passed, o.summary) for o in verdict.outcomes] == [
+        (True, "test 0 passed"), (False, "test 1 failed: timed out after 0.5 s; process tree killed"),
+        (True, "test 2 passed"),
+    ]
+    # Every slot is back, the timed-out run's too, and the copy is gone.
+    assert cpu.borrowed_tokens == 0 and not list(sandbox.scratch.glob("work-*"))
+
+
 async def test_fail_fast_stops_at_the_first_failure(tmp_path: Path, program: Path, sandbox: Sandbox) -> None:
     """fail_fast stops after the first failing test; otherwise every test runs."""
     task = Task(
