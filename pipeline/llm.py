@@ -733,13 +733,14 @@ class ModelClient:
         token = _PROGRESS.set(progress)
         try:
             async with anyio.create_task_group() as tg:
+                # The group's scope is the request's deadline too (one scope per request, not two).
+                tg.cancel_scope.deadline = anyio.current_time() + limit
                 tg.start_soon(self._watch_listener, call, stopped, tg.cancel_scope)
                 try:
-                    with anyio.fail_after(limit):
-                        if self._settings.stream:
-                            reply = await self._chat_stream(messages, max_tokens, progress, call.n)
-                        else:
-                            reply = await self._chat_once(messages, max_tokens, call.n)
+                    if self._settings.stream:
+                        reply = await self._chat_stream(messages, max_tokens, progress, call.n)
+                    else:
+                        reply = await self._chat_once(messages, max_tokens, call.n)
                 except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
                     failure = exc
                 finally:
@@ -748,6 +749,8 @@ class ModelClient:
             _PROGRESS.reset(token)
         if stopped:
             raise stopped[0]
+        if reply is None and failure is None:  # the scope's deadline cancelled the request
+            failure = TimeoutError()
         if isinstance(failure, TimeoutError):
             route = "chat/completions (stream)" if self._settings.stream else "chat/completions"
             if progress.answered or progress.parts:
