@@ -173,8 +173,10 @@ class SimHandle:
 
 
 @contextlib.contextmanager
-def simulator(load: LoadSpec, log_path: Path, *, stderr_path: Path, seed: int = 0) -> Iterator[SimHandle]:
-    """Run ``python -m pipeline.simulator`` in its own process group until the block ends.
+def simulator(load: LoadSpec, log_path: Path, *, stderr_path: Path, seed: int = 0,
+              extra: Sequence[str] = ()) -> Iterator[SimHandle]:
+    """Run ``python -m pipeline.simulator`` (``extra``: more of its flags) in its own process group until the block
+    ends.
 
     Raises RuntimeError when it does not print its URL within 30 s.
     """
@@ -185,7 +187,7 @@ def simulator(load: LoadSpec, log_path: Path, *, stderr_path: Path, seed: int = 
         "--decode-per-token", str(load.decode_per_token), "--prefill-per-token", str(load.prefill_per_token),
         "--fault-rate", str(load.fault_rate),
         "--fault-kinds", ",".join(load.fault_kinds), "--retry-after", str(load.retry_after),
-        "--seed", str(seed), "--log", str(log_path), "--no-bodies",
+        "--seed", str(seed), "--log", str(log_path), "--no-bodies", *extra,
     ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with stderr_path.open("ab") as err:

@@ -137,6 +137,9 @@ class ClientSettings:
     outage_budget: float = 300.0
     context_margin: int = 32
     stream: bool = False
+    #: vLLM's request ``priority`` from the client's own order (:func:`pipeline.scheduling.server_priority`):
+    #: "auto" sends it unless the server refuses it, "on" refuses to run without it, "off" never sends it.
+    request_priority: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,7 @@ EXECUTORS = ("local", "ray")
 #: Choices per request: each one holds a sequence slot of the server (vLLM's --max-num-seqs) while it decodes.
 MAX_CANDIDATES = 16
 GRANULARITIES = ("auto", "file", "function")
+REQUEST_PRIORITIES = ("auto", "on", "off")
 
 
 def _base_url_rule(value: str) -> str | None:
@@ -335,6 +339,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("client", "context_margin", int, "pipeline", low=0, high=1_000_000),
     _s("client", "stream", bool, "pipeline", job=True, panel="server",
        switches=(("--stream", True, "stream answers (SSE)"),)),
+    _s("client", "request_priority", str, "pipeline", flag="--request-priority", env="C2RUST_REQUEST_PRIORITY",
+       job=True, panel="server", choices=REQUEST_PRIORITIES, metavar="auto|on|off",
+       help="send vLLM's request priority (the task with the most work left first) for a server started with "
+            "--scheduling-policy priority: auto (default) sends it unless the server refuses it, on stops the run "
+            "when the server refuses it, off never sends it"),
     _s("translation", "candidates", int, "pipeline", flag="--candidates", env="C2RUST_CANDIDATES", job=True,
        panel="translation", positive=True, high=MAX_CANDIDATES, metavar="N",
        help="answers asked for per request (vLLM's n: the prompt is computed once), verified side by side; the "

@@ -34,6 +34,7 @@ import anyio
 
 from .config import Config, Endpoint, ModelSettings
 from .errors import (
+    ConfigError,
     ModelUnavailable,
     PipelineError,
     RequestFailed,
@@ -317,6 +318,8 @@ class EndpointPool:
         for index, result in enumerate(results):
             if not isinstance(result, PipelineError):
                 continue
+            if isinstance(result, ConfigError):  # a setting that does not fit this server: the message says which
+                raise result
             if not isinstance(result.__cause__, TransientError):
                 raise ModelUnavailable(
                     f"model server {index + 1} of {len(results)} ({self._clients[index].base_url}): {result}; every "

@@ -31,6 +31,7 @@ Messages and logs show the server URL without credentials (``ModelSettings.publi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -82,7 +83,7 @@ from .llm_errors import (
     server_message,
 )
 from .records import Choice, Completion, Usage
-from .scheduling import PriorityLimiter
+from .scheduling import PriorityLimiter, ServerPriority
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ class ModelClient:
         self._probe_at: float | None = None
         self._probe_result: str | None = None
         self.stats = ClientStats()
+        #: Whether requests to this server carry vLLM's priority ([pipeline] request_priority), learned per server.
+        self._priority = ServerPriority(client.request_priority, self.base_url)
 
     def __repr__(self) -> str:
         return f"ModelClient(base_url={self.base_url!r}, model={self._model.model!r})"
@@ -523,6 +526,7 @@ class ModelClient:
         if self._model.model not in served:
             raise self._not_served_error(served)
         tokenize, tokenize_len = await self._probe_tokenize()
+        await self._priority.probe(functools.partial(self._chat_once, [{"role": "user", "content": "ready"}], 1, 1))
         info = ServerInfo(
             base_url=self.base_url,
             model=self._model.model,
@@ -706,7 +710,8 @@ class ModelClient:
                 self.stats.requests_sent += 1
                 if call.requests > 1:
                     self.stats.retries += 1
-                reply = await self._send(call, messages, call.max_tokens)
+                reply = await self._priority.send(functools.partial(self._send, call, messages, call.max_tokens),
+                                                  resent=functools.partial(self._resent, call))
             except TransientError:
                 now = self._clock()
                 self._health.failure(now)
@@ -842,6 +847,10 @@ class ModelClient:
             self._probe_at, self._probe_result = now, result
             return result
 
+    def _resent(self, call: _Call) -> None:
+        call.requests += 1
+        self.stats.requests_sent += 1
+
     def _request_args(self, messages: Sequence[Mapping[str, str]], max_tokens: int, n: int) -> dict[str, Any]:
         return {
             "model": self._model.model,
@@ -849,6 +858,7 @@ class ModelClient:
             "max_tokens": max_tokens,
             "temperature": self._model.temperature,
             **({"n": n} if n != 1 else {}),  # a one-choice request stays as it always was
+            **self._priority.body(),  # vLLM's priority, when this server takes it (pipeline.scheduling)
         }
 
     async def _chat_once(self, messages: Sequence[Mapping[str, str]], max_tokens: int, n: int) -> _Reply:

@@ -17,6 +17,11 @@ interface keeps its signature); :class:`PriorityLimiter` (one server) and
 :class:`~pipeline.endpoints.EndpointPool` (several, through :class:`WaitingLine`) read it with
 :func:`current_rank` when a request starts to wait. Requests sent outside a stage (input proposals, the
 checker) rank :data:`BEFORE_STAGES`: they come before a task's stages.
+
+The same order reaches the server as vLLM's request ``priority`` (:func:`server_priority`, sent as
+:class:`ServerPriority` decides: ``[pipeline] request_priority``), so that a vLLM started with
+``--scheduling-policy priority`` serves its own waiting queue that way too: when several runs share it, or when
+more of our requests are in flight than it has sequence slots.
 """
 
 from __future__ import annotations
@@ -24,14 +29,21 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-from collections.abc import Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any, TypeVar
 
 import anyio
 from anyio.lowlevel import cancel_shielded_checkpoint, checkpoint_if_cancelled
+
+from .errors import ConfigError, PipelineError, RequestFailed
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: The rank of a request sent outside the stage loop: above any stage's.
 BEFORE_STAGES = 1 << 30
@@ -178,4 +190,119 @@ class WaitingLine:
         del self._keys[bisect.bisect_left(self._keys, key)]
 
 
-__all__ = ["BEFORE_STAGES", "PriorityLimiter", "WaitingLine", "current_rank", "request_rank", "stage_rank"]
+# --------------------------------------------------------------------------------------------------------
+# The order, told to the server: vLLM's request priority
+
+#: vLLM serves the smallest ``priority`` first (ties by arrival); 0 is its default. A stage's request is sent
+#: ``PRIORITY_LEVELS - rank``: above 0, so a batch run never goes ahead of requests at the default (other users of
+#: the server), and the same rank gives the same value in every run sharing the server.
+PRIORITY_LEVELS = 10_000
+#: Whether the request being sent carries its priority (set by :meth:`ServerPriority.send`).
+_CARRY: ContextVar[bool] = ContextVar("request_priority_carried", default=False)
+
+
+def server_priority(rank: int) -> int:
+    """vLLM's ``priority`` for a request of ``rank`` (:func:`stage_rank`): the higher the rank, the smaller it is;
+    0 (vLLM's default, so not sent) for requests outside the stage loop."""
+    return max(0, PRIORITY_LEVELS - rank)
+
+
+def refusal_message(server: str, detail: str) -> str:
+    return (f"the model server at {server} refuses vLLM's request priority ({detail}) and [pipeline] "
+            f"request_priority is \"on\" (--request-priority on, C2RUST_REQUEST_PRIORITY): start vLLM with "
+            f"--scheduling-policy priority, or set request_priority = \"auto\" (sent only where the server takes "
+            f"it) or \"off\"")
+
+
+class ServerPriority:
+    """Whether the requests to one server carry vLLM's ``priority`` (``[pipeline] request_priority``).
+
+    ``off``: never. ``on``: always; a refusal is fatal (:class:`~pipeline.errors.ConfigError`). ``auto``: learned
+    from the server, once: while nothing is known, one request at a time carries the field (the others go
+    without, as before); an answer to it settles "yes", a 400 naming ``priority`` (older vLLM, whose V0 engine did so
+    without ``--scheduling-policy priority``; other OpenAI-compatible servers) settles "no" and the same request is sent
+    again at once without it, so the refusal costs no task anything. vLLM 0.32 accepts the field whatever
+    its policy (a server without priority scheduling ignores it), so there "yes" is all auto can learn.
+    """
+
+    def __init__(self, mode: str, server: str) -> None:
+        self.mode = mode
+        self.server = server
+        self.accepted: bool | None = {"on": True, "off": False}.get(mode)  # None: not known yet (auto)
+        self._scouting = False
+
+    def __repr__(self) -> str:
+        return f"ServerPriority(mode={self.mode!r}, accepted={self.accepted!r})"
+
+    @staticmethod
+    def fields() -> dict[str, int]:
+        """The JSON body fields that carry the current request's priority (none when it goes without)."""
+        return {"priority": server_priority(current_rank())} if _CARRY.get() else {}
+
+    @classmethod
+    def body(cls) -> dict[str, Any]:
+        """:meth:`fields` as arguments of the openai SDK's ``chat.completions.create``."""
+        fields = cls.fields()
+        return {"extra_body": fields} if fields else {}
+
+    def _claim(self) -> bool:
+        if self.accepted is not None or self._scouting:
+            return bool(self.accepted)
+        self._scouting = True
+        return True
+
+    def _refused(self, exc: RequestFailed) -> bool:
+        """Whether ``exc`` is the server refusing the priority field (HTTP 400 naming it)."""
+        return exc.status == 400 and "priority" in str(exc).lower()
+
+    async def send(self, send: Callable[[], Awaitable[T]], *, resent: Callable[[], None] = lambda: None) -> T:
+        """``send()`` (one request), with the field when this server takes it (see the class); ``resent`` is
+        called before the same request goes again without the field. Raises what ``send`` raises, and
+        ConfigError when ``on`` meets a server that refuses the field."""
+        carried = server_priority(current_rank()) != 0 and self._claim()
+        token = _CARRY.set(carried)
+        try:
+            try:
+                result = await send()
+            except RequestFailed as exc:
+                if not carried or not self._refused(exc):
+                    raise
+                if self.mode == "on":
+                    raise ConfigError(refusal_message(self.server, str(exc))) from exc
+                self.accepted, self._scouting = False, False
+                log.info("the model server at %s refuses vLLM's request priority (%s): sending none to it "
+                         "([pipeline] request_priority = \"auto\")", self.server, exc)
+                resent()
+                _CARRY.set(False)
+                result = await send()
+        except BaseException:
+            if carried and self.accepted is None:
+                self._scouting = False  # nothing learned: a later request asks again
+            raise
+        finally:
+            _CARRY.reset(token)
+        if carried and self.accepted is None:
+            self.accepted, self._scouting = True, False
+            log.info("the model server at %s takes vLLM's request priority: every request carries it", self.server)
+        return result
+
+    async def probe(self, send: Callable[[], Awaitable[object]]) -> None:
+        """``on`` only: ``send()`` one short request with a priority now, so that a server refusing the field stops
+        the run before any task (ConfigError). A probe failing otherwise leaves the question to the run's
+        requests (a warning)."""
+        if self.mode != "on":
+            return
+        with request_rank(1):
+            try:
+                await self.send(send)
+            except ConfigError:
+                raise
+            except PipelineError as exc:
+                log.warning("could not check that the model server at %s takes vLLM's request priority (%s): the "
+                            "run's first request will tell", self.server, exc)
+
+
+__all__ = [
+    "BEFORE_STAGES", "PRIORITY_LEVELS", "PriorityLimiter", "ServerPriority", "WaitingLine", "current_rank",
+    "request_rank", "server_priority", "stage_rank",
+]

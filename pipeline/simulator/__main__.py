@@ -17,7 +17,16 @@ from pathlib import Path
 
 import anyio
 
-from .model import COMPAT_MODES, COMPAT_VLLM, FAULT_KINDS, FaultPlan, LoadModel, SimConfig
+from .model import (
+    COMPAT_MODES,
+    COMPAT_VLLM,
+    FAULT_KINDS,
+    POLICY_FCFS,
+    SCHEDULING_POLICIES,
+    FaultPlan,
+    LoadModel,
+    SimConfig,
+)
 from .server import Simulator
 
 
@@ -52,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compat", choices=COMPAT_MODES, default=COMPAT_VLLM,
                    help="answer as vLLM 0.32 (default) or as older servers (legacy: flat error bodies, a 400 "
                         "when prompt + max_tokens exceed the context)")
+    p.add_argument("--scheduling-policy", choices=SCHEDULING_POLICIES, default=POLICY_FCFS,
+                   help="as vLLM's: serve waiting requests in arrival order (default) or by their 'priority' "
+                        "field, smallest first (without it a non-zero priority is ignored, or refused with "
+                        "--compat legacy)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1 routes, as vLLM's --api-key")
     p.add_argument("--on-sigterm", choices=("exit", "hang"), default="exit",
@@ -102,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             record_bodies=not args.no_bodies,
             compat=args.compat,
             api_key=args.api_key,
+            scheduling_policy=args.scheduling_policy,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -28,6 +28,10 @@ STATUS_CLIENT_GONE = 499
 COMPAT_VLLM = "0.32"
 COMPAT_LEGACY = "legacy"
 COMPAT_MODES = (COMPAT_VLLM, COMPAT_LEGACY)
+#: What :attr:`SimConfig.scheduling_policy` accepts (vLLM's ``--scheduling-policy``).
+POLICY_FCFS = "fcfs"
+POLICY_PRIORITY = "priority"
+SCHEDULING_POLICIES = (POLICY_FCFS, POLICY_PRIORITY)
 
 
 def check_fault_kind(kind: str, *, allow_ok: bool = False) -> str:
@@ -40,7 +44,8 @@ def check_fault_kind(kind: str, *, allow_ok: bool = False) -> str:
 
 @dataclass(frozen=True)
 class LoadModel:
-    """How busy the simulated server is, as vLLM: ``capacity`` concurrent generations, the rest wait FIFO.
+    """How busy the simulated server is, as vLLM: ``capacity`` concurrent generations, the rest wait (FIFO, or by
+    ``priority`` under the priority policy: :class:`SimConfig`).
 
     A generation takes ``latency + prefill_per_token * prompt_tokens + decode_per_token * completion_tokens``
     seconds. Raises ValueError for a capacity below 1 or a negative time.
@@ -116,6 +121,11 @@ class SimConfig:
     servers (flat error bodies, a 400 when prompt + max_tokens exceed the context); docs/vllm-protocol.md
     lists the differences. ``api_key`` set: every /v1 route wants ``Authorization: Bearer KEY`` (vLLM's
     ``--api-key``); /health, /version and /tokenize stay open.
+
+    ``scheduling_policy`` is vLLM's ``--scheduling-policy``: ``"fcfs"`` (default) serves waiting requests in arrival
+    order, ``"priority"`` by their ``priority`` field, smallest first, then arrival. Without it a non-zero
+    ``priority`` is ignored as vLLM 0.32 does, or refused with a 400 "Got priority N but Priority scheduling is
+    not enabled." as older vLLM did (``compat="legacy"``).
     """
 
     answers_dir: Path | None = None
@@ -128,10 +138,14 @@ class SimConfig:
     record_bodies: bool = True
     compat: str = COMPAT_VLLM
     api_key: str | None = None
+    scheduling_policy: str = POLICY_FCFS
 
     def __post_init__(self) -> None:
         if self.compat not in COMPAT_MODES:
             raise ValueError(f"SimConfig.compat must be one of {', '.join(COMPAT_MODES)}, got {self.compat!r}")
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"SimConfig.scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, got "
+                             f"{self.scheduling_policy!r}")
         if self.max_model_len < 1:
             raise ValueError(f"SimConfig.max_model_len must be at least 1, got {self.max_model_len}")
         # Accept plain strings for the paths: callers write SimConfig(answers_dir="...") in scripts.

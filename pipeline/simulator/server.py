@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import itertools
 import json
 import logging
@@ -33,6 +34,7 @@ from .model import (
     COMPAT_LEGACY,
     CONNECTION_FAULTS,
     NO_FAULT,
+    POLICY_PRIORITY,
     STATUS_CLIENT_GONE,
     STATUS_FAULTS,
     STATUS_NO_RESPONSE,
@@ -117,6 +119,51 @@ class _Watch:
             raise _Closed
 
 
+class _Slots:
+    """The generation slots and vLLM's waiting queue: a request takes all its slots (one per choice) at once, and
+    freed slots go to the waiting requests by (priority, arrival), smallest first; with FCFS every priority is 0:
+    arrival order. The head of the queue waits for enough slots (nobody passes it). A request whose client left
+    while it waited gives its place up, and gives back slots handed to it as it left.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._free = capacity
+        #: (priority, arrival, slots wanted, go, [granted, gone])
+        self._waiting: list[tuple[int, int, int, anyio.Event, list[bool]]] = []
+        self._arrivals = itertools.count()
+
+    async def acquire(self, count: int, priority: int) -> None:
+        if not self._waiting and self._free >= count:
+            self._free -= count
+            return
+        go, state = anyio.Event(), [False, False]
+        heapq.heappush(self._waiting, (priority, next(self._arrivals), count, go, state))
+        try:
+            await go.wait()
+        except BaseException:
+            if state[0]:
+                self.release(count)
+            else:
+                state[1] = True
+                self._grant()
+            raise
+
+    def release(self, count: int) -> None:
+        self._free += count
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting:
+            _priority, _arrival, count, go, state = self._waiting[0]
+            if not state[1]:
+                if count > self._free:
+                    return
+                self._free -= count
+                state[0] = True
+                go.set()
+            heapq.heappop(self._waiting)
+
+
 @dataclass
 class _Draft:
     """A request's record while it is being served (mutable; frozen into a RequestRecord at the end)."""
@@ -162,8 +209,7 @@ class Simulator:
         self._rng = random.Random(faults.seed)
         self._serving = False
         self._base_url: str | None = None
-        self._slots: anyio.Semaphore | None = None
-        self._admit: anyio.Lock | None = None  # FIFO admission: a request for n choices takes its slots at once
+        self._slots: _Slots | None = None
         self._threads: anyio.CapacityLimiter | None = None
         self._log_file: IO[str] | None = None
         self._log_lock: anyio.Lock | None = None
@@ -262,8 +308,7 @@ class Simulator:
                 self._log_file = await anyio.to_thread.run_sync(self._open_log, limiter=threads)
             self._log_lock = anyio.Lock()
             self._stopping = anyio.Event()
-            self._slots = anyio.Semaphore(self.config.load.capacity)
-            self._admit = anyio.Lock()
+            self._slots = _Slots(self.config.load.capacity)
             arrivals, accepted = anyio.create_memory_object_stream[_Streams](math.inf)
             with arrivals, accepted:
                 # A deep backlog: benchmarks open hundreds of connections at once.
@@ -588,6 +633,15 @@ class Simulator:
             return await self._error(conn, draft, 400, f"n must be 1 when using greedy sampling, got {n}.",
                                      VALUE_ERROR_TYPE)
         draft.n = n
+        priority = body.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            return await self._schema_error(conn, draft, "priority", "Input should be a valid integer")
+        if priority != 0 and self._legacy and self.config.scheduling_policy != POLICY_PRIORITY:
+            # Older vLLM (its V0 engine) refused it; 0.32 accepts it and ignores it.
+            return await self._error(conn, draft, 400, f"Got priority {priority} but Priority scheduling is not "
+                                     f"enabled.", VALUE_ERROR_TYPE)
+        if self.config.scheduling_policy != POLICY_PRIORITY:
+            priority = 0
         refusal = self._context_refusal(message_tokens(messages), max_tokens)
         if isinstance(refusal, tuple):
             return await self._error(conn, draft, 400, refusal[0], VALUE_ERROR_TYPE, refusal[1])
@@ -627,17 +681,15 @@ class Simulator:
 
         stream_options = body.get("stream_options")
         include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-        assert self._slots is not None and self._admit is not None
-        slots, admit = self._slots, self._admit
+        assert self._slots is not None
+        slots = self._slots
         # The n sequences of a request decode side by side, one sequence slot each (see LoadModel).
         wanted = min(n, self.config.load.capacity)
         held = [0]
 
         async def take_slots() -> None:
-            async with admit:
-                while held[0] < wanted:
-                    await slots.acquire()
-                    held[0] += 1
+            await slots.acquire(wanted, priority)
+            held[0] = wanted
 
         async def generate(watch: _Watch) -> bool:
             try:
@@ -657,8 +709,8 @@ class Simulator:
                     return await self._reply(conn, draft, 200, full[: max(1, len(full) // 2)])
                 return await self._reply(conn, draft, 200, self._completion(draft, outputs))
             finally:
-                for _ in range(held[0]):
-                    slots.release()
+                if held[0]:
+                    slots.release(held[0])
 
         try:
             return await self._watched(conn, draft, generate)

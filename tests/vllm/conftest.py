@@ -219,9 +219,11 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Answers:
     return Answers(tmp_path_factory.mktemp("vllm-answers"))
 
 
-def start_server(env: vllm_env.Environment, log: Path, answers: Answers, **kwargs: Any) -> Iterator[Server]:
+def start_server(env: vllm_env.Environment, log: Path, answers: Answers, *, extra: tuple[str, ...] = (),
+                 **kwargs: Any) -> Iterator[Server]:
+    """A canned-answer server like the suite's (``extra``: more vLLM flags), stopped when the generator ends."""
     server = vllm_env.canned_server(env, log, [answers.root, EXAMPLE_ANSWERS],
-                                    extra_args=["--enable-log-requests", *PREFIX_CACHING], **kwargs)
+                                    extra_args=["--enable-log-requests", *PREFIX_CACHING, *extra], **kwargs)
     with server.running():
         yield Server(server)
 
