@@ -12,13 +12,15 @@ key or credentials in the server URL.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import math
+import os
 import re
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -448,6 +450,72 @@ def _cmd_generate_tests(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in results) else 1
 
 
+def _pidfd_usable() -> bool:
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):  # not Linux, a kernel before 5.3, or a seccomp filter that refuses it
+        return False
+    os.close(fd)
+    return True
+
+
+def install_child_watcher() -> bool:
+    """Wait for child processes with pidfds on Python 3.10/3.11, as 3.12 does by itself; True when installed.
+
+    Their default, ``ThreadedChildWatcher``, starts a thread per child process to block in ``waitpid`` (a run
+    starts several per task: rustc, the test programs). This watcher adds each child's pidfd to the event loop
+    that started it instead, whichever loop and thread that is (a process-wide watcher bound to one loop, as
+    asyncio's ``PidfdChildWatcher``, would break loops in other threads). Nothing changes on 3.12 and later, nor
+    where pidfds are unavailable.
+    """
+    if sys.version_info >= (3, 12) or not _pidfd_usable():
+        return False
+
+    class PerLoopPidfdWatcher(asyncio.AbstractChildWatcher):
+        def add_child_handler(  # type: ignore[override]  # typeshed's TypeVarTuple: args pass through
+            self, pid: int, callback: Callable[..., object], *args: Any
+        ) -> None:
+            loop = asyncio.get_running_loop()
+            pidfd = os.pidfd_open(pid)
+            loop.add_reader(pidfd, self._reap, loop, pid, pidfd, callback, args)
+
+        @staticmethod
+        def _reap(
+            loop: asyncio.AbstractEventLoop, pid: int, pidfd: int, callback: Callable[..., object], args: Any
+        ) -> None:
+            loop.remove_reader(pidfd)
+            try:
+                _, status = os.waitpid(pid, 0)
+            except ChildProcessError:  # reaped elsewhere: asyncio's watchers report 255 then too
+                returncode = 255
+                log.warning("child process %d: its exit status was read elsewhere; reporting 255", pid)
+            else:
+                returncode = os.waitstatus_to_exitcode(status)
+            os.close(pidfd)
+            callback(pid, returncode, *args)
+
+        def remove_child_handler(self, pid: int) -> bool:
+            return False  # a child's handler ends with the child; asyncio itself never removes one
+
+        def attach_loop(self, loop: asyncio.AbstractEventLoop | None) -> None:
+            pass  # every child is watched by the loop that started it
+
+        def close(self) -> None:
+            pass
+
+        def is_active(self) -> bool:
+            return True
+
+        def __enter__(self) -> PerLoopPidfdWatcher:
+            return self
+
+        def __exit__(self, *exc_info: object) -> None:
+            pass
+
+    asyncio.set_child_watcher(PerLoopPidfdWatcher())
+    return True
+
+
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -458,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     # Until the event loop takes the signals over, SIGTERM stops the CLI like Ctrl-C (exit 130, cleaned up).
     signal.signal(signal.SIGTERM, _interrupt)
+    install_child_watcher()
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)

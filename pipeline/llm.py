@@ -46,7 +46,7 @@ from typing import Any, TypeVar, cast
 import anyio
 import httpx2
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -738,13 +738,14 @@ class ModelClient:
         token = _PROGRESS.set(progress)
         try:
             async with anyio.create_task_group() as tg:
+                # The group's scope is the request's deadline too (one scope per request, not two).
+                tg.cancel_scope.deadline = anyio.current_time() + limit
                 tg.start_soon(self._watch_listener, call, stopped, tg.cancel_scope)
                 try:
-                    with anyio.fail_after(limit):
-                        if self._settings.stream:
-                            reply = await self._chat_stream(messages, max_tokens, progress, call.n)
-                        else:
-                            reply = await self._chat_once(messages, max_tokens, call.n)
+                    if self._settings.stream:
+                        reply = await self._chat_stream(messages, max_tokens, progress, call.n)
+                    else:
+                        reply = await self._chat_once(messages, max_tokens, call.n)
                 except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
                     failure = exc
                 finally:
@@ -753,6 +754,8 @@ class ModelClient:
             _PROGRESS.reset(token)
         if stopped:
             raise stopped[0]
+        if reply is None and failure is None:  # the scope's deadline cancelled the request
+            failure = TimeoutError()
         if isinstance(failure, TimeoutError):
             route = "chat/completions (stream)" if self._settings.stream else "chat/completions"
             if progress.answered or progress.parts:
@@ -860,22 +863,23 @@ class ModelClient:
 
     async def _chat_once(self, messages: Sequence[Mapping[str, str]], max_tokens: int, n: int) -> _Reply:
         route = "chat/completions"
+        body, options = _chat_body(self._request_args(messages, max_tokens, n))
         try:
-            response = await self._openai.chat.completions.create(
-                **self._request_args(messages, max_tokens, n), stream=False
+            # The SDK's raw route (client options, auth and status errors as create() has them) with the body
+            # built here: create() would transform the typed parameters and build a pydantic ChatCompletion
+            # for every answer, a third of the process's CPU per request (bench/README.md, issue 16).
+            response = await self._openai.post(
+                "/chat/completions", cast_to=httpx2.Response, body=body, options=options
             )
+            data = _completion_json(response)
         except openai.NotFoundError as exc:
             raise await self._model_not_served(exc) from exc
         except (openai.OpenAIError, json.JSONDecodeError) as exc:
             raise self._convert(exc, route=route, max_tokens=max_tokens) from exc
-        # Without a JSON content type the SDK hands back the raw text instead of a ChatCompletion.
-        if not isinstance(response, ChatCompletion):
+        if not isinstance(data, dict):
             raise ServerBusy(f"{route}: the server at {self.base_url} answered with a body that is not JSON")
         try:
-            choices = [Choice(c.message.content or "", str(c.finish_reason or "stop"))
-                       for c in sorted(response.choices, key=lambda c: int(c.index or 0))]
-            usage = response.usage
-            counts = Usage(int(usage.prompt_tokens), int(usage.completion_tokens)) if usage else Usage()
+            choices, counts = _completion_parts(data)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ServerBusy(f"{route}: the server at {self.base_url} sent a malformed completion") from exc
         if not choices:
@@ -925,6 +929,52 @@ class ModelClient:
                 f"{route}: the stream from {self.base_url} ended before the answer was complete"
             )
         return _reply([Choice("".join(parts[index]), str(finish[index])) for index in sorted(seen)], counts)
+
+
+
+#: The order in which ``AsyncCompletions.create`` lays out the fields we send: the same bytes go out either way.
+_CREATE_ORDER = ("model", "stream", "messages", "max_tokens", "n", "temperature")
+_NOT_JSON = object()
+
+
+def _chat_body(args: Mapping[str, Any]) -> tuple[dict[str, Any], openai.RequestOptions]:
+    """create()'s keyword arguments -> the JSON body and request options a non-streamed create() would send."""
+    fields = {key: value for key, value in args.items() if key != "extra_body"}
+    fields["stream"] = False
+    body = {key: fields.pop(key) for key in _CREATE_ORDER if key in fields}
+    body.update(fields)
+    options: openai.RequestOptions = {"security": {"bearer_auth": True}}
+    if args.get("extra_body") is not None:
+        options["extra_json"] = args["extra_body"]
+    return body, options
+
+
+def _completion_json(response: httpx2.Response) -> Any:
+    """The answer's JSON as create() reads it: a JSON content type must parse (JSONDecodeError), any other
+    content type is tried as JSON and is otherwise not JSON (the sentinel)."""
+    content_type = response.headers.get("content-type", "*").split(";")[0]
+    if content_type.endswith("json"):
+        return response.json()
+    try:
+        return response.json()
+    except Exception:  # whatever the body is, it is not JSON
+        return _NOT_JSON
+
+
+def _completion_parts(data: Mapping[str, Any]) -> tuple[list[Choice], Usage]:
+    """The choices (in index order) and token counts of a chat completion, read as the SDK's lenient model
+    reads it (a missing field is None); raises AttributeError, TypeError or ValueError on a malformed one."""
+    listed: Any = data.get("choices")
+    ordered = sorted(listed, key=lambda c: int(c.get("index") or 0))
+    choices = [Choice(c.get("message").get("content") or "", str(c.get("finish_reason") or "stop"))
+               for c in ordered]
+    usage: Any = data.get("usage")
+    # The SDK's usage object is true whatever it holds: an empty one is malformed, a missing one counts nothing.
+    if not isinstance(usage, dict) and not usage:
+        return choices, Usage()
+    prompt: Any = usage.get("prompt_tokens")
+    completion: Any = usage.get("completion_tokens")
+    return choices, Usage(int(prompt), int(completion))
 
 
 __all__ = [

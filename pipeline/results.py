@@ -27,12 +27,12 @@ folder always describes the latest run. ``result.json`` is written last.
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
@@ -63,6 +63,27 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 
+_TEMP_NAMES = itertools.count()
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def _open_temp(path: Path) -> tuple[int, str]:
+    """A new temporary file beside ``path`` (a hidden name no other writer uses), with the umask's mode."""
+    while True:
+        tmp = f"{path.parent}/.{path.name}.{os.getpid()}-{next(_TEMP_NAMES)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, _FILE_MODE), tmp
+        except FileExistsError:  # left by a killed run whose pid this process now has
+            continue
+
+
+def _unlink_quietly(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
+
+
 @contextmanager
 def atomic_writer(path: Path) -> Iterator[TextIO]:
     """A text file that appears at ``path`` whole when the block ends, or not at all if it fails.
@@ -72,13 +93,12 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _open_temp(path)
     except OSError as exc:
         if exc.errno in FULL_DISK:
             raise _disk_full(path) from exc
         raise
     try:
-        os.fchmod(fd, _FILE_MODE)
         # backslashreplace: text that cannot be UTF-8 (a lone surrogate from a file name) never fails a write.
         with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             yield fh
@@ -86,10 +106,7 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _unlink_quietly(tmp)
         if isinstance(exc, OSError) and exc.errno in FULL_DISK:
             raise _disk_full(path) from exc
         raise
@@ -100,14 +117,55 @@ def _disk_full(path: Path) -> DiskFull:
                     "finished tasks are kept")
 
 
+def atomic_write_files(files: Sequence[tuple[Path, str]]) -> None:
+    """Write several files so that each appears whole or not at all, in the given order.
+
+    Every file is written to a temporary name and made durable (fsync) before any is moved into place, so a
+    file named last (a task's result.json) is only ever there with all the others complete. Raises DiskFull
+    when the disk is full; other OSErrors propagate (the files not yet moved into place are not touched).
+    """
+    written: list[tuple[str, Path]] = []
+    moved = 0
+    current = files[0][0] if files else Path()
+    try:
+        made: set[Path] = set()
+        for path, text in files:
+            current = path
+            if path.parent not in made:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made.add(path.parent)
+            fd, tmp = _open_temp(path)
+            written.append((tmp, path))
+            try:
+                # backslashreplace: text that cannot be UTF-8 (a lone surrogate from a file name) never fails.
+                data = memoryview(text.encode("utf-8", "backslashreplace"))
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for placed, (tmp, current) in enumerate(written, start=1):
+            os.replace(tmp, current)
+            moved = placed
+    except BaseException as exc:
+        for tmp, _ in written[moved:]:
+            _unlink_quietly(tmp)
+        if isinstance(exc, OSError) and exc.errno in FULL_DISK:
+            raise _disk_full(current) from exc
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the new one, never a half."""
-    with atomic_writer(path) as fh:
-        fh.write(text)
+    atomic_write_files([(path, text)])
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, _json_text(data))
 
 
 def _llm_stat(stage: StageResult) -> dict[str, Any]:
@@ -199,26 +257,27 @@ def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable
             raise NotADirectoryError(errno.ENOTDIR, f"{result_dir} is {what}, not a folder: move it away")
         result_dir.mkdir(parents=True)
     _clear_earlier_results(result_dir, result)
+    files: list[tuple[Path, str]] = []
     for name in STAGES:
         stage = result.stage(name)
         code_dir = result_dir / STAGE_SPECS[name].result_dir
         if stage is None or stage.status == "skipped":
             continue
         if stage.verified and stage.code is not None:
-            atomic_write_text(code_dir / "combined.rs", stage.code)
-            atomic_write_json(code_dir / "clippy_stat.json", stage.clippy or {})
-        atomic_write_json(result_dir / f"{name}_failure_info.json", _failure_info(stage))
-        atomic_write_json(result_dir / f"llm_stat_{name}.json", _llm_stat(stage))
+            files.append((code_dir / "combined.rs", stage.code))
+            files.append((code_dir / "clippy_stat.json", _json_text(stage.clippy or {})))
+        files.append((result_dir / f"{name}_failure_info.json", _json_text(_failure_info(stage))))
+        files.append((result_dir / f"llm_stat_{name}.json", _json_text(_llm_stat(stage))))
         for attempt in stage.attempts:
             if attempt.kind != "verified" and attempt.code is not None:
-                atomic_write_text(result_dir / "attempts" / f"{name}-{attempt.number}.rs", attempt.code)
+                files.append((result_dir / "attempts" / f"{name}-{attempt.number}.rs", attempt.code))
     if result.differential_samples:
-        atomic_write_json(result_dir / DIFFERENTIAL_SAMPLES, [dict(sample) for sample in result.differential_samples])
-    atomic_write_text(
-        result_dir / "transcript.jsonl",
-        "".join(json.dumps(event, ensure_ascii=False) + "\n" for event in transcript),
-    )
-    atomic_write_json(result_dir / "result.json", result.summary())
+        files.append((result_dir / DIFFERENTIAL_SAMPLES,
+                      _json_text([dict(sample) for sample in result.differential_samples])))
+    files.append((result_dir / "transcript.jsonl",
+                  "".join(json.dumps(event, ensure_ascii=False) + "\n" for event in transcript)))
+    files.append((result_dir / "result.json", _json_text(result.summary())))
+    atomic_write_files(files)
 
 
 async def write_task_results(
