@@ -44,13 +44,15 @@ def test_a_priority_server_serves_its_waiting_queue_smallest_priority_first(prio
         assert status == 200, body
         ended[name] = time.monotonic()
 
-    threads = [threading.Thread(target=ask, args=("holding", 1500, 0))]
+    # The tiny model decodes about 1000 tokens a second on an idle CPU: the long answer (as long as the context
+    # allows) holds the slot for some 2 s, and both others arrive within 0.6 s. Holding has priority 0, so it is
+    # served first even if it is still waiting when they arrive.
+    threads = [threading.Thread(target=ask, args=("holding", prioritised.max_model_len - 64, 0))]
     threads[0].start()
-    time.sleep(1.0)
     for name, priority in (("p5", 5), ("p1", 1)):
+        time.sleep(0.3)
         threads.append(threading.Thread(target=ask, args=(name, 16, priority)))
         threads[-1].start()
-        time.sleep(0.5)
     for thread in threads:
         thread.join(timeout=300)
     assert set(ended) == {"holding", "p5", "p1"}
