@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", type=Path, default=None, help="write a cProfile of the measured rounds here")
     args = p.parse_args(argv)
     load = LoadSpec(capacity=max(64, args.concurrency), latency=args.latency, decode_per_token=0.0)
-    with tempfile.TemporaryDirectory(prefix="request-cpu-") as tmp:
-        with simulator(load, Path(tmp) / "sim.jsonl", stderr_path=Path(tmp) / "sim.err") as sim:
-            rounds = anyio.run(_measure, sim.url, args)
+    with (tempfile.TemporaryDirectory(prefix="request-cpu-") as tmp,
+          simulator(load, Path(tmp) / "sim.jsonl", stderr_path=Path(tmp) / "sim.err") as sim):
+        rounds = anyio.run(_measure, sim.url, args)
     per_request = [cpu / args.requests * 1000 for cpu, _ in rounds]
     for index, ((cpu, wall), ms) in enumerate(zip(rounds, per_request, strict=True), 1):
         print(f"round {index}: {args.requests} requests in {wall:.2f} s, CPU {cpu:.2f} s: {ms:.3f} ms/request")
