@@ -224,7 +224,10 @@ class _HttpClient(openai.DefaultAsyncHttpxClient):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._memo: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[httpx2.URL, httpx2.Headers]] = {}
-        self._memo_of: tuple[httpx2.URL, tuple[tuple[bytes, bytes], ...]] | None = None
+        # What the merge depends on besides the arguments: the client's base URL (replaced, never changed in
+        # place) and default headers (which may be changed in place).
+        self._memo_base: httpx2.URL | None = None
+        self._memo_defaults: tuple[tuple[bytes, bytes], ...] = ()
 
     def build_request(  # type: ignore[override]  # the same parameters as httpx2's
         self,
@@ -247,10 +250,10 @@ class _HttpClient(openai.DefaultAsyncHttpxClient):
             return super().build_request(
                 method, url, content=content, data=data, files=files, json=json, params=params, headers=headers,
                 cookies=cookies, timeout=timeout, extensions=extensions)
-        of = (self.base_url, tuple(self.headers.raw))  # what the merge depends on besides the arguments
-        if of != self._memo_of:
+        defaults = tuple(self.headers.raw)
+        if self.base_url is not self._memo_base or defaults != self._memo_defaults:
             self._memo.clear()
-            self._memo_of = of
+            self._memo_base, self._memo_defaults = self.base_url, defaults
         key = (url, tuple(headers))
         merged = self._memo.get(key)
         if merged is None:

@@ -175,6 +175,35 @@ async def test_a_request_is_never_sent_more_than_retry_attempts_times() -> None:
     assert isinstance(failed.value.__cause__, ServerBusy)
 
 
+async def test_retry_deadline_counts_from_the_first_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    """retry_deadline bounds the whole cycle from the first request's start: a first attempt that outlasts it is
+    not retried; one that fails at once is retried with the backoff logged (attempt 1 failed)."""
+    from pipeline.llm import retry_transient
+
+    calls: list[float] = []
+
+    async def slow_503() -> str:
+        calls.append(time.monotonic())
+        await anyio.sleep(0.3)
+        raise ServerBusy("HTTP 503", status=503)
+
+    with pytest.raises(ServerBusy):
+        await retry_transient(slow_503, attempts=5, deadline=0.2, max_wait=0.01)
+    assert len(calls) == 1
+
+    answers = iter([ServerBusy("HTTP 503", status=503), "ready"])
+
+    async def fails_once() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with caplog.at_level(logging.INFO, logger="pipeline.llm"):
+        assert await retry_transient(fails_once, attempts=5, deadline=60, max_wait=0.01, what="unit") == "ready"
+    assert "unit: attempt 1 failed (HTTP 503); retrying in" in caplog.text
+
+
 @pytest.mark.parametrize(("down", "says"), [
     pytest.param("503", "answered HTTP 503: The server is overloaded", id="every-request-503"),
     pytest.param("drop", "dropped the connection before answering", id="every-connection-dropped"),
