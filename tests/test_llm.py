@@ -790,11 +790,14 @@ class _RawServer:
         "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
     }).encode()
 
-    def __init__(self) -> None:
+    def __init__(self, *, close: bool = False) -> None:
         self.requests: list[bytes] = []
+        self.connections = 0
+        self.close = close  # close each connection after its first answer (without saying so)
 
     async def _serve(self, stream: anyio.abc.SocketStream) -> None:
         buffer = b""
+        self.connections += 1
         async with stream:
             while True:
                 while b"\r\n\r\n" not in buffer:
@@ -810,6 +813,8 @@ class _RawServer:
                 buffer = buffer[length:]
                 await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
                                   + str(len(self.ANSWER)).encode() + b"\r\n\r\n" + self.ANSWER)
+                if self.close:
+                    return
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[str]:
@@ -845,3 +850,14 @@ async def test_a_chat_request_is_the_bytes_the_sdks_create_sends(rank: int) -> N
     assert [port.sub(b"HOST", r) for r in ours.requests] == [port.sub(b"HOST", r) for r in theirs.requests]
     assert len(ours.requests) == 3 and b"x-stainless-retry-count: 0" in ours.requests[0]
     assert (b'"priority":' in ours.requests[0]) == bool(priority)
+
+
+async def test_a_keep_alive_connection_the_server_closed_is_not_reused() -> None:
+    """A server that closes idle keep-alive connections (without saying so): each next request goes on a new
+    connection, never on the closed one (which would fail it: one attempt only here)."""
+    server = _RawServer(close=True)
+    async with server.running() as url, client_for(url, FakeTime(), preflight=False, retry_attempts=1) as llm:
+        for _ in range(3):
+            assert (await llm.complete(HELLO)).text == "ready"
+            await anyio.sleep(0.05)  # the server's close arrives
+    assert (len(server.requests), server.connections) == (3, 3)
