@@ -22,9 +22,10 @@ out, the shared health record decides: another request succeeded meanwhile -> th
 request waits and starts over, so tasks do not burn their translation attempts on a dead server.
 
 ``request_timeout`` bounds each request's whole duration (a server trickling bytes cannot hold it longer).
-While a request waits for its answer, a watcher checks that the server still accepts new connections: a
-vLLM stopped with SIGTERM refuses them while the requests it had hang, and once that has lasted the outage
-budget the run stops (ModelUnavailable) instead of waiting for every hanging request to time out.
+While requests wait for their answers, one watcher per client (a task :meth:`ModelClient.open` runs for the
+client's life) checks that the server still accepts new connections: a vLLM stopped with SIGTERM refuses them
+while the requests it had hang, and once that has lasted the outage budget the run stops (ModelUnavailable)
+instead of waiting for every hanging request to time out.
 
 Messages and logs show the server URL without credentials (``ModelSettings.public_url``) and never the key.
 """
