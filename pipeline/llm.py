@@ -22,9 +22,10 @@ out, the shared health record decides: another request succeeded meanwhile -> th
 request waits and starts over, so tasks do not burn their translation attempts on a dead server.
 
 ``request_timeout`` bounds each request's whole duration (a server trickling bytes cannot hold it longer).
-While a request waits for its answer, a watcher checks that the server still accepts new connections: a
-vLLM stopped with SIGTERM refuses them while the requests it had hang, and once that has lasted the outage
-budget the run stops (ModelUnavailable) instead of waiting for every hanging request to time out.
+While requests wait for their answers, one watcher per client (a task :meth:`ModelClient.open` runs for the
+client's life) checks that the server still accepts new connections: a vLLM stopped with SIGTERM refuses them
+while the requests it had hang, and once that has lasted the outage budget the run stops (ModelUnavailable)
+instead of waiting for every hanging request to time out.
 
 Messages and logs show the server URL without credentials (``ModelSettings.public_url``) and never the key.
 """
@@ -36,6 +37,8 @@ import json
 import logging
 import math
 import random
+import select
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -44,8 +47,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import anyio
+import httpcore2
 import httpx2
 import openai
+from openai._models import FinalRequestOptions
 from openai.types.chat import ChatCompletionMessageParam
 from tenacity import (
     AsyncRetrying,
@@ -186,6 +191,16 @@ class _Progress:
     parts: int = 0  # stream events read
 
 
+@dataclass(eq=False)
+class _InFlight:
+    """A chat request waiting for its answer, as the listener watch sees it: stopped (and why) by cancelling
+    ``scope``."""
+
+    purpose: str
+    scope: anyio.CancelScope
+    stopped: ModelUnavailable | None = None
+
+
 #: The request in flight in this task (the response hook runs in the task that sent the request).
 _PROGRESS: ContextVar[_Progress | None] = ContextVar("pipeline_llm_progress", default=None)
 
@@ -194,6 +209,135 @@ async def _mark_answered(response: httpx2.Response) -> None:
     progress = _PROGRESS.get()
     if progress is not None:
         progress.answered = True
+
+
+class _HttpClient(openai.DefaultAsyncHttpxClient):
+    """httpx2's AsyncClient with the SDK's defaults, merging a request's URL and headers once, not per request.
+
+    The SDK hands httpx2 the same URL string and header list for every chat request; httpx2 parses the one and
+    merges and normalises the other anew each time (a tenth of a request's CPU, bench/README.md, issue 16
+    http). A request with nothing else to merge (no params, cookies, data, files, json or extensions: every
+    request of the SDK's) reuses the URL and merged headers built for the same strings; the request itself
+    (Host, Content-Length, body, timeout) is built per request as httpx2 builds it. Any other request goes
+    through httpx2 as is.
+    """
+
+    #: Distinct (URL, headers) pairs kept: chat, /models and /tokenize, with their timeouts.
+    MEMO_SIZE = 16
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._memo: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[httpx2.URL, httpx2.Headers]] = {}
+        # What the merge depends on besides the arguments: the client's base URL (replaced, never changed in
+        # place) and default headers (which may be changed in place).
+        self._memo_base: httpx2.URL | None = None
+        self._memo_defaults: tuple[tuple[bytes, bytes], ...] = ()
+
+    def build_request(  # type: ignore[override]  # the same parameters as httpx2's
+        self,
+        method: str,
+        url: httpx2.URL | str,
+        *,
+        content: Any = None,
+        data: Any = None,
+        files: Any = None,
+        json: Any = None,
+        params: Any = None,
+        headers: Any = None,
+        cookies: Any = None,
+        timeout: Any = httpx2.USE_CLIENT_DEFAULT,
+        extensions: Any = None,
+    ) -> httpx2.Request:
+        if not (isinstance(url, str) and isinstance(headers, list) and data is None and files is None
+                and json is None and params is None and cookies is None and extensions is None
+                and not self.params and not self.cookies):
+            return super().build_request(
+                method, url, content=content, data=data, files=files, json=json, params=params, headers=headers,
+                cookies=cookies, timeout=timeout, extensions=extensions)
+        defaults = tuple(self.headers.raw)
+        if self.base_url is not self._memo_base or defaults != self._memo_defaults:
+            self._memo.clear()
+            self._memo_base, self._memo_defaults = self.base_url, defaults
+        key = (url, tuple(headers))
+        merged = self._memo.get(key)
+        if merged is None:
+            if len(self._memo) >= self.MEMO_SIZE:
+                self._memo.clear()
+            merged = self._memo[key] = (self._merge_url(url), httpx2.Headers(self._merge_headers(headers)))
+        limits = self.timeout if timeout is httpx2.USE_CLIENT_DEFAULT else httpx2.Timeout(timeout)
+        # httpx2.Request copies the headers before adding Host and Content-Length: the memo stays as it is.
+        return httpx2.Request(method, merged[0], content=content, headers=merged[1],
+                              extensions={"timeout": limits.as_dict()})
+
+
+def _readable(sock: socket.socket | None) -> bool:
+    """Whether a read would return at once (data, or the end of a connection the server closed), as httpcore2
+    asks it of an idle connection; a socket gone counts as readable (so the connection is dropped)."""
+    fd = -1 if sock is None else sock.fileno()
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+class _Stream(httpcore2.AsyncNetworkStream):
+    """httpcore2's network stream, its socket looked up once. Each time the connection pool hands out or takes
+    back a connection, it asks every idle one whether its socket is readable; anyio's stream builds its whole
+    table of attributes to find the socket for each such question (a tenth of a request's CPU with 16 idle
+    keep-alive connections, bench/README.md, issue 16 http). Everything else is the wrapped stream's."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
+                        timeout: float | None = None) -> httpcore2.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            return _readable(self._socket)
+        if info == "socket":
+            return self._socket
+        return self._inner.get_extra_info(info)
+
+
+class _Backend(httpcore2.AsyncNetworkBackend):
+    """httpcore2's network backend, its streams wrapped in :class:`_Stream`."""
+
+    def __init__(self, inner: httpcore2.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None, socket_options: Any = None) -> _Stream:
+        return _Stream(await self._inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
+                                                     socket_options=socket_options))
+
+    async def connect_unix_socket(self, path: str, timeout: float | None = None,
+                                  socket_options: Any = None) -> _Stream:
+        return _Stream(await self._inner.connect_unix_socket(path, timeout=timeout, socket_options=socket_options))
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _wrap_streams(http: httpx2.AsyncClient) -> None:
+    """Give the client's own connection pool (not a proxy's, from the environment) :class:`_Backend`. httpx2 has
+    no setting for it: when its transport is not the pool expected, the client is left as it is."""
+    pool = getattr(getattr(http, "_transport", None), "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if type(pool) is httpcore2.AsyncConnectionPool and isinstance(backend, httpcore2.AsyncNetworkBackend):
+        pool._network_backend = _Backend(backend)
 
 
 class _wait_backoff_or_retry_after(wait_base):
@@ -227,7 +371,25 @@ async def retry_transient(
     The one place that retries. Stops after ``attempts`` calls or ``deadline`` seconds, waiting a jittered
     exponential backoff capped at ``max_wait`` (at least the server's Retry-After) through ``sleep``.
     Raises the last TransientError when retries run out; any other error at once.
+
+    The first attempt runs outside tenacity, so a request answered at once costs no retry machinery; a first
+    transient failure is handed to tenacity as its attempt 1 (the same waits, logs and deadline as if tenacity
+    had run it).
     """
+    started = time.monotonic()
+    try:
+        return await fn()
+    except TransientError as exc:
+        if attempts <= 1:
+            raise
+        first: TransientError | None = exc
+
+    async def again() -> T:
+        nonlocal first
+        if first is not None:
+            failed, first = first, None
+            raise failed
+        return await fn()
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -242,7 +404,8 @@ async def retry_transient(
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TransientError),
-        stop=stop_after_attempt(attempts) | stop_after_delay(deadline),
+        # The deadline counts from the first attempt's start, which tenacity did not see.
+        stop=stop_after_attempt(attempts) | stop_after_delay(max(0.0, deadline - (time.monotonic() - started))),
         wait=_wait_backoff_or_retry_after(max_wait, retry_after_cap=deadline),
         sleep=sleep,
         before_sleep=before_sleep,
@@ -250,7 +413,7 @@ async def retry_transient(
     )
     async for attempt in retrying:
         with attempt:
-            return await fn()
+            return await again()
     raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
 
@@ -287,11 +450,19 @@ class ModelClient:
         self.root_url = redact_url(self._root_url)
         self._secrets = secrets_of(model)
         self._probe_lock = anyio.Lock()
+        #: The chat requests waiting for their answers, watched by :meth:`_watch_listener` (run by :meth:`open`).
+        self._in_flight: set[_InFlight] = set()
         self._probe_at: float | None = None
         self._probe_result: str | None = None
         self.stats = ClientStats()
         #: Whether requests to this server carry vLLM's priority ([pipeline] request_priority), learned per server.
         self._priority = ServerPriority(client.request_priority, self.base_url)
+        #: The options of every non-streamed chat request but its body, built once: what ``post()`` would build
+        #: from the route (made absolute here as the SDK makes it) and bearer auth.
+        base = openai_client.base_url
+        self._chat_options = FinalRequestOptions.construct(
+            method="post", url=str(base.copy_with(raw_path=base.raw_path + b"chat/completions")), json_data=None,
+            content=None, files=None, security={"bearer_auth": True})
 
     def __repr__(self) -> str:
         return f"ModelClient(base_url={self.base_url!r}, model={self._model.model!r})"
@@ -314,11 +485,12 @@ class ModelClient:
         pass fakes.
         """
         timeout = httpx2.Timeout(client.request_timeout, connect=client.connect_timeout)
-        http = openai.DefaultAsyncHttpxClient(
+        http = _HttpClient(
             limits=httpx2.Limits(max_connections=client.workers, max_keepalive_connections=client.workers),
             timeout=timeout,
             event_hooks={"response": [_mark_answered]},
         )
+        _wrap_streams(http)
         try:
             oa = openai.AsyncOpenAI(
                 api_key=model.api_key or "EMPTY",
@@ -327,7 +499,7 @@ class ModelClient:
                 timeout=timeout,
                 http_client=http,
             )
-            yield cls(
+            llm = cls(
                 oa,
                 model,
                 client,
@@ -335,6 +507,18 @@ class ModelClient:
                 sleep=sleep,
                 clock=clock,
             )
+            # One listener watch for the client's life, not a task per request (bench/README.md, issue 16 http).
+            failure: BaseException | None = None
+            async with anyio.create_task_group() as watch:
+                watch.start_soon(llm._watch_listener)
+                try:
+                    yield llm
+                except BaseException as exc:  # raised below as it is, not inside the task group's exception group
+                    failure = exc
+                finally:
+                    watch.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             with anyio.CancelScope(shield=True):
                 await http.aclose()
@@ -731,29 +915,28 @@ class ModelClient:
         ModelUnavailable when the server has refused new connections for the outage budget meanwhile.
         """
         progress = _Progress()
-        stopped: list[ModelUnavailable] = []
         failure: Exception | None = None
         reply: _Reply | None = None
         limit = self._settings.request_timeout
         token = _PROGRESS.set(progress)
         try:
-            async with anyio.create_task_group() as tg:
-                # The group's scope is the request's deadline too (one scope per request, not two).
-                tg.cancel_scope.deadline = anyio.current_time() + limit
-                tg.start_soon(self._watch_listener, call, stopped, tg.cancel_scope)
+            # The request's deadline; the listener watch cancels it too when the server has stopped accepting.
+            with anyio.CancelScope(deadline=anyio.current_time() + limit) as scope:
+                flight = _InFlight(call.purpose, scope)
+                self._in_flight.add(flight)
                 try:
                     if self._settings.stream:
                         reply = await self._chat_stream(messages, max_tokens, progress, call.n)
                     else:
                         reply = await self._chat_once(messages, max_tokens, call.n)
-                except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
+                except Exception as exc:  # classified below
                     failure = exc
                 finally:
-                    tg.cancel_scope.cancel()
+                    self._in_flight.discard(flight)
         finally:
             _PROGRESS.reset(token)
-        if stopped:
-            raise stopped[0]
+        if flight.stopped is not None:
+            raise flight.stopped
         if reply is None and failure is None:  # the scope's deadline cancelled the request
             failure = TimeoutError()
         if isinstance(failure, TimeoutError):
@@ -785,20 +968,21 @@ class ModelClient:
         share = self._settings.outage_budget / PROBE_SHARE
         return min(PROBE_MAX_INTERVAL, max(PROBE_MIN_INTERVAL, share))
 
-    async def _watch_listener(
-        self, call: _Call, stopped: list[ModelUnavailable], scope: anyio.CancelScope
-    ) -> None:
-        """While a request waits, check that the server still accepts connections; stop the run if not.
+    async def _watch_listener(self) -> None:
+        """While requests wait, check that the server still accepts connections; stop them if not.
 
         A vLLM told to stop (SIGTERM) refuses new connections while the requests it had hang: no error ever
-        reaches them. Once new connections have been refused for the outage budget, the waiting request is
-        cancelled with ModelUnavailable (finished work is kept; a rerun resumes).
+        reaches them. Once new connections have been refused for the outage budget, every waiting request is
+        cancelled with ModelUnavailable (finished work is kept; a rerun resumes). One task for the client's
+        life (:meth:`open`), awake once an interval.
         """
         interval = self._probe_interval()
         budget = self._settings.outage_budget
         while True:
             # Real time: the watcher watches a real socket, whatever clock the retries use.
             await anyio.sleep(interval)
+            if not self._in_flight:
+                continue
             health = self._health
             if health.last_success is not None and self._clock() - health.last_success < interval:
                 continue  # answers are arriving: the server is serving
@@ -806,15 +990,17 @@ class ModelClient:
             if refused is None or health.refusing_since is None:
                 continue
             down_for = self._clock() - health.refusing_since
-            if down_for >= budget:
-                stopped.append(ModelUnavailable(
-                    f"{call.purpose}: the model server at {self.base_url} has refused new connections for "
-                    f"{down_for:.0f} s ({refused}; outage budget {budget:g} s) while this request still waits "
-                    f"for its answer: the server is probably shutting down; finished work is kept: restart the "
-                    f"server and rerun to resume"
-                ))
-                scope.cancel()
-                return
+            if down_for < budget:
+                continue
+            for flight in list(self._in_flight):
+                if flight.stopped is None:
+                    flight.stopped = ModelUnavailable(
+                        f"{flight.purpose}: the model server at {self.base_url} has refused new connections for "
+                        f"{down_for:.0f} s ({refused}; outage budget {budget:g} s) while this request still waits "
+                        f"for its answer: the server is probably shutting down; finished work is kept: restart the "
+                        f"server and rerun to resume"
+                    )
+                    flight.scope.cancel()
 
     async def _probe_listener(self, interval: float) -> str | None:
         """Whether a new TCP connection to the server is refused now (the reason) or accepted (None).
@@ -863,14 +1049,14 @@ class ModelClient:
 
     async def _chat_once(self, messages: Sequence[Mapping[str, str]], max_tokens: int, n: int) -> _Reply:
         route = "chat/completions"
-        body, options = _chat_body(self._request_args(messages, max_tokens, n))
+        body = _chat_body(self._request_args(messages, max_tokens, n))
         try:
             # The SDK's raw route (client options, auth and status errors as create() has them) with the body
             # built here: create() would transform the typed parameters and build a pydantic ChatCompletion
-            # for every answer, a third of the process's CPU per request (bench/README.md, issue 16).
-            response = await self._openai.post(
-                "/chat/completions", cast_to=httpx2.Response, body=body, options=options
-            )
+            # for every answer, a third of the process's CPU per request (bench/README.md, issue 16). The
+            # options are the client's, copied with this body (what post() does, without building them anew).
+            options = self._chat_options.model_copy(update={"json_data": body})
+            response = await self._openai.request(httpx2.Response, options)
             data = _completion_json(response)
         except openai.NotFoundError as exc:
             raise await self._model_not_served(exc) from exc
@@ -937,16 +1123,16 @@ _CREATE_ORDER = ("model", "stream", "messages", "max_tokens", "n", "temperature"
 _NOT_JSON = object()
 
 
-def _chat_body(args: Mapping[str, Any]) -> tuple[dict[str, Any], openai.RequestOptions]:
-    """create()'s keyword arguments -> the JSON body and request options a non-streamed create() would send."""
+def _chat_body(args: Mapping[str, Any]) -> dict[str, Any]:
+    """create()'s keyword arguments -> the JSON body a non-streamed create() would send (``extra_body`` merged
+    last, as the SDK merges it)."""
     fields = {key: value for key, value in args.items() if key != "extra_body"}
     fields["stream"] = False
     body = {key: fields.pop(key) for key in _CREATE_ORDER if key in fields}
     body.update(fields)
-    options: openai.RequestOptions = {"security": {"bearer_auth": True}}
     if args.get("extra_body") is not None:
-        options["extra_json"] = args["extra_body"]
-    return body, options
+        body.update(args["extra_body"])
+    return body
 
 
 def _completion_json(response: httpx2.Response) -> Any:

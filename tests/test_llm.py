@@ -25,7 +25,7 @@ from pipeline.errors import (
     ServerUnreachable,
 )
 from pipeline.llm import Completion, ModelClient, estimate_tokens
-from pipeline.scheduling import PriorityLimiter
+from pipeline.scheduling import BEFORE_STAGES, PriorityLimiter, request_rank, server_priority
 from pipeline.simulator import FaultPlan, LoadModel, SimConfig, Simulator
 
 MODEL = "sim-model"
@@ -173,6 +173,35 @@ async def test_a_request_is_never_sent_more_than_retry_attempts_times() -> None:
     assert failed.value.status == 503
     assert [r.fault or "ok" for r in sim.chat_requests] == ["503", "ok", "503", "503"]
     assert isinstance(failed.value.__cause__, ServerBusy)
+
+
+async def test_retry_deadline_counts_from_the_first_attempt(caplog: pytest.LogCaptureFixture) -> None:
+    """retry_deadline bounds the whole cycle from the first request's start: a first attempt that outlasts it is
+    not retried; one that fails at once is retried with the backoff logged (attempt 1 failed)."""
+    from pipeline.llm import retry_transient
+
+    calls: list[float] = []
+
+    async def slow_503() -> str:
+        calls.append(time.monotonic())
+        await anyio.sleep(0.3)
+        raise ServerBusy("HTTP 503", status=503)
+
+    with pytest.raises(ServerBusy):
+        await retry_transient(slow_503, attempts=5, deadline=0.2, max_wait=0.01)
+    assert len(calls) == 1
+
+    answers = iter([ServerBusy("HTTP 503", status=503), "ready"])
+
+    async def fails_once() -> str:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with caplog.at_level(logging.INFO, logger="pipeline.llm"):
+        assert await retry_transient(fails_once, attempts=5, deadline=60, max_wait=0.01, what="unit") == "ready"
+    assert "unit: attempt 1 failed (HTTP 503); retrying in" in caplog.text
 
 
 @pytest.mark.parametrize(("down", "says"), [
@@ -745,3 +774,90 @@ async def test_server_messages_are_read_from_both_body_shapes(body: dict[str, An
             await llm.complete(HELLO)
     assert str(failed.value).startswith(expected)
     assert len(sent) == 1 and fake.sleeps == []
+
+
+# --------------------------------------------------------------------------------------------------
+# what the server receives: the bytes the SDK's create() sends
+
+
+class _RawServer:
+    """A keep-alive HTTP/1.1 server on 127.0.0.1 that keeps every request's bytes (request line, headers, body)
+    and answers each with one chat completion."""
+
+    ANSWER = json.dumps({
+        "id": "c1", "object": "chat.completion", "created": 0, "model": MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ready"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+    }).encode()
+
+    def __init__(self, *, close: bool = False) -> None:
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.close = close  # close each connection after its first answer (without saying so)
+
+    async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+        buffer = b""
+        self.connections += 1
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    try:
+                        buffer += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        return
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+                while len(buffer) < length:
+                    buffer += await stream.receive()
+                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+                buffer = buffer[length:]
+                await stream.send(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                                  + str(len(self.ANSWER)).encode() + b"\r\n\r\n" + self.ANSWER)
+                if self.close:
+                    return
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[str]:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, self._serve)
+            yield f"http://127.0.0.1:{port}/v1"
+            tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("rank", [pytest.param(BEFORE_STAGES, id="outside-stages"), pytest.param(7, id="stage-rank-7")])
+async def test_a_chat_request_is_the_bytes_the_sdks_create_sends(rank: int) -> None:
+    """The server receives from the model client exactly what openai's chat.completions.create(stream=False)
+    sends with the same arguments through the SDK's default HTTP client: request line, every header in order,
+    body bytes (vLLM's priority last, as extra_body); for the first request on a connection and the next ones."""
+    prompt = [{"role": "system", "content": "You translate C to Rust."},
+              {"role": "user", "content": "Translate: int main(void) { puts(\"héllo\"); }"}]
+    ours, theirs = _RawServer(), _RawServer()
+    async with ours.running() as url, client_for(url, FakeTime(), preflight=False, max_tokens=300,
+                                                 request_timeout=600.0, connect_timeout=10.0) as llm:
+        with request_rank(rank):
+            for _ in range(3):
+                assert (await llm.complete(prompt)).text == "ready"
+    priority = server_priority(rank)
+    extra = {"priority": priority} if priority else None
+    async with theirs.running() as url, openai.AsyncOpenAI(api_key="EMPTY", base_url=url, max_retries=0,
+                                                           timeout=httpx2.Timeout(600.0, connect=10.0)) as sdk:
+        for _ in range(3):
+            await sdk.chat.completions.create(model=MODEL, messages=prompt,  # type: ignore[arg-type]
+                                              max_tokens=300, temperature=0.0, stream=False, extra_body=extra)
+    port = re.compile(rb"127\.0\.0\.1:\d+")
+    assert [port.sub(b"HOST", r) for r in ours.requests] == [port.sub(b"HOST", r) for r in theirs.requests]
+    assert len(ours.requests) == 3 and b"x-stainless-retry-count: 0" in ours.requests[0]
+    assert (b'"priority":' in ours.requests[0]) == bool(priority)
+
+
+async def test_a_keep_alive_connection_the_server_closed_is_not_reused() -> None:
+    """A server that closes idle keep-alive connections (without saying so): each next request goes on a new
+    connection, never on the closed one (which would fail it: one attempt only here)."""
+    server = _RawServer(close=True)
+    async with server.running() as url, client_for(url, FakeTime(), preflight=False, retry_attempts=1) as llm:
+        for _ in range(3):
+            assert (await llm.complete(HELLO)).text == "ready"
+            await anyio.sleep(0.05)  # the server's close arrives
+    assert (len(server.requests), server.connections) == (3, 3)
