@@ -33,6 +33,7 @@ output, the group killed on timeout; no namespaces and no uid change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import grp
@@ -634,11 +635,13 @@ async def run_process(
 class _Capture:
     """One output stream, kept up to ``cap`` bytes."""
 
+    __slots__ = ("cap", "data", "done", "exceeded")
+
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.data = bytearray()
         self.exceeded = False
-        self.done = anyio.Event()
+        self.done = False  # end of file seen, or reading stopped
 
     def add(self, chunk: bytes) -> bool:
         """Keep what fits; True when the cap has been passed."""
@@ -709,54 +712,33 @@ async def _execute(
     await held.acquire()
     started = time.monotonic()
     try:
-        with anyio.CancelScope(shield=True):  # once started, the process must be in our hands to be killed
-            proc = await anyio.open_process(
-                cmd,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+        child = _Child.start(cmd, cwd=cwd, env=env, stdin=stdin, cap=limits.output_bytes, pass_fds=pass_fds)
     except BaseException:
         held.release()
         raise
     after_spawn()
-    out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
-    killed = False
+    timed_out = killed = False
     try:
         with anyio.move_on_after(limits.wall_seconds) as deadline:
-            async with anyio.create_task_group() as tg:
-                assert proc.stdout is not None and proc.stderr is not None
-                tg.start_soon(_pump, proc.stdout, out, deadline)
-                tg.start_soon(_pump, proc.stderr, err, deadline)
-                fed = anyio.Event()
-                if stdin is not None and proc.stdin is not None:
-                    tg.start_soon(_feed, proc.stdin, stdin, fed)
-                else:
-                    fed.set()
-                await proc.wait()
+            await child.wait_stopped()
+            if child.returncode is not None and not child.exceeded:
                 held.release()
                 # Straggler processes may still hold the pipes: give them a moment, then stop reading.
                 with anyio.move_on_after(_DRAIN_GRACE):
-                    await out.done.wait()
-                    await err.done.wait()
-                    await fed.wait()
-                if not (out.done.is_set() and err.done.is_set() and fed.is_set()):
-                    tg.cancel_scope.cancel()  # costly (it formats the task's repr): only when something is left
-        exceeded = out.exceeded or err.exceeded
-        timed_out = deadline.cancel_called and not exceeded and proc.returncode is None
+                    await child.wait_drained()
+        exceeded = child.exceeded
+        timed_out = deadline.cancel_called and not exceeded and child.returncode is None
         killed = timed_out or exceeded
     finally:
         with anyio.CancelScope(shield=True):
             try:
-                await _kill_tree(proc, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
+                await _kill_tree(child, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
             finally:
                 held.release()
+                child.close()
     return _Raw(
-        proc.returncode, bytes(out.data), bytes(err.data), timed_out, exceeded, killed, time.monotonic() - started
+        child.returncode, bytes(child.out.data), bytes(child.err.data), timed_out, child.exceeded, killed,
+        time.monotonic() - started,
     )
 
 
@@ -778,32 +760,187 @@ class _Held:
             self.slot.release()
 
 
-async def _pump(stream: anyio.abc.ByteReceiveStream, capture: _Capture, deadline: anyio.CancelScope) -> None:
-    try:
-        async for chunk in stream:
-            if capture.add(chunk):
-                deadline.cancel()  # past the cap: stop everything; the tree is killed on the way out
-                return
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-        pass
-    finally:
-        capture.done.set()
+class _Child:
+    """A started process whose pipes the event loop serves with callbacks: no task, stream object or transport
+    per pipe (#16). Its exit is seen on a pidfd (polled with ``waitpid`` where pidfds are missing).
 
+    ``stopped`` is set when the process exited or an output passed its cap, ``drained`` when both outputs
+    ended and the input was fed (or given up), ``exited`` when the process was reaped.
+    """
 
-async def _feed(stream: anyio.abc.ByteSendStream, data: bytes, done: anyio.Event) -> None:
-    try:
-        if data:
-            await stream.send(data)
-        await stream.aclose()
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError, ConnectionResetError):
-        pass  # the program did not read all of its input; that is its business
-    finally:
-        done.set()
+    def __init__(
+        self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop, out_fd: int, err_fd: int,
+        in_fd: int | None, stdin: bytes, cap: int,
+    ) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.loop = loop
+        self.returncode: int | None = None
+        self.out = _Capture(cap)
+        self.err = _Capture(cap)
+        self.exceeded = False
+        self.stopped = anyio.Event()
+        self.drained = anyio.Event()
+        self.exited = anyio.Event()
+        self._readers: dict[int, _Capture] = {out_fd: self.out, err_fd: self.err}
+        self._in_fd = in_fd
+        self._input = memoryview(stdin)
+        self._writing = False
+        self._pidfd: int | None = None
+        for fd, capture in self._readers.items():
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable, fd, capture)
+        if in_fd is not None:
+            os.set_blocking(in_fd, False)
+            self._feed()
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux, a kernel before 5.3, or refused by seccomp: poll instead
+            self._pidfd = None
+        else:
+            loop.add_reader(self._pidfd, self._on_exit)
+
+    @classmethod
+    def start(
+        cls, cmd: list[str], *, cwd: Path, env: dict[str, str], stdin: bytes | None, cap: int,
+        pass_fds: tuple[int, ...],
+    ) -> _Child:
+        """Start ``cmd`` in a session (and process group) of its own; OSError when it cannot be started."""
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if stdin is not None else (None, None)
+        try:
+            proc = subprocess.Popen(
+                cmd, stdin=in_r if in_r is not None else subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds,
+            )
+        except BaseException:
+            for fd in (out_r, err_r, in_w):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, in_r):
+                if fd is not None:
+                    os.close(fd)
+        try:
+            return cls(proc, loop, out_r, err_r, in_w, stdin or b"", cap)
+        except BaseException:  # not in our hands: do not leave it running
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+
+    def _on_readable(self, fd: int, capture: _Capture) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop_reading(fd)
+        elif capture.add(chunk):
+            self.exceeded = True  # past the cap: stop everything; the tree is killed on the way out
+            self._stop_reading(fd)
+            self.stopped.set()
+
+    def _stop_reading(self, fd: int) -> None:
+        capture = self._readers.pop(fd, None)
+        if capture is not None:
+            capture.done = True
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self._check_drained()
+
+    def _feed(self) -> None:
+        """Write what the pipe takes; the rest when it is writable again; close it at the end."""
+        assert self._in_fd is not None
+        try:
+            while self._input:
+                written = os.write(self._in_fd, self._input)
+                self._input = self._input[written:]
+        except BlockingIOError:
+            if not self._writing:
+                self._writing = True
+                self.loop.add_writer(self._in_fd, self._feed)
+            return
+        except OSError:
+            pass  # the program did not read all of its input (EPIPE); that is its business
+        self._close_input()
+
+    def _close_input(self) -> None:
+        if self._in_fd is not None:
+            if self._writing:
+                self._writing = False
+                self.loop.remove_writer(self._in_fd)
+            os.close(self._in_fd)
+            self._in_fd = None
+            self._input = memoryview(b"")
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        if not self._readers and self._in_fd is None:
+            self.drained.set()
+
+    def _on_exit(self) -> None:
+        self._reap(os.WNOHANG)
+
+    def _reap(self, flags: int) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # reaped elsewhere: asyncio's watchers report 255 then too
+            log.warning("child process %d: its exit status was read elsewhere; reporting 255", self.pid)
+            code = 255
+        else:
+            if not pid:
+                return  # still running
+            code = os.waitstatus_to_exitcode(status)
+        self.returncode = self.proc.returncode = code  # Popen must not wait for it again
+        if self._pidfd is not None:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+        self.exited.set()
+        self.stopped.set()
+
+    async def _poll(self, event: anyio.Event) -> None:
+        """Wait for ``event``, checking for the exit every 10 ms where no pidfd tells of it."""
+        while not event.is_set():
+            if self._pidfd is None:
+                self._reap(os.WNOHANG)
+                with anyio.move_on_after(0.01):
+                    await event.wait()
+            else:
+                await event.wait()
+
+    async def wait_stopped(self) -> None:
+        await self._poll(self.stopped)
+
+    async def wait_drained(self) -> None:
+        await self._poll(self.drained)
+
+    async def wait_exited(self) -> None:
+        await self._poll(self.exited)
+
+    def close(self) -> None:
+        """Stop reading and feeding; the process itself is left to :func:`_kill_tree`."""
+        for fd in list(self._readers):
+            self._stop_reading(fd)
+        self._close_input()
+        if self.returncode is None:
+            self._reap(os.WNOHANG)
+        if self._pidfd is not None:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 async def _kill_tree(
-    proc: anyio.abc.Process, sweep: Callable[[], int] | None, *, pid_namespace: bool = False,
-    helper_reaps: bool = False,
+    child: _Child, sweep: Callable[[], int] | None, *, pid_namespace: bool = False, helper_reaps: bool = False,
 ) -> None:
     """SIGKILL the process group, reap the leader, then sweep stragglers that left the group.
 
@@ -812,20 +949,20 @@ async def _kill_tree(
     So it is when ``helper_reaps`` and the helper exited by itself with status 0: as the run's subreaper it
     exits 0 only after reaping every process the program left.
     """
-    if pid_namespace and proc.returncode is not None:
+    if pid_namespace and child.returncode is not None:
         sweep = None
-    if helper_reaps and proc.returncode == 0:
+    if helper_reaps and child.returncode == 0:
         sweep = None
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(child.pid, signal.SIGKILL)
     with anyio.move_on_after(10):
-        await proc.wait()
+        await child.wait_exited()
+    if child.returncode is None:
+        log.error("sandbox: process %d did not end within 10 s of SIGKILL", child.pid)
     if sweep is not None:
         left = await anyio.to_thread.run_sync(sweep)
         if left:
             log.error("sandbox: %d process(es) of a run could not be killed", left)
-    with anyio.move_on_after(5):
-        await proc.aclose()
 
 
 class _StatusPipe:
