@@ -262,6 +262,9 @@ class Sandbox:
         # usual system, user and container (subuid) ranges; each is checked to be unused before it is taken.
         self._uids = itertools.count((1 << 30) + secrets.randbelow(1 << 29))
         self._workdirs: set[Path] = set()
+        self._build_dirs: set[Path] = set()
+        #: The uid each workdir was handed to when it was made, until a run takes it (see :meth:`_prepare_now`).
+        self._fresh_uids: dict[Path, int] = {}
         self._free_uids: list[int] = []
         self._nproc_count: tuple[float, int] = (float("-inf"), 0)
 
@@ -423,43 +426,88 @@ class Sandbox:
         symlink or does not exist is skipped with a warning. Removed on exit.
         """
         names = list(files)
-        if names and source_dir is None:
-            log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
-
-        def make() -> Path:  # one trip to a worker thread: directory and copies
-            path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
-            try:
-                if names and source_dir is not None:
-                    _copy_files(Path(source_dir), names, path)
-            except BaseException:
-                _remove_tree(path)
-                raise
-            return path
-
-        path = await anyio.to_thread.run_sync(make)
-        self._workdirs.add(path)
+        path = await anyio.to_thread.run_sync(self._make_workdir, source_dir, names)
         try:
             yield path
         finally:
-            self._workdirs.discard(path)
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove_tree, path)
+                await anyio.to_thread.run_sync(self._remove_dirs, (path,))
 
     @asynccontextmanager
     async def build_dir(self) -> AsyncIterator[Path]:
         """A private directory for compiler output; the runs' uids may read and execute what is in it."""
-
-        def make() -> Path:
-            path = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch))
-            os.chmod(path, 0o755)
-            return path
-
-        path = await anyio.to_thread.run_sync(make)
+        path = await anyio.to_thread.run_sync(self._make_build_dir, {})
         try:
             yield path
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove_tree, path)
+                await anyio.to_thread.run_sync(self._remove_dirs, (path,))
+
+    @asynccontextmanager
+    async def verification_dirs(
+        self, source_dir: Path | None = None, files: Iterable[str] = (), *, sources: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[tuple[Path, Path]]:
+        """``(build_dir, workdir)`` for one verification: a :meth:`build_dir` holding ``sources`` (name: text,
+        written with it) and a :meth:`workdir` with copies of ``files``, both made in one worker-thread trip and
+        removed in one (#16). Use it where a program is built and then tested in the same working copy.
+        """
+        names = list(files)
+
+        def make() -> tuple[Path, Path]:
+            build = self._make_build_dir(sources or {})
+            try:
+                return build, self._make_workdir(source_dir, names)
+            except BaseException:
+                self._remove_dirs((build,))
+                raise
+
+        build, work = await anyio.to_thread.run_sync(make)
+        try:
+            yield build, work
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._remove_dirs, (work, build))
+
+    def _make_workdir(self, source_dir: Path | None, names: list[str]) -> Path:
+        """Blocking part of :meth:`workdir`: the directory, the copies, and the uid of its first run."""
+        if names and source_dir is None:
+            log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
+        path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
+        try:
+            if names and source_dir is not None:
+                _copy_files(Path(source_dir), names, path)
+            if self._mode.drop_uid:
+                # The first run's uid owns the copy from the start: that run needs no trip to hand it over.
+                with contextlib.suppress(OSError):  # no free uid now: the run looks for one itself
+                    uid = self._free_uid()
+                    _chown_tree(path, uid)
+                    self._fresh_uids[path] = uid
+        except BaseException:
+            self._fresh_uids.pop(path, None)
+            _remove_tree(path)
+            raise
+        self._workdirs.add(path)
+        return path
+
+    def _make_build_dir(self, sources: Mapping[str, str]) -> Path:
+        """Blocking part of :meth:`build_dir`, with ``sources`` written into it."""
+        path = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch))
+        try:
+            os.chmod(path, 0o755)
+            for name, text in sources.items():
+                (path / name).write_text(text)
+        except BaseException:
+            _remove_tree(path)
+            raise
+        self._build_dirs.add(path)
+        return path
+
+    def _remove_dirs(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self._workdirs.discard(path)
+            self._build_dirs.discard(path)
+            self._fresh_uids.pop(path, None)
+            _remove_tree(path)
 
     async def run(
         self,
@@ -494,7 +542,10 @@ class Sandbox:
         if not argv:
             raise ValueError("empty argv")
         mode = self._mode
-        uid, private_tmp, rlimits = await anyio.to_thread.run_sync(self._prepare, list(argv), Path(cwd), limits)
+        ready = self._prepare_now(argv, Path(cwd), limits)
+        if ready is None:
+            ready = await anyio.to_thread.run_sync(self._prepare, list(argv), Path(cwd), limits)
+        uid, private_tmp, rlimits = ready
         marker = None if uid is not None else secrets.token_hex(12)
         full_env = {"PATH": SANDBOX_PATH, "LC_ALL": "C", "HOME": str(cwd), "TMPDIR": str(cwd)}
         full_env.update(env or {})
@@ -523,13 +574,18 @@ class Sandbox:
     ) -> tuple[int | None, bool, list[tuple[str, int, int]]]:
         """The run's uid (owning its working copy), whether /tmp can be private, and the rlimits."""
         real_cwd = Path(os.path.realpath(cwd))
-        uid = self._free_uid() if self._mode.drop_uid else None
-        if uid is not None:
-            owner = next((w for w in self._workdirs if real_cwd == w or w in real_cwd.parents), None)
-            if owner is not None:
-                _chown_tree(owner, uid)
-            else:
-                log.debug("sandbox: %s is not a workdir of this sandbox; its ownership is left alone", cwd)
+        uid = None
+        if self._mode.drop_uid:
+            # tuple(): the set may grow in another worker thread meanwhile.
+            owner = next((w for w in tuple(self._workdirs) if real_cwd == w or w in real_cwd.parents), None)
+            # A workdir still owned by the uid it was made for, which no run has used yet: this run's uid.
+            uid = None if owner is None else self._fresh_uids.pop(owner, None)
+            if uid is None:
+                uid = self._free_uid()
+                if owner is not None:
+                    _chown_tree(owner, uid)
+                else:
+                    log.debug("sandbox: %s is not a workdir of this sandbox; its ownership is left alone", cwd)
         private_tmp = self._mode.private_tmp
         if private_tmp:
             # A private /tmp hides everything under it but the scratch root: only use it when the program and
@@ -547,15 +603,38 @@ class Sandbox:
             # Without a uid of its own, RLIMIT_NPROC counts all of our processes: allow for those (counted at
             # most once a second, plus one per run the count may have missed).
             nproc += self._own_processes()
-        rlimits = [
-            ("RLIMIT_CORE", 0, 0),
-            ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
-            ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
-            ("RLIMIT_FSIZE", limits.file_size_bytes, limits.file_size_bytes),
-            ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
-            ("RLIMIT_NPROC", nproc, nproc),
-        ]
-        return uid, private_tmp, rlimits
+        return uid, private_tmp, _rlimits(limits, nproc)
+
+    def _prepare_now(
+        self, argv: Sequence[str], cwd: Path, limits: Limits
+    ) -> tuple[int | None, bool, list[tuple[str, int, int]]] | None:
+        """What :meth:`_prepare` would answer, when it needs no file system access, else None (#16).
+
+        That is the first run in a workdir that was handed to a fresh uid when it was made (or a run without a
+        uid of its own, with a fresh count of our processes), of a program named by its bare name or sitting in
+        one of our build directories: both paths are then real already (the scratch root is, and nothing but
+        this process writes into a build directory), and inside the scratch root, so a private /tmp hides
+        neither.
+        """
+        mode = self._mode
+        if mode.private_tmp:
+            if cwd not in self._workdirs:
+                return None
+            if "/" in argv[0] and Path(os.path.dirname(argv[0])) not in self._build_dirs:
+                return None
+        nproc = limits.processes
+        if mode.drop_uid:
+            uid = self._fresh_uids.pop(cwd, None)
+            if uid is None:
+                return None
+        else:
+            uid = None
+            if os.geteuid() != 0:
+                taken, count = self._nproc_count
+                if time.monotonic() - taken > _NPROC_COUNT_SECONDS:
+                    return None
+                nproc += count + _NPROC_MARGIN
+        return uid, mode.private_tmp, _rlimits(limits, nproc)
 
     def _free_uid(self) -> int:
         """The next uid of our block that no user, group or process has: the sweep kills by uid.
@@ -585,6 +664,17 @@ class Sandbox:
             count = len(_find_processes(uid=os.getuid(), marker=None))
             self._nproc_count = (now, count)
         return count + _NPROC_MARGIN
+
+
+def _rlimits(limits: Limits, nproc: int) -> list[tuple[str, int, int]]:
+    return [
+        ("RLIMIT_CORE", 0, 0),
+        ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
+        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_FSIZE", limits.file_size_bytes, limits.file_size_bytes),
+        ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
+        ("RLIMIT_NPROC", nproc, nproc),
+    ]
 
 
 def tool_env() -> dict[str, str]:
