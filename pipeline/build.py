@@ -208,6 +208,9 @@ class Toolchain:
         self._libc_id = libc_id
         self._env = env
         self.cache_dir = settings.resolved_cache_dir()
+        # Those of every build, made once.
+        self._build_flags = tuple(self._flags())
+        self._build_limits = self._limits()
 
     @classmethod
     async def prepare(cls, settings: ToolchainSettings) -> Toolchain:
@@ -296,7 +299,7 @@ class Toolchain:
         ]
 
     def _key(self, source: str) -> str:
-        material = json.dumps([source, self._version_text, self._flags(), self._libc_id])
+        material = json.dumps([source, self._version_text, list(self._build_flags), self._libc_id])
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _limits(self, output: int = _RUSTC_OUTPUT_CAP) -> Limits:
@@ -324,9 +327,11 @@ class Toolchain:
         reason = forbidden_constructs(source)
         if reason is not None:
             return BuildResult(False, None, reason, 1, False, time.monotonic() - started, refused=reason)
-        key = self._key(source)
-        # Without the compile cache (benchmarks), entry is None: no lookup, no store.
-        entry = self.cache_dir / "bin" / key[:2] / key if self.settings.compile_cache else None
+        # Without the compile cache (benchmarks), entry is None: no key, no lookup, no store.
+        entry = None
+        if self.settings.compile_cache:
+            key = self._key(source)
+            entry = self.cache_dir / "bin" / key[:2] / key
         binary = Path(out_dir) / BINARY_NAME
         hit = None if entry is None else await anyio.to_thread.run_sync(_cache_lookup, entry, binary)
         if hit is not None:
@@ -341,8 +346,8 @@ class Toolchain:
         if not source_written:
             await anyio.to_thread.run_sync(src.write_text, source)
         # Relative names: the diagnostics read "--> main.rs:3:5", the same in every directory and in the cache.
-        argv = [self.rustc, *self._flags(), "-o", binary.name, src.name]
-        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env, slot=cpu)
+        argv = [self.rustc, *self._build_flags, "-o", binary.name, src.name]
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._build_limits, env=self._env, slot=cpu)
         seconds = time.monotonic() - started
         if result.ok and entry is None and self._executable_by_all:
             return BuildResult(True, binary, "", 0, False, seconds)  # as rustc left it: no worker-thread trip

@@ -263,6 +263,8 @@ class Sandbox:
         self._uids = itertools.count((1 << 30) + secrets.randbelow(1 << 29))
         self._workdirs: set[Path] = set()
         self._build_dirs: set[Path] = set()
+        #: Directories of verifications that ended normally, removed by the next :meth:`verification_dirs`.
+        self._finished: list[Path] = []
         #: The uid each workdir was handed to when it was made, until a run takes it (see :meth:`_prepare_now`).
         self._fresh_uids: dict[Path, int] = {}
         self._free_uids: list[int] = []
@@ -448,12 +450,18 @@ class Sandbox:
         self, source_dir: Path | None = None, files: Iterable[str] = (), *, sources: Mapping[str, str] | None = None,
     ) -> AsyncIterator[tuple[Path, Path]]:
         """``(build_dir, workdir)`` for one verification: a :meth:`build_dir` holding ``sources`` (name: text,
-        written with it) and a :meth:`workdir` with copies of ``files``, both made in one worker-thread trip and
-        removed in one (#16). Use it where a program is built and then tested in the same working copy.
+        written with it) and a :meth:`workdir` with copies of ``files``, both made in one worker-thread trip (#16).
+        Use it where a program is built and then tested in the same working copy.
+
+        After an exception or a cancellation both are removed at once. After a normal exit no process of theirs
+        is left (every run has ended and been reaped), and they are removed in the next trip that makes such a
+        pair, or with the scratch root when the sandbox closes: one trip per verification, not two.
         """
         names = list(files)
+        leftover, self._finished = self._finished, []
 
         def make() -> tuple[Path, Path]:
+            self._remove_dirs(leftover)
             build = self._make_build_dir(sources or {})
             try:
                 return build, self._make_workdir(source_dir, names)
@@ -464,9 +472,11 @@ class Sandbox:
         build, work = await anyio.to_thread.run_sync(make)
         try:
             yield build, work
-        finally:
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._remove_dirs, (work, build))
+            raise
+        self._finished += (work, build)
 
     def _make_workdir(self, source_dir: Path | None, names: list[str]) -> Path:
         """Blocking part of :meth:`workdir`: the directory, the copies, and the uid of its first run."""

@@ -112,12 +112,12 @@ class LocalVerifier:
         )
         # The first program that is not refused is written with the directories, in the same worker-thread trip;
         # the shipped tests run in the working copy made with them (#16).
-        staged = next((c for c in candidate.programs if refusal(candidate.stage, c) is None), None)
+        refusals = [refusal(candidate.stage, code) for code in candidate.programs]
+        staged = next((c for c, r in zip(candidate.programs, refusals, strict=True) if r is None), None)
         async with self.sandbox.verification_dirs(
             suite.base_dir, suite.files, sources={SOURCE_NAME: staged} if staged is not None else None,
         ) as (out_dir, work):
-            for code in candidate.programs:
-                refused = refusal(candidate.stage, code)
+            for code, refused in zip(candidate.programs, refusals, strict=True):
                 if refused is not None:
                     first = first or Verdict(*refused, code=code)
                     continue
