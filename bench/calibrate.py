@@ -62,9 +62,11 @@ class Calibration:
     test_sandboxed: Cost
     test_plain: Cost
     compile_typical: Cost
+    #: clippy on a passing program (``Toolchain.clippy_stats``), measured only when asked for
+    clippy: Cost | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v.as_dict() for k, v in self.__dict__.items()}
+        return {k: v.as_dict() for k, v in self.__dict__.items() if v is not None}
 
 
 def program(plan: TaskPlan, stage: str, attempt: int) -> str:
@@ -100,10 +102,12 @@ def _median(samples: Sequence[tuple[float, float, float]]) -> Cost:
                 statistics.median(s[2] for s in samples))
 
 
-async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto") -> Calibration:
-    settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=False, clippy=False)
+async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto",
+                     clippy: bool = False) -> Calibration:
+    settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=False, clippy=clippy)
     toolchain = await Toolchain.prepare(settings)
     ok: list[tuple[float, float, float]] = []
+    linted: list[tuple[float, float, float]] = []
     err: list[tuple[float, float, float]] = []
     sandboxed: list[tuple[float, float, float]] = []
     plain: list[tuple[float, float, float]] = []
@@ -130,6 +134,10 @@ async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, h
                 _, wall, cpu, own = await _measure(
                     partial(anyio.to_thread.run_sync, _plain_run, built.binary, sample.input))
                 plain.append((wall, cpu, own))
+                if clippy:
+                    stats, wall, cpu, own = await _measure(partial(toolchain.clippy_stats, good, out_dir))
+                    assert "total_warnings" in stats, stats
+                    linted.append((wall, cpu, own))
             with tempfile.TemporaryDirectory() as tmp:
                 failed, wall, cpu, own = await _measure(partial(toolchain.build, bad, Path(tmp)))
                 assert not failed.ok
@@ -140,7 +148,8 @@ async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, h
                 built, wall, cpu, own = await _measure(partial(toolchain.build, source, out_dir))
                 if built.ok:
                     typical.append((wall, cpu, own))
-    return Calibration(_median(ok), _median(err), _median(sandboxed), _median(plain), _median(typical))
+    return Calibration(_median(ok), _median(err), _median(sandboxed), _median(plain), _median(typical),
+                       _median(linted) if clippy else None)
 
 
 def typical_programs() -> list[str]:
@@ -167,9 +176,11 @@ async def _warm_up(toolchain: Toolchain, plan: TaskPlan) -> None:
         await toolchain.build(program(plan, "unidiomatic", 1) + "\n// warm-up\n", Path(tmp))
 
 
-def calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto") -> Calibration:
-    """Compile and test the programs of ``plans`` one at a time and return the median costs."""
-    return anyio.run(_calibrate, plans, corpus, cache_dir, helper)
+def calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto", *,
+              clippy: bool = False) -> Calibration:
+    """Compile and test the programs of ``plans`` one at a time and return the median costs (``clippy``: lint
+    each passing program too)."""
+    return anyio.run(_calibrate, plans, corpus, cache_dir, helper, clippy)
 
 
 async def _test_runs(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str, runs: int) -> Cost:

@@ -73,6 +73,7 @@ class TaskPlan:
                 total = total.add(compiles=1, tests=1)
                 if outcome in ("pass", "unsafe"):
                     verified = True
+                    total = total.add(clippies=1)
                     break
             if not verified:
                 return total
@@ -88,6 +89,8 @@ class Expected:
     failed_compiles: int = 0
     tests: int = 0
     verified: int = 0
+    #: clippy runs (``[toolchain] clippy = true``): one per verified stage
+    clippies: int = 0
 
     def add(self, **counts: int) -> Expected:
         return Expected(**{k: getattr(self, k) + counts.get(k, 0) for k in self.__dataclass_fields__})

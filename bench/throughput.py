@@ -235,7 +235,7 @@ def ideal(report: RunReport, preset: Preset, cal: Calibration) -> dict[str, floa
     sandboxed = report.schedule == "ours" or report.schedule.endswith("+sandbox")
     test = cal.test_sandboxed.cpu if sandboxed else cal.test_plain.cpu
     cpu_per_task = (per_task.compiles * cal.compile_ok.cpu + per_task.failed_compiles * cal.compile_error.cpu
-                    + per_task.tests * test) / n
+                    + per_task.tests * test + (per_task.clippies * cal.clippy.cpu if cal.clippy else 0.0)) / n
     slot_per_task = report.slot_seconds / n
     server = preset.load.capacity / slot_per_task if slot_per_task > 0 else math.inf
     cpu = CORES / cpu_per_task
@@ -273,9 +273,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pool", action="store_true", help="skip the thread-pool baseline")
     p.add_argument("--pool-sandbox", action="store_true",
                    help="also run the thread-pool baseline with its tests in the pipeline's sandbox (like for like)")
+    p.add_argument("--clippy", action="store_true",
+                   help="lint each verified stage with clippy, as the default config does (ours only: the "
+                        "baselines do not lint, so it needs --no-pool)")
     p.add_argument("--work", type=Path, help="working directory (default: a temporary one, removed after)")
     p.add_argument("--cache-dir", type=Path, default=RESULTS / "cache", help="libc rlib cache")
     args = p.parse_args(argv)
+    if args.clippy and (not args.no_pool or args.pool_sandbox or (args.seq_tasks or 0) > 0):
+        p.error("--clippy needs --no-pool --seq-tasks 0 (the baselines do not lint)")
 
     preset = PRESETS[args.preset]
     load = replace(preset.load, **{k: v for k, v in (
@@ -296,12 +301,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(preset: Preset, args: argparse.Namespace, work: Path) -> int:
     plans = make_plans(preset.tasks, preset.repair_rate, preset.fail_rate, preset.tokens)
     write_corpus(work / "corpus", plans)
-    config = write_config(work / "sactor.toml", compile_cache=False, clippy=False)
+    config = write_config(work / "sactor.toml", compile_cache=False, clippy=args.clippy)
     cache = args.cache_dir.resolve()
     expected = [p.expected(MAX_ATTEMPTS) for p in plans]
+    if not args.clippy:
+        expected = [replace(e, clippies=0) for e in expected]
     print(f"# {preset.name}: {preset.summary}; {len(plans)} distinct tasks, workers {preset.workers}, "
-          f"jobs {args.jobs}, load {asdict(preset.load)}", file=sys.stderr)
-    cal = calibrate(plans[:8], work / "corpus", cache)
+          f"jobs {args.jobs}, clippy {args.clippy}, load {asdict(preset.load)}", file=sys.stderr)
+    cal = calibrate(plans[:8], work / "corpus", cache, clippy=args.clippy)
     print(f"calibration: {json.dumps(cal.as_dict())}", file=sys.stderr)
 
     reports: list[RunReport] = []
@@ -360,13 +367,14 @@ def _run(preset: Preset, args: argparse.Namespace, work: Path) -> int:
               "of ideal (avail. cores)", "slots busy", "slots busy (steady)", "start-up s", "drain s",
               "p50 s", "p95 s", "peak RSS MB",
               "CPU s/task", "own CPU share", "background cores", "ours / this"]
-    cal_rows = [[name, cost.wall, cost.cpu, cost.samples] for name, cost in cal.__dict__.items()]
+    cal_rows = [[name, cost.wall, cost.cpu, cost.samples] for name, cost in cal.__dict__.items() if cost is not None]
     first = results[0]
     print(f"\n### {preset.name}: {preset.summary}\n")
     print(f"{len(plans)} distinct tasks (repairs {preset.repair_rate:.0%}, failures {preset.fail_rate:.0%}, "
           f"answers ~{preset.tokens} tokens), max attempts {MAX_ATTEMPTS}; simulator capacity "
           f"{preset.load.capacity}, latency {preset.load.latency} s, decode {preset.load.decode_per_token} s/token, "
-          f"fault rate {preset.load.fault_rate}; --workers {preset.workers} --jobs {args.jobs}; "
+          f"fault rate {preset.load.fault_rate}; --workers {preset.workers} --jobs {args.jobs}"
+          f"{', clippy on' if args.clippy else ''}; "
           f"{first['requests_per_task']:.2f} requests/task, {first['service_seconds_per_request']:.3f} s/request, "
           f"server bound {first['server_bound']:.2f}/s, CPU bound {first['cpu_bound']:.2f}/s "
           f"({first['cpu_seconds_per_task']:.3f} CPU s/task on {CORES} cores)\n")
