@@ -22,19 +22,28 @@ _CHAR_LITERAL = re.compile(
 )
 
 
+_NOT_NEWLINE = re.compile(r"[^\n]")
+
+
 @functools.lru_cache(maxsize=64)
 def mask_comments_and_strings(source: str) -> str:
     """``source`` with the insides of comments, string and char literals replaced by spaces.
 
     Offsets and line breaks are kept, so positions in the result are positions in ``source``.
     """
-    out = list(source)
     n = len(source)
+    pieces: list[str] = []
+    kept = 0  # source[:kept] is in pieces; the scan only moves forward, so blanked spans come in order
 
     def blank(start: int, end: int) -> None:
-        for k in range(start, min(end, n)):
-            if out[k] != "\n":
-                out[k] = " "
+        nonlocal kept
+        end = min(end, n)
+        if end <= start:
+            return
+        pieces.append(source[kept:start])
+        # Whole spans at a time, not character by character (#16: 0.1 ms per program less).
+        pieces.append(_NOT_NEWLINE.sub(" ", source[start:end]))
+        kept = end
 
     i = 0
     while True:
@@ -77,7 +86,8 @@ def mask_comments_and_strings(source: str) -> str:
                 i = lit.end()
             else:
                 i = start + 1
-    return "".join(out)
+    pieces.append(source[kept:])
+    return "".join(pieces)
 
 
 _HOST_MACRO = re.compile(r"(?<![A-Za-z0-9_])(include_str|include_bytes|include|option_env|env)\s*!")
