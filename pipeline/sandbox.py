@@ -820,22 +820,27 @@ async def _execute(
     timed_out = killed = False
     try:
         with anyio.move_on_after(limits.wall_seconds) as deadline:
-            await child.wait_stopped()
+            await child.wait(child.stopped)
             if child.returncode is not None and not child.exceeded:
                 held.release()
-                # Straggler processes may still hold the pipes: give them a moment, then stop reading.
-                with anyio.move_on_after(_DRAIN_GRACE):
-                    await child.wait_drained()
+                if not child.drained():
+                    # Straggler processes may still hold the pipes: give them a moment, then stop reading.
+                    with anyio.move_on_after(_DRAIN_GRACE):
+                        await child.wait(child.drained)
         exceeded = child.exceeded
         timed_out = deadline.cancel_called and not exceeded and child.returncode is None
         killed = timed_out or exceeded
     finally:
-        with anyio.CancelScope(shield=True):
-            try:
-                await _kill_tree(child, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
-            finally:
-                held.release()
-                child.close()
+        try:
+            # The usual end (exited by itself, nothing to sweep) needs no await: no shielded scope either.
+            if child.returncode is None or _sweep_needed(child, sweep, pid_namespace, helper_reaps):
+                with anyio.CancelScope(shield=True):
+                    await _kill_tree(child, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
+            else:
+                _kill_group(child.pid)
+        finally:
+            held.release()
+            child.close()
     return _Raw(
         child.returncode, bytes(child.out.data), bytes(child.err.data), timed_out, child.exceeded, killed,
         time.monotonic() - started,
@@ -864,8 +869,8 @@ class _Child:
     """A started process whose pipes the event loop serves with callbacks: no task, stream object or transport
     per pipe (#16). Its exit is seen on a pidfd (polled with ``waitpid`` where pidfds are missing).
 
-    ``stopped`` is set when the process exited or an output passed its cap, ``drained`` when both outputs
-    ended and the input was fed (or given up), ``exited`` when the process was reaped.
+    :meth:`wait` waits for one of :meth:`stopped` (the process exited or an output passed its cap),
+    :meth:`drained` (both outputs ended and the input was fed, or given up) or :meth:`exited` (reaped).
     """
 
     def __init__(
@@ -879,9 +884,7 @@ class _Child:
         self.out = _Capture(cap)
         self.err = _Capture(cap)
         self.exceeded = False
-        self.stopped = anyio.Event()
-        self.drained = anyio.Event()
-        self.exited = anyio.Event()
+        self._waiter: asyncio.Future[None] | None = None
         self._readers: dict[int, _Capture] = {out_fd: self.out, err_fd: self.err}
         self._in_fd = in_fd
         self._input = memoryview(stdin)
@@ -898,7 +901,7 @@ class _Child:
         except (AttributeError, OSError):  # not Linux, a kernel before 5.3, or refused by seccomp: poll instead
             self._pidfd = None
         else:
-            loop.add_reader(self._pidfd, self._on_exit)
+            loop.add_reader(self._pidfd, self._reap, os.WNOHANG)
 
     @classmethod
     def start(
@@ -927,10 +930,41 @@ class _Child:
         try:
             return cls(proc, loop, out_r, err_r, in_w, stdin or b"", cap)
         except BaseException:  # not in our hands: do not leave it running
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             proc.wait()
             raise
+
+    def stopped(self) -> bool:
+        return self.returncode is not None or self.exceeded
+
+    def drained(self) -> bool:
+        return not self._readers and self._in_fd is None
+
+    def exited(self) -> bool:
+        return self.returncode is not None
+
+    async def wait(self, condition: Callable[[], bool]) -> None:
+        """Until ``condition()``; every change of state wakes the waiter (there is one: the run's task)."""
+        while not condition():
+            if self._pidfd is None and self.returncode is None:
+                self._reap(os.WNOHANG)  # no pidfd: look every 10 ms
+                if condition():
+                    return
+                with anyio.move_on_after(0.01):
+                    await self._sleep()
+            else:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _on_readable(self, fd: int, capture: _Capture) -> None:
         try:
@@ -944,7 +978,6 @@ class _Child:
         elif capture.add(chunk):
             self.exceeded = True  # past the cap: stop everything; the tree is killed on the way out
             self._stop_reading(fd)
-            self.stopped.set()
 
     def _stop_reading(self, fd: int) -> None:
         capture = self._readers.pop(fd, None)
@@ -952,7 +985,7 @@ class _Child:
             capture.done = True
             self.loop.remove_reader(fd)
             os.close(fd)
-        self._check_drained()
+        self._wake()
 
     def _feed(self) -> None:
         """Write what the pipe takes; the rest when it is writable again; close it at the end."""
@@ -978,14 +1011,7 @@ class _Child:
             os.close(self._in_fd)
             self._in_fd = None
             self._input = memoryview(b"")
-        self._check_drained()
-
-    def _check_drained(self) -> None:
-        if not self._readers and self._in_fd is None:
-            self.drained.set()
-
-    def _on_exit(self) -> None:
-        self._reap(os.WNOHANG)
+        self._wake()
 
     def _reap(self, flags: int) -> None:
         if self.returncode is not None:
@@ -1000,31 +1026,14 @@ class _Child:
                 return  # still running
             code = os.waitstatus_to_exitcode(status)
         self.returncode = self.proc.returncode = code  # Popen must not wait for it again
+        self._close_pidfd()
+        self._wake()
+
+    def _close_pidfd(self) -> None:
         if self._pidfd is not None:
             self.loop.remove_reader(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = None
-        self.exited.set()
-        self.stopped.set()
-
-    async def _poll(self, event: anyio.Event) -> None:
-        """Wait for ``event``, checking for the exit every 10 ms where no pidfd tells of it."""
-        while not event.is_set():
-            if self._pidfd is None:
-                self._reap(os.WNOHANG)
-                with anyio.move_on_after(0.01):
-                    await event.wait()
-            else:
-                await event.wait()
-
-    async def wait_stopped(self) -> None:
-        await self._poll(self.stopped)
-
-    async def wait_drained(self) -> None:
-        await self._poll(self.drained)
-
-    async def wait_exited(self) -> None:
-        await self._poll(self.exited)
 
     def close(self) -> None:
         """Stop reading and feeding; the process itself is left to :func:`_kill_tree`."""
@@ -1033,10 +1042,23 @@ class _Child:
         self._close_input()
         if self.returncode is None:
             self._reap(os.WNOHANG)
-        if self._pidfd is not None:
-            self.loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
+        self._close_pidfd()
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _sweep_needed(
+    child: _Child, sweep: Callable[[], int] | None, pid_namespace: bool, helper_reaps: bool,
+) -> bool:
+    """Whether a run's leftovers must be looked for in /proc; see :func:`_kill_tree`."""
+    if sweep is None:
+        return False
+    if pid_namespace and child.returncode is not None:
+        return False
+    return not (helper_reaps and child.returncode == 0)
 
 
 async def _kill_tree(
@@ -1049,16 +1071,14 @@ async def _kill_tree(
     So it is when ``helper_reaps`` and the helper exited by itself with status 0: as the run's subreaper it
     exits 0 only after reaping every process the program left.
     """
-    if pid_namespace and child.returncode is not None:
+    if not _sweep_needed(child, sweep, pid_namespace, helper_reaps):
         sweep = None
-    if helper_reaps and child.returncode == 0:
-        sweep = None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(child.pid, signal.SIGKILL)
-    with anyio.move_on_after(10):
-        await child.wait_exited()
+    _kill_group(child.pid)
     if child.returncode is None:
-        log.error("sandbox: process %d did not end within 10 s of SIGKILL", child.pid)
+        with anyio.move_on_after(10):
+            await child.wait(child.exited)
+        if child.returncode is None:
+            log.error("sandbox: process %d did not end within 10 s of SIGKILL", child.pid)
     if sweep is not None:
         left = await anyio.to_thread.run_sync(sweep)
         if left:
