@@ -428,7 +428,7 @@ class Sandbox:
         symlink or does not exist is skipped with a warning. Removed on exit.
         """
         names = list(files)
-        path = await anyio.to_thread.run_sync(self._make_workdir, source_dir, names)
+        path = await anyio.to_thread.run_sync(self._make_workdir, source_dir, names, False)
         try:
             yield path
         finally:
@@ -451,7 +451,8 @@ class Sandbox:
     ) -> AsyncIterator[tuple[Path, Path]]:
         """``(build_dir, workdir)`` for one verification: a :meth:`build_dir` holding ``sources`` (name: text,
         written with it) and a :meth:`workdir` with copies of ``files``, both made in one worker-thread trip (#16).
-        Use it where a program is built and then tested in the same working copy.
+        Use it where a program is built and then tested in the same working copy. The copy belongs to its first
+        run's uid from the start (that run needs no trip): put nothing into it but through runs.
 
         After an exception or a cancellation both are removed at once. After a normal exit no process of theirs
         is left (every run has ended and been reaped), and they are removed in the next trip that makes such a
@@ -464,7 +465,7 @@ class Sandbox:
             self._remove_dirs(leftover)
             build = self._make_build_dir(sources or {})
             try:
-                return build, self._make_workdir(source_dir, names)
+                return build, self._make_workdir(source_dir, names, True)
             except BaseException:
                 self._remove_dirs((build,))
                 raise
@@ -478,15 +479,16 @@ class Sandbox:
             raise
         self._finished += (work, build)
 
-    def _make_workdir(self, source_dir: Path | None, names: list[str]) -> Path:
-        """Blocking part of :meth:`workdir`: the directory, the copies, and the uid of its first run."""
+    def _make_workdir(self, source_dir: Path | None, names: list[str], owned: bool) -> Path:
+        """Blocking part of :meth:`workdir`: the directory and the copies; when ``owned``, handed to the uid of
+        its first run already."""
         if names and source_dir is None:
             log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
         path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
         try:
             if names and source_dir is not None:
                 _copy_files(Path(source_dir), names, path)
-            if self._mode.drop_uid:
+            if owned and self._mode.drop_uid:
                 # The first run's uid owns the copy from the start: that run needs no trip to hand it over.
                 with contextlib.suppress(OSError):  # no free uid now: the run looks for one itself
                     uid = self._free_uid()

@@ -584,3 +584,13 @@ async def test_finished_verifications_keep_at_most_one_pair_of_directories() -> 
                 assert _leftover_dirs(sb) == sorted([build.name, work.name]), round_
         assert len(_leftover_dirs(sb)) <= 2
     assert len(seen) == 6 and not any(p.exists() for p in seen)
+
+
+async def test_files_put_into_a_workdir_belong_to_its_next_run(sandbox: Sandbox) -> None:
+    """What the caller writes into a workdir before a run (as root, mode 0644) is the run's to change."""
+    async with sandbox.workdir() as wd:
+        await anyio.to_thread.run_sync((wd / "given.txt").write_text, "given\n")
+        for round_ in range(2):
+            result = await sandbox.run(["sh", "-c", "echo more >> given.txt"], cwd=wd, limits=limits())
+            assert result.ok, (round_, result.describe(), result.stderr)
+        assert (wd / "given.txt").read_text() == "given\nmore\nmore\n"
