@@ -44,9 +44,12 @@ class Cost:
     wall: float
     cpu: float
     samples: int
+    #: This process's own share of ``cpu`` (event loop, sandbox bookkeeping), without the children's.
+    own: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"wall_seconds": round(self.wall, 4), "cpu_seconds": round(self.cpu, 4), "samples": self.samples}
+        return {"wall_seconds": round(self.wall, 4), "cpu_seconds": round(self.cpu, 4),
+                "own_cpu_seconds": round(self.own, 5), "samples": self.samples}
 
 
 @dataclass(frozen=True)
@@ -82,25 +85,32 @@ def _cpu_now() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-async def _measure(fn: Callable[[], Awaitable[T]]) -> tuple[T, float, float]:
-    cpu0, wall0 = _cpu_now(), time.perf_counter()
+def _own_now() -> float:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return me.ru_utime + me.ru_stime
+
+
+async def _measure(fn: Callable[[], Awaitable[T]]) -> tuple[T, float, float, float]:
+    """``fn()``'s value, wall seconds, CPU seconds (ours and the children's) and our own CPU seconds."""
+    cpu0, own0, wall0 = _cpu_now(), _own_now(), time.perf_counter()
     value = await fn()
-    return value, time.perf_counter() - wall0, _cpu_now() - cpu0
+    return value, time.perf_counter() - wall0, _cpu_now() - cpu0, _own_now() - own0
 
 
-def _median(pairs: Sequence[tuple[float, float]]) -> Cost:
-    return Cost(statistics.median(w for w, _ in pairs), statistics.median(c for _, c in pairs), len(pairs))
+def _median(samples: Sequence[tuple[float, float, float]]) -> Cost:
+    return Cost(statistics.median(s[0] for s in samples), statistics.median(s[1] for s in samples), len(samples),
+                statistics.median(s[2] for s in samples))
 
 
 async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, helper: str = "auto",
                      clippy: bool = False) -> Calibration:
     settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=False, clippy=clippy)
     toolchain = await Toolchain.prepare(settings)
-    ok: list[tuple[float, float]] = []
-    linted: list[tuple[float, float]] = []
-    err: list[tuple[float, float]] = []
-    sandboxed: list[tuple[float, float]] = []
-    plain: list[tuple[float, float]] = []
+    ok: list[tuple[float, float, float]] = []
+    linted: list[tuple[float, float, float]] = []
+    err: list[tuple[float, float, float]] = []
+    sandboxed: list[tuple[float, float, float]] = []
+    plain: list[tuple[float, float, float]] = []
     async with Sandbox.open(SandboxSettings(helper=helper), cache_dir=cache_dir) as sandbox:
         limits = sandbox.limits(wall_seconds=60.0, output_bytes=40_000)
         await _warm_up(toolchain, plans[0])
@@ -112,32 +122,32 @@ async def _calibrate(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, h
             bad = program(TaskPlan(plan.name, plan.directive_id, ("compile_error",), stdout=plan.stdout,
                                    tokens=plan.tokens), "unidiomatic", 1)
             async with sandbox.build_dir() as out_dir:
-                built, wall, cpu = await _measure(partial(toolchain.build, good, out_dir))
+                built, wall, cpu, own = await _measure(partial(toolchain.build, good, out_dir))
                 assert built.ok and built.binary is not None, built.diagnostics
-                ok.append((wall, cpu))
-                verdict, wall, cpu = await _measure(
+                ok.append((wall, cpu, own))
+                verdict, wall, cpu, own = await _measure(
                     partial(run_test_suite, built.binary, suite, sandbox=sandbox, limits=limits))
                 assert verdict.passed, verdict.feedback()
-                sandboxed.append((wall, cpu))
+                sandboxed.append((wall, cpu, own))
                 sample = suite.cases[0].sample
                 assert sample is not None
-                _, wall, cpu = await _measure(
+                _, wall, cpu, own = await _measure(
                     partial(anyio.to_thread.run_sync, _plain_run, built.binary, sample.input))
-                plain.append((wall, cpu))
+                plain.append((wall, cpu, own))
                 if clippy:
-                    stats, wall, cpu = await _measure(partial(toolchain.clippy_stats, good, out_dir))
+                    stats, wall, cpu, own = await _measure(partial(toolchain.clippy_stats, good, out_dir))
                     assert "total_warnings" in stats, stats
-                    linted.append((wall, cpu))
+                    linted.append((wall, cpu, own))
             with tempfile.TemporaryDirectory() as tmp:
-                failed, wall, cpu = await _measure(partial(toolchain.build, bad, Path(tmp)))
+                failed, wall, cpu, own = await _measure(partial(toolchain.build, bad, Path(tmp)))
                 assert not failed.ok
-                err.append((wall, cpu))
-        typical: list[tuple[float, float]] = []
+                err.append((wall, cpu, own))
+        typical: list[tuple[float, float, float]] = []
         for source in typical_programs():
             async with sandbox.build_dir() as out_dir:
-                built, wall, cpu = await _measure(partial(toolchain.build, source, out_dir))
+                built, wall, cpu, own = await _measure(partial(toolchain.build, source, out_dir))
                 if built.ok:
-                    typical.append((wall, cpu))
+                    typical.append((wall, cpu, own))
     return Calibration(_median(ok), _median(err), _median(sandboxed), _median(plain), _median(typical),
                        _median(linted) if clippy else None)
 
@@ -177,7 +187,7 @@ async def _test_runs(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, h
     """Median cost of one sandboxed test run with ``helper``, each program's suite run ``runs`` times."""
     settings = ToolchainSettings(cache_dir=str(cache_dir), compile_cache=True, clippy=False)
     toolchain = await Toolchain.prepare(settings)
-    costs: list[tuple[float, float]] = []
+    costs: list[tuple[float, float, float]] = []
     async with Sandbox.open(SandboxSettings(helper=helper), cache_dir=cache_dir) as sandbox:
         limits = sandbox.limits(wall_seconds=60.0, output_bytes=40_000)
         for plan in plans:
@@ -187,10 +197,10 @@ async def _test_runs(plans: Sequence[TaskPlan], corpus: Path, cache_dir: Path, h
                 built = await toolchain.build(program(plan, "unidiomatic", 1), out_dir)
                 assert built.ok and built.binary is not None, built.diagnostics
                 for _ in range(runs):
-                    verdict, wall, cpu = await _measure(
+                    verdict, wall, cpu, own = await _measure(
                         partial(run_test_suite, built.binary, suite, sandbox=sandbox, limits=limits))
                     assert verdict.passed, verdict.feedback()
-                    costs.append((wall, cpu))
+                    costs.append((wall, cpu, own))
     return _median(costs)
 
 
@@ -222,10 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, costs in results.items():
         wall = statistics.median(c.wall for c in costs)
         cpu = statistics.median(c.cpu for c in costs)
-        rows.append([name, f"{wall * 1000:.1f}", f"{cpu * 1000:.1f}", sum(c.samples for c in costs)])
+        own = statistics.median(c.own for c in costs)
+        rows.append([name, f"{wall * 1000:.1f}", f"{cpu * 1000:.1f}", f"{own * 1000:.2f}",
+                     sum(c.samples for c in costs)])
     write_json(RESULTS / "calibrate.json", {"command": " ".join(["python -m bench.calibrate", *(argv or sys.argv[1:])]),
                                             "rows": rows})
-    print(markdown_table(["operation", "wall ms", "CPU ms", "samples"], rows))
+    print(markdown_table(["operation", "wall ms", "CPU ms", "own CPU ms", "samples"], rows))
     return 0
 
 

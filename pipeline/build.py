@@ -60,6 +60,8 @@ CODEGEN_FLAGS = (
 #: Warnings are dropped anyway; not computing them is cheaper. Deny-by-default lints stay errors.
 BUILD_FLAGS = (*CODEGEN_FLAGS, "-A", "warnings")
 BINARY_NAME = "main"
+#: The source file of a build, beside the binary.
+SOURCE_NAME = f"{BINARY_NAME}.rs"
 #: What a C program needs besides a Rust static library to link it (``rustc --print native-static-libs``).
 STATICLIB_LINK_FLAGS = ("-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc")
 #: A libc build in progress, in the cache directory: ``.libc-build-<pid>-<random>``.
@@ -193,8 +195,11 @@ class Toolchain:
         libc_rlib: Path,
         libc_id: str,
         env: dict[str, str],
+        umask: int | None = None,
     ) -> None:
         self.settings = settings
+        # rustc's binaries are readable and executable by the runs' uids as the linker makes them: no chmod.
+        self._executable_by_all = umask is not None and umask & 0o055 == 0
         self.rustc = rustc
         self.clippy = clippy
         self.rustc_version = version_text.splitlines()[0].strip() if version_text else "rustc (unknown)"
@@ -203,6 +208,9 @@ class Toolchain:
         self._libc_id = libc_id
         self._env = env
         self.cache_dir = settings.resolved_cache_dir()
+        # Those of every build, made once.
+        self._build_flags = tuple(self._flags())
+        self._build_limits = self._limits()
 
     @classmethod
     async def prepare(cls, settings: ToolchainSettings) -> Toolchain:
@@ -273,10 +281,11 @@ class Toolchain:
         if failure is not None:
             raise failure
         clippy = clippy_found[0]
+        umask = await anyio.to_thread.run_sync(_read_umask)
         log.info("toolchain: %s, libc rlib %s, clippy %s", version_text.splitlines()[0], rlib,
                  clippy or "not used")
         return cls(settings, rustc=rustc, clippy=clippy, version_text=version_text, libc_rlib=rlib,
-                   libc_id=libc_id, env=env)
+                   libc_id=libc_id, env=env, umask=umask)
 
     def _flags(self, *, warnings: bool = False, crate_type: str = "bin") -> list[str]:
         return [
@@ -290,7 +299,7 @@ class Toolchain:
         ]
 
     def _key(self, source: str) -> str:
-        material = json.dumps([source, self._version_text, self._flags(), self._libc_id])
+        material = json.dumps([source, self._version_text, list(self._build_flags), self._libc_id])
         return hashlib.sha256(material.encode()).hexdigest()
 
     def _limits(self, output: int = _RUSTC_OUTPUT_CAP) -> Limits:
@@ -302,11 +311,14 @@ class Toolchain:
 
     async def build(
         self, source: str, out_dir: Path, *, max_diagnostic_chars: int = 6000, cpu: anyio.CapacityLimiter | None = None,
+        source_written: bool = False,
     ) -> BuildResult:
         """Compile ``source`` into ``out_dir/main``; a failure is a result (errors only, first first).
 
         The compile cache is consulted and filled only when ``[toolchain] compile_cache`` is true. ``cpu`` (the
         engine's CPU limiter) is held only while rustc runs, not while the source is written or the cache read.
+        ``source_written``: ``out_dir/main.rs`` (:data:`SOURCE_NAME`) holds ``source`` already, written with the
+        directory (:meth:`~pipeline.sandbox.Sandbox.verification_dirs`): one worker-thread trip less.
 
         Refused sources (see :func:`forbidden_constructs`) are not compiled. Raises OSError only when
         ``out_dir`` or the cache cannot be written.
@@ -315,9 +327,11 @@ class Toolchain:
         reason = forbidden_constructs(source)
         if reason is not None:
             return BuildResult(False, None, reason, 1, False, time.monotonic() - started, refused=reason)
-        key = self._key(source)
-        # Without the compile cache (benchmarks), entry is None: no lookup, no store.
-        entry = self.cache_dir / "bin" / key[:2] / key if self.settings.compile_cache else None
+        # Without the compile cache (benchmarks), entry is None: no key, no lookup, no store.
+        entry = None
+        if self.settings.compile_cache:
+            key = self._key(source)
+            entry = self.cache_dir / "bin" / key[:2] / key
         binary = Path(out_dir) / BINARY_NAME
         hit = None if entry is None else await anyio.to_thread.run_sync(_cache_lookup, entry, binary)
         if hit is not None:
@@ -328,12 +342,15 @@ class Toolchain:
                 False, None, _trim_errors(errors, max_diagnostic_chars), len(errors), True,
                 time.monotonic() - started,
             )
-        src = Path(out_dir) / f"{BINARY_NAME}.rs"
-        await anyio.to_thread.run_sync(src.write_text, source)
+        src = Path(out_dir) / SOURCE_NAME
+        if not source_written:
+            await anyio.to_thread.run_sync(src.write_text, source)
         # Relative names: the diagnostics read "--> main.rs:3:5", the same in every directory and in the cache.
-        argv = [self.rustc, *self._flags(), "-o", binary.name, src.name]
-        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env, slot=cpu)
+        argv = [self.rustc, *self._build_flags, "-o", binary.name, src.name]
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._build_limits, env=self._env, slot=cpu)
         seconds = time.monotonic() - started
+        if result.ok and entry is None and self._executable_by_all:
+            return BuildResult(True, binary, "", 0, False, seconds)  # as rustc left it: no worker-thread trip
         # One trip to a worker thread: the binary made executable for the runs' uids (and cached).
         if result.ok and await anyio.to_thread.run_sync(_publish_binary, binary, entry):
             return BuildResult(True, binary, "", 0, False, seconds)
@@ -504,6 +521,18 @@ async def _ensure_libc(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(_remove, tmp)
     return rlib
+
+
+def _read_umask() -> int | None:
+    """This process's umask (from /proc, since ``os.umask`` can only read it by changing it), or None."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _remove_stale_builds(cache_dir: Path) -> None:

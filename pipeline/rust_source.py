@@ -22,19 +22,28 @@ _CHAR_LITERAL = re.compile(
 )
 
 
+_NOT_NEWLINE = re.compile(r"[^\n]")
+
+
 @functools.lru_cache(maxsize=64)
 def mask_comments_and_strings(source: str) -> str:
     """``source`` with the insides of comments, string and char literals replaced by spaces.
 
     Offsets and line breaks are kept, so positions in the result are positions in ``source``.
     """
-    out = list(source)
     n = len(source)
+    pieces: list[str] = []
+    kept = 0  # source[:kept] is in pieces; the scan only moves forward, so blanked spans come in order
 
     def blank(start: int, end: int) -> None:
-        for k in range(start, min(end, n)):
-            if out[k] != "\n":
-                out[k] = " "
+        nonlocal kept
+        end = min(end, n)
+        if end <= start:
+            return
+        pieces.append(source[kept:start])
+        # Whole spans at a time, not character by character (#16: 0.1 ms per program less).
+        pieces.append(_NOT_NEWLINE.sub(" ", source[start:end]))
+        kept = end
 
     i = 0
     while True:
@@ -77,7 +86,8 @@ def mask_comments_and_strings(source: str) -> str:
                 i = lit.end()
             else:
                 i = start + 1
-    return "".join(out)
+    pieces.append(source[kept:])
+    return "".join(pieces)
 
 
 _HOST_MACRO = re.compile(r"(?<![A-Za-z0-9_])(include_str|include_bytes|include|option_env|env)\s*!")
@@ -90,6 +100,8 @@ _EXTERN_CRATE = re.compile(r"(?<![A-Za-z0-9_])extern\s+crate\s+([A-Za-z_][A-Za-z
 _LINK_ATTR = re.compile(r"#\s*!?\s*\[\s*link\s*\(")
 _PATH_ATTR = re.compile(r"#\s*!?\s*\[\s*path\s*=")
 _OUTLINE_MOD = re.compile(r"(?<![A-Za-z0-9_])mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;")
+#: What `env!` and `env as` start with: a literal prefix, so this scans fast where the look-behinds do not.
+_ENV_GATE = re.compile(r"env(?:\s*!|\s+as)")
 _ASM = re.compile(r"(?<![A-Za-z0-9_])(?:global_asm|naked_asm|asm)\s*!")
 _ASM_INCLUDE = re.compile(r"\.(?:incbin|include)\b", re.IGNORECASE)
 
@@ -110,39 +122,47 @@ def forbidden_constructs(source: str) -> str | None:
     def line_of(pos: int) -> int:
         return masked.count("\n", 0, pos) + 1
 
-    for m in (_HOST_MACRO.search(masked), _HOST_MACRO_NAME.search(masked)):
+    def search(pattern: re.Pattern[str], *words: str) -> re.Match[str] | None:
+        # A cheap test first: each pattern needs one of its words, and most programs have none (#16: the
+        # patterns' look-behinds cost about 0.3 ms per program, the tests a few microseconds).
+        return pattern.search(masked) if any(w in masked for w in words) else None
+
+    # `std::env::args()` is common, `env!`/`env as` are not: only those make the host-macro patterns worth running.
+    host = "include" in masked or "option_env" in masked or _ENV_GATE.search(masked) is not None
+    for m in (search(_HOST_MACRO, "include", "env") if host else None,
+              search(_HOST_MACRO_NAME, "include", "env") if host else None):
         if m:
             found.append((m.start(), _host_macro_reason(m.group(1))))
-    m = _RENAMED.search(masked)
+    m = search(_RENAMED, "env", "include") if host else None
     if m:
         found.append((m.start(), f"imports `{m.group(1)}` under another name, which would call the "
                                  f"{m.group(1)}! macro; it is not allowed: use the std::{m.group(1)} path as it is"
                       if m.group(1) == "env" else
                       f"imports `{m.group(1)}` under another name (the {m.group(1)}! macro, which reads files of "
                       f"the build machine); it is not allowed"))
-    m = _MACRO_VAR_CALL.search(masked)
+    m = search(_MACRO_VAR_CALL, "$")
     if m:
         found.append((m.start(), "calls a macro through a macro variable ($m!), which could reach include_str! "
                                  "or env!; it is not allowed: call macros by their names"))
-    for m in _EXTERN_CRATE.finditer(masked):
+    for m in _EXTERN_CRATE.finditer(masked) if "crate" in masked else ():
         if m.group(1) not in ALLOWED_CRATES:
             found.append((m.start(), f"uses `extern crate {m.group(1)}`; only the standard library and libc "
                                      f"are available: remove the dependency"))
             break
-    m = _LINK_ATTR.search(masked)
+    m = search(_LINK_ATTR, "link")
     if m:
         found.append((m.start(), "uses #[link(...)], which links a library of the build machine; it is not "
                                  "allowed: only the standard library and libc are available"))
-    m = _PATH_ATTR.search(masked)
+    m = search(_PATH_ATTR, "path")
     if m:
         found.append((m.start(), "uses #[path = ...], which reads another file of the build machine; it is not "
                                  "allowed: write the module inline (mod name { ... })"))
-    m = _OUTLINE_MOD.search(masked)
+    m = search(_OUTLINE_MOD, "mod")
     if m:
         name = m.group(1)
         found.append((m.start(), f"declares `mod {name};`, which reads {name}.rs from the build machine; it is "
                                  f"not allowed: write the module inline (mod {name} {{ ... }})"))
-    m = _ASM.search(masked)
+    m = search(_ASM, "asm")
     if m and _ASM_INCLUDE.search(source):
         found.append((m.start(), "uses an assembler .incbin/.include directive, which reads files of the build "
                                  "machine; it is not allowed"))

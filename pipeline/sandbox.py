@@ -33,6 +33,7 @@ output, the group killed on timeout; no namespaces and no uid change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import grp
@@ -261,6 +262,11 @@ class Sandbox:
         # usual system, user and container (subuid) ranges; each is checked to be unused before it is taken.
         self._uids = itertools.count((1 << 30) + secrets.randbelow(1 << 29))
         self._workdirs: set[Path] = set()
+        self._build_dirs: set[Path] = set()
+        #: Directories of verifications that ended normally, removed by the next :meth:`verification_dirs`.
+        self._finished: list[Path] = []
+        #: The uid each workdir was handed to when it was made, until a run takes it (see :meth:`_prepare_now`).
+        self._fresh_uids: dict[Path, int] = {}
         self._free_uids: list[int] = []
         self._nproc_count: tuple[float, int] = (float("-inf"), 0)
 
@@ -422,43 +428,98 @@ class Sandbox:
         symlink or does not exist is skipped with a warning. Removed on exit.
         """
         names = list(files)
-        if names and source_dir is None:
-            log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
-
-        def make() -> Path:  # one trip to a worker thread: directory and copies
-            path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
-            try:
-                if names and source_dir is not None:
-                    _copy_files(Path(source_dir), names, path)
-            except BaseException:
-                _remove_tree(path)
-                raise
-            return path
-
-        path = await anyio.to_thread.run_sync(make)
-        self._workdirs.add(path)
+        path = await anyio.to_thread.run_sync(self._make_workdir, source_dir, names, False)
         try:
             yield path
         finally:
-            self._workdirs.discard(path)
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove_tree, path)
+                await anyio.to_thread.run_sync(self._remove_dirs, (path,))
 
     @asynccontextmanager
     async def build_dir(self) -> AsyncIterator[Path]:
         """A private directory for compiler output; the runs' uids may read and execute what is in it."""
-
-        def make() -> Path:
-            path = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch))
-            os.chmod(path, 0o755)
-            return path
-
-        path = await anyio.to_thread.run_sync(make)
+        path = await anyio.to_thread.run_sync(self._make_build_dir, {})
         try:
             yield path
         finally:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove_tree, path)
+                await anyio.to_thread.run_sync(self._remove_dirs, (path,))
+
+    @asynccontextmanager
+    async def verification_dirs(
+        self, source_dir: Path | None = None, files: Iterable[str] = (), *, sources: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[tuple[Path, Path]]:
+        """``(build_dir, workdir)`` for one verification: a :meth:`build_dir` holding ``sources`` (name: text,
+        written with it) and a :meth:`workdir` with copies of ``files``, both made in one worker-thread trip (#16).
+        Use it where a program is built and then tested in the same working copy. The copy belongs to its first
+        run's uid from the start (that run needs no trip): put nothing into it but through runs.
+
+        After an exception or a cancellation both are removed at once. After a normal exit no process of theirs
+        is left (every run has ended and been reaped), and they are removed in the next trip that makes such a
+        pair, or with the scratch root when the sandbox closes: one trip per verification, not two.
+        """
+        names = list(files)
+        leftover, self._finished = self._finished, []
+
+        def make() -> tuple[Path, Path]:
+            self._remove_dirs(leftover)
+            build = self._make_build_dir(sources or {})
+            try:
+                return build, self._make_workdir(source_dir, names, True)
+            except BaseException:
+                self._remove_dirs((build,))
+                raise
+
+        build, work = await anyio.to_thread.run_sync(make)
+        try:
+            yield build, work
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._remove_dirs, (work, build))
+            raise
+        self._finished += (work, build)
+
+    def _make_workdir(self, source_dir: Path | None, names: list[str], owned: bool) -> Path:
+        """Blocking part of :meth:`workdir`: the directory and the copies; when ``owned``, handed to the uid of
+        its first run already."""
+        if names and source_dir is None:
+            log.warning("sandbox: %d file(s) asked for without a source directory; none copied", len(names))
+        path = Path(tempfile.mkdtemp(prefix="work-", dir=self.scratch))
+        try:
+            if names and source_dir is not None:
+                _copy_files(Path(source_dir), names, path)
+            if owned and self._mode.drop_uid:
+                # The first run's uid owns the copy from the start: that run needs no trip to hand it over.
+                with contextlib.suppress(OSError):  # no free uid now: the run looks for one itself
+                    uid = self._free_uid()
+                    _chown_tree(path, uid)
+                    self._fresh_uids[path] = uid
+        except BaseException:
+            self._fresh_uids.pop(path, None)
+            _remove_tree(path)
+            raise
+        self._workdirs.add(path)
+        return path
+
+    def _make_build_dir(self, sources: Mapping[str, str]) -> Path:
+        """Blocking part of :meth:`build_dir`, with ``sources`` written into it."""
+        path = Path(tempfile.mkdtemp(prefix="build-", dir=self.scratch))
+        try:
+            os.chmod(path, 0o755)
+            for name, text in sources.items():
+                (path / name).write_text(text)
+        except BaseException:
+            _remove_tree(path)
+            raise
+        self._build_dirs.add(path)
+        return path
+
+    def _remove_dirs(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self._workdirs.discard(path)
+            self._build_dirs.discard(path)
+            self._fresh_uids.pop(path, None)
+            _remove_tree(path)
 
     async def run(
         self,
@@ -493,7 +554,10 @@ class Sandbox:
         if not argv:
             raise ValueError("empty argv")
         mode = self._mode
-        uid, private_tmp, rlimits = await anyio.to_thread.run_sync(self._prepare, list(argv), Path(cwd), limits)
+        ready = self._prepare_now(argv, Path(cwd), limits)
+        if ready is None:
+            ready = await anyio.to_thread.run_sync(self._prepare, list(argv), Path(cwd), limits)
+        uid, private_tmp, rlimits = ready
         marker = None if uid is not None else secrets.token_hex(12)
         full_env = {"PATH": SANDBOX_PATH, "LC_ALL": "C", "HOME": str(cwd), "TMPDIR": str(cwd)}
         full_env.update(env or {})
@@ -522,13 +586,18 @@ class Sandbox:
     ) -> tuple[int | None, bool, list[tuple[str, int, int]]]:
         """The run's uid (owning its working copy), whether /tmp can be private, and the rlimits."""
         real_cwd = Path(os.path.realpath(cwd))
-        uid = self._free_uid() if self._mode.drop_uid else None
-        if uid is not None:
-            owner = next((w for w in self._workdirs if real_cwd == w or w in real_cwd.parents), None)
-            if owner is not None:
-                _chown_tree(owner, uid)
-            else:
-                log.debug("sandbox: %s is not a workdir of this sandbox; its ownership is left alone", cwd)
+        uid = None
+        if self._mode.drop_uid:
+            # tuple(): the set may grow in another worker thread meanwhile.
+            owner = next((w for w in tuple(self._workdirs) if real_cwd == w or w in real_cwd.parents), None)
+            # A workdir still owned by the uid it was made for, which no run has used yet: this run's uid.
+            uid = None if owner is None else self._fresh_uids.pop(owner, None)
+            if uid is None:
+                uid = self._free_uid()
+                if owner is not None:
+                    _chown_tree(owner, uid)
+                else:
+                    log.debug("sandbox: %s is not a workdir of this sandbox; its ownership is left alone", cwd)
         private_tmp = self._mode.private_tmp
         if private_tmp:
             # A private /tmp hides everything under it but the scratch root: only use it when the program and
@@ -546,15 +615,38 @@ class Sandbox:
             # Without a uid of its own, RLIMIT_NPROC counts all of our processes: allow for those (counted at
             # most once a second, plus one per run the count may have missed).
             nproc += self._own_processes()
-        rlimits = [
-            ("RLIMIT_CORE", 0, 0),
-            ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
-            ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
-            ("RLIMIT_FSIZE", limits.file_size_bytes, limits.file_size_bytes),
-            ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
-            ("RLIMIT_NPROC", nproc, nproc),
-        ]
-        return uid, private_tmp, rlimits
+        return uid, private_tmp, _rlimits(limits, nproc)
+
+    def _prepare_now(
+        self, argv: Sequence[str], cwd: Path, limits: Limits
+    ) -> tuple[int | None, bool, list[tuple[str, int, int]]] | None:
+        """What :meth:`_prepare` would answer, when it needs no file system access, else None (#16).
+
+        That is the first run in a workdir that was handed to a fresh uid when it was made (or a run without a
+        uid of its own, with a fresh count of our processes), of a program named by its bare name or sitting in
+        one of our build directories: both paths are then real already (the scratch root is, and nothing but
+        this process writes into a build directory), and inside the scratch root, so a private /tmp hides
+        neither.
+        """
+        mode = self._mode
+        if mode.private_tmp:
+            if cwd not in self._workdirs:
+                return None
+            if "/" in argv[0] and Path(os.path.dirname(argv[0])) not in self._build_dirs:
+                return None
+        nproc = limits.processes
+        if mode.drop_uid:
+            uid = self._fresh_uids.pop(cwd, None)
+            if uid is None:
+                return None
+        else:
+            uid = None
+            if os.geteuid() != 0:
+                taken, count = self._nproc_count
+                if time.monotonic() - taken > _NPROC_COUNT_SECONDS:
+                    return None
+                nproc += count + _NPROC_MARGIN
+        return uid, mode.private_tmp, _rlimits(limits, nproc)
 
     def _free_uid(self) -> int:
         """The next uid of our block that no user, group or process has: the sweep kills by uid.
@@ -584,6 +676,17 @@ class Sandbox:
             count = len(_find_processes(uid=os.getuid(), marker=None))
             self._nproc_count = (now, count)
         return count + _NPROC_MARGIN
+
+
+def _rlimits(limits: Limits, nproc: int) -> list[tuple[str, int, int]]:
+    return [
+        ("RLIMIT_CORE", 0, 0),
+        ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
+        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_FSIZE", limits.file_size_bytes, limits.file_size_bytes),
+        ("RLIMIT_NOFILE", limits.open_files, limits.open_files),
+        ("RLIMIT_NPROC", nproc, nproc),
+    ]
 
 
 def tool_env() -> dict[str, str]:
@@ -634,11 +737,13 @@ async def run_process(
 class _Capture:
     """One output stream, kept up to ``cap`` bytes."""
 
+    __slots__ = ("cap", "data", "done", "exceeded")
+
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.data = bytearray()
         self.exceeded = False
-        self.done = anyio.Event()
+        self.done = False  # end of file seen, or reading stopped
 
     def add(self, chunk: bytes) -> bool:
         """Keep what fits; True when the cap has been passed."""
@@ -709,54 +814,38 @@ async def _execute(
     await held.acquire()
     started = time.monotonic()
     try:
-        with anyio.CancelScope(shield=True):  # once started, the process must be in our hands to be killed
-            proc = await anyio.open_process(
-                cmd,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                pass_fds=pass_fds,
-            )
+        child = _Child.start(cmd, cwd=cwd, env=env, stdin=stdin, cap=limits.output_bytes, pass_fds=pass_fds)
     except BaseException:
         held.release()
         raise
     after_spawn()
-    out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
-    killed = False
+    timed_out = killed = False
     try:
         with anyio.move_on_after(limits.wall_seconds) as deadline:
-            async with anyio.create_task_group() as tg:
-                assert proc.stdout is not None and proc.stderr is not None
-                tg.start_soon(_pump, proc.stdout, out, deadline)
-                tg.start_soon(_pump, proc.stderr, err, deadline)
-                fed = anyio.Event()
-                if stdin is not None and proc.stdin is not None:
-                    tg.start_soon(_feed, proc.stdin, stdin, fed)
-                else:
-                    fed.set()
-                await proc.wait()
+            await child.wait(child.stopped)
+            if child.returncode is not None and not child.exceeded:
                 held.release()
-                # Straggler processes may still hold the pipes: give them a moment, then stop reading.
-                with anyio.move_on_after(_DRAIN_GRACE):
-                    await out.done.wait()
-                    await err.done.wait()
-                    await fed.wait()
-                if not (out.done.is_set() and err.done.is_set() and fed.is_set()):
-                    tg.cancel_scope.cancel()  # costly (it formats the task's repr): only when something is left
-        exceeded = out.exceeded or err.exceeded
-        timed_out = deadline.cancel_called and not exceeded and proc.returncode is None
+                if not child.drained():
+                    # Straggler processes may still hold the pipes: give them a moment, then stop reading.
+                    with anyio.move_on_after(_DRAIN_GRACE):
+                        await child.wait(child.drained)
+        exceeded = child.exceeded
+        timed_out = deadline.cancel_called and not exceeded and child.returncode is None
         killed = timed_out or exceeded
     finally:
-        with anyio.CancelScope(shield=True):
-            try:
-                await _kill_tree(proc, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
-            finally:
-                held.release()
+        try:
+            # The usual end (exited by itself, nothing to sweep) needs no await: no shielded scope either.
+            if child.returncode is None or _sweep_needed(child, sweep, pid_namespace, helper_reaps):
+                with anyio.CancelScope(shield=True):
+                    await _kill_tree(child, sweep, pid_namespace=pid_namespace, helper_reaps=helper_reaps)
+            else:
+                _kill_group(child.pid)
+        finally:
+            held.release()
+            child.close()
     return _Raw(
-        proc.returncode, bytes(out.data), bytes(err.data), timed_out, exceeded, killed, time.monotonic() - started
+        child.returncode, bytes(child.out.data), bytes(child.err.data), timed_out, child.exceeded, killed,
+        time.monotonic() - started,
     )
 
 
@@ -778,32 +867,204 @@ class _Held:
             self.slot.release()
 
 
-async def _pump(stream: anyio.abc.ByteReceiveStream, capture: _Capture, deadline: anyio.CancelScope) -> None:
-    try:
-        async for chunk in stream:
-            if capture.add(chunk):
-                deadline.cancel()  # past the cap: stop everything; the tree is killed on the way out
-                return
-    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-        pass
-    finally:
-        capture.done.set()
+class _Child:
+    """A started process whose pipes the event loop serves with callbacks: no task, stream object or transport
+    per pipe (#16). Its exit is seen on a pidfd (polled with ``waitpid`` where pidfds are missing).
+
+    :meth:`wait` waits for one of :meth:`stopped` (the process exited or an output passed its cap),
+    :meth:`drained` (both outputs ended and the input was fed, or given up) or :meth:`exited` (reaped).
+    """
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], loop: asyncio.AbstractEventLoop, out_fd: int, err_fd: int,
+        in_fd: int | None, stdin: bytes, cap: int,
+    ) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.loop = loop
+        self.returncode: int | None = None
+        self.out = _Capture(cap)
+        self.err = _Capture(cap)
+        self.exceeded = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._readers: dict[int, _Capture] = {out_fd: self.out, err_fd: self.err}
+        self._in_fd = in_fd
+        self._input = memoryview(stdin)
+        self._writing = False
+        self._pidfd: int | None = None
+        for fd, capture in self._readers.items():
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable, fd, capture)
+        if in_fd is not None:
+            os.set_blocking(in_fd, False)
+            self._feed()
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux, a kernel before 5.3, or refused by seccomp: poll instead
+            self._pidfd = None
+        else:
+            loop.add_reader(self._pidfd, self._reap, os.WNOHANG)
+
+    @classmethod
+    def start(
+        cls, cmd: list[str], *, cwd: Path, env: dict[str, str], stdin: bytes | None, cap: int,
+        pass_fds: tuple[int, ...],
+    ) -> _Child:
+        """Start ``cmd`` in a session (and process group) of its own; OSError when it cannot be started."""
+        loop = asyncio.get_running_loop()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if stdin is not None else (None, None)
+        try:
+            proc = subprocess.Popen(
+                cmd, stdin=in_r if in_r is not None else subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                cwd=cwd, env=env, start_new_session=True, pass_fds=pass_fds,
+            )
+        except BaseException:
+            for fd in (out_r, err_r, in_w):
+                if fd is not None:
+                    os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, in_r):
+                if fd is not None:
+                    os.close(fd)
+        try:
+            return cls(proc, loop, out_r, err_r, in_w, stdin or b"", cap)
+        except BaseException:  # not in our hands: do not leave it running
+            _kill_group(proc.pid)
+            proc.wait()
+            raise
+
+    def stopped(self) -> bool:
+        return self.returncode is not None or self.exceeded
+
+    def drained(self) -> bool:
+        return not self._readers and self._in_fd is None
+
+    def exited(self) -> bool:
+        return self.returncode is not None
+
+    async def wait(self, condition: Callable[[], bool]) -> None:
+        """Until ``condition()``; every change of state wakes the waiter (there is one: the run's task)."""
+        while not condition():
+            if self._pidfd is None and self.returncode is None:
+                self._reap(os.WNOHANG)  # no pidfd: look every 10 ms
+                if condition():
+                    return
+                with anyio.move_on_after(0.01):
+                    await self._sleep()
+            else:
+                await self._sleep()
+
+    async def _sleep(self) -> None:
+        self._waiter = self.loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _on_readable(self, fd: int, capture: _Capture) -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._stop_reading(fd)
+        elif capture.add(chunk):
+            self.exceeded = True  # past the cap: stop everything; the tree is killed on the way out
+            self._stop_reading(fd)
+
+    def _stop_reading(self, fd: int) -> None:
+        capture = self._readers.pop(fd, None)
+        if capture is not None:
+            capture.done = True
+            self.loop.remove_reader(fd)
+            os.close(fd)
+        self._wake()
+
+    def _feed(self) -> None:
+        """Write what the pipe takes; the rest when it is writable again; close it at the end."""
+        assert self._in_fd is not None
+        try:
+            while self._input:
+                written = os.write(self._in_fd, self._input)
+                self._input = self._input[written:]
+        except BlockingIOError:
+            if not self._writing:
+                self._writing = True
+                self.loop.add_writer(self._in_fd, self._feed)
+            return
+        except OSError:
+            pass  # the program did not read all of its input (EPIPE); that is its business
+        self._close_input()
+
+    def _close_input(self) -> None:
+        if self._in_fd is not None:
+            if self._writing:
+                self._writing = False
+                self.loop.remove_writer(self._in_fd)
+            os.close(self._in_fd)
+            self._in_fd = None
+            self._input = memoryview(b"")
+        self._wake()
+
+    def _reap(self, flags: int) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:  # reaped elsewhere: asyncio's watchers report 255 then too
+            log.warning("child process %d: its exit status was read elsewhere; reporting 255", self.pid)
+            code = 255
+        else:
+            if not pid:
+                return  # still running
+            code = os.waitstatus_to_exitcode(status)
+        self.returncode = self.proc.returncode = code  # Popen must not wait for it again
+        self._close_pidfd()
+        self._wake()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self.loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def close(self) -> None:
+        """Stop reading and feeding; the process itself is left to :func:`_kill_tree`."""
+        for fd in list(self._readers):
+            self._stop_reading(fd)
+        self._close_input()
+        if self.returncode is None:
+            self._reap(os.WNOHANG)
+        self._close_pidfd()
 
 
-async def _feed(stream: anyio.abc.ByteSendStream, data: bytes, done: anyio.Event) -> None:
-    try:
-        if data:
-            await stream.send(data)
-        await stream.aclose()
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, BrokenPipeError, ConnectionResetError):
-        pass  # the program did not read all of its input; that is its business
-    finally:
-        done.set()
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _sweep_needed(
+    child: _Child, sweep: Callable[[], int] | None, pid_namespace: bool, helper_reaps: bool,
+) -> bool:
+    """Whether a run's leftovers must be looked for in /proc; see :func:`_kill_tree`."""
+    if sweep is None:
+        return False
+    if pid_namespace and child.returncode is not None:
+        return False
+    return not (helper_reaps and child.returncode == 0)
 
 
 async def _kill_tree(
-    proc: anyio.abc.Process, sweep: Callable[[], int] | None, *, pid_namespace: bool = False,
-    helper_reaps: bool = False,
+    child: _Child, sweep: Callable[[], int] | None, *, pid_namespace: bool = False, helper_reaps: bool = False,
 ) -> None:
     """SIGKILL the process group, reap the leader, then sweep stragglers that left the group.
 
@@ -812,20 +1073,18 @@ async def _kill_tree(
     So it is when ``helper_reaps`` and the helper exited by itself with status 0: as the run's subreaper it
     exits 0 only after reaping every process the program left.
     """
-    if pid_namespace and proc.returncode is not None:
+    if not _sweep_needed(child, sweep, pid_namespace, helper_reaps):
         sweep = None
-    if helper_reaps and proc.returncode == 0:
-        sweep = None
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with anyio.move_on_after(10):
-        await proc.wait()
+    _kill_group(child.pid)
+    if child.returncode is None:
+        with anyio.move_on_after(10):
+            await child.wait(child.exited)
+        if child.returncode is None:
+            log.error("sandbox: process %d did not end within 10 s of SIGKILL", child.pid)
     if sweep is not None:
         left = await anyio.to_thread.run_sync(sweep)
         if left:
             log.error("sandbox: %d process(es) of a run could not be killed", left)
-    with anyio.move_on_after(5):
-        await proc.aclose()
 
 
 class _StatusPipe:

@@ -28,6 +28,7 @@ path does not exist here, the file of the same name beside the test task is used
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
@@ -414,13 +415,16 @@ async def run_test_suite(
     limits: Limits,
     fail_fast: bool = False,
     cpu: anyio.CapacityLimiter | None = None,
+    workdir: Path | None = None,
 ) -> TestVerdict:
     """Run every case of ``suite`` against ``binary``, one after another, in one private copy of ``base_dir``.
 
     Each case runs through ``sandbox.run`` under ``limits`` with ``LC_ALL=C``. ``fail_fast`` stops at the
     first failure. ``cpu`` (the engine's CPU limiter) is held by each case only while its process lives: the
-    working copy, its removal and the checks of the output hold no slot. A failing program is an outcome, not an
-    exception; errors of the sandbox itself propagate.
+    working copy, its removal and the checks of the output hold no slot. ``workdir``: a fresh working copy of
+    the suite's files the caller made (:meth:`~pipeline.sandbox.Sandbox.verification_dirs`) and removes; by
+    default one is made and removed here. A failing program is an outcome, not an exception; errors of the
+    sandbox itself propagate.
     """
     # The builds' binaries are absolute already (the sandbox's scratch root is a real path): no worker-thread trip.
     program = str(binary) if os.path.isabs(binary) else str(await anyio.to_thread.run_sync(Path(binary).resolve))
@@ -428,7 +432,9 @@ async def run_test_suite(
     # The sandbox builds the environment from scratch (PATH, HOME, ...) and adds ours: only the locale here.
     env = {"LC_ALL": "C"}
     outcomes: list[TestOutcome] = []
-    async with sandbox.workdir(suite.base_dir, suite.files) as cwd:
+    async with (
+        sandbox.workdir(suite.base_dir, suite.files) if workdir is None else contextlib.nullcontext(workdir)
+    ) as cwd:
         for case in suite.cases:
             if case.sample is None:
                 outcome = await _run_command(case, program, shown, Path(cwd), sandbox, limits, env, cpu)

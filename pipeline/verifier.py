@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 
-from .build import BuildResult, Toolchain
+from .build import SOURCE_NAME, BuildResult, Toolchain
 from .config import Config
 from .differential import RUN_SECONDS, applicable, build_oracle
 from .records import STAGE_SPECS, AttemptKind, Candidate, Oracle, StageName, TestCounts, TestSuite, Verdict
@@ -110,14 +110,21 @@ class LocalVerifier:
             wall_seconds=self.config.translation.test_timeout,
             output_bytes=self.config.translation.output_byte_limit,
         )
-        async with self.sandbox.build_dir() as out_dir:
-            for code in candidate.programs:
-                refused = refusal(candidate.stage, code)
+        # The first program that is not refused is written with the directories, in the same worker-thread trip;
+        # the shipped tests run in the working copy made with them (#16).
+        refusals = [refusal(candidate.stage, code) for code in candidate.programs]
+        staged = next((c for c, r in zip(candidate.programs, refusals, strict=True) if r is None), None)
+        async with self.sandbox.verification_dirs(
+            suite.base_dir, suite.files, sources={SOURCE_NAME: staged} if staged is not None else None,
+        ) as (out_dir, work):
+            for code, refused in zip(candidate.programs, refusals, strict=True):
                 if refused is not None:
                     first = first or Verdict(*refused, code=code)
                     continue
                 # The CPU slot is held by rustc's process alone (see Toolchain.build).
-                build = await self.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS, cpu=self.cpu)
+                build = await self.toolchain.build(code, out_dir, max_diagnostic_chars=FEEDBACK_CHARS, cpu=self.cpu,
+                                                   source_written=code is staged)
+                staged = None  # main.rs holds the next program only once that is written
                 build_seconds += build.seconds
                 failed = build_failure(build)
                 if failed is None and build.binary is not None:
@@ -128,7 +135,7 @@ class LocalVerifier:
                 assert first is not None, "a candidate holds at least one program"
                 return Verdict(first.kind, first.message, first.feedback, first.code, build_seconds)
             started = time.perf_counter()
-            verdict = await self._run(build.binary, suite, limits)
+            verdict = await self._run(build.binary, suite, limits, workdir=work)
             shipped = len(verdict.outcomes)
             counts = TestCounts(shipped - len(verdict.failures), shipped)
             generated = oracle.suite(suite.base_dir) if oracle is not None and verdict.passed else None
@@ -153,13 +160,15 @@ class LocalVerifier:
         return Verdict("verified", f"all {shipped} tests passed{agrees}", "", code, build_seconds, test_seconds,
                        counts)
 
-    async def _run(self, binary: Path, suite: TestSuite, limits: Limits, *, fail_fast: bool = False) -> TestVerdict:
+    async def _run(
+        self, binary: Path, suite: TestSuite, limits: Limits, *, fail_fast: bool = False, workdir: Path | None = None,
+    ) -> TestVerdict:
         if self.run_tests is not None:
             async with self.cpu:
                 return await self.run_tests(binary, suite)
         # Each test's process holds a CPU slot while it lives, not the working copy and the bookkeeping (#16).
         return await run_test_suite(binary, suite, sandbox=self.sandbox, limits=limits, fail_fast=fail_fast,
-                                    cpu=self.cpu)
+                                    cpu=self.cpu, workdir=workdir)
 
     async def oracle(
         self, c_source: str, suite: TestSuite, key: str, proposed: Sequence[str] = ()

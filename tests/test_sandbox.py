@@ -487,3 +487,110 @@ async def test_cancelling_a_run_kills_its_process(sandbox: Sandbox, tmp_path: Pa
             await wait_for(lambda: processes_with(token=token))
             tg.cancel_scope.cancel()
         assert processes_with(token=token) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Feeding, reading and cleaning up (the event loop serves the pipes; #16)
+
+
+@pytest.mark.parametrize(
+    "runner", [pytest.param("sandbox", id="sandbox-run"), pytest.param("trusted", id="run-process")]
+)
+async def test_input_larger_than_a_pipe_reaches_a_slow_reader_whole(
+    sandbox: Sandbox, tmp_path: Path, runner: str
+) -> None:
+    """An input many times a pipe's size reaches a program that starts reading late, byte for byte, while its
+    output is read; the run ends with the program."""
+    data = bytes(range(256)) * 4000  # 1 MB
+    script = "sleep 0.3; od -An -v -tx1 | wc -l; echo err >&2"
+    if runner == "sandbox":
+        result = await run_sh(sandbox, script, stdin=data)
+    else:
+        result = await run_process(["sh", "-c", script], cwd=tmp_path, limits=limits(), stdin=data)
+    assert result.ok, result.describe()
+    assert result.stdout.strip() == str(len(data) // 16).encode()
+    assert result.stderr == b"err\n"
+    assert result.wall_seconds < 8.0
+
+
+async def test_output_cap_ends_a_run_whose_input_is_still_unread(sandbox: Sandbox) -> None:
+    """A program that floods its output and never reads its (large) input is killed at the cap, promptly."""
+    command, token = sleeper()
+    result = await run_sh(sandbox, f"{command} & yes", stdin=b"x" * 1_000_000,
+                          lim=limits(wall=20.0, output_bytes=10_000))
+    assert result.output_exceeded and not result.timed_out
+    assert result.describe() == "output exceeded 10000 bytes; killed"
+    assert len(result.stdout) == 10_000
+    assert result.wall_seconds < 5.0
+    assert processes_with(token=token) == []
+
+
+async def test_timeout_with_input_pending_kills_the_group(sandbox: Sandbox) -> None:
+    """A program that neither reads its input nor ends is stopped at the deadline with its whole tree."""
+    command, token = sleeper()
+    result = await run_sh(sandbox, f"{command} & {command}", stdin=b"y" * 500_000, lim=limits(wall=0.5))
+    assert result.timed_out and not result.output_exceeded
+    assert result.describe() == "timed out after 0.5 s; process tree killed"
+    assert result.wall_seconds < 5.0
+    assert processes_with(token=token) == []
+
+
+def _leftover_dirs(sb: Sandbox) -> list[str]:
+    return sorted(p.name for p in sb.scratch.iterdir() if p.name.startswith(("build-", "work-")))
+
+
+@pytest.mark.parametrize("how", [pytest.param("cancelled", id="cancelled"), pytest.param("error", id="error")])
+async def test_verification_dirs_are_removed_at_once_after_a_cancellation_or_an_error(
+    sandbox: Sandbox, how: str
+) -> None:
+    """A verification cancelled mid-run or ended by an error leaves neither its build directory nor its working
+    copy (even with files the program made unremovable), nor its process."""
+    command, token = sleeper()
+    seen: list[Path] = []
+
+    async def verification() -> None:
+        async with sandbox.verification_dirs(sources={"main.rs": "fn main() {}"}) as (build, work):
+            seen.extend((build, work))
+            assert (build / "main.rs").read_text() == "fn main() {}"
+            result = await sandbox.run(["sh", "-c", "mkdir -p d/e && touch d/e/f && chmod 000 d/e d"], cwd=work,
+                                       limits=limits())
+            assert result.ok, result.describe()
+            if how == "error":
+                raise RuntimeError("boom")
+            await sandbox.run(["sh", "-c", command], cwd=work, limits=limits(wall=60))
+
+    if how == "error":
+        with pytest.raises(RuntimeError, match="boom"):
+            await verification()
+    else:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(verification)
+            await wait_for(lambda: processes_with(token=token))
+            tg.cancel_scope.cancel()
+    assert len(seen) == 2 and not any(p.exists() for p in seen)
+    assert _leftover_dirs(sandbox) == []
+    assert processes_with(token=token) == []
+
+
+async def test_finished_verifications_keep_at_most_one_pair_of_directories() -> None:
+    """Directories of verifications that ended are gone by the end of the next one's start, and all at close."""
+    seen: list[Path] = []
+    async with Sandbox.open(settings()) as sb:
+        for round_ in range(3):
+            async with sb.verification_dirs() as (build, work):
+                seen.extend((build, work))
+                result = await sb.run(["sh", "-c", "echo hi > out.txt"], cwd=work, limits=limits())
+                assert result.ok, result.describe()
+                assert _leftover_dirs(sb) == sorted([build.name, work.name]), round_
+        assert len(_leftover_dirs(sb)) <= 2
+    assert len(seen) == 6 and not any(p.exists() for p in seen)
+
+
+async def test_files_put_into_a_workdir_belong_to_its_next_run(sandbox: Sandbox) -> None:
+    """What the caller writes into a workdir before a run (as root, mode 0644) is the run's to change."""
+    async with sandbox.workdir() as wd:
+        await anyio.to_thread.run_sync((wd / "given.txt").write_text, "given\n")
+        for round_ in range(2):
+            result = await sandbox.run(["sh", "-c", "echo more >> given.txt"], cwd=wd, limits=limits())
+            assert result.ok, (round_, result.describe(), result.stderr)
+        assert (wd / "given.txt").read_text() == "given\nmore\nmore\n"

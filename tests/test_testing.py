@@ -593,3 +593,37 @@ def test_absolute_samples_path_from_another_machine_uses_the_file_beside(tmp_pat
     suite = load_test_suite(task)
     assert suite.cases[0].sample == SampleRun("1", "2", "stdin", str(beside), 0)
     assert beside in input_files(task)
+
+
+@pytest.mark.parametrize(
+    "made_by", [pytest.param("suite", id="own-copy"), pytest.param("verifier", id="verification-dirs")]
+)
+async def test_each_test_can_write_the_copy_the_tests_before_it_wrote(
+    tmp_path: Path, program: Path, sandbox: Sandbox, made_by: str
+) -> None:
+    """The tests of a suite share one working copy: each, under a uid of its own (as root), may change the files
+    the tests before it changed, whether the suite made the copy or the verifier made it with the build directory."""
+    (tmp_path / "data.txt").write_text("start\n")
+    (tmp_path / "count.sh").write_text(
+        'echo run >> "$3" || exit 7\n[ "$(wc -l < "$3")" -eq "$1" ] || exit 8\n'
+        'u=$(id -u); if [ "$2" = distinct ] && grep -qx "$u" uids.txt 2>/dev/null; then exit 9; fi\n'
+        'echo "$u" >> uids.txt || exit 10\n'
+    )
+    distinct = "distinct" if sandbox.isolation.unprivileged else "any"
+    task = Task("t", tmp_path / "t.c", write_json(tmp_path / "task.json", [
+        {"command": f"sh count.sh {n} {distinct} data.txt %t"} for n in (2, 3, 4)
+    ]))
+    suite = load_test_suite(task)
+    assert set(suite.files) == {"count.sh", "data.txt"}
+    limits = sandbox.limits(wall_seconds=5.0, output_bytes=10_000)
+    if made_by == "suite":
+        verdict = await run(program, task, sandbox)
+    else:
+        async with sandbox.verification_dirs(suite.base_dir, suite.files, sources={"note.txt": "x"}) as (build, work):
+            assert (build / "note.txt").read_text() == "x"
+            binary = build / program.name
+            await anyio.to_thread.run_sync(shutil.copy2, program, binary)
+            verdict = await run_test_suite(binary, suite, sandbox=sandbox, limits=limits, workdir=work)
+            assert (work / "data.txt").read_text() == "start\nrun\nrun\nrun\n"
+    assert [(o.passed, o.summary) for o in verdict.outcomes] == [(True, f"test {n} passed") for n in range(3)]
+    assert (tmp_path / "data.txt").read_text() == "start\n"
