@@ -50,7 +50,11 @@ import anyio
 import httpcore2
 import httpx2
 import openai
-from openai._models import FinalRequestOptions
+
+try:  # the SDK's request options (a private module): without them requests go through post(), as create() does
+    from openai._models import FinalRequestOptions
+except ImportError:  # pragma: no cover - another openai version
+    FinalRequestOptions = None  # type: ignore[assignment,misc]
 from openai.types.chat import ChatCompletionMessageParam
 from tenacity import (
     AsyncRetrying,
@@ -224,6 +228,8 @@ class _HttpClient(openai.DefaultAsyncHttpxClient):
 
     #: Distinct (URL, headers) pairs kept: chat, /models and /tokenize, with their timeouts.
     MEMO_SIZE = 16
+    #: httpx2's own merge steps (private): without them, every request goes through httpx2 as is.
+    _MERGES = all(hasattr(httpx2.AsyncClient, name) for name in ("_merge_url", "_merge_headers"))
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -248,7 +254,7 @@ class _HttpClient(openai.DefaultAsyncHttpxClient):
         timeout: Any = httpx2.USE_CLIENT_DEFAULT,
         extensions: Any = None,
     ) -> httpx2.Request:
-        if not (isinstance(url, str) and isinstance(headers, list) and data is None and files is None
+        if not (self._MERGES and isinstance(url, str) and isinstance(headers, list) and data is None and files is None
                 and json is None and params is None and cookies is None and extensions is None
                 and not self.params and not self.cookies):
             return super().build_request(
@@ -459,10 +465,7 @@ class ModelClient:
         self._priority = ServerPriority(client.request_priority, self.base_url)
         #: The options of every non-streamed chat request but its body, built once: what ``post()`` would build
         #: from the route (made absolute here as the SDK makes it) and bearer auth.
-        base = openai_client.base_url
-        self._chat_options = FinalRequestOptions.construct(
-            method="post", url=str(base.copy_with(raw_path=base.raw_path + b"chat/completions")), json_data=None,
-            content=None, files=None, security={"bearer_auth": True})
+        self._chat_options = _chat_options(openai_client)
 
     def __repr__(self) -> str:
         return f"ModelClient(base_url={self.base_url!r}, model={self._model.model!r})"
@@ -1055,8 +1058,12 @@ class ModelClient:
             # built here: create() would transform the typed parameters and build a pydantic ChatCompletion
             # for every answer, a third of the process's CPU per request (bench/README.md, issue 16). The
             # options are the client's, copied with this body (what post() does, without building them anew).
-            options = self._chat_options.model_copy(update={"json_data": body})
-            response = await self._openai.request(httpx2.Response, options)
+            if self._chat_options is not None:
+                options = self._chat_options.model_copy(update={"json_data": body})
+                response = await self._openai.request(httpx2.Response, options)
+            else:  # another SDK version: the public route, the same request
+                response = await self._openai.post("/chat/completions", cast_to=httpx2.Response, body=body,
+                                                   options={"security": {"bearer_auth": True}})
             data = _completion_json(response)
         except openai.NotFoundError as exc:
             raise await self._model_not_served(exc) from exc
@@ -1121,6 +1128,21 @@ class ModelClient:
 #: The order in which ``AsyncCompletions.create`` lays out the fields we send: the same bytes go out either way.
 _CREATE_ORDER = ("model", "stream", "messages", "max_tokens", "n", "temperature")
 _NOT_JSON = object()
+
+
+def _chat_options(client: openai.AsyncOpenAI) -> Any:
+    """The options ``post("/chat/completions")`` builds, but the body: the route made absolute as the SDK makes it
+    and bearer auth; None when this SDK version has no such options (requests then go through ``post``)."""
+    if FinalRequestOptions is None or not callable(getattr(client, "request", None)):
+        return None
+    try:
+        base = client.base_url
+        return FinalRequestOptions.construct(
+            method="post", url=str(base.copy_with(raw_path=base.raw_path + b"chat/completions")), json_data=None,
+            content=None, files=None, security={"bearer_auth": True})
+    except Exception as exc:  # another SDK version's fields
+        log.debug("chat requests go through post(): the SDK's request options differ (%s)", exc)
+        return None
 
 
 def _chat_body(args: Mapping[str, Any]) -> dict[str, Any]:

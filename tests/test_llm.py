@@ -16,6 +16,7 @@ import httpx2
 import openai
 import pytest
 
+import pipeline.llm as llm_module
 from pipeline.config import ClientSettings, ModelSettings
 from pipeline.errors import (
     ContextOverflow,
@@ -826,16 +827,24 @@ class _RawServer:
             tg.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("sdk_internals", [pytest.param(True, id="memoised"), pytest.param(False, id="public-route")])
 @pytest.mark.parametrize("rank", [pytest.param(BEFORE_STAGES, id="outside-stages"), pytest.param(7, id="stage-rank-7")])
-async def test_a_chat_request_is_the_bytes_the_sdks_create_sends(rank: int) -> None:
+async def test_a_chat_request_is_the_bytes_the_sdks_create_sends(
+    rank: int, sdk_internals: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The server receives from the model client exactly what openai's chat.completions.create(stream=False)
     sends with the same arguments through the SDK's default HTTP client: request line, every header in order,
-    body bytes (vLLM's priority last, as extra_body); for the first request on a connection and the next ones."""
+    body bytes (vLLM's priority last, as extra_body); for the first request on a connection and the next ones.
+    The same without the SDK's and httpx2's private parts (another version of either): post() and httpx2 as is."""
+    if not sdk_internals:
+        monkeypatch.setattr(llm_module, "FinalRequestOptions", None)
+        monkeypatch.setattr(llm_module._HttpClient, "_MERGES", False)
     prompt = [{"role": "system", "content": "You translate C to Rust."},
               {"role": "user", "content": "Translate: int main(void) { puts(\"héllo\"); }"}]
     ours, theirs = _RawServer(), _RawServer()
     async with ours.running() as url, client_for(url, FakeTime(), preflight=False, max_tokens=300,
                                                  request_timeout=600.0, connect_timeout=10.0) as llm:
+        assert (llm._chat_options is None) is (not sdk_internals)
         with request_rank(rank):
             for _ in range(3):
                 assert (await llm.complete(prompt)).text == "ready"
