@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -58,13 +59,13 @@ from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .progress import Counters, Reporter
 from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
 from .records import TaskFiles, TaskKey, TaskResult
-from .results import atomic_writer, render_table, totals, write_task_results
+from .results import atomic_writer, render_table, totals, write_task_files
 from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .startup import import_services
 from .task import Orphan, Task, printable
-from .translate import read_task, translate_task
+from .translate import read_task_then, translate_task
 
 # The model client, the stage code and the verifier are imported by start-up, in a worker thread beside the
 # toolchain and sandbox probes (pipeline.startup); below they are imported where they are used.
@@ -323,9 +324,9 @@ class _Run:
         """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
         return self.seen if self.counters.discovery_finished and self.listing_complete else None
 
-    def _inspect(self, task: Task, digest: str) -> tuple[TaskKey, bool]:
+    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, bool]:
         """The task's ledger key, and whether a finished result with that key is on disk (runs in a thread)."""
-        key = TaskKey(digest, self.fingerprint)
+        key = TaskKey(files.digest, self.fingerprint)
         if self.options.force:
             return key, False
         entry = self.ledger.get(task.id)
@@ -351,8 +352,8 @@ class _Run:
                     continue
                 self.seen.add(item.id)
                 self.counters.discovered += 1
-                files = await read_task(item)
-                key, done = await anyio.to_thread.run_sync(self._inspect, item, files.digest)
+                # One trip to a worker thread: the task's files read, digested and looked up in the ledger.
+                files, (key, done) = await read_task_then(item, partial(self._inspect, item))
                 if done:
                     self.counters.skipped += 1
                     continue
@@ -412,17 +413,23 @@ class _Run:
             transcript = [{"event": "internal_error", "message": f"{type(exc).__name__}: {exc}"}]
         # Finished work must reach the disk even when the run is being cancelled around it.
         with anyio.CancelScope(shield=True):
-            result_dir = self.options.output / task.id
-            try:
-                await write_task_results(result_dir, result, transcript)
-            except OSError as exc:
-                # This task's folder cannot hold results (a file in the way, permissions, an I/O error): the
-                # task fails with the reason, the others go on. A full disk is DiskFull, fatal, not here.
-                reason = _unwritable(result_dir, exc)
-                log.error("%s: %s", task.id, reason)
-                result = dataclasses.replace(result, reason=reason)
-            await anyio.to_thread.run_sync(self.ledger.record, str(key), result.record().to_json())
+            result = await anyio.to_thread.run_sync(self._finish, task, key, result, transcript)
         self._count(result)
+
+    def _finish(self, task: Task, key: TaskKey, result: TaskResult, transcript: list[dict[str, Any]]) -> TaskResult:
+        """Write the task's result files, then its ledger record: one trip to a worker thread per task (#16).
+        Returns the result as recorded. Raises DiskFull."""
+        result_dir = self.options.output / task.id
+        try:
+            write_task_files(result_dir, result, transcript)
+        except OSError as exc:
+            # This task's folder cannot hold results (a file in the way, permissions, an I/O error): the
+            # task fails with the reason, the others go on. A full disk is DiskFull, fatal, not here.
+            reason = _unwritable(result_dir, exc)
+            log.error("%s: %s", task.id, reason)
+            result = dataclasses.replace(result, reason=reason)
+        self.ledger.record(str(key), result.record().to_json())
+        return result
 
     def _count(self, result: TaskResult) -> None:
         c = self.counters

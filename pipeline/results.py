@@ -280,21 +280,27 @@ def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable
     atomic_write_files(files)
 
 
-async def write_task_results(
-    result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]
-) -> None:
-    """Write one task's SACToR-style results; result.json last. Runs in a worker thread.
+def write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]) -> None:
+    """Write one task's SACToR-style results; result.json last. Blocking: call it from a worker thread (the
+    engine writes the ledger record in the same trip).
 
     Raises DiskFull when the disk or quota is full, and OSError for anything else that stops this task's
     results from being written (its folder is a file, permission denied, an I/O error).
     """
-    events = list(transcript)
     try:
-        await anyio.to_thread.run_sync(_write_task_files, result_dir, result, events)
+        _write_task_files(result_dir, result, transcript)
     except OSError as exc:
         if exc.errno in FULL_DISK:
             raise _disk_full(result_dir) from exc
         raise
+
+
+async def write_task_results(
+    result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]
+) -> None:
+    """:func:`write_task_files` in a worker thread."""
+    events = list(transcript)
+    await anyio.to_thread.run_sync(write_task_files, result_dir, result, events)
 
 
 def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import aiofiles
+import aiofiles.os
 import anyio
 
 from .errors import TaskFailure, TaskInputError
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .proposals import Proposal
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: A C file larger than this is refused: it would not fit any model's context anyway.
 MAX_C_BYTES = 512 * 1024
@@ -35,26 +37,53 @@ MAX_C_BYTES = 512 * 1024
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
-async def read_task(task: Task) -> TaskFiles:
-    """Read the task's files with aiofiles (the C file, its tests, the samples they name) and digest them.
+def read_task_files(task: Task) -> TaskFiles:
+    """Read the task's files (the C file, its tests, the samples they name) and digest them. Blocking: see
+    :func:`read_task`.
 
     Never raises for a file that cannot be read: it counts as absent, and loading the inputs says why.
     """
     contents: dict[Path, bytes | None] = {}
 
-    async def read(path: Path) -> None:
+    def read(path: Path) -> None:
         try:
-            async with aiofiles.open(path, "rb") as fh:
-                contents[path] = await fh.read(MAX_INPUT_BYTES + 1)
+            with open(path, "rb") as fh:
+                contents[path] = fh.read(MAX_INPUT_BYTES + 1)
         except OSError:
             contents[path] = None
 
-    await read(task.c_path)
-    await read(task.test_path)
-    for path in await anyio.to_thread.run_sync(input_files, task, contents[task.test_path] or b""):
+    read(task.c_path)
+    read(task.test_path)
+    for path in input_files(task, contents[task.test_path] or b""):
         if path not in contents:
-            await read(path)
+            read(path)
     return TaskFiles(contents, hash_contents(contents))
+
+
+def _read_then(task: Task, then: Callable[[TaskFiles], _T]) -> tuple[TaskFiles, _T]:
+    files = read_task_files(task)
+    return files, then(files)
+
+
+#: :func:`_read_then` in aiofiles' executor, as aiofiles runs its own file calls.
+_read_then_async = aiofiles.os.wrap(_read_then)
+
+
+async def read_task(task: Task) -> TaskFiles:
+    """:func:`read_task_files` off the event loop, with aiofiles: all of a task's files in one trip to a
+    worker thread (``aiofiles.open`` costs a trip per open, read and close: about 0.1 ms of CPU each; #16)."""
+    files, _ = await read_task_then(task, _nothing)
+    return files
+
+
+async def read_task_then(task: Task, then: Callable[[TaskFiles], _T]) -> tuple[TaskFiles, _T]:
+    """:func:`read_task`, and ``then`` called with the files in the same worker thread (the engine's producer
+    checks the ledger there: one trip per task)."""
+    return cast("tuple[TaskFiles, _T]", await _read_then_async(task, then))
+
+
+def _nothing(_files: TaskFiles) -> None:
+    return None
 
 
 def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = None) -> TaskInputs:
