@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import math
 import os
@@ -22,7 +23,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 
@@ -554,4 +555,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("interrupted", err=True)
         return EXIT_INTERRUPTED
+
+
+def console_main() -> NoReturn:
+    """The ``c2rust-batch`` command and ``batch_translate_generic.py``: :func:`main`, then the process ends with
+    its exit code.
+
+    The process's objects go back to the OS with it: frozen first, they are not walked once more by the
+    interpreter's last garbage collection (0.1 to 0.2 s at the end of every run; #16). Callers that go on
+    after a run (tests, scripts) call :func:`main` instead.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
