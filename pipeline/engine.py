@@ -420,15 +420,17 @@ class _Run:
         """Write the task's result files, then its ledger record: one trip to a worker thread per task (#16).
         Returns the result as recorded. Raises DiskFull."""
         result_dir = self.options.output / task.id
+        summary = result.summary()
         try:
-            write_task_files(result_dir, result, transcript)
+            write_task_files(result_dir, result, transcript, summary)
         except OSError as exc:
             # This task's folder cannot hold results (a file in the way, permissions, an I/O error): the
             # task fails with the reason, the others go on. A full disk is DiskFull, fatal, not here.
             reason = _unwritable(result_dir, exc)
             log.error("%s: %s", task.id, reason)
             result = dataclasses.replace(result, reason=reason)
-        self.ledger.record(str(key), result.record().to_json())
+            summary = result.summary()
+        self.ledger.record(str(key), summary)
         return result
 
     def _count(self, result: TaskResult) -> None:
