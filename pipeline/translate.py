@@ -106,6 +106,15 @@ def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = 
     return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests, files=read))
 
 
+def try_load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles) -> TaskInputs | Exception:
+    """:func:`load_inputs`, with what it raised returned instead (blocking): the engine's producer loads a
+    task's inputs in the trip that read its files, and :func:`translate_task` raises the error as its own."""
+    try:
+        return load_inputs(task, num_tests=num_tests, files=files)
+    except Exception as exc:
+        return exc
+
+
 async def _with_code_stats(env: StageEnv, result: StageResult) -> StageResult:
     if not result.verified or result.code is None or not env.config.toolchain.clippy:
         return result
@@ -154,11 +163,13 @@ def _proposal_report(proposal: Proposal, asked: int) -> dict[str, Any]:
 
 
 async def translate_task(
-    env: StageEnv, task: Task, key_hash: str, files: TaskFiles | None = None, *, result_dir: Path | None = None
+    env: StageEnv, task: Task, key_hash: str, files: TaskFiles | None = None, *, result_dir: Path | None = None,
+    loaded: TaskInputs | Exception | None = None,
 ) -> tuple[TaskResult, list[dict[str, Any]]]:
-    """Run both stages of one task (from ``files`` when the producer read them already). Returns its result
-    and transcript; raises only fatal errors. ``result_dir`` (the task's result folder) keeps the item book
-    of a function-level task (:mod:`pipeline.function_task`); without it tasks go whole-file."""
+    """Run both stages of one task (from ``files`` when the producer read them already; from ``loaded``, what
+    :func:`try_load_inputs` returned, when it loaded them too). Returns its result and transcript; raises only
+    fatal errors. ``result_dir`` (the task's result folder) keeps the item book of a function-level task
+    (:mod:`pipeline.function_task`); without it tasks go whole-file."""
     from .function_task import idiomatic_stage, plan_task
 
     started = time.perf_counter()
@@ -168,9 +179,14 @@ async def translate_task(
                               functions=env.functions if result_dir is not None else None)
     ident = (task.id, printable(task.c_path), printable(task.test_path), key_hash)
     try:
-        inputs = await anyio.to_thread.run_sync(
-            lambda: load_inputs(task, num_tests=env.config.translation.num_tests, files=files)
-        )
+        if loaded is None:
+            inputs = await anyio.to_thread.run_sync(
+                lambda: load_inputs(task, num_tests=env.config.translation.num_tests, files=files)
+            )
+        elif isinstance(loaded, Exception):
+            raise loaded
+        else:
+            inputs = loaded
     except TaskFailure as exc:
         log.info("%s: %s", task.id, exc)
         transcript.append({"event": "input_error", "message": str(exc)})
