@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import read_toml
 from tests.conftest import ROOT, Cli
 from tests.test_batch_e2e import flat_corpus
 
@@ -39,7 +39,7 @@ atexit.register(_note)
 
 def console_script(tmp_path: Path) -> Path:
     """The ``c2rust-batch`` script pip would install for this tree's pyproject.toml."""
-    entry = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]["c2rust-batch"]
+    entry = read_toml(ROOT / "pyproject.toml", "project file", "this tree")["project"]["scripts"]["c2rust-batch"]
     module, function = entry.split(":")
     script = tmp_path / "bin" / "c2rust-batch"
     script.parent.mkdir()
