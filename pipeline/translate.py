@@ -215,8 +215,10 @@ async def translate_task(
         report["proposals"] = {**_proposal_report(proposal, env.config.translation.differential_model_inputs),
                                "kept": kept}
     if oracle is not None:
-        log.debug("%s: differential testing: %s", task.id, oracle.note or
-                 f"{len(oracle.inputs)} of {oracle.tried} generated inputs kept (rejected: {dict(oracle.rejected)})")
+        if log.isEnabledFor(logging.DEBUG):  # the message is built only when it is shown
+            log.debug("%s: differential testing: %s", task.id, oracle.note or
+                      f"{len(oracle.inputs)} of {oracle.tried} generated inputs kept (rejected: "
+                      f"{dict(oracle.rejected)})")
         transcript.append({"event": "differential", **report})
     stages: list[StageResult] = []
     unidiomatic, plan, items = await _unidiomatic(env, task, name, inputs, oracle, plan, result_dir)
