@@ -66,7 +66,7 @@ _FILE_MODE = _file_mode()
 
 _TEMP_NAMES = itertools.count()
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-_PID = os.getpid()  # results are written by the process that imported this module (no fork after import)
+_PID = os.getpid()  # a forked child repeats its parent's names: O_EXCL refuses them and it takes the next
 
 
 def _open_temp(path: Path | str) -> tuple[int, str]:
