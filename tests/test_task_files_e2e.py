@@ -34,6 +34,10 @@ def test_a_new_result_folder_holds_the_results_and_nothing_else_and_the_ledger_a
     assert first.returncode == 0, first.output
     assert _files(out / "prog000") == {*STAGE_FILES["unidiomatic"], *STAGE_FILES["idiomatic"],
                                        "attempts/unidiomatic-1.rs", "transcript.jsonl", "result.json"}
+    for name in ("result.json", "llm_stat_unidiomatic.json", "unidiomatic_failure_info.json",
+                 "translated_code_idiomatic/clippy_stat.json"):
+        text = (out / "prog000" / name).read_text()
+        assert text == json.dumps(json.loads(text), indent=2) + "\n", name  # the layout users' scripts read
     result = json.loads((out / "prog000" / "result.json").read_text())
     assert result["status"] == "verified" and result["stages"]["unidiomatic"]["attempts"] == 2
     transcript = [json.loads(line) for line in (out / "prog000" / "transcript.jsonl").read_text().splitlines()]
