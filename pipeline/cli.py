@@ -573,9 +573,9 @@ def console_main() -> NoReturn:
     its exit code.
 
     The garbage collector's youngest generation is collected every :data:`GC_YOUNG_THRESHOLD` container
-    allocations instead of every 700: a run allocates a few thousand per task, most of them gone again within
-    the task, and at 700 the collector walked the live ones of every task in flight about once a task (0.8 ms
-    of CPU a task in a balanced run, 0.3 ms at 10,000; #16). The process's objects go back to the OS with it:
+    allocations instead of every 700: a 150-task balanced run collects about 7 times instead of 120, and the
+    objects of the tasks in flight are no longer walked again at every one (0.14 s of collections against
+    0.105 s; #16, bench/README.md). The process's objects go back to the OS with it:
     frozen first, they are not walked once more by the interpreter's last garbage collection. Callers that go
     on after a run (tests, scripts) call :func:`main` instead.
     """
