@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -57,14 +58,14 @@ from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .progress import Counters, Reporter
 from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
-from .records import TaskFiles, TaskKey, TaskResult
-from .results import atomic_writer, render_table, totals, write_task_results
+from .records import TaskFiles, TaskInputs, TaskKey, TaskResult
+from .results import atomic_writer, render_table, totals, write_task_files
 from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .startup import import_services
 from .task import Orphan, Task, printable
-from .translate import read_task, translate_task
+from .translate import read_task_then, translate_task, try_load_inputs
 
 # The model client, the stage code and the verifier are imported by start-up, in a worker thread beside the
 # toolchain and sandbox probes (pipeline.startup); below they are imported where they are used.
@@ -284,8 +285,9 @@ async def _probe(config: Config, stack: AsyncExitStack, scratch_root: Path | Non
     return done["toolchain"], done["sandbox"]
 
 
-#: What the producer hands a task worker: the task, its resume key, and its files as read for the key.
-_Work = tuple[Task, TaskKey, TaskFiles]
+#: What the producer hands a task worker: the task, its resume key, its files as read for the key, and its
+#: inputs loaded from them (or what loading raised).
+_Work = tuple[Task, TaskKey, TaskFiles, TaskInputs | Exception]
 
 
 class _Run:
@@ -323,17 +325,21 @@ class _Run:
         """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
         return self.seen if self.counters.discovery_finished and self.listing_complete else None
 
-    def _inspect(self, task: Task, digest: str) -> tuple[TaskKey, bool]:
-        """The task's ledger key, and whether a finished result with that key is on disk (runs in a thread)."""
-        key = TaskKey(digest, self.fingerprint)
-        if self.options.force:
-            return key, False
+    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | None]:
+        """The task's ledger key, and its inputs (what :func:`~pipeline.translate.try_load_inputs` returns), or
+        None when a finished result with that key is on disk. Blocking."""
+        key = TaskKey(files.digest, self.fingerprint)
+        if not self.options.force and self._finished(task, key):
+            return key, None
+        return key, try_load_inputs(task, num_tests=self.config.translation.num_tests, files=files)
+
+    def _finished(self, task: Task, key: TaskKey) -> bool:
         entry = self.ledger.get(task.id)
         if entry is None or entry.key != str(key):
-            return key, False
+            return False
         if not (self.options.output / task.id / "result.json").exists():
-            return key, False
-        return key, entry.status == "verified" or not self.options.retry_failed
+            return False
+        return entry.status == "verified" or not self.options.retry_failed
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
@@ -351,12 +357,13 @@ class _Run:
                     continue
                 self.seen.add(item.id)
                 self.counters.discovered += 1
-                files = await read_task(item)
-                key, done = await anyio.to_thread.run_sync(self._inspect, item, files.digest)
-                if done:
+                # One trip to a worker thread: the task's files read, digested, looked up in the ledger and,
+                # unless finished, loaded (#16).
+                files, (key, loaded) = await read_task_then(item, partial(self._inspect, item))
+                if loaded is None:
                     self.counters.skipped += 1
                     continue
-                await send.send((item, key, files))
+                await send.send((item, key, files, loaded))
         self.counters.discovery_finished = True
 
     async def work_all(self, receive: MemoryObjectReceiveStream[_Work], stop: anyio.CancelScope,
@@ -392,15 +399,15 @@ class _Run:
         async with receive:
             if first is not None:
                 await self.run_one(*first)
-            async for task, key, files in receive:
-                await self.run_one(task, key, files)
+            async for task, key, files, loaded in receive:
+                await self.run_one(task, key, files, loaded)
 
-    async def run_one(self, task: Task, key: TaskKey, files: TaskFiles) -> None:
+    async def run_one(self, task: Task, key: TaskKey, files: TaskFiles, loaded: TaskInputs | Exception) -> None:
         assert self.env is not None
         digest = key.input_hash
         try:
             result, transcript = await translate_task(self.env, task, digest, files,
-                                                      result_dir=self.options.output / task.id)
+                                                      result_dir=self.options.output / task.id, loaded=loaded)
         except FatalError:
             raise
         except Exception as exc:
@@ -412,17 +419,25 @@ class _Run:
             transcript = [{"event": "internal_error", "message": f"{type(exc).__name__}: {exc}"}]
         # Finished work must reach the disk even when the run is being cancelled around it.
         with anyio.CancelScope(shield=True):
-            result_dir = self.options.output / task.id
-            try:
-                await write_task_results(result_dir, result, transcript)
-            except OSError as exc:
-                # This task's folder cannot hold results (a file in the way, permissions, an I/O error): the
-                # task fails with the reason, the others go on. A full disk is DiskFull, fatal, not here.
-                reason = _unwritable(result_dir, exc)
-                log.error("%s: %s", task.id, reason)
-                result = dataclasses.replace(result, reason=reason)
-            await anyio.to_thread.run_sync(self.ledger.record, str(key), result.record().to_json())
+            result = await anyio.to_thread.run_sync(self._finish, task, key, result, transcript)
         self._count(result)
+
+    def _finish(self, task: Task, key: TaskKey, result: TaskResult, transcript: list[dict[str, Any]]) -> TaskResult:
+        """Write the task's result files, then its ledger record: one trip to a worker thread per task (#16).
+        Returns the result as recorded. Raises DiskFull."""
+        result_dir = self.options.output / task.id
+        summary = result.summary()
+        try:
+            write_task_files(result_dir, result, transcript, summary)
+        except OSError as exc:
+            # This task's folder cannot hold results (a file in the way, permissions, an I/O error): the
+            # task fails with the reason, the others go on. A full disk is DiskFull, fatal, not here.
+            reason = _unwritable(result_dir, exc)
+            log.error("%s: %s", task.id, reason)
+            result = dataclasses.replace(result, reason=reason)
+            summary = result.summary()
+        self.ledger.record(str(key), summary)
+        return result
 
     def _count(self, result: TaskResult) -> None:
         c = self.counters

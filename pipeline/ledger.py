@@ -135,7 +135,7 @@ class Ledger:
             view = memoryview(line)
             while view:
                 view = view[os.write(fd, view):]
-            os.fsync(fd)
+            os.fdatasync(fd)  # the record and the journal's new size: what a rerun reads back
         except OSError as exc:
             self._undo_append(start)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

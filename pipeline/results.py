@@ -29,9 +29,11 @@ from __future__ import annotations
 import errno
 import itertools
 import json
+import math
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,12 +67,14 @@ _FILE_MODE = _file_mode()
 
 _TEMP_NAMES = itertools.count()
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_PID = os.getpid()  # a forked child repeats its parent's names: O_EXCL refuses them and it takes the next
 
 
-def _open_temp(path: Path) -> tuple[int, str]:
+def _open_temp(path: Path | str) -> tuple[int, str]:
     """A new temporary file beside ``path`` (a hidden name no other writer uses), with the umask's mode."""
+    folder, slash, name = os.fspath(path).rpartition("/")
     while True:
-        tmp = f"{path.parent}/.{path.name}.{os.getpid()}-{next(_TEMP_NAMES)}.tmp"
+        tmp = f"{folder}{slash}.{name}.{_PID}-{next(_TEMP_NAMES)}.tmp"
         try:
             return os.open(tmp, _TEMP_FLAGS, _FILE_MODE), tmp
         except FileExistsError:  # left by a killed run whose pid this process now has
@@ -117,41 +121,47 @@ def _disk_full(path: Path) -> DiskFull:
                     "finished tasks are kept")
 
 
-def atomic_write_files(files: Sequence[tuple[Path, str]]) -> None:
+def atomic_write_files(files: Sequence[tuple[Path | str, str]], *, folders_exist: bool = False) -> None:
     """Write several files so that each appears whole or not at all, in the given order.
 
-    Every file is written to a temporary name and made durable (fsync) before any is moved into place, so a
-    file named last (a task's result.json) is only ever there with all the others complete. Raises DiskFull
-    when the disk is full; other OSErrors propagate (the files not yet moved into place are not touched).
+    Every file is written to a temporary name and made durable (``fdatasync``: its data and the size needed to
+    read it back) before any is moved into place, so a file named last (a task's result.json) is only ever
+    there with all the others complete. Missing folders are made, unless ``folders_exist`` says they are there.
+    Raises DiskFull when the disk is full; other OSErrors propagate (the files not yet moved into place are not
+    touched).
     """
-    written: list[tuple[str, Path]] = []
+    written: list[tuple[str, str]] = []
     moved = 0
-    current = files[0][0] if files else Path()
+    current: Path | str = files[0][0] if files else ""
     try:
-        made: set[Path] = set()
+        made: set[str] = set()
         for path, text in files:
             current = path
-            if path.parent not in made:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                made.add(path.parent)
-            fd, tmp = _open_temp(path)
-            written.append((tmp, path))
+            name = os.fspath(path)
+            if not folders_exist:
+                folder = os.path.dirname(name) or "."
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+            fd, tmp = _open_temp(name)
+            written.append((tmp, name))
             try:
                 # backslashreplace: text that cannot be UTF-8 (a lone surrogate from a file name) never fails.
                 data = memoryview(text.encode("utf-8", "backslashreplace"))
                 while data:
                     data = data[os.write(fd, data):]
-                os.fsync(fd)
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
-        for placed, (tmp, current) in enumerate(written, start=1):
-            os.replace(tmp, current)
+        for placed, (tmp, name) in enumerate(written, start=1):
+            current = name
+            os.replace(tmp, name)
             moved = placed
     except BaseException as exc:
         for tmp, _ in written[moved:]:
             _unlink_quietly(tmp)
         if isinstance(exc, OSError) and exc.errno in FULL_DISK:
-            raise _disk_full(current) from exc
+            raise _disk_full(Path(current)) from exc
         raise
 
 
@@ -161,7 +171,61 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def _json_text(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+    """``json.dumps(data, indent=2)`` and a newline, the same text, without the reference cycle each call of it
+    leaves (its pure-Python encoder's nested closures: about 30 objects for the garbage collector to find, 7
+    calls a task, the largest source of cyclic garbage in a run; #16)."""
+    out: list[str] = []
+    _indented(data, "\n", out)
+    out.append("\n")
+    return "".join(out)
+
+
+_ENCODE_STRING = json.encoder.encode_basestring_ascii  # what json.dumps uses for strings (ensure_ascii)
+
+
+_LITERALS = {None: "null", True: "true", False: "false"}
+
+
+def _indented(value: Any, newline: str, out: list[str]) -> None:
+    """Append ``value`` as json.dumps(indent=2) writes it at the depth whose line break is ``newline``."""
+    kind = type(value)
+    if kind is str:
+        out.append(_ENCODE_STRING(value))
+    elif kind is int:
+        out.append(int.__repr__(value))
+    elif value is None or kind is bool:
+        out.append(_LITERALS[value])
+    elif kind is float and math.isfinite(value):
+        out.append(float.__repr__(value))
+    elif isinstance(value, str):
+        out.append(_ENCODE_STRING(value))
+    elif isinstance(value, dict) and value:
+        inner = newline + "  "
+        out.append("{")
+        for number, (key, item) in enumerate(value.items()):
+            out.append(("," if number else "") + inner + _ENCODE_STRING(_key(key)) + ": ")
+            _indented(item, inner, out)
+        out.append(newline + "}")
+    elif isinstance(value, (list, tuple)) and value:
+        inner = newline + "  "
+        out.append("[")
+        for number, item in enumerate(value):
+            out.append(("," if number else "") + inner)
+            _indented(item, inner, out)
+        out.append(newline + "]")
+    else:  # a number, true, false, null, an empty object or array: json's own (C) encoder, no cycle
+        out.append(json.dumps(value))
+
+
+def _key(key: Any) -> str:
+    """An object key as json writes it (a string; numbers, booleans and null converted as json converts them)."""
+    if isinstance(key, str):
+        return key
+    if key is True or key is False or key is None:
+        return json.dumps(key)
+    if isinstance(key, (int, float)):
+        return json.dumps(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -249,52 +313,79 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
         _remove(attempts / file_name)
 
 
-def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]) -> None:
-    if not result_dir.is_dir() or result_dir.is_symlink():
-        # A folder only: not a file in the way, and not a link that would put results somewhere else.
-        what = "a symbolic link" if result_dir.is_symlink() else "a file" if result_dir.exists() else None
-        if what is not None:
-            raise NotADirectoryError(errno.ENOTDIR, f"{result_dir} is {what}, not a folder: move it away")
+def _write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]],
+                      summary: Mapping[str, Any] | None = None) -> None:
+    try:
+        mode = os.lstat(result_dir).st_mode
+    except FileNotFoundError:
         result_dir.mkdir(parents=True)
-    _clear_earlier_results(result_dir, result)
-    files: list[tuple[Path, str]] = []
+        fresh = True  # a new folder: no earlier results to clear
+    else:
+        # A folder only: not a file in the way, and not a link that would put results somewhere else.
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "a file"
+            raise NotADirectoryError(errno.ENOTDIR, f"{result_dir} is {what}, not a folder: move it away")
+        fresh = False
+        _clear_earlier_results(result_dir, result)
+    top = os.fspath(result_dir)
+    files: list[tuple[str, str]] = []
+    made: set[str] = set()
+
+    def folder(name: str) -> str:
+        path = f"{top}/{name}"
+        if name not in made:
+            if fresh:
+                os.mkdir(path)
+            else:
+                os.makedirs(path, exist_ok=True)
+            made.add(name)
+        return path
+
     for name in STAGES:
         stage = result.stage(name)
-        code_dir = result_dir / STAGE_SPECS[name].result_dir
         if stage is None or stage.status == "skipped":
             continue
         if stage.verified and stage.code is not None:
-            files.append((code_dir / "combined.rs", stage.code))
-            files.append((code_dir / "clippy_stat.json", _json_text(stage.clippy or {})))
-        files.append((result_dir / f"{name}_failure_info.json", _json_text(_failure_info(stage))))
-        files.append((result_dir / f"llm_stat_{name}.json", _json_text(_llm_stat(stage))))
+            code_dir = folder(STAGE_SPECS[name].result_dir)
+            files.append((f"{code_dir}/combined.rs", stage.code))
+            files.append((f"{code_dir}/clippy_stat.json", _json_text(stage.clippy or {})))
+        files.append((f"{top}/{name}_failure_info.json", _json_text(_failure_info(stage))))
+        files.append((f"{top}/llm_stat_{name}.json", _json_text(_llm_stat(stage))))
         for attempt in stage.attempts:
             if attempt.kind != "verified" and attempt.code is not None:
-                files.append((result_dir / "attempts" / f"{name}-{attempt.number}.rs", attempt.code))
+                files.append((f"{folder('attempts')}/{name}-{attempt.number}.rs", attempt.code))
     if result.differential_samples:
-        files.append((result_dir / DIFFERENTIAL_SAMPLES,
+        files.append((f"{top}/{DIFFERENTIAL_SAMPLES}",
                       _json_text([dict(sample) for sample in result.differential_samples])))
-    files.append((result_dir / "transcript.jsonl",
+    files.append((f"{top}/transcript.jsonl",
                   "".join(json.dumps(event, ensure_ascii=False) + "\n" for event in transcript)))
-    files.append((result_dir / "result.json", _json_text(result.summary())))
-    atomic_write_files(files)
+    files.append((f"{top}/result.json", _json_text(summary if summary is not None else result.summary())))
+    atomic_write_files(files, folders_exist=True)
+
+
+def write_task_files(result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]],
+                     summary: Mapping[str, Any] | None = None) -> None:
+    """Write one task's SACToR-style results; result.json last (``summary``: its content, when the caller has
+    ``result.summary()`` already). Blocking: call it from a worker thread (the engine writes the ledger record
+    in the same trip).
+
+    Raises DiskFull when the disk or quota is full, and OSError for anything else that stops this task's
+    results from being written (its folder is a file, permission denied, an I/O error).
+    """
+    try:
+        _write_task_files(result_dir, result, transcript, summary)
+    except OSError as exc:
+        if exc.errno in FULL_DISK:
+            raise _disk_full(result_dir) from exc
+        raise
 
 
 async def write_task_results(
     result_dir: Path, result: TaskResult, transcript: Iterable[Mapping[str, Any]]
 ) -> None:
-    """Write one task's SACToR-style results; result.json last. Runs in a worker thread.
-
-    Raises DiskFull when the disk or quota is full, and OSError for anything else that stops this task's
-    results from being written (its folder is a file, permission denied, an I/O error).
-    """
+    """:func:`write_task_files` in a worker thread."""
     events = list(transcript)
-    try:
-        await anyio.to_thread.run_sync(_write_task_files, result_dir, result, events)
-    except OSError as exc:
-        if exc.errno in FULL_DISK:
-            raise _disk_full(result_dir) from exc
-        raise
+    await anyio.to_thread.run_sync(write_task_files, result_dir, result, events)
 
 
 def totals(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
