@@ -121,7 +121,9 @@ class CannedAnswers(LogitsProcessor):
             log.info("answering %r as asked", word.group(1))
             return _Forced(self.tokenizer.encode(word.group(1), add_special_tokens=False).ids, output_ids)
         if chosen is None:
-            log.info("no canned answer for this prompt (%d tokens): the model answers", len(prompt_ids))
+            # Logged when the request enters the running batch: tests read the engine's scheduling order here.
+            log.info("no canned answer for this prompt (%d tokens, first user message %r): the model answers",
+                     len(prompt_ids), first_user[:40])
             return None
         log.info("canned answer %s (stage %s, attempt %d)", chosen, stage, attempt)
         return _Forced(self._encode(chosen), output_ids)
