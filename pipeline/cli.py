@@ -493,13 +493,6 @@ def install_child_watcher() -> bool:
             else:
                 returncode = os.waitstatus_to_exitcode(status)
             os.close(pidfd)
-            if getattr(callback, "__self__", None) is loop and args and \
-                    getattr(callback, "__name__", "") == "_child_watcher_callback":
-                # asyncio's own callback hands the exit to the loop with call_soon_threadsafe, which wakes it
-                # through its self-pipe (a write, and a read on the next turn: #16) though this already runs on
-                # that loop; what it schedules, without the wake-up.
-                loop.call_soon(loop.call_soon, args[0]._process_exited, returncode)
-                return
             callback(pid, returncode, *args)
 
         def remove_child_handler(self, pid: int) -> bool:
