@@ -309,6 +309,12 @@ class Toolchain:
             output_bytes=output,
         )
 
+    def _env_in(self, directory: Path | str) -> dict[str, str]:
+        """The tools' environment with TMPDIR in ``directory``: the linker's temporary files (cc's ``.res``,
+        ``.cdtor.c``) land beside the build, on the sandbox's scratch space (tmpfs when there is one, #16),
+        and go with it."""
+        return {**self._env, "TMPDIR": os.path.abspath(directory)}
+
     async def build(
         self, source: str, out_dir: Path, *, max_diagnostic_chars: int = 6000, cpu: anyio.CapacityLimiter | None = None,
         source_written: bool = False,
@@ -347,7 +353,8 @@ class Toolchain:
             await anyio.to_thread.run_sync(src.write_text, source)
         # Relative names: the diagnostics read "--> main.rs:3:5", the same in every directory and in the cache.
         argv = [self.rustc, *self._build_flags, "-o", binary.name, src.name]
-        result = await run_process(argv, cwd=Path(out_dir), limits=self._build_limits, env=self._env, slot=cpu)
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._build_limits, env=self._env_in(out_dir),
+                                   slot=cpu)
         seconds = time.monotonic() - started
         if result.ok and entry is None and self._executable_by_all:
             return BuildResult(True, binary, "", 0, False, seconds)  # as rustc left it: no worker-thread trip
@@ -379,7 +386,7 @@ class Toolchain:
         library = Path(out_dir) / f"lib{BINARY_NAME}.a"
         await anyio.to_thread.run_sync(src.write_text, source)
         argv = [self.rustc, *self._flags(crate_type="staticlib"), "-o", library.name, src.name]
-        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env)
+        result = await run_process(argv, cwd=Path(out_dir), limits=self._limits(), env=self._env_in(out_dir))
         seconds = time.monotonic() - started
         if result.ok and await anyio.to_thread.run_sync(library.is_file):
             return BuildResult(True, library, "", 0, False, seconds)
@@ -411,7 +418,7 @@ class Toolchain:
             "-W", "clippy::all",
             src.name,
         ]
-        result = await run_process(argv, cwd=Path(work_dir), limits=self._limits(), env=self._env)
+        result = await run_process(argv, cwd=Path(work_dir), limits=self._limits(), env=self._env_in(work_dir))
         diags = _parse_diagnostics(result.stderr)
         lints: dict[str, int] = {}
         for code, _text in diags.warnings:

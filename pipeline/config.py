@@ -193,6 +193,7 @@ class SandboxSettings:
     open_files: int = 256
     network: bool = False
     helper: str = "auto"  # auto: the compiled helper when gcc builds it, else Python; compiled; python
+    scratch_dir: str = ""  # empty: TMPDIR when set, else /dev/shm when it is a roomy tmpfs, else /tmp
 
 
 @dataclass(frozen=True)
@@ -410,6 +411,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("sandbox", "open_files", int, "sandbox", positive=True, high=1 << 20),
     _s("sandbox", "network", bool, "sandbox"),
     _s("sandbox", "helper", str, "sandbox", env="C2RUST_SANDBOX_HELPER", choices=("auto", "compiled", "python")),
+    _s("sandbox", "scratch_dir", str, "sandbox", env="C2RUST_SCRATCH_DIR"),
 )
 BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 BY_FILE_KEY: dict[tuple[str, str], Setting] = {(s.section, s.key): s for s in SETTINGS}

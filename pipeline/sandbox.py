@@ -90,6 +90,9 @@ _tool_helper: Helper = PYTHON
 
 #: Scratch roots are named PREFIX<pid>-<random>, so a later run can tell a killed run's leftovers.
 SCRATCH_PREFIX = "c2rust-sandbox-"
+#: The RAM-backed directory the default scratch space prefers, and the free space it must have for that.
+SHM_DIR = Path("/dev/shm")
+SHM_MIN_FREE = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,11 @@ class Sandbox:
         helper_dir = Path(cache_dir) if cache_dir is not None else ToolchainSettings().resolved_cache_dir()
         helper = await anyio.to_thread.run_sync(choose, settings.helper, helper_dir)
         _tool_helper = helper
-        root = Path(scratch_root) if scratch_root is not None else Path(tempfile.gettempdir())
+        if scratch_root is not None:
+            root = Path(scratch_root)
+        else:
+            root, why = await anyio.to_thread.run_sync(choose_scratch_root, settings.scratch_dir)
+            log.info("sandbox: scratch space in %s (%s)", root, why)
         if os.geteuid() == 0 and namespaces:
             for candidate in (root, Path(tempfile.gettempdir()), Path("/tmp")):
                 blocked = await anyio.to_thread.run_sync(_unreachable_ancestor, candidate)
@@ -1210,6 +1217,56 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def choose_scratch_root(setting: str) -> tuple[Path, str]:
+    """Where a run's scratch root goes (``[sandbox] scratch_dir``), and why, for the log.
+
+    A setting wins, then TMPDIR when the user set it. Otherwise the temporary directory when it is a tmpfs
+    already, else ``/dev/shm`` when it is a tmpfs with :data:`SHM_MIN_FREE` free, else the temporary
+    directory. Builds and working copies live for seconds and need no disk: on a disk file system each of
+    the thousands of files a run makes and removes costs the kernel an inode allocation, and on ext4
+    without a journal that allocation skips every inode freed in the last minutes, one block lookup each
+    (a third of the CLI's CPU in a balanced run on such a disk, bench/README.md, #16).
+    """
+    if setting:
+        return Path(setting).expanduser(), "[sandbox] scratch_dir"
+    temp = Path(tempfile.gettempdir())
+    if os.environ.get("TMPDIR"):
+        return temp, "TMPDIR"
+    if _fs_type(temp) == "tmpfs":
+        return temp, "tmpfs"
+    if _fs_type(SHM_DIR) == "tmpfs":
+        try:
+            st = os.statvfs(SHM_DIR)
+        except OSError:
+            return temp, "the temporary directory"
+        free = st.f_bavail * st.f_frsize
+        if free >= SHM_MIN_FREE and os.access(SHM_DIR, os.W_OK | os.X_OK):
+            return SHM_DIR, f"tmpfs, {free / (1 << 30):.1f} GiB free"
+        return temp, f"{SHM_DIR} has {free >> 20} MiB free, less than {SHM_MIN_FREE >> 20} MiB"
+    return temp, "the temporary directory"
+
+
+def _fs_type(path: Path) -> str | None:
+    """The type of the file system ``path`` is on (``/proc/self/mounts``: the longest mount point above
+    it), or None when it cannot be told."""
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            lines = mounts.read().splitlines()
+    except OSError:
+        return None
+    best, kind = "", None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
 
 
 def _remove_stale_scratch(parent: Path) -> None:
