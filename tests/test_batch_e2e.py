@@ -342,8 +342,7 @@ def test_killed_run_leaves_no_process_and_next_run_removes_its_scratch(
     cli: Cli, corpus: Any, simulator_factory: Any, tmp_path: Path
 ) -> None:
     """SIGKILL of the CLI while a program and its daemonised child run takes them down; the scratch goes later."""
-    import tempfile
-
+    from pipeline.sandbox import choose_scratch_root
     from tests.conftest import answer
 
     corpus.add_task("hang", unidiomatic=[answer(DAEMON_AND_SPIN)])
@@ -352,12 +351,13 @@ def test_killed_run_leaves_no_process_and_next_run_removes_its_scratch(
     tag = f"c2rust-sandbox-{proc.pid}-"
     _signal_when(proc, lambda: len([p for p in _run_processes(tag) if "/main" in p]) >= 2, signal.SIGKILL)
     _wait_for(lambda: not _run_processes(tag), timeout=10)
-    leftovers = [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(tag)]
+    root, _why = choose_scratch_root("")  # where the run put it: /dev/shm, when that is a roomy tmpfs
+    leftovers = [p for p in root.iterdir() if p.name.startswith(tag)]
     assert leftovers, "expected the killed run's scratch directory to be left behind"
     other = tmp_path / "other"
     flat_corpus(other, 1)
     assert run(cli, other, tmp_path / "out2", url).returncode == 0
-    assert not [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(tag)]
+    assert not [p for p in root.iterdir() if p.name.startswith(tag)]
 
 
 def test_server_gone_past_the_outage_budget_stops_the_run_with_exit_3(

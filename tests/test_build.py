@@ -350,3 +350,29 @@ async def test_prepare_explains_a_broken_toolchain(
     """A missing compiler or libc source stops the run with the fix in the message."""
     with pytest.raises(ConfigError, match=message):
         await Toolchain.prepare(ToolchainSettings(cache_dir=str(tmp_path), **settings))  # type: ignore[arg-type]
+
+
+async def test_the_linkers_temporary_files_go_beside_the_build(cache_dir: Path, tmp_path: Path) -> None:
+    """rustc (and cc, the linker driver it runs) gets TMPDIR = the build directory: the sandbox's scratch
+    space, a tmpfs when there is one, removed with the build (#16), not the machine's /tmp."""
+    import shutil
+    import stat
+
+    real = shutil.which("rustc")
+    assert real is not None
+    seen = tmp_path / "seen"
+    # The toolchain skips rustup's proxy for the compiler in the sysroot: this one names itself as that.
+    wrapper = tmp_path / "sysroot" / "bin" / "rustc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(
+        f'#!/bin/sh\nif [ "$*" = "--print sysroot" ]; then echo {tmp_path / "sysroot"}; exit 0; fi\n'
+        f'echo "$TMPDIR" >> {seen}\nexec {real} "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    toolchain = await Toolchain.prepare(ToolchainSettings(cache_dir=str(cache_dir), rustc=str(wrapper),
+                                                          compile_cache=False, clippy=False))
+    seen.write_text("")
+    build = tmp_path / "build"
+    build.mkdir()
+    assert (await toolchain.build(unique(GOOD), build)).ok
+    assert seen.read_text().split() == [str(build)]

@@ -594,3 +594,71 @@ async def test_files_put_into_a_workdir_belong_to_its_next_run(sandbox: Sandbox)
             result = await sandbox.run(["sh", "-c", "echo more >> given.txt"], cwd=wd, limits=limits())
             assert result.ok, (round_, result.describe(), result.stderr)
         assert (wd / "given.txt").read_text() == "given\nmore\nmore\n"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Where the scratch space goes ([sandbox] scratch_dir, #16)
+
+
+@pytest.fixture
+def no_tmpdir(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a user who set no TMPDIR (tempfile's cached answer forgotten, both ways)."""
+    import tempfile
+
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+
+
+def test_a_configured_scratch_dir_wins_over_tmpdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    assert pipeline.sandbox.choose_scratch_root("~/scratch") == (Path.home() / "scratch", "[sandbox] scratch_dir")
+
+
+def test_a_users_tmpdir_is_respected(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert pipeline.sandbox.choose_scratch_root("") == (tmp_path, "TMPDIR")
+
+
+@pytest.mark.skipif(pipeline.sandbox._fs_type(Path("/dev/shm")) != "tmpfs", reason="needs /dev/shm on a tmpfs")
+@pytest.mark.skipif(pipeline.sandbox._fs_type(Path("/tmp")) == "tmpfs", reason="/tmp is a tmpfs already")
+def test_without_tmpdir_a_roomy_dev_shm_is_preferred_to_a_disk(
+    no_tmpdir: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, why = pipeline.sandbox.choose_scratch_root("")
+    if os.statvfs("/dev/shm").f_bavail * os.statvfs("/dev/shm").f_frsize < pipeline.sandbox.SHM_MIN_FREE:
+        pytest.skip("/dev/shm has less than 2 GiB free here")
+    assert root == Path("/dev/shm") and why.startswith("tmpfs, ") and why.endswith(" GiB free")
+    # Too small (a container's 64 MiB /dev/shm): the disk, saying why.
+    monkeypatch.setattr(pipeline.sandbox, "SHM_MIN_FREE", 1 << 62)
+    root, why = pipeline.sandbox.choose_scratch_root("")
+    assert root == Path("/tmp") and "MiB free, less than" in why
+
+
+def test_a_dev_shm_that_is_not_a_tmpfs_is_not_used(
+    no_tmpdir: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if pipeline.sandbox._fs_type(tmp_path) == "tmpfs":
+        pytest.skip("pytest's temporary directory is a tmpfs here")
+    monkeypatch.setattr(pipeline.sandbox, "SHM_DIR", tmp_path)
+    root, _why = pipeline.sandbox.choose_scratch_root("")
+    assert root != tmp_path
+
+
+async def test_the_sandbox_opens_its_scratch_root_in_the_configured_dir() -> None:
+    """``[sandbox] scratch_dir``: builds and working copies go there, and the programs run in it."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="c2r-scratch-dir-", dir="/tmp"))  # pytest's 0700 tmp would be refused
+    try:
+        os.chmod(base, 0o711)
+        async with Sandbox.open(settings(scratch_dir=str(base))) as sb:
+            assert sb.scratch.parent == base
+            result = await run_sh(sb, "pwd")
+            assert result.ok and Path(result.stdout.decode().strip()).parent == sb.scratch
+        assert os.listdir(base) == []
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -6,14 +6,13 @@ import re
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.sandbox import SCRATCH_PREFIX
+from pipeline.sandbox import SCRATCH_PREFIX, choose_scratch_root
 from tests.conftest import Cli, Corpus
 from tests.test_batch_e2e import _signal_when, _start_run
 
@@ -64,7 +63,8 @@ def silent_server() -> Iterator[SilentServer]:
 
 
 def _scratch_of(pid: int) -> list[Path]:
-    return [p for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(f"{SCRATCH_PREFIX}{pid}-")]
+    root, _why = choose_scratch_root("")
+    return [p for p in root.iterdir() if p.name.startswith(f"{SCRATCH_PREFIX}{pid}-")]
 
 
 def _processes_mentioning(text: str) -> list[str]:
