@@ -294,6 +294,11 @@ class Sandbox:
             root = Path(scratch_root)
         else:
             root, why = await anyio.to_thread.run_sync(choose_scratch_root, settings.scratch_dir)
+            if settings.scratch_dir and not await anyio.to_thread.run_sync(os.path.isdir, root):
+                raise ConfigError(
+                    f"[sandbox] scratch_dir = {settings.scratch_dir!r} is not a directory: create it, or leave "
+                    f"scratch_dir empty for the default (TMPDIR, else a roomy /dev/shm, else /tmp)"
+                )
             log.info("sandbox: scratch space in %s (%s)", root, why)
         if os.geteuid() == 0 and namespaces:
             for candidate in (root, Path(tempfile.gettempdir()), Path("/tmp")):
@@ -307,11 +312,14 @@ class Sandbox:
                 )
             else:
                 raise ConfigError(
-                    "sandbox: no scratch directory reachable by unprivileged users: set TMPDIR to a directory "
-                    "whose parents are searchable by others (chmod o+x), such as /tmp"
+                    "sandbox: no scratch directory reachable by unprivileged users: set [sandbox] scratch_dir (or "
+                    "TMPDIR) to a directory whose parents are searchable by others (chmod o+x), such as /tmp"
                 )
             root = candidate
         await anyio.to_thread.run_sync(_remove_stale_scratch, root)
+        if scratch_root is None and root != Path(tempfile.gettempdir()):
+            # Killed runs of earlier versions (or with another scratch_dir) left theirs in the temporary directory.
+            await anyio.to_thread.run_sync(_remove_stale_scratch, Path(tempfile.gettempdir()))
         scratch = Path(
             await anyio.to_thread.run_sync(
                 lambda: os.path.realpath(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=root))

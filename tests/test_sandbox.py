@@ -662,3 +662,9 @@ async def test_the_sandbox_opens_its_scratch_root_in_the_configured_dir() -> Non
         assert os.listdir(base) == []
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_a_scratch_dir_that_is_not_there_stops_the_run_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"\[sandbox\] scratch_dir = '.*/missing' is not a directory: create it"):
+        async with Sandbox.open(settings(scratch_dir=str(tmp_path / "missing"))):
+            pass
