@@ -196,9 +196,13 @@ static void make_namespaces(unsigned long flags, long parent, int report_fd) {
     }
     if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
     int sig = WTERMSIG(status); /* die of the same signal, as unshare --fork does */
-    signal(sig, SIG_DFL);
-    sigdelset(&old, sig);
-    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (sig != SIGKILL && sig != SIGSTOP) {
+        sigset_t only; /* SIGINT and SIGTERM sent to us meanwhile stay blocked: not what we die of */
+        sigemptyset(&only);
+        sigaddset(&only, sig);
+        signal(sig, SIG_DFL);
+        sigprocmask(SIG_UNBLOCK, &only, NULL);
+    }
     kill(getpid(), sig);
     _exit(1);
 }
