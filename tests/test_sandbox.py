@@ -8,8 +8,10 @@ and, where the run had a uid of its own, by that uid.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -288,6 +290,41 @@ async def test_a_helper_refused_its_namespaces_falls_back_to_unshare_with_a_note
     ), iso.notes
     assert "namespaces made by unshare" in iso.describe()
     assert "unshare" in chain, chain
+
+
+_PROBE = """
+import json, sys
+import anyio
+from pipeline.config import SandboxSettings
+from pipeline.sandbox import Sandbox
+
+async def main() -> None:
+    async with Sandbox.open(SandboxSettings(helper=sys.argv[1])) as sb:
+        print(json.dumps({"missing": sb.isolation.missing(), "notes": sb.isolation.notes}))
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
+async def test_without_cap_sys_admin_the_refusal_is_named_and_the_uid_still_changes(helper: str) -> None:
+    """As root in a container without CAP_SYS_ADMIN (here: dropped from the bounding set), the kernel refuses the
+    compiled helper its namespaces (EPERM), then unshare; the sandbox runs in "uid only" mode and says why."""
+    if helper != "compiled":
+        pytest.skip("only the compiled helper makes namespaces itself")
+    done = await anyio.run_process(
+        ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", sys.executable, "-c", _PROBE, _helper],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    found = json.loads(done.stdout)
+    assert found["missing"] == ["PID namespace", "network namespace", "mount namespace with private /tmp"], found
+    helper_note, chain_note = found["notes"][:2]
+    assert helper_note == (
+        "namespaces by the compiled helper refused: sandbox-helper: cannot make the namespaces: unshare: "
+        "Operation not permitted"
+    ), found
+    assert chain_note.startswith("namespaces refused: unshare: ") and "Operation not permitted" in chain_note, found
 
 
 # ---------------------------------------------------------------------------------------------------------
