@@ -393,7 +393,7 @@ class Sandbox:
                 modes.append(_Mode(
                     "user namespace", (*orphan_guard, unshare, "--user", "--map-root-user", *common), False, True
                 ))
-        elif namespaces:
+        elif namespaces and not modes:
             notes.append("unshare (util-linux) not found")
         if not namespaces:
             notes.append("namespaces disabled by the caller")
