@@ -9,13 +9,16 @@ Every untrusted run goes through :meth:`Sandbox.run`. What it puts in force, whe
 * an environment built from scratch: nothing of ``os.environ`` (API keys!) reaches the program;
 * a private working copy of the test's files, owned by a fresh unprivileged uid per run, so that the corpus,
   the results and the home directory (root's, with normal modes) are not writable to it;
-* PID, network and mount namespaces (``unshare``): killing the namespace's init kills every process in it,
+* PID, IPC, network and mount namespaces: killing the namespace's init kills every process in it,
   there is no network but a loopback that is down, and ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``
   are private, size-capped tmpfs (the sandbox's scratch root stays visible at its own path).
 
-How a run is started: ``unshare --pid --fork --kill-child --mount-proc [--net] HELPER``, where HELPER is the
-compiled ``sandbox_helper.c`` (built once into the cache directory, see :mod:`pipeline.sandbox_helper`) or, as
-the fallback, ``python -I -S sandbox_init.py``.
+How a run is started, as root: the compiled ``sandbox_helper.c`` (built once into the cache directory, see
+:mod:`pipeline.sandbox_helper`) with ``--unshare``: it sets ``PR_SET_PDEATHSIG``, makes the namespaces, forks pid 1
+of them and waits for it, the way ``setpriv --pdeathsig KILL unshare --pid --ipc --fork --kill-child --mount-proc
+[--net]`` would, without those two execs (#16). Where it cannot (the probe says why in :class:`Isolation`), without
+root (``unshare --user --map-root-user``), or with the fallback helper ``python -I -S sandbox_init.py``, the helper
+is started under that ``setpriv ... unshare ...`` chain.
 The helper (pid 1 of the namespace, still root) mounts the private tmpfs, forks,
 and the child sets the rlimits, drops to the run's uid/gid with no supplementary groups and ``no_new_privs``,
 and execs the program. The helper reaps everything, and reports the program's exit status and CPU time on a
@@ -52,7 +55,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +242,30 @@ class _Mode:
     """How runs are wrapped, as chosen by the probe."""
 
     name: str
-    unshare: tuple[str, ...] | None  # the unshare command line, or None to run without namespaces
+    unshare: tuple[str, ...] | None  # the unshare command line, or None (no namespaces, or the helper's own)
     drop_uid: bool
     private_tmp: bool
+    #: The namespaces the compiled helper makes itself (``sandbox_helper.CLONE_FLAGS`` names), instead of unshare.
+    helper_namespaces: tuple[str, ...] = ()
+
+    @property
+    def namespaces(self) -> bool:
+        """Whether runs get namespaces (and the helper is their pid 1)."""
+        return self.unshare is not None or bool(self.helper_namespaces)
+
+    @property
+    def pid_namespace(self) -> bool:
+        return "pid" in self.helper_namespaces or (self.unshare is not None and "--pid" in self.unshare)
+
+    @property
+    def net_namespace(self) -> bool:
+        return "net" in self.helper_namespaces or (self.unshare is not None and "--net" in self.unshare)
+
+    def describe(self) -> str:
+        """Who makes the namespaces, for :attr:`Isolation.notes`."""
+        if self.helper_namespaces:
+            return "namespaces made by the compiled helper"
+        return "namespaces made by unshare" if self.unshare is not None else "no namespaces"
 
 
 class Sandbox:
@@ -358,6 +382,10 @@ class Sandbox:
         net = () if settings.network else ("--net",)
         modes: list[_Mode] = []
         notes: list[str] = []
+        if namespaces and root and helper.binary is not None:
+            # No setpriv, no unshare: the helper makes the namespaces and guards against orphaning itself.
+            own = ("pid", "ipc", "mount", *(() if settings.network else ("net",)))
+            modes.append(_Mode("namespaces by the compiled helper", None, True, True, helper_namespaces=own))
         if namespaces and unshare:
             # If this process dies without cleaning up (SIGKILL), the kernel kills unshare, whose
             # --kill-child takes the namespace's pid 1 and with it every process of the run.
@@ -373,7 +401,7 @@ class Sandbox:
                 modes.append(_Mode(
                     "user namespace", (*orphan_guard, unshare, "--user", "--map-root-user", *common), False, True
                 ))
-        elif namespaces:
+        elif namespaces and not modes:
             notes.append("unshare (util-linux) not found")
         if not namespaces:
             notes.append("namespaces disabled by the caller")
@@ -410,12 +438,14 @@ class Sandbox:
             return None
         uid, pid = words[0], words[1]
         interfaces = [line.split(":")[0].strip() for line in result.stdout.decode().splitlines() if ":" in line]
-        pid_ns = mode.unshare is not None and pid == "2"
-        net_ns = mode.unshare is not None and "--net" in mode.unshare and interfaces == ["lo"]
-        mount_ns = mode.unshare is not None and status.get("tmp") is True
+        pid_ns = mode.pid_namespace and pid == "2"
+        net_ns = mode.net_namespace and interfaces == ["lo"]
+        mount_ns = mode.namespaces and status.get("tmp") is True
+        if mode.namespaces:
+            notes.append(mode.describe())
         if mode.private_tmp and status.get("tmp") is not True:
             notes.append(f"private /tmp failed: {status.get('tmp')}")
-            self._mode = _Mode(mode.name, mode.unshare, mode.drop_uid, private_tmp=False)
+            self._mode = replace(mode, private_tmp=False)
         unprivileged = mode.drop_uid and uid.isdigit() and int(uid) not in (0, os.geteuid())
         if self.settings.network:
             notes.append("network allowed by [sandbox] network = true")
@@ -581,14 +611,15 @@ class Sandbox:
         pipe = _StatusPipe()
         helper = self.helper.command(
             argv, fd=pipe.write_fd, uid=uid, rlimits=rlimits, tmp=PRIVATE_TMP_DIRS if private_tmp else (),
-            tmp_size=limits.file_size_bytes, keep=str(self.scratch), cwd=str(cwd), pid1=mode.unshare is not None,
+            tmp_size=limits.file_size_bytes, keep=str(self.scratch), cwd=str(cwd), pid1=mode.namespaces,
+            namespaces=mode.helper_namespaces,
         )
         with pipe:
             raw = await _execute(
                 [*(mode.unshare or ()), *helper], cwd=Path(cwd), env=full_env, stdin=stdin, limits=limits,
                 pass_fds=(pipe.write_fd,), after_spawn=pipe.close_write,
                 sweep=lambda: _sweep(uid=uid, marker=marker),
-                pid_namespace=mode.unshare is not None and "--pid" in mode.unshare,
+                pid_namespace=mode.pid_namespace,
                 # With a uid of its own the program cannot touch its root helper, whose exit status 0 says
                 # that it reaped everything (it is their subreaper).
                 helper_reaps=uid is not None, slot=slot,
@@ -1083,7 +1114,8 @@ async def _kill_tree(
 ) -> None:
     """SIGKILL the process group, reap the leader, then sweep stragglers that left the group.
 
-    When unshare exited by itself, it had waited for the namespace's init, whose exit the kernel completes
+    When unshare (or the helper that made the namespaces) exited by itself, it had waited for the namespace's
+    init, whose exit the kernel completes
     only after every process of the namespace is gone: nothing can be left, so the /proc sweep is skipped.
     So it is when ``helper_reaps`` and the helper exited by itself with status 0: as the run's subreaper it
     exits 0 only after reaping every process the program left.

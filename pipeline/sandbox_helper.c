@@ -2,7 +2,19 @@
  * The first process of a sandboxed run, compiled: the same work as pipeline/sandbox_init.py without a Python
  * interpreter's start-up. Built once per source hash into the cache directory by pipeline/sandbox_helper.py.
  *
- *   sandbox-helper FD UID PID1 TMP_SIZE KEEP CWD NTMP TMPDIR... NRL RESOURCE SOFT HARD ... -- ARGV...
+ *   sandbox-helper [--unshare FLAGS PARENT] FD UID PID1 TMP_SIZE KEEP CWD NTMP TMPDIR... NRL RESOURCE SOFT HARD ...
+ *                  -- ARGV...
+ *
+ * --unshare: make the run's namespaces ourselves instead of being started under setpriv and unshare(1) (two
+ * execs of dynamically linked util-linux tools per run, #16). FLAGS is the unshare(2) mask (CLONE_NEWPID and
+ * CLONE_NEWNS required; CLONE_NEWIPC, CLONE_NEWNET as asked), PARENT the pid of the process that started us. We
+ * set PR_SET_PDEATHSIG SIGKILL and check PARENT is still our parent (the orphan guard of setpriv --pdeathsig),
+ * unshare(FLAGS) and fork. This process then only waits: it blocks SIGINT and SIGTERM and exits the way
+ * `unshare --fork` does (the child's exit status; killed by a signal: the same signal, raised on itself). The
+ * child, pid 1 of the new PID namespace, sets PR_SET_PDEATHSIG SIGKILL too (unshare --kill-child: if we die,
+ * pid 1 dies and the kernel kills the namespace), makes / recursively private, mounts a fresh proc on /proc
+ * (unshare --mount-proc) and goes on below as PID1 = 1. When the namespaces cannot be made (EPERM in a
+ * container), it says why on stderr and exits 1 without a report.
  *
  * FD: the inherited pipe for the report; UID: the run's uid, or "-" to keep ours; PID1: 1 when we are pid 1 of
  * a PID namespace, 0 otherwise (then we are a child subreaper and kill the program's leftovers); TMP_SIZE, KEEP,
@@ -23,6 +35,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +152,61 @@ undo:
     return why;
 }
 
+/* --unshare: returns in pid 1 of the new namespaces; the process that called it waits for that one and exits
+ * with it. Never returns on failure (exit status 1, why on stderr). */
+static void make_namespaces(unsigned long flags, long parent, int report_fd) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || (long)getppid() != parent) _exit(1); /* orphaned already */
+    if (unshare((int)flags) != 0) {
+        dprintf(2, "sandbox-helper: cannot make the namespaces: unshare: %s\n", strerror(errno));
+        _exit(1);
+    }
+    int guard[2]; /* its write end closes when we die: the child checks it once its own guard is set */
+    if (pipe2(guard, O_CLOEXEC) != 0) {
+        dprintf(2, "sandbox-helper: cannot make the namespaces: pipe: %s\n", strerror(errno));
+        _exit(1);
+    }
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGTERM);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    pid_t pid = fork();
+    if (pid < 0) {
+        dprintf(2, "sandbox-helper: cannot make the namespaces: fork: %s\n", strerror(errno));
+        _exit(1);
+    }
+    if (pid == 0) {
+        close(guard[1]);
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        struct pollfd gone = {guard[0], POLLIN, 0};
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0 || poll(&gone, 1, 0) != 0) _exit(1);
+        close(guard[0]);
+        if (mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+            mount("proc", "/proc", "proc", MS_NOSUID | MS_NOEXEC | MS_NODEV, NULL) != 0) {
+            dprintf(2, "sandbox-helper: cannot make the namespaces: mount: %s\n", strerror(errno));
+            _exit(1);
+        }
+        return;
+    }
+    close(guard[0]);
+    close(report_fd); /* only pid 1 reports */
+    int status;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) _exit(1);
+    }
+    if (WIFEXITED(status)) _exit(WEXITSTATUS(status));
+    int sig = WTERMSIG(status); /* die of the same signal, as unshare --fork does */
+    if (sig != SIGKILL && sig != SIGSTOP) {
+        sigset_t only; /* SIGINT and SIGTERM sent to us meanwhile stay blocked: not what we die of */
+        sigemptyset(&only);
+        sigaddset(&only, sig);
+        signal(sig, SIG_DFL);
+        sigprocmask(SIG_UNBLOCK, &only, NULL);
+    }
+    kill(getpid(), sig);
+    _exit(1);
+}
+
 static void cannot_run(const char *prog, int err) {
     dprintf(2, "sandbox: cannot run %s: %s\n", prog, strerror(err));
     _exit(err == ENOENT ? EXIT_NOT_FOUND : EXIT_CANNOT_RUN);
@@ -221,7 +290,15 @@ static size_t json_string(char *out, size_t size, size_t at, const char *s) {
 
 int main(int argc, char **argv) {
     int i = 1;
-    if (argc < 10) die_usage("too few arguments");
+    unsigned long ns_flags = 0;
+    long parent = 0;
+    if (argc > 3 && strcmp(argv[1], "--unshare") == 0) {
+        ns_flags = (unsigned long)parse_ull(argv[2], "FLAGS");
+        parent = parse_long(argv[3], "PARENT");
+        if (!(ns_flags & CLONE_NEWPID) || !(ns_flags & CLONE_NEWNS)) die_usage("FLAGS without CLONE_NEWPID|CLONE_NEWNS");
+        i = 4;
+    }
+    if (argc - i < 9) die_usage("too few arguments");
     int fd = (int)parse_long(argv[i++], "FD");
     long uid = strcmp(argv[i], "-") == 0 ? -1 : parse_long(argv[i], "UID");
     i++;
@@ -244,6 +321,10 @@ int main(int argc, char **argv) {
     }
     if (i >= argc || strcmp(argv[i], "--") != 0 || i + 1 >= argc) die_usage("-- ARGV");
     char **program = argv + i + 1;
+    if (ns_flags) {
+        make_namespaces(ns_flags, parent, fd);
+        pid1 = 1;
+    }
 
     char why[1024];
     const char *tmp_json = "null";

@@ -7,6 +7,10 @@ helper saves the interpreter's start-up (about 14 ms of CPU per run). It is buil
 :meth:`pipeline.sandbox.Sandbox.open` of a machine (each Ray node builds its own) or by ``scripts/setup.py``.
 When gcc is missing or the build fails, the Python helper is used and the log says why.
 
+As root, the compiled helper also makes the run's PID, IPC, mount and network namespaces itself
+(``Helper.command(namespaces=...)``), saving the ``setpriv`` and ``unshare`` execs the Python helper is started
+under (#16).
+
 ``[sandbox] helper`` (env ``C2RUST_SANDBOX_HELPER``): ``auto`` (compiled when it builds, else Python),
 ``compiled`` (refuse to start without it), ``python`` (always the fallback).
 """
@@ -38,6 +42,8 @@ HELPER_CHOICES = ("auto", "compiled", "python")
 _BUILD_SECONDS = 120.0
 _BUILD_OUTPUT_CAP = 20_000
 _CFLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-std=c11")
+#: unshare(2) flags (<sched.h>) of the namespaces the compiled helper can make itself.
+CLONE_FLAGS = {"mount": 0x00020000, "ipc": 0x08000000, "pid": 0x20000000, "net": 0x40000000}
 
 
 @dataclass(frozen=True)
@@ -68,14 +74,27 @@ class Helper:
         keep: str = "",
         cwd: str,
         pid1: bool,
+        namespaces: Sequence[str] = (),
     ) -> list[str]:
-        """The command line that runs ``argv`` under this helper."""
+        """The command line that runs ``argv`` under this helper.
+
+        ``namespaces`` (names of :data:`CLONE_FLAGS`, "pid" and "mount" among them): the compiled helper makes
+        them itself and is pid 1 in them (``pid1`` is then implied); it must be started by this process.
+        """
+        if namespaces and self.binary is None:
+            raise ValueError("only the compiled helper makes namespaces itself; start the Python one under unshare")
         if self.binary is None:
             config = {"fd": fd, "uid": uid, "rl": [list(r) for r in rlimits], "tmp": list(tmp),
                       "tmp_size": tmp_size, "keep": keep, "cwd": cwd, "pid1": pid1}
             return [sys.executable, "-I", "-S", SCRIPT, json.dumps(config), *argv]
-        cmd = [str(self.binary), str(fd), "-" if uid is None else str(uid), "1" if pid1 else "0", str(tmp_size),
-               keep, cwd, str(len(tmp)), *tmp, str(len(rlimits))]
+        cmd = [str(self.binary)]
+        if namespaces:
+            flags = 0
+            for name in namespaces:
+                flags |= CLONE_FLAGS[name]
+            cmd += ["--unshare", str(flags), str(os.getpid())]
+        cmd += [str(fd), "-" if uid is None else str(uid), "1" if pid1 else "0", str(tmp_size),
+                keep, cwd, str(len(tmp)), *tmp, str(len(rlimits))]
         for name, soft, hard in rlimits:
             cmd += [str(getattr(resource, name)), str(_rlim(soft)), str(_rlim(hard))]
         return [*cmd, "--", *argv]

@@ -8,8 +8,10 @@ and, where the run had a uid of its own, by that uid.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -31,6 +33,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="th
 PYTHON3 = "/usr/bin/python3"  # the system Python: readable by the sandbox's uids, unlike a pyenv under /root
 needs_python3 = pytest.mark.skipif(not Path(PYTHON3).exists(), reason="needs /usr/bin/python3")
 IS_ROOT = os.geteuid() == 0
+ROOT = Path(__file__).resolve().parents[1]
 
 
 #: The pid-1 helper every test of this file runs with, set by the ``helper`` fixture: each test runs twice,
@@ -144,6 +147,184 @@ async def test_strict_sandbox_opens_when_isolation_is_complete() -> None:
     """Strict mode is no obstacle where everything is in force."""
     async with Sandbox.open(settings(strict=True)) as sb:
         assert sb.isolation.complete
+
+
+def the_sleeper(token: str) -> int | None:
+    """The running ``sleep`` of a :func:`sleeper` token (not the wrappers whose command lines name it)."""
+    for pid in processes_with(token=token):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                return pid
+    return None
+
+
+def parent_chain(pid: int) -> list[str]:
+    """The command names of ``pid``'s ancestors, from its parent up to (not including) this test process."""
+    names = []
+    while True:
+        try:
+            fields = dict(
+                line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+            )
+        except OSError:
+            return names
+        pid = int(fields["PPid"])
+        if pid in (0, os.getpid()):
+            return names
+        names.append(Path(f"/proc/{pid}/comm").read_text().strip())
+
+
+#: Run by a program inside the sandbox: its pid, then each interface with its IFF_UP flag, then it sleeps.
+_INSIDE = """
+import fcntl, os, socket, struct, sys
+print(os.getpid())
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for line in open("/proc/net/dev").read().splitlines()[2:]:
+    name = line.split(":")[0].strip()
+    flags = struct.unpack("16sH", fcntl.ioctl(s.fileno(), 0x8913, struct.pack("256s", name.encode())[:18]))[1]
+    print(name, "up" if flags & 1 else "down")
+sys.stdout.flush()
+os.execvp("sleep", ["sleep", sys.argv[1]])
+"""
+
+
+@needs_python3
+@pytest.mark.skipif(not IS_ROOT, reason="namespaces with a separate uid need root")
+async def test_as_root_a_running_program_has_no_unshare_or_setpriv_above_it(helper: str) -> None:
+    """With the compiled helper as root, no setpriv or unshare process is in a running program's parent chain
+    (the helper makes the namespaces itself, #16); the program is still pid 2 of its PID namespace and sees only
+    a loopback that is down. The Python helper keeps the unshare chain."""
+    _, token = sleeper()
+    seen: list[ProcessResult] = []
+    async with Sandbox.open(settings()) as sb, sb.workdir() as wd:
+        async with anyio.create_task_group() as tg:
+            async def run() -> None:
+                seen.append(await sb.run([PYTHON3, "-c", _INSIDE, token], cwd=wd, limits=limits(wall=5.0)))
+
+            tg.start_soon(run)
+            await wait_for(lambda: the_sleeper(token))
+            chain = parent_chain(the_sleeper(token) or 0)
+            tg.cancel_scope.cancel()
+        described = sb.isolation.describe()
+    assert processes_with(token=token) == []
+    assert not seen  # cancelled while the program ran
+    if helper == "compiled":
+        assert "namespaces made by the compiled helper" in described, described
+        assert not {"unshare", "setpriv"} & set(chain), chain
+        assert chain[0].startswith("sandbox-helper") and len(chain) == 2, chain  # pid 1, then the waiting one
+    else:
+        assert "namespaces made by unshare" in described, described
+        assert "unshare" in chain, chain
+
+
+@needs_python3
+@pytest.mark.skipif(not IS_ROOT, reason="namespaces with a separate uid need root")
+async def test_the_program_is_pid_2_with_only_a_loopback_that_is_down(sandbox: Sandbox) -> None:
+    code = _INSIDE.replace('os.execvp("sleep", ["sleep", sys.argv[1]])', "")
+    async with sandbox.workdir() as wd:
+        result = await sandbox.run([PYTHON3, "-c", code, "0"], cwd=wd, limits=limits())
+    assert result.ok, result.describe() + result.stderr.decode()
+    assert result.stdout.decode().split("\n") == ["2", "lo down", ""]
+
+
+_KILLED_PARENT = """
+import sys
+import anyio
+from pipeline.config import SandboxSettings
+from pipeline.sandbox import Limits, Sandbox
+
+async def main() -> None:
+    async with Sandbox.open(SandboxSettings(helper=sys.argv[1])) as sb, sb.workdir() as wd:
+        print(sb.isolation.describe(), flush=True)
+        await sb.run(["sh", "-c", sys.argv[2]], cwd=wd, limits=Limits(wall_seconds=60))
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="namespaces with a separate uid need root")
+async def test_sigkill_of_the_process_that_started_the_helper_takes_the_program_down(helper: str) -> None:
+    """A CLI killed with SIGKILL (no cleanup) leaves no sandboxed program behind: the helper's parent-death
+    signal, then its pid 1's, end the namespace (setpriv --pdeathsig and unshare --kill-child did that before)."""
+    command, token = sleeper()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    async with await anyio.open_process(
+        [sys.executable, "-c", _KILLED_PARENT, _helper, command], env=env, start_new_session=True
+    ) as parent:
+        try:
+            await wait_for(lambda: the_sleeper(token), seconds=20)
+            chain = parent_chain(the_sleeper(token) or 0)
+            os.kill(parent.pid, signal.SIGKILL)
+            await parent.wait()
+            await wait_for(lambda: not processes_with(token=token), seconds=5)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                parent.kill()
+            for pid in processes_with(token=token):
+                os.kill(pid, signal.SIGKILL)
+    if helper == "compiled":
+        assert not {"unshare", "setpriv"} & set(chain), chain
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="namespaces with a separate uid need root")
+async def test_a_helper_refused_its_namespaces_falls_back_to_unshare_with_a_note(
+    helper: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the kernel refuses the compiled helper its namespaces (EPERM in a container; here: a flag it does
+    not know), the probe starts it under unshare instead, and Isolation says so."""
+    if helper != "compiled":
+        pytest.skip("only the compiled helper makes namespaces itself")
+    monkeypatch.setitem(sandbox_helper.CLONE_FLAGS, "ipc", sandbox_helper.CLONE_FLAGS["ipc"] | 1)
+    command, token = sleeper()
+    async with Sandbox.open(settings()) as sb, sb.workdir() as wd:
+        iso = sb.isolation
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: sb.run(["sh", "-c", command], cwd=wd, limits=limits(wall=5.0)))
+            await wait_for(lambda: the_sleeper(token))
+            chain = parent_chain(the_sleeper(token) or 0)
+            tg.cancel_scope.cancel()
+    assert iso.complete, iso.describe()
+    assert (
+        "namespaces by the compiled helper refused: sandbox-helper: cannot make the namespaces: unshare: "
+        "Invalid argument" in iso.notes
+    ), iso.notes
+    assert "namespaces made by unshare" in iso.describe()
+    assert "unshare" in chain, chain
+
+
+_PROBE = """
+import json, sys
+import anyio
+from pipeline.config import SandboxSettings
+from pipeline.sandbox import Sandbox
+
+async def main() -> None:
+    async with Sandbox.open(SandboxSettings(helper=sys.argv[1])) as sb:
+        print(json.dumps({"missing": sb.isolation.missing(), "notes": sb.isolation.notes}))
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT or shutil.which("setpriv") is None, reason="needs root and setpriv")
+async def test_without_cap_sys_admin_the_refusal_is_named_and_the_uid_still_changes(helper: str) -> None:
+    """As root in a container without CAP_SYS_ADMIN (here: dropped from the bounding set), the kernel refuses the
+    compiled helper its namespaces (EPERM), then unshare; the sandbox runs in "uid only" mode and says why."""
+    if helper != "compiled":
+        pytest.skip("only the compiled helper makes namespaces itself")
+    done = await anyio.run_process(
+        ["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin", sys.executable, "-c", _PROBE, _helper],
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    found = json.loads(done.stdout)
+    assert found["missing"] == ["PID namespace", "network namespace", "mount namespace with private /tmp"], found
+    helper_note, chain_note = found["notes"][:2]
+    assert helper_note == (
+        "namespaces by the compiled helper refused: sandbox-helper: cannot make the namespaces: unshare: "
+        "Operation not permitted"
+    ), found
+    assert chain_note.startswith("namespaces refused: unshare: ") and "Operation not permitted" in chain_note, found
 
 
 # ---------------------------------------------------------------------------------------------------------
