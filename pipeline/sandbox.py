@@ -1267,16 +1267,17 @@ def choose_scratch_root(setting: str) -> tuple[Path, str]:
     directory. Builds and working copies live for seconds and need no disk: on a disk file system each of
     the thousands of files a run makes and removes costs the kernel an inode allocation, and on ext4
     without a journal that allocation skips every inode freed in the last minutes, one block lookup each
-    (a third of the CLI's CPU in a balanced run on such a disk, bench/README.md, #16).
+    (a fifth of the CLI's CPU in a balanced run on such a disk, bench/README.md, #16).
     """
     if setting:
         return Path(setting).expanduser(), "[sandbox] scratch_dir"
     temp = Path(tempfile.gettempdir())
     if os.environ.get("TMPDIR"):
         return temp, "TMPDIR"
-    if _fs_type(temp) == "tmpfs":
+    mounts = _mounts()
+    if _fs_type(temp, mounts) == "tmpfs":
         return temp, "tmpfs"
-    if _fs_type(SHM_DIR) == "tmpfs":
+    if _fs_type(SHM_DIR, mounts) == "tmpfs":
         try:
             st = os.statvfs(SHM_DIR)
         except OSError:
@@ -1288,24 +1289,25 @@ def choose_scratch_root(setting: str) -> tuple[Path, str]:
     return temp, "the temporary directory"
 
 
-def _fs_type(path: Path) -> str | None:
-    """The type of the file system ``path`` is on (``/proc/self/mounts``: the longest mount point above
-    it), or None when it cannot be told."""
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, file system type) of each line of ``/proc/self/mounts``; empty when it cannot be read."""
     try:
-        real = os.path.realpath(path)
         with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
             lines = mounts.read().splitlines()
     except OSError:
-        return None
+        return []
+    return [(f[1].replace("\\040", " "), f[2]) for f in map(str.split, lines) if len(f) >= 3]
+
+
+def _fs_type(path: Path, mounts: list[tuple[str, str]] | None = None) -> str | None:
+    """The type of the file system ``path`` is on (the longest mount point above it), or None when it cannot
+    be told."""
+    real = os.path.realpath(path)
     best, kind = "", None
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = fields[1].replace("\\040", " ")
+    for point, fs in _mounts() if mounts is None else mounts:
         inside = real == point or real.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
-            best, kind = point, fields[2]
+            best, kind = point, fs
     return kind
 
 
