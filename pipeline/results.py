@@ -221,9 +221,7 @@ def _key(key: Any) -> str:
     """An object key as json writes it (a string; numbers, booleans and null converted as json converts them)."""
     if isinstance(key, str):
         return key
-    if key is True or key is False or key is None:
-        return json.dumps(key)
-    if isinstance(key, (int, float)):
+    if key is None or isinstance(key, (bool, int, float)):
         return json.dumps(key)
     raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
