@@ -102,8 +102,10 @@ _PATH_ATTR = re.compile(r"#\s*!?\s*\[\s*path\s*=")
 _OUTLINE_MOD = re.compile(r"(?<![A-Za-z0-9_])mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;")
 #: What `env!` and `env as` start with: a literal prefix, so this scans fast where the look-behinds do not.
 _ENV_GATE = re.compile(r"env(?:\s*!|\s+as)")
-_ASM = re.compile(r"(?<![A-Za-z0-9_])(?:global_asm|naked_asm|asm)\s*!")
-_ASM_INCLUDE = re.compile(r"\.(?:incbin|include)\b", re.IGNORECASE)
+_ASM = re.compile(r"(?<![A-Za-z0-9_])(global_asm|naked_asm|asm)\s*!")
+# Also reached without writing `name!`: `use std::arch::global_asm as g;` then `g!(...)`.
+_ASM_NAME = re.compile(r"(?<![A-Za-z0-9_$])(global_asm|naked_asm|asm)(?![A-Za-z0-9_])\s*(?:as\b|[;,}])")
+_DEBUGGER_VISUALIZER = re.compile(r"#\s*!?\s*\[\s*debugger_visualizer\b")
 
 
 def forbidden_constructs(source: str) -> str | None:
@@ -112,7 +114,9 @@ def forbidden_constructs(source: str) -> str | None:
     Refused: ``include_str!``, ``include_bytes!``, ``include!``, ``env!``, ``option_env!`` (they read the build
     machine), also when renamed by ``use ... as`` or called through a macro variable; ``#[link(...)]`` and
     ``extern crate`` of anything but libc and the standard library; ``#[path = ...]`` and out-of-line
-    ``mod name;`` (they read other files); assembler ``.incbin`` / ``.include``.
+    ``mod name;`` and ``#[debugger_visualizer]`` (they read other files); inline and global assembly (``asm!``,
+    ``global_asm!``, ``naked_asm!``, also imported under another name): its ``.incbin`` reads any file of the
+    build machine, and the directive can be spelled by ``concat!``, an assembler macro or a ``sym`` operand.
     Comments and string literals are ignored. The reason names the construct and the line.
     This is a textual check, not a parser: it errs on the side of refusing.
     """
@@ -162,10 +166,15 @@ def forbidden_constructs(source: str) -> str | None:
         name = m.group(1)
         found.append((m.start(), f"declares `mod {name};`, which reads {name}.rs from the build machine; it is "
                                  f"not allowed: write the module inline (mod {name} {{ ... }})"))
-    m = search(_ASM, "asm")
-    if m and _ASM_INCLUDE.search(source):
-        found.append((m.start(), "uses an assembler .incbin/.include directive, which reads files of the build "
-                                 "machine; it is not allowed"))
+    m = search(_ASM, "asm") or search(_ASM_NAME, "asm")
+    if m:
+        found.append((m.start(), f"uses inline or global assembly ({m.group(1)}!), which can read files of the "
+                                 "build machine (.incbin) and hide what the program does; it is not allowed: write "
+                                 "it in Rust"))
+    m = search(_DEBUGGER_VISUALIZER, "debugger_visualizer")
+    if m:
+        found.append((m.start(), "uses #![debugger_visualizer(...)], which reads another file of the build machine "
+                                 "into the program; it is not allowed: remove it"))
     if not found:
         return None
     pos, why = min(found)

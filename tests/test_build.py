@@ -207,6 +207,14 @@ def test_compile_cache_setting_is_read_from_sactor_toml(tmp_path: Path, text: st
         pytest.param('#[path = "/etc/passwd"]\nmod secrets {}', "#[path = ...]", id="path-attribute"),
         pytest.param("mod helpers;", "mod helpers;", id="out-of-line-module"),
         pytest.param('std::arch::global_asm!(".incbin \\"/etc/shadow\\"");', ".incbin", id="asm-incbin"),
+        pytest.param('std::arch::global_asm!(concat!(".inc", "bin \\"/etc/shadow\\""));', "global_asm!",
+                     id="asm-incbin-spelled-by-concat"),
+        pytest.param('core::arch::global_asm!(".macro m x\\n.inc\\\\x \\"/etc/shadow\\"\\n.endm\\nm bin");',
+                     "global_asm!", id="asm-incbin-spelled-by-a-macro"),
+        pytest.param("use std::arch::global_asm as g;", "global_asm!", id="asm-renamed"),
+        pytest.param('fn f() { unsafe { std::arch::asm!("nop"); } }', "asm!", id="inline-asm"),
+        pytest.param('#![debugger_visualizer(gdb_script_file = "/etc/shadow")]', "debugger_visualizer",
+                     id="debugger-visualizer"),
     ],
 )
 async def test_forbidden_construct_is_refused_without_compiling(
