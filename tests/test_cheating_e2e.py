@@ -111,6 +111,28 @@ fn main() {
 }
 """
 
+#: Prints the expected output, then dies of a signal (a memory error at exit, say).
+CRASH_AFTER_OUTPUT = """
+use std::io::Write;
+
+fn main() {
+    println!("hello");
+    std::io::stdout().flush().unwrap();
+    unsafe { std::ptr::write_volatile(std::ptr::null_mut::<i32>(), 1); }
+}
+"""
+
+#: A self-checking C program in the TransCoder shape: `%t N` exits 0 when f_filled agrees with f_gold on case N.
+SELF_CHECKING_C = """#include <stdlib.h>
+int f_gold(int x) { return x * x + 1; }
+int f_filled(int x) { return x * x + 1; }
+int main(int argc, char *argv[]) {
+    int param0[] = {3, 7, 11};
+    int i = argc > 1 ? atoi(argv[1]) : 0;
+    return f_filled(param0[i]) == f_gold(param0[i]) ? 0 : -1;
+}
+"""
+
 #: Cheating task -> what its stage's reason must say (a regex).
 CHEATS = {
     "read_samples": r"test 0 failed: wrong output",
@@ -165,6 +187,9 @@ def cheat_run(request: pytest.FixtureRequest, cache_dir: Path) -> Iterator[Cheat
         }
         for name, code in sources.items():
             data.add_task(name, expected=EXPECTED, samples=samples, unidiomatic=[answer(code)])
+        data.add_task("crash_after_output", unidiomatic=[answer(CRASH_AFTER_OUTPUT)])
+        data.add_task("self_check_skip", c_source=SELF_CHECKING_C, tests=[{"command": f"%t {i}"} for i in range(3)],
+                      unidiomatic=[answer("fn main() {}\n")])
         data.add_task("honest", expected=EXPECTED, samples=samples)
         dirs = ", ".join(json.dumps(str(d)) for d in (corpus_dir, out, cache))
         data.add_task("probe", expected="0", samples=[{"input": "", "output": "0"}],
@@ -193,6 +218,14 @@ def test_a_translation_that_finds_its_expected_output_is_not_verified(cheat_run:
     assert re.search(CHEATS[task], stage["reason"]), stage["reason"]
 
 
+def test_a_program_killed_by_a_signal_after_the_expected_output_is_not_verified(cheat_run: CheatRun) -> None:
+    """The output matches, but the program died of SIGSEGV (the C program ends normally): the test fails."""
+    stage = cheat_run.record("crash_after_output")["stages"]["unidiomatic"]
+    assert stage["status"] == "failed"
+    assert re.search(r"test 0 failed: the output matched, but the program was killed by signal SIGSEGV",
+                     stage["reason"]), stage["reason"]
+
+
 def test_the_honest_neighbour_verifies(cheat_run: CheatRun) -> None:
     """The same samples, answered by a program that prints its output, verify: the cheats fail for cause."""
     assert cheat_run.record("honest")["stages"]["unidiomatic"]["status"] == "verified"
@@ -203,3 +236,11 @@ def test_the_corpus_results_and_cache_are_hidden_from_programs(cheat_run: CheatR
     stage = cheat_run.record("probe")["stages"]["unidiomatic"]
     info = cheat_run.out / "probe" / "unidiomatic_failure_info.json"
     assert stage["status"] == "verified", info.read_text() if info.exists() else stage
+
+
+@pytest.mark.xfail(strict=True, reason="left open: a self-checking test (`%t N`, judged by the exit status) is run "
+                   "by the translation's own main, which can skip the check; needs the C program's f_gold as the "
+                   "judge (the translation's f_filled linked into it), not built yet")
+def test_a_translation_that_skips_its_own_self_check_is_not_verified(cheat_run: CheatRun) -> None:
+    """`fn main() {}` passes every `%t N` test of a TransCoder-style task by exiting 0 without checking."""
+    assert cheat_run.record("self_check_skip")["stages"]["unidiomatic"]["status"] == "failed"
