@@ -169,6 +169,9 @@ class Candidate:
 
     stage: StageName
     programs: tuple[str, ...]
+    #: The C program runs other programs or code itself (``system``, ``exec*``, ``dlopen``, ...), so its
+    #: translation may too; otherwise a program that does is refused (it could run a copy of the C program).
+    c_runs_other_code: bool = False
 
 
 @dataclass(frozen=True)

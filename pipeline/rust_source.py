@@ -188,6 +188,68 @@ def _host_macro_reason(name: str) -> str:
     return f"uses {name}!, which reads files of the build machine; it is not allowed: inline the data instead"
 
 
+#: Programs other than the translation: a shell, an interpreter or a compiler run on an embedded copy of the C program
+#: would give the right output for every test without being a translation.
+_SPAWNS = re.compile(
+    r"(?<![A-Za-z0-9_])process\s*(?:::\s*(?!(?:exit|abort|id|ExitCode|Termination)\b)(\{|\*|[A-Za-z_]\w*)|\s+as\b)"
+    r"|(?<![A-Za-z0-9_.])(system|popen|execvp?e?|execl[pe]?|fexecve|execveat|posix_spawnp?|syscall)\s*\("
+)
+_PROCESS_ALLOWED = frozenset({"exit", "abort", "id", "ExitCode", "Termination", "self"})
+#: Code the source does not hold: a library loaded at run time, memory made executable, data in a code section.
+_LOADS_CODE = re.compile(
+    r"(?<![A-Za-z0-9_.])(dlopen|dlmopen|dlsym|dlvsym|mmap|mmap64|mprotect|pkey_mprotect|memfd_create)\s*\("
+    r"|(?<![A-Za-z0-9_])(PROT_EXEC|link_section)(?![A-Za-z0-9_])"
+)
+#: What a C program calls when it runs other programs or code itself: then its translation may do the same.
+_C_RUNS_OTHER_CODE = re.compile(
+    r"(?<![A-Za-z0-9_])(system|popen|fork|vfork|clone|exec[lv]p?e?|fexecve|execveat|posix_spawnp?|syscall|dlopen"
+    r"|dlsym|mmap|mprotect|memfd_create)\s*\("
+)
+
+
+def c_runs_other_code(c_source: str) -> bool:
+    """Whether a C program starts other programs or loads or maps code (``system``, ``exec*``, ``fork``,
+    ``dlopen``, ``mmap``, ...): then :func:`foreign_code` does not apply to its translations."""
+    return _C_RUNS_OTHER_CODE.search(c_source) is not None
+
+
+def _process_item(token: str | None, rest: str) -> str:
+    """How a refused use of ``std::process`` is named (``std::process::Command`` also for ``{Command, ...}``), or
+    "" for a group of allowed names only."""
+    if token == "{":
+        names = re.findall(r"[A-Za-z_]\w*", rest[: rest.find("}") if "}" in rest else len(rest)])
+        token = next((n for n in names if n not in _PROCESS_ALLOWED and n != "as"), "")
+        if not token:
+            return ""
+    return f"std::process::{token}" if token else "std::process as ..."
+
+
+def foreign_code(source: str) -> str | None:
+    """Why ``source`` runs code it does not hold, or None: another program (``std::process`` but ``exit``,
+    ``abort`` and ``id``; libc's ``system``, ``popen``, ``exec*``, ``posix_spawn``, ``syscall``), a library loaded
+    at run time (``dlopen``, ``dlsym``), memory made executable (``mmap``, ``mprotect``, ``PROT_EXEC``,
+    ``memfd_create``) or a ``#[link_section]``. Such a program could print the C program's output by running the
+    C program (or a copy in another language): its tests prove nothing of the translation. Comments and string
+    literals are ignored; the reason names the construct and the line."""
+    masked = mask_comments_and_strings(source)
+    spawn, name = None, ""
+    for found in _SPAWNS.finditer(masked):
+        name = found.group(2) or _process_item(found.group(1), masked[found.end():])
+        if name:  # not `use std::process::{self, exit}`
+            spawn = found
+            break
+    load = _LOADS_CODE.search(masked)
+    if spawn is None and load is None:
+        return None
+    if spawn is not None and (load is None or spawn.start() <= load.start()):
+        return (f"line {masked.count(chr(10), 0, spawn.start()) + 1} runs another program ({name}), which the C "
+                "program never does: the output must come from the translation itself; remove it")
+    assert load is not None
+    name = load.group(1) or load.group(2)
+    return (f"line {masked.count(chr(10), 0, load.start()) + 1} runs code it does not contain ({name}), which the C "
+            "program never does: the output must come from the translation itself; remove it")
+
+
 #: The one rule for `unsafe`: the keyword outside comments and literals (blocks, fns, impls, traits, and
 #: unsafe attributes such as ``#[unsafe(no_mangle)]``).
 _UNSAFE = re.compile(r"(?<![A-Za-z0-9_])unsafe(?![A-Za-z0-9_])")

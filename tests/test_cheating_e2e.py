@@ -122,6 +122,25 @@ fn main() {
 }
 """
 
+#: Not a translation: the C program's behaviour, written in another language and run by an interpreter (safe Rust).
+RUNS_A_SHELL = """
+use std::process::{Command, Stdio};
+
+fn main() {
+    let status = Command::new("sh").args(["-c", "cat > /dev/null; echo hello"]).stdin(Stdio::inherit()).status();
+    std::process::exit(status.map(|s| s.code().unwrap_or(1)).unwrap_or(1));
+}
+"""
+
+#: The same through libc: fork and exec of the shell.
+EXECS_A_SHELL = """
+fn main() {
+    let argv = [b"sh\\0".as_ptr() as *const libc::c_char, b"-c\\0".as_ptr() as *const libc::c_char,
+                b"echo hello\\0".as_ptr() as *const libc::c_char, std::ptr::null()];
+    unsafe { libc::execvp(argv[0], argv.as_ptr()); }
+}
+"""
+
 #: A self-checking C program in the TransCoder shape: `%t N` exits 0 when f_filled agrees with f_gold on case N.
 SELF_CHECKING_C = """#include <stdlib.h>
 int f_gold(int x) { return x * x + 1; }
@@ -188,6 +207,10 @@ def cheat_run(request: pytest.FixtureRequest, cache_dir: Path) -> Iterator[Cheat
         for name, code in sources.items():
             data.add_task(name, expected=EXPECTED, samples=samples, unidiomatic=[answer(code)])
         data.add_task("crash_after_output", unidiomatic=[answer(CRASH_AFTER_OUTPUT)])
+        data.add_task("runs_a_shell", unidiomatic=[answer(RUNS_A_SHELL)])
+        data.add_task("execs_a_shell", unidiomatic=[answer(EXECS_A_SHELL)])
+        calls_system = '#include <stdlib.h>\nint main(void) { return system("echo hello"); }\n'
+        data.add_task("c_runs_a_shell", c_source=calls_system, unidiomatic=[answer(RUNS_A_SHELL)])
         data.add_task("self_check_skip", c_source=SELF_CHECKING_C, tests=[{"command": f"%t {i}"} for i in range(3)],
                       unidiomatic=[answer("fn main() {}\n")])
         data.add_task("honest", expected=EXPECTED, samples=samples)
@@ -224,6 +247,21 @@ def test_a_program_killed_by_a_signal_after_the_expected_output_is_not_verified(
     assert stage["status"] == "failed"
     assert re.search(r"test 0 failed: the output matched, but the program was killed by signal SIGSEGV",
                      stage["reason"]), stage["reason"]
+
+
+@pytest.mark.parametrize(("task", "named"), [pytest.param("runs_a_shell", "std::process::Command", id="Command"),
+                                           pytest.param("execs_a_shell", "execvp", id="execvp")])
+def test_a_program_that_runs_another_program_is_refused(cheat_run: CheatRun, task: str, named: str) -> None:
+    """Running another program (a shell, an interpreter, a compiler on embedded C) is refused when the C program
+    runs none: its output would be that program's, not the translation's."""
+    stage = cheat_run.record(task)["stages"]["unidiomatic"]
+    assert stage["status"] == "failed"
+    assert re.search(rf"line \d+ runs another program \({re.escape(named)}\)", stage["reason"]), stage["reason"]
+
+
+def test_a_c_program_that_runs_a_shell_allows_its_translation_to(cheat_run: CheatRun) -> None:
+    """The rule follows the C program: one that calls system() is translated faithfully by running a shell."""
+    assert cheat_run.record("c_runs_a_shell")["stages"]["unidiomatic"]["status"] == "verified"
 
 
 def test_the_honest_neighbour_verifies(cheat_run: CheatRun) -> None:
