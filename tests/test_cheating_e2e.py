@@ -282,3 +282,25 @@ def test_the_corpus_results_and_cache_are_hidden_from_programs(cheat_run: CheatR
 def test_a_translation_that_skips_its_own_self_check_is_not_verified(cheat_run: CheatRun) -> None:
     """`fn main() {}` passes every `%t N` test of a TransCoder-style task by exiting 0 without checking."""
     assert cheat_run.record("self_check_skip")["stages"]["unidiomatic"]["status"] == "failed"
+
+
+def test_translate_hides_the_task_folders_too(cli: Cli, simulator_factory: Any) -> None:
+    """`translate FILE.c TEST.json -r DIR`: a program reading its samples file by absolute path is not verified."""
+    if not namespaces_work():
+        pytest.skip("full sandbox isolation needs root and unshare (pid, net, mount namespaces)")
+    visible = visible_root()
+    try:
+        data = Corpus(visible / "data")
+        samples = [{"input": "", "output": EXPECTED}]
+        reader = _fill(READER, PATHS=json.dumps(str(data.corpus / "single_samples.json")),
+                       OPEN=json.dumps('"output": "'))
+        data.add_task("single", expected=EXPECTED, samples=samples, unidiomatic=[answer(reader)])
+        ordinary_modes(visible / "data")
+        _sim, url = simulator_factory(answers_dir=data.answers)
+        result = cli("translate", data.corpus / "single.c", data.corpus / "single.json", "-r", visible / "result",
+                     "--base-url", url, "--model", "sim-model", "--max-attempts", "1", "--no-idiomatic")
+        assert result.returncode == 1, result.output
+        assert "unidiomatic: failed after 1 attempt(s)" in result.stdout, result.stdout
+        assert "wrong output" in result.stdout, result.stdout
+    finally:
+        shutil.rmtree(visible, ignore_errors=True)
