@@ -58,7 +58,7 @@ from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .progress import Counters, Reporter
 from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
-from .records import TaskFiles, TaskInputs, TaskKey, TaskResult
+from .records import VERIFY_RULES_REVISION, TaskFiles, TaskInputs, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_files
 from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
@@ -154,6 +154,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
+        "verify_rules": VERIFY_RULES_REVISION,  # stricter rules: what they would refuse must not stay verified
         **({"differential": [inputs, differential_rules]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
         **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),

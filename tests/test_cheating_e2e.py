@@ -304,3 +304,14 @@ def test_translate_hides_the_task_folders_too(cli: Cli, simulator_factory: Any) 
         assert "wrong output" in result.stdout, result.stdout
     finally:
         shutil.rmtree(visible, ignore_errors=True)
+
+
+def test_stricter_verification_rules_make_finished_tasks_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task verified before the rules above existed is redone by a rerun, not kept as verified: the revision
+    of the verification rules is part of the settings fingerprint."""
+    import pipeline.engine
+    from pipeline.config import Config
+
+    before = pipeline.engine.settings_fingerprint(Config())
+    monkeypatch.setattr(pipeline.engine, "VERIFY_RULES_REVISION", "next")
+    assert pipeline.engine.settings_fingerprint(Config()) != before
