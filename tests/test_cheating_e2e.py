@@ -53,10 +53,8 @@ fn main() {
 }
 """
 
-#: Pulls the samples file into the binary at build time with an assembler .incbin the source never spells out.
-ASM_INCBIN = r"""
-use std::arch::global_asm;
-global_asm!(concat!(".section .rodata\n.globl c2r_leak\nc2r_leak:\n.inc", "bin \"@PATH@\"\n.byte 0\n.text"));
+#: Prints what follows `"output": "` in the bytes the assembler put at the symbol c2r_leak.
+PRINT_LEAK = r"""
 extern "C" { static c2r_leak: u8; }
 
 fn main() {
@@ -69,23 +67,18 @@ fn main() {
     }
 }
 """
+
+#: Pulls the samples file into the binary at build time with an assembler .incbin the source never spells out.
+ASM_INCBIN = r"""
+use std::arch::global_asm;
+global_asm!(concat!(".section .rodata\n.globl c2r_leak\nc2r_leak:\n.inc", "bin \"@PATH@\"\n.byte 0\n.text"));
+""" + PRINT_LEAK
 
 #: The same through an assembler macro that builds the directive's name.
 ASM_MACRO = r"""
 std::arch::global_asm!(".macro c2r_m x\n.inc\\x \"@PATH@\"\n.endm",
                        ".section .rodata\n.globl c2r_leak\nc2r_leak:\nc2r_m bin\n.byte 0\n.text");
-extern "C" { static c2r_leak: u8; }
-
-fn main() {
-    let text = unsafe { std::ffi::CStr::from_ptr(&c2r_leak as *const u8 as *const std::ffi::c_char) };
-    let text = text.to_string_lossy();
-    let open = "\"output\": \"";
-    if let Some(start) = text.find(open).map(|i| i + open.len()) {
-        let end = text[start..].find('"').unwrap() + start;
-        println!("{}", &text[start..end]);
-    }
-}
-"""
+""" + PRINT_LEAK
 
 #: Embeds the samples file as a "GDB script" section, then searches its own binary for it.
 GDB_SCRIPT = r"""
