@@ -95,12 +95,22 @@ fn main() {
 }
 """
 
-#: Prints how many of the folders @DIRS@ it can list (expected: none).
+#: Prints how many of the folders @DIRS@ it can list, links of its parent it can read and descriptors it
+#: inherited beyond the three standard ones (expected: none).
 PROBE = r"""
 fn main() {
     let listed = |d: &&str| std::fs::read_dir(d).map(|mut e| e.next().is_some()).unwrap_or(false);
-    let seen: Vec<&str> = [@DIRS@].into_iter().filter(listed).collect();
-    println!("{}", seen.len());
+    let mut seen: Vec<&str> = [@DIRS@].into_iter().filter(listed).collect();
+    // Ways to the CLI's files through the process that started this one: its cwd, root and descriptors.
+    for link in ["/proc/1/cwd", "/proc/1/root", "/proc/1/fd/0"] {
+        if std::fs::read_link(link).is_ok() {
+            seen.push(link);
+        }
+    }
+    // Descriptors inherited beyond stdin, stdout and stderr (3 is the listing's own).
+    let inherited = std::fs::read_dir("/proc/self/fd").unwrap().flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().map(|n| n > 3).unwrap_or(false)).count();
+    println!("{}", seen.len() + inherited);
 }
 """
 
@@ -263,7 +273,8 @@ def test_the_honest_neighbour_verifies(cheat_run: CheatRun) -> None:
 
 
 def test_the_corpus_results_and_cache_are_hidden_from_programs(cheat_run: CheatRun) -> None:
-    """A program lists none of the run's corpus, output and cache folders: it verifies by printing 0."""
+    """A program lists none of the run's corpus, output and cache folders, reads no link of the process that started
+    it and inherits no descriptor but the standard three: it verifies by printing 0."""
     stage = cheat_run.record("probe")["stages"]["unidiomatic"]
     info = cheat_run.out / "probe" / "unidiomatic_failure_info.json"
     assert stage["status"] == "verified", info.read_text() if info.exists() else stage
