@@ -340,7 +340,8 @@ async def _translate_one(config: Config, args: argparse.Namespace) -> int:
 
     state: dict[str, str] = {}
     failure: Exception | None = None
-    async with open_services(config) as services, anyio.create_task_group() as tg:
+    hidden = (task.c_path.parent, task.test_path.parent, args.result_dir)  # where the expected outputs are
+    async with open_services(config, hidden=hidden) as services, anyio.create_task_group() as tg:
 
         async def watch() -> None:
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

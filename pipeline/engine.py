@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,7 +58,7 @@ from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .progress import Counters, Reporter
 from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
-from .records import TaskFiles, TaskInputs, TaskKey, TaskResult
+from .records import VERIFY_RULES_REVISION, TaskFiles, TaskInputs, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_files
 from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
@@ -154,6 +154,7 @@ def settings_fingerprint(config: Config) -> str:
         "test_timeout": config.translation.test_timeout,
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
+        "verify_rules": VERIFY_RULES_REVISION,  # stricter rules: what they would refuse must not stay verified
         **({"differential": [inputs, differential_rules]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
         **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),
@@ -176,8 +177,12 @@ class Services:
 
 
 @asynccontextmanager
-async def open_services(config: Config, *, scratch_root: Path | None = None) -> AsyncIterator[Services]:
+async def open_services(
+    config: Config, *, scratch_root: Path | None = None, hidden: Sequence[Path] = (),
+) -> AsyncIterator[Services]:
     """Toolchain, sandbox and model client for a run, opened in one place and closed in reverse order.
+    ``hidden``: the run's corpus and results folders, which translated programs must not see
+    (:meth:`~pipeline.sandbox.Sandbox.open`).
 
     Start-up (the libc build, the sandbox probe, preflight) stops at SIGINT/SIGTERM: what was opened is
     closed again (no scratch, no half-built cache) and Interrupted (exit 130) is raised.
@@ -185,7 +190,7 @@ async def open_services(config: Config, *, scratch_root: Path | None = None) -> 
     """
     async with AsyncExitStack() as stack:
         state = RunState()
-        toolchain, sandbox = await _during_start_up(state, lambda: _probe(config, stack, scratch_root))
+        toolchain, sandbox = await _during_start_up(state, lambda: _probe(config, stack, scratch_root, hidden))
         # Opened by this task, outside start-up's task groups, as it is closed: the client may keep tasks of
         # its own for as long as it is open.
         client = await stack.enter_async_context(_open_client(config))
@@ -250,7 +255,9 @@ def _function_level(config: Config, client: ModelClient | EndpointPool, info: Se
     return FunctionLevel(toolchain, sandbox, cpu, smallest, settings_fingerprint(config))
 
 
-async def _probe(config: Config, stack: AsyncExitStack, scratch_root: Path | None) -> tuple[Toolchain, Sandbox]:
+async def _probe(
+    config: Config, stack: AsyncExitStack, scratch_root: Path | None, hidden: Sequence[Path] = (),
+) -> tuple[Toolchain, Sandbox]:
     """The toolchain probe and libc check, the sandbox probe and the imports of the model client and the stage
     code (:func:`pipeline.startup.import_services`, in a worker thread), side by side: the probes' child
     processes run while this process imports (start-up s in bench/README.md, #16). The preflight follows,
@@ -273,7 +280,7 @@ async def _probe(config: Config, stack: AsyncExitStack, scratch_root: Path | Non
         tg.start_soon(one, "toolchain", lambda: Toolchain.prepare(config.toolchain), tg.cancel_scope)
         tg.start_soon(one, "sandbox", lambda: stack.enter_async_context(
             Sandbox.open(config.sandbox, scratch_root=scratch_root,
-                         cache_dir=config.toolchain.resolved_cache_dir())), tg.cancel_scope)
+                         cache_dir=config.toolchain.resolved_cache_dir(), hidden=hidden)), tg.cancel_scope)
         tg.start_soon(one, "imports", lambda: anyio.to_thread.run_sync(
             lambda: import_services(ray=config.run.executor == "ray")), tg.cancel_scope)
     for name in ("toolchain", "sandbox", "imports"):
@@ -376,7 +383,10 @@ class _Run:
             first = await receive.receive()
         except anyio.EndOfStream:
             return  # every task is finished and unchanged: no server, toolchain or sandbox needed
-        async with open_services(self.config, scratch_root=self.scratch_root) as services:
+        options = self.options
+        # The expected outputs live in the corpus (samples, C programs) and the results (transcripts).
+        hidden = (options.c_dir, options.json_dir, options.output)
+        async with open_services(self.config, scratch_root=self.scratch_root, hidden=hidden) as services:
             self.env, self.info = services.env, services.info
             self.isolation = services.sandbox.isolation.describe()
             from .endpoints import EndpointPool

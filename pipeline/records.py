@@ -163,12 +163,21 @@ class Completion:
         return self.choices or (Choice(self.text, self.finish_reason),)
 
 
+#: The revision of what "verified" requires (what is refused before compiling, how a test run is judged, what the
+#: sandbox hides from programs), in the settings fingerprint: a task verified under weaker rules is redone, not
+#: kept. 2: assembly and running other code refused, a run killed by a signal fails, the corpus hidden.
+VERIFY_RULES_REVISION = "2"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """What a stage asks a verifier to judge: the complete programs of one answer, in order of preference."""
 
     stage: StageName
     programs: tuple[str, ...]
+    #: The C program runs other programs or code itself (``system``, ``exec*``, ``dlopen``, ...), so its
+    #: translation may too; otherwise a program that does is refused (it could run a copy of the C program).
+    c_runs_other_code: bool = False
 
 
 @dataclass(frozen=True)

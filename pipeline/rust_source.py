@@ -102,8 +102,10 @@ _PATH_ATTR = re.compile(r"#\s*!?\s*\[\s*path\s*=")
 _OUTLINE_MOD = re.compile(r"(?<![A-Za-z0-9_])mod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;")
 #: What `env!` and `env as` start with: a literal prefix, so this scans fast where the look-behinds do not.
 _ENV_GATE = re.compile(r"env(?:\s*!|\s+as)")
-_ASM = re.compile(r"(?<![A-Za-z0-9_])(?:global_asm|naked_asm|asm)\s*!")
-_ASM_INCLUDE = re.compile(r"\.(?:incbin|include)\b", re.IGNORECASE)
+_ASM = re.compile(r"(?<![A-Za-z0-9_])(global_asm|naked_asm|asm)\s*!")
+# Also reached without writing `name!`: `use std::arch::global_asm as g;` then `g!(...)`.
+_ASM_NAME = re.compile(r"(?<![A-Za-z0-9_$])(global_asm|naked_asm|asm)(?![A-Za-z0-9_])\s*(?:as\b|[;,}])")
+_DEBUGGER_VISUALIZER = re.compile(r"#\s*!?\s*\[\s*debugger_visualizer\b")
 
 
 def forbidden_constructs(source: str) -> str | None:
@@ -112,7 +114,9 @@ def forbidden_constructs(source: str) -> str | None:
     Refused: ``include_str!``, ``include_bytes!``, ``include!``, ``env!``, ``option_env!`` (they read the build
     machine), also when renamed by ``use ... as`` or called through a macro variable; ``#[link(...)]`` and
     ``extern crate`` of anything but libc and the standard library; ``#[path = ...]`` and out-of-line
-    ``mod name;`` (they read other files); assembler ``.incbin`` / ``.include``.
+    ``mod name;`` and ``#[debugger_visualizer]`` (they read other files); inline and global assembly (``asm!``,
+    ``global_asm!``, ``naked_asm!``, also imported under another name): its ``.incbin`` reads any file of the
+    build machine, and the directive can be spelled by ``concat!``, an assembler macro or a ``sym`` operand.
     Comments and string literals are ignored. The reason names the construct and the line.
     This is a textual check, not a parser: it errs on the side of refusing.
     """
@@ -162,10 +166,15 @@ def forbidden_constructs(source: str) -> str | None:
         name = m.group(1)
         found.append((m.start(), f"declares `mod {name};`, which reads {name}.rs from the build machine; it is "
                                  f"not allowed: write the module inline (mod {name} {{ ... }})"))
-    m = search(_ASM, "asm")
-    if m and _ASM_INCLUDE.search(source):
-        found.append((m.start(), "uses an assembler .incbin/.include directive, which reads files of the build "
-                                 "machine; it is not allowed"))
+    m = search(_ASM, "asm") or search(_ASM_NAME, "asm")
+    if m:
+        found.append((m.start(), f"uses inline or global assembly ({m.group(1)}!), which can read files of the "
+                                 "build machine (.incbin) and hide what the program does; it is not allowed: write "
+                                 "it in Rust"))
+    m = search(_DEBUGGER_VISUALIZER, "debugger_visualizer")
+    if m:
+        found.append((m.start(), "uses #![debugger_visualizer(...)], which reads another file of the build machine "
+                                 "into the program; it is not allowed: remove it"))
     if not found:
         return None
     pos, why = min(found)
@@ -177,6 +186,68 @@ def _host_macro_reason(name: str) -> str:
         return (f"uses {name}!, which reads the build machine's environment when compiling; it is not allowed: "
                 f"read the environment at run time with std::env::var instead")
     return f"uses {name}!, which reads files of the build machine; it is not allowed: inline the data instead"
+
+
+#: Programs other than the translation: a shell, an interpreter or a compiler run on an embedded copy of the C program
+#: would give the right output for every test without being a translation.
+_SPAWNS = re.compile(
+    r"(?<![A-Za-z0-9_])process\s*(?:::\s*(?!(?:exit|abort|id|ExitCode|Termination)\b)(\{|\*|[A-Za-z_]\w*)|\s+as\b)"
+    r"|(?<![A-Za-z0-9_.])(system|popen|execvp?e?|execl[pe]?|fexecve|execveat|posix_spawnp?|syscall)\s*\("
+)
+_PROCESS_ALLOWED = frozenset({"exit", "abort", "id", "ExitCode", "Termination", "self"})
+#: Code the source does not hold: a library loaded at run time, memory made executable, data in a code section.
+_LOADS_CODE = re.compile(
+    r"(?<![A-Za-z0-9_.])(dlopen|dlmopen|dlsym|dlvsym|mmap|mmap64|mprotect|pkey_mprotect|memfd_create)\s*\("
+    r"|(?<![A-Za-z0-9_])(PROT_EXEC|link_section)(?![A-Za-z0-9_])"
+)
+#: What a C program calls when it runs other programs or code itself: then its translation may do the same.
+_C_RUNS_OTHER_CODE = re.compile(
+    r"(?<![A-Za-z0-9_])(system|popen|fork|vfork|clone|exec[lv]p?e?|fexecve|execveat|posix_spawnp?|syscall|dlopen"
+    r"|dlsym|mmap|mprotect|memfd_create)\s*\("
+)
+
+
+def c_runs_other_code(c_source: str) -> bool:
+    """Whether a C program starts other programs or loads or maps code (``system``, ``exec*``, ``fork``,
+    ``dlopen``, ``mmap``, ...): then :func:`foreign_code` does not apply to its translations."""
+    return _C_RUNS_OTHER_CODE.search(c_source) is not None
+
+
+def _process_item(token: str | None, rest: str) -> str:
+    """How a refused use of ``std::process`` is named (``std::process::Command`` also for ``{Command, ...}``), or
+    "" for a group of allowed names only."""
+    if token == "{":
+        names = re.findall(r"[A-Za-z_]\w*", rest[: rest.find("}") if "}" in rest else len(rest)])
+        token = next((n for n in names if n not in _PROCESS_ALLOWED and n != "as"), "")
+        if not token:
+            return ""
+    return f"std::process::{token}" if token else "std::process as ..."
+
+
+def foreign_code(source: str) -> str | None:
+    """Why ``source`` runs code it does not hold, or None: another program (``std::process`` but ``exit``,
+    ``abort`` and ``id``; libc's ``system``, ``popen``, ``exec*``, ``posix_spawn``, ``syscall``), a library loaded
+    at run time (``dlopen``, ``dlsym``), memory made executable (``mmap``, ``mprotect``, ``PROT_EXEC``,
+    ``memfd_create``) or a ``#[link_section]``. Such a program could print the C program's output by running the
+    C program (or a copy in another language): its tests prove nothing of the translation. Comments and string
+    literals are ignored; the reason names the construct and the line."""
+    masked = mask_comments_and_strings(source)
+    spawn, name = None, ""
+    for found in _SPAWNS.finditer(masked):
+        name = found.group(2) or _process_item(found.group(1), masked[found.end():])
+        if name:  # not `use std::process::{self, exit}`
+            spawn = found
+            break
+    load = _LOADS_CODE.search(masked)
+    if spawn is None and load is None:
+        return None
+    if spawn is not None and (load is None or spawn.start() <= load.start()):
+        return (f"line {masked.count(chr(10), 0, spawn.start()) + 1} runs another program ({name}), which the C "
+                "program never does: the output must come from the translation itself; remove it")
+    assert load is not None
+    name = load.group(1) or load.group(2)
+    return (f"line {masked.count(chr(10), 0, load.start()) + 1} runs code it does not contain ({name}), which the C "
+            "program never does: the output must come from the translation itself; remove it")
 
 
 #: The one rule for `unsafe`: the keyword outside comments and literals (blocks, fns, impls, traits, and

@@ -11,7 +11,10 @@ Every untrusted run goes through :meth:`Sandbox.run`. What it puts in force, whe
   the results and the home directory (root's, with normal modes) are not writable to it;
 * PID, IPC, network and mount namespaces: killing the namespace's init kills every process in it,
   there is no network but a loopback that is down, and ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``
-  are private, size-capped tmpfs (the sandbox's scratch root stays visible at its own path).
+  are private, size-capped tmpfs (the sandbox's scratch root stays visible at its own path);
+* the run's corpus, results and cache folders (``hidden`` of :meth:`Sandbox.open`) covered by an empty tmpfs in
+  that mount namespace: the expected outputs (samples, the C program, cached oracle outputs) are out of reach
+  even where their modes let anyone read them.
 
 How a run is started, as root: the compiled ``sandbox_helper.c`` (built once into the cache directory, see
 :mod:`pipeline.sandbox_helper`) with ``--unshare``: it sets ``PR_SET_PDEATHSIG``, makes the namespaces, forks pid 1
@@ -75,6 +78,10 @@ SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 MARKER_VAR = "C2R_SANDBOX_RUN"
 #: World-writable places that get a private tmpfs in the mount namespace.
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+#: What a program needs to start: a folder to hide that holds one of these (or is one) stays visible.
+_SYSTEM_DIRS = ("/bin", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin", "/sys", "/usr")
+#: At most this many folders are hidden per run (the compiled helper takes 16).
+_MAX_HIDDEN = 12
 #: After the program exits, how long its output pipes may stay open (held by a straggler) before the
 #: stragglers are killed.
 _DRAIN_GRACE = 0.3
@@ -278,9 +285,14 @@ class Sandbox:
     isolation: Isolation
     scratch: Path
 
-    def __init__(self, settings: SandboxSettings, scratch: Path, mode: _Mode, helper: Helper = PYTHON) -> None:
+    def __init__(
+        self, settings: SandboxSettings, scratch: Path, mode: _Mode, helper: Helper = PYTHON,
+        hidden: tuple[str, ...] = (),
+    ) -> None:
         self.settings = settings
         self.scratch = scratch
+        #: Real paths of the folders runs must not see (with a mount namespace): see :meth:`open`.
+        self.hidden = hidden
         self._mode = mode
         self.helper = helper
         self.isolation = Isolation(False, False, False, False, False, ("not probed yet",))
@@ -301,13 +313,16 @@ class Sandbox:
     @asynccontextmanager
     async def open(
         cls, settings: SandboxSettings, *, scratch_root: Path | None = None, namespaces: bool = True,
-        cache_dir: Path | None = None,
+        cache_dir: Path | None = None, hidden: Iterable[Path] = (),
     ) -> AsyncIterator[Sandbox]:
         """Probe what isolation works, create the run's private scratch root, and remove it on exit.
 
         ``namespaces=False`` skips namespaces and the uid change (the non-root fallback), for tests of that
         path. ``cache_dir`` (default: ``[toolchain] cache_dir``'s default) holds the compiled helper, built
-        there on first use. Raises ConfigError when ``settings.strict`` and the isolation is incomplete, or
+        there on first use. ``hidden``: the run's corpus and results folders; with a mount namespace, programs
+        see them and the cache directory empty (they hold the expected outputs: samples, the C programs,
+        oracle outputs), unless one holds the system (``/usr``, ...) or a run names a path inside.
+        Raises ConfigError when ``settings.strict`` and the isolation is incomplete, or
         when ``[sandbox] helper = compiled`` and it cannot be built.
         """
         global _tool_helper
@@ -352,7 +367,8 @@ class Sandbox:
         try:
             # Traverse-only for others: a run's uid reaches its own workdir and the build dirs, lists nothing.
             await anyio.to_thread.run_sync(os.chmod, scratch, 0o711)
-            sandbox = await cls._probe(settings, scratch, helper, namespaces=namespaces)
+            hide = await anyio.to_thread.run_sync(_hidden_dirs, [*hidden, helper_dir])
+            sandbox = await cls._probe(settings, scratch, helper, namespaces=namespaces, hidden=hide)
             iso = sandbox.isolation
             missing = iso.missing()
             if settings.network and "network namespace" in missing:
@@ -376,7 +392,10 @@ class Sandbox:
                 await anyio.to_thread.run_sync(_remove_tree, scratch)
 
     @classmethod
-    async def _probe(cls, settings: SandboxSettings, scratch: Path, helper: Helper, *, namespaces: bool) -> Sandbox:
+    async def _probe(
+        cls, settings: SandboxSettings, scratch: Path, helper: Helper, *, namespaces: bool,
+        hidden: tuple[str, ...] = (),
+    ) -> Sandbox:
         unshare = shutil.which("unshare")
         root = os.geteuid() == 0
         net = () if settings.network else ("--net",)
@@ -411,7 +430,7 @@ class Sandbox:
         if not root:
             notes.append("not running as root: programs run as your own user and can write what you can")
         for mode in modes:
-            sandbox = cls(settings, scratch, mode, helper)
+            sandbox = cls(settings, scratch, mode, helper, hidden)
             found = await sandbox._probe_mode(notes)
             if found is not None:
                 sandbox.isolation = found
@@ -611,7 +630,8 @@ class Sandbox:
         pipe = _StatusPipe()
         helper = self.helper.command(
             argv, fd=pipe.write_fd, uid=uid, rlimits=rlimits, tmp=PRIVATE_TMP_DIRS if private_tmp else (),
-            tmp_size=limits.file_size_bytes, keep=str(self.scratch), cwd=str(cwd), pid1=mode.namespaces,
+            hide=self._hidden_from(argv, cwd) if private_tmp else (), tmp_size=limits.file_size_bytes,
+            keep=str(self.scratch), cwd=str(cwd), pid1=mode.namespaces,
             namespaces=mode.helper_namespaces,
         )
         with pipe:
@@ -626,6 +646,15 @@ class Sandbox:
             )
             status = pipe.read_status()
         return raw.result(tuple(argv), status, limits), status
+
+    def _hidden_from(self, argv: Sequence[str], cwd: Path) -> list[str]:
+        """The hidden folders of one run: all but those holding a path it names outside the scratch root (a test
+        command's own script, say), which it needs to see."""
+        if not self.hidden:
+            return []
+        scratch = f"{self.scratch}{os.sep}"
+        named = [os.path.normpath(t) for t in (*argv, str(cwd)) if t.startswith("/") and not t.startswith(scratch)]
+        return [d for d in self.hidden if not any(n == d or n.startswith(f"{d}{os.sep}") for n in named)]
 
     def _prepare(
         self, argv: list[str], cwd: Path, limits: Limits
@@ -722,6 +751,24 @@ class Sandbox:
             count = len(_find_processes(uid=os.getuid(), marker=None))
             self._nproc_count = (now, count)
         return count + _NPROC_MARGIN
+
+
+def _hidden_dirs(paths: Iterable[Path]) -> tuple[str, ...]:
+    """The real paths of ``paths`` that a run may be kept from seeing, without duplicates. Left out, with a note
+    in the log: one that is or holds a system folder or this Python (programs need those), and one under a
+    private /tmp (hidden already). A folder that does not exist yet is kept: it is hidden once it does."""
+    needed = [*_SYSTEM_DIRS, sys.prefix, sys.base_prefix]
+    found: list[str] = []
+    for path in paths:
+        real = os.path.realpath(path)
+        inside = real + os.sep
+        if any(n == real or n.startswith(inside) or real == "/" for n in needed):
+            log.warning("sandbox: %s stays visible to translated programs: it holds what they need to run", real)
+        elif not any(real == t or real.startswith(t + os.sep) for t in PRIVATE_TMP_DIRS) and real not in found:
+            found.append(real)
+    if len(found) > _MAX_HIDDEN:
+        log.warning("sandbox: only the first %d of %d folders are hidden from programs", _MAX_HIDDEN, len(found))
+    return tuple(found[:_MAX_HIDDEN])
 
 
 def _rlimits(limits: Limits, nproc: int) -> list[tuple[str, int, int]]:

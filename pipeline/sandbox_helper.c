@@ -2,8 +2,8 @@
  * The first process of a sandboxed run, compiled: the same work as pipeline/sandbox_init.py without a Python
  * interpreter's start-up. Built once per source hash into the cache directory by pipeline/sandbox_helper.py.
  *
- *   sandbox-helper [--unshare FLAGS PARENT] FD UID PID1 TMP_SIZE KEEP CWD NTMP TMPDIR... NRL RESOURCE SOFT HARD ...
- *                  -- ARGV...
+ *   sandbox-helper [--unshare FLAGS PARENT] FD UID PID1 TMP_SIZE KEEP CWD NTMP TMPDIR... NHIDE HIDDEN...
+ *                  NRL RESOURCE SOFT HARD ... -- ARGV...
  *
  * --unshare: make the run's namespaces ourselves instead of being started under setpriv and unshare(1) (two
  * execs of dynamically linked util-linux tools per run, #16). FLAGS is the unshare(2) mask (CLONE_NEWPID and
@@ -19,9 +19,12 @@
  * FD: the inherited pipe for the report; UID: the run's uid, or "-" to keep ours; PID1: 1 when we are pid 1 of
  * a PID namespace, 0 otherwise (then we are a child subreaper and kill the program's leftovers); TMP_SIZE, KEEP,
  * CWD: the private tmpfs size, the scratch root to keep visible, the directory to return to after mounting;
- * NTMP directories to mount a private tmpfs on; NRL triples of resource number, soft and hard limit.
+ * NTMP directories to mount a private tmpfs on; NHIDE directories the program must not see (the corpus, the
+ * results, the cache: where expected outputs are), each covered by an empty tmpfs only root may write; NRL
+ * triples of resource number, soft and hard limit.
  *
- * 1. mounts a private, size-capped tmpfs on each TMPDIR (keeping KEEP visible);
+ * 1. mounts a private, size-capped tmpfs on each TMPDIR and an empty one on each HIDDEN (keeping KEEP visible);
+ *    when a HIDDEN cannot be covered, the program is not run (exit status 126, why on stderr, no report);
  * 2. forks; the child resets signal dispositions, sets the rlimits, drops to UID with no supplementary groups
  *    and no_new_privs, and execs ARGV;
  * 3. reaps every process until the program ends and reports its exit status, signal and CPU time as JSON on
@@ -105,10 +108,11 @@ static int make_dirs(const char *path) {
     return 0;
 }
 
-/* Mount the private tmpfs; NULL on success, else why not (everything mounted so far is undone). */
-static const char *private_tmp(char **dirs, int ndirs, const char *keep, unsigned long long size, const char *cwd,
-                               char *why, size_t why_size) {
-    const char *done[MAX_TMP + 1];
+/* Mount the private tmpfs and cover the hidden directories; NULL on success, else why not (everything mounted so
+ * far is undone). */
+static const char *private_tmp(char **dirs, int ndirs, char **hidden, int nhidden, const char *keep,
+                               unsigned long long size, const char *cwd, char *why, size_t why_size) {
+    const char *done[2 * MAX_TMP + 1];
     int ndone = 0;
     char data[64], source[64];
     int keep_fd = open(keep, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -124,6 +128,14 @@ static const char *private_tmp(char **dirs, int ndirs, const char *keep, unsigne
             goto undo;
         }
         done[ndone++] = dirs[i];
+    }
+    for (int i = 0; i < nhidden; i++) {
+        if (!is_real_dir(hidden[i])) continue; /* not there (yet), or under one covered already */
+        if (mount("tmpfs", hidden[i], "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755") != 0) {
+            os_error(why, why_size, errno, hidden[i]);
+            goto undo;
+        }
+        done[ndone++] = hidden[i];
     }
     struct stat st;
     if (stat(keep, &st) != 0 || !S_ISDIR(st.st_mode)) { /* the scratch root was under one of them: bind it back */
@@ -298,7 +310,7 @@ int main(int argc, char **argv) {
         if (!(ns_flags & CLONE_NEWPID) || !(ns_flags & CLONE_NEWNS)) die_usage("FLAGS without CLONE_NEWPID|CLONE_NEWNS");
         i = 4;
     }
-    if (argc - i < 9) die_usage("too few arguments");
+    if (argc - i < 10) die_usage("too few arguments");
     int fd = (int)parse_long(argv[i++], "FD");
     long uid = strcmp(argv[i], "-") == 0 ? -1 : parse_long(argv[i], "UID");
     i++;
@@ -310,6 +322,10 @@ int main(int argc, char **argv) {
     if (ntmp < 0 || ntmp > MAX_TMP || i + ntmp >= argc) die_usage("NTMP");
     char **tmp_dirs = argv + i;
     i += (int)ntmp;
+    long nhide = parse_long(argv[i++], "NHIDE");
+    if (nhide < 0 || nhide > MAX_TMP || i + nhide >= argc) die_usage("NHIDE");
+    char **hidden = argv + i;
+    i += (int)nhide;
     long nrl = parse_long(argv[i++], "NRL");
     if (nrl < 0 || nrl > MAX_RL || i + 3 * nrl >= argc) die_usage("NRL");
     struct rlimit limits[MAX_RL];
@@ -329,9 +345,13 @@ int main(int argc, char **argv) {
     char why[1024];
     const char *tmp_json = "null";
     const char *tmp_error = NULL;
-    if (ntmp > 0) {
-        tmp_error = private_tmp(tmp_dirs, (int)ntmp, keep, tmp_size, cwd, why, sizeof why);
+    if (ntmp > 0 || nhide > 0) {
+        tmp_error = private_tmp(tmp_dirs, (int)ntmp, hidden, (int)nhide, keep, tmp_size, cwd, why, sizeof why);
         tmp_json = tmp_error ? NULL : "true";
+    }
+    if (tmp_error && nhide > 0) { /* the program would see what it must not: do not run it */
+        dprintf(2, "sandbox: cannot hide the run's folders from %s: %s\n", program[0], tmp_error);
+        _exit(EXIT_CANNOT_RUN);
     }
     if (!pid1) prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     pid_t pid = fork();

@@ -70,6 +70,7 @@ class Helper:
         uid: int | None,
         rlimits: Sequence[tuple[str, int, int]],
         tmp: Sequence[str] = (),
+        hide: Sequence[str] = (),
         tmp_size: int = 0,
         keep: str = "",
         cwd: str,
@@ -80,12 +81,14 @@ class Helper:
 
         ``namespaces`` (names of :data:`CLONE_FLAGS`, "pid" and "mount" among them): the compiled helper makes
         them itself and is pid 1 in them (``pid1`` is then implied); it must be started by this process.
+        ``hide``: directories covered by an empty tmpfs in the run's mount namespace (real paths); when one cannot
+        be covered the program does not run.
         """
         if namespaces and self.binary is None:
             raise ValueError("only the compiled helper makes namespaces itself; start the Python one under unshare")
         if self.binary is None:
             config = {"fd": fd, "uid": uid, "rl": [list(r) for r in rlimits], "tmp": list(tmp),
-                      "tmp_size": tmp_size, "keep": keep, "cwd": cwd, "pid1": pid1}
+                      "hide": list(hide), "tmp_size": tmp_size, "keep": keep, "cwd": cwd, "pid1": pid1}
             return [sys.executable, "-I", "-S", SCRIPT, json.dumps(config), *argv]
         cmd = [str(self.binary)]
         if namespaces:
@@ -94,7 +97,7 @@ class Helper:
                 flags |= CLONE_FLAGS[name]
             cmd += ["--unshare", str(flags), str(os.getpid())]
         cmd += [str(fd), "-" if uid is None else str(uid), "1" if pid1 else "0", str(tmp_size),
-                keep, cwd, str(len(tmp)), *tmp, str(len(rlimits))]
+                keep, cwd, str(len(tmp)), *tmp, str(len(hide)), *hide, str(len(rlimits))]
         for name, soft, hard in rlimits:
             cmd += [str(getattr(resource, name)), str(_rlim(soft)), str(_rlim(hard))]
         return [*cmd, "--", *argv]

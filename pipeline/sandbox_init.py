@@ -3,7 +3,9 @@
 Started by :mod:`pipeline.sandbox` as pid 1 of the run's namespaces (or, without namespaces, as a child
 subreaper). It is root inside the namespaces when we are root and never runs untrusted code itself:
 
-1. mounts a private, size-capped tmpfs on each of ``tmp`` (keeping the scratch root ``keep`` visible);
+1. mounts a private, size-capped tmpfs on each of ``tmp`` and an empty one, only root may write, on each of
+   ``hide`` (the run's corpus, results and cache), keeping the scratch root ``keep`` visible; when a ``hide``
+   cannot be covered, the program is not run (exit status 126, no report);
 2. forks; the child resets signal dispositions, sets the rlimits, drops to ``uid`` with no supplementary
    groups and ``no_new_privs``, and execs ``ARGV``;
 3. reaps every process until the program ends and reports its exit status, signal and CPU time as JSON on
@@ -52,14 +54,18 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(err, os.strerror(err), target)
 
 
-def private_tmp(dirs: list[str], keep: str, size: int, cwd: str) -> bool | str:
-    """Mount the private tmpfs; True, or why not (everything mounted so far is undone)."""
+def private_tmp(dirs: list[str], keep: str, size: int, cwd: str, hide: list[str]) -> bool | str:
+    """Mount the private tmpfs and cover ``hide``; True, or why not (everything mounted so far is undone)."""
     done: list[str] = []
     try:
         keep_fd = os.open(keep, os.O_PATH | os.O_DIRECTORY)
         for d in dirs:
             if os.path.isdir(d) and not os.path.islink(d):
                 _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+                done.append(d)
+        for d in hide:
+            if os.path.isdir(d) and not os.path.islink(d):  # not there (yet), or under one covered already
+                _mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
                 done.append(d)
         if not os.path.isdir(keep):  # the scratch root was under one of them: bind it back
             os.makedirs(keep, 0o711)
@@ -140,8 +146,12 @@ def kill_orphans() -> bool:
 
 def main(cfg: dict[str, Any], argv: list[str]) -> None:
     report: dict[str, Any] = {"rl": True, "tmp": None}
-    if cfg["tmp"]:
-        report["tmp"] = private_tmp(cfg["tmp"], cfg["keep"], cfg["tmp_size"], cfg["cwd"])
+    hide = cfg.get("hide") or []
+    if cfg["tmp"] or hide:
+        report["tmp"] = private_tmp(cfg["tmp"], cfg["keep"], cfg["tmp_size"], cfg["cwd"], hide)
+    if hide and report["tmp"] is not True:  # the program would see what it must not: do not run it
+        os.write(2, f"sandbox: cannot hide the run's folders from {argv[0]}: {report['tmp']}\n".encode())
+        os._exit(EXIT_CANNOT_RUN)
     if not cfg["pid1"]:
         _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     pid = os.fork()

@@ -18,6 +18,7 @@ from .errors import TaskFailure
 from .interfaces import Model, Verifier
 from .prompts import Turn, conversation, cut_off_turn, first_prompt
 from .records import STAGES, Attempt, Completion, StageName, StageResult, TestSuite, Usage
+from .rust_source import c_runs_other_code
 from .scheduling import request_rank, stage_rank
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ async def run_stage(
     """
     started = time.perf_counter()
     first = first_prompt(stage, name=name, c_source=c_source, rust_source=rust_source)
+    spawning = c_runs_other_code(c_source)
     system = env.config.translation.system_message
     turns: list[Turn] = []
     attempts: list[Attempt] = []
@@ -84,7 +86,8 @@ async def run_stage(
         requests += completion.requests
         # Several choices (``[pipeline] candidates``) are verified side by side; the stage goes on with the
         # first that verifies, else with the most promising (pipeline.candidates).
-        judgement = await judge_choices(completion.candidates, stage, env.verifier, suite, oracle)
+        judgement = await judge_choices(completion.candidates, stage, env.verifier, suite, oracle,
+                                        c_runs_other_code=spawning)
         chosen, check = judgement.chosen, judgement.chosen.verdict
         _record_answer(env, stage, number, completion, judgement)
         attempts.append(Attempt(

@@ -16,9 +16,12 @@ A sample run judges output the way SACToR's ``ExecutableTestRunner`` does: the p
 are decoded and concatenated (stdout first), split into lines (``str.splitlines``), each line stripped of
 surrounding whitespace, and the lines joined with ``"\\n"``; the result must equal the sample's ``output``
 *exactly* (the expected side is not normalised). The exit status is not judged (SACToR does not judge it
-either); a run that times out or exceeds the output cap fails. An expected output that this normalisation can
-never produce (a trailing newline, a line with surrounding blanks, ``\\r\\n`` line ends) would fail every
-translation, so loading rejects it with :class:`~pipeline.errors.TaskInputError`.
+either: a C program whose ``main`` has no ``return`` exits with any status); a run that times out or exceeds the
+output cap fails, and so does one killed by a signal (a crash after the right output: SACToR would pass it, but
+the C programs end normally on their samples, and the differential oracle drops inputs on which they do not).
+An expected output that this normalisation can never produce (a trailing newline, a line with surrounding
+blanks, ``\\r\\n`` line ends) would fail every translation, so loading rejects it with
+:class:`~pipeline.errors.TaskInputError`.
 
 Without a feed flag, ``sactor run-tests`` feeds the sample as arguments (``args``), as SACToR's command does.
 
@@ -504,11 +507,13 @@ async def _run_sample(
         invocation = f"{shown} < input"
     actual = normalize_output(_decode(result.stdout) + _decode(result.stderr))
     stopped = _ended(result)
-    passed = stopped is None and actual == sample.output
+    passed = stopped is None and result.signal is None and actual == sample.output
     if passed:
         return TestOutcome(case, True, f"test {case.index} passed", "", result.wall_seconds)
     if stopped is not None:
         reason = stopped
+    elif actual == sample.output:
+        reason = f"the output matched, but the program was {result.describe()}"
     elif result.signal is not None or result.limit_hit is not None:
         # The program died of a signal or a limit; "wrong output" alone would hide why.
         reason = f"wrong output; the program ended: {result.describe()}"

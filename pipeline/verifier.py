@@ -29,7 +29,7 @@ from .build import SOURCE_NAME, BuildResult, Toolchain
 from .config import Config
 from .differential import RUN_SECONDS, applicable, build_oracle
 from .records import STAGE_SPECS, AttemptKind, Candidate, Oracle, StageName, TestCounts, TestSuite, Verdict
-from .rust_source import first_unsafe_line
+from .rust_source import first_unsafe_line, foreign_code
 from .sandbox import Limits, Sandbox
 from .testing import TestVerdict, run_test_suite
 from .vacuity import find_vacuous
@@ -54,8 +54,14 @@ _MISMATCH_HEADER = (
 )
 
 
-def refusal(stage: StageName, code: str) -> tuple[AttemptKind, str, str] | None:
-    """(kind, message, feedback) when a candidate is rejected before compiling, else None."""
+def refusal(stage: StageName, code: str, c_runs_other_code: bool = False) -> tuple[AttemptKind, str, str] | None:
+    """(kind, message, feedback) when a candidate is rejected before compiling, else None: ``unsafe`` in a safe
+    stage; code that runs other programs or code it does not hold when the C program does not
+    (:func:`~pipeline.rust_source.foreign_code`)."""
+    if not c_runs_other_code:
+        foreign = foreign_code(code)
+        if foreign is not None:
+            return "refused", foreign, foreign
     if STAGE_SPECS[stage].safe_only:
         line = first_unsafe_line(code)
         if line is not None:
@@ -112,7 +118,7 @@ class LocalVerifier:
         )
         # The first program that is not refused is written with the directories, in the same worker-thread trip;
         # the shipped tests run in the working copy made with them (#16).
-        refusals = [refusal(candidate.stage, code) for code in candidate.programs]
+        refusals = [refusal(candidate.stage, code, candidate.c_runs_other_code) for code in candidate.programs]
         staged = next((c for c, r in zip(candidate.programs, refusals, strict=True) if r is None), None)
         async with self.sandbox.verification_dirs(
             suite.base_dir, suite.files, sources={SOURCE_NAME: staged} if staged is not None else None,

@@ -17,8 +17,15 @@ import pytest
 from pipeline.build import BINARY_NAME, BuildResult, Toolchain
 from pipeline.config import SandboxSettings, ToolchainSettings, load_config
 from pipeline.errors import ConfigError
-from pipeline.rust_source import forbidden_constructs, mask_comments_and_strings, unsafe_stats
+from pipeline.rust_source import (
+    c_runs_other_code,
+    forbidden_constructs,
+    foreign_code,
+    mask_comments_and_strings,
+    unsafe_stats,
+)
 from pipeline.sandbox import Limits, Sandbox
+from pipeline.verifier import refusal
 
 GOOD = """
 use std::io::Read;
@@ -207,6 +214,14 @@ def test_compile_cache_setting_is_read_from_sactor_toml(tmp_path: Path, text: st
         pytest.param('#[path = "/etc/passwd"]\nmod secrets {}', "#[path = ...]", id="path-attribute"),
         pytest.param("mod helpers;", "mod helpers;", id="out-of-line-module"),
         pytest.param('std::arch::global_asm!(".incbin \\"/etc/shadow\\"");', ".incbin", id="asm-incbin"),
+        pytest.param('std::arch::global_asm!(concat!(".inc", "bin \\"/etc/shadow\\""));', "global_asm!",
+                     id="asm-incbin-spelled-by-concat"),
+        pytest.param('core::arch::global_asm!(".macro m x\\n.inc\\\\x \\"/etc/shadow\\"\\n.endm\\nm bin");',
+                     "global_asm!", id="asm-incbin-spelled-by-a-macro"),
+        pytest.param("use std::arch::global_asm as g;", "global_asm!", id="asm-renamed"),
+        pytest.param('fn f() { unsafe { std::arch::asm!("nop"); } }', "asm!", id="inline-asm"),
+        pytest.param('#![debugger_visualizer(gdb_script_file = "/etc/shadow")]', "debugger_visualizer",
+                     id="debugger-visualizer"),
     ],
 )
 async def test_forbidden_construct_is_refused_without_compiling(
@@ -242,6 +257,51 @@ async def test_forbidden_construct_is_refused_without_compiling(
 def test_harmless_lookalikes_are_allowed(source: str) -> None:
     """The same words in comments, strings and harmless constructs do not refuse a program."""
     assert forbidden_constructs(source) is None
+
+
+@pytest.mark.parametrize(
+    ("snippet", "named"),
+    [
+        pytest.param('use std::process::Command;', "runs another program (std::process::Command)", id="command"),
+        pytest.param('use std::process::{exit, Command as C};', "(std::process::Command)", id="command-in-braces"),
+        pytest.param('use std::os::unix::process::CommandExt;', "(std::process::CommandExt)", id="command-ext"),
+        pytest.param('use std::process::*;', "(std::process::*)", id="process-glob"),
+        pytest.param('use std::process as p;', "(std::process as ...)", id="process-renamed"),
+        pytest.param('fn f() { unsafe { libc::execvp(a, b); } }', "runs another program (execvp)", id="execvp"),
+        pytest.param('use libc::*; fn f() { unsafe { system(c); } }', "(system)", id="system-imported"),
+        pytest.param('fn f() { unsafe { libc::syscall(59, a, b, c); } }', "(syscall)", id="syscall"),
+        pytest.param('fn f() { unsafe { libc::dlsym(h, s); } }', "runs code it does not contain (dlsym)", id="dlsym"),
+        pytest.param('fn f() { unsafe { libc::mprotect(p, 4096, 7); } }', "(mprotect)", id="mprotect"),
+        pytest.param('#[link_section = ".text"]\nstatic CODE: [u8; 1] = [0xc3];', "(link_section)",
+                     id="link-section"),
+    ],
+)
+def test_a_program_that_runs_other_code_is_refused_unless_the_c_program_does(snippet: str, named: str) -> None:
+    """Running other programs or code the source does not hold is refused before compiling, naming it; a C
+    program that runs other code itself allows its translation to."""
+    source = f"// header\n\n{snippet}\nfn main() {{}}\n"
+    refused = refusal("unidiomatic", source)
+    assert refused is not None and refused[0] == "refused"
+    assert refused[1].startswith("line 3 ") and named in refused[1], refused[1]
+    assert refusal("unidiomatic", source, c_runs_other_code=True) is None
+    assert c_runs_other_code('int main(void) { return system("date"); }')
+    assert not c_runs_other_code('int main(void) { puts("x"); return 0; }')
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("fn main() { std::process::exit(1); }", id="exit"),
+        pytest.param("use std::process::{self, exit};\nfn main() { process::abort(); }", id="exit-and-abort"),
+        pytest.param("impl Clone for X { fn clone(&self) -> X { X } }\nfn main() { let y = x.clone(); }",
+                     id="clone"),
+        pytest.param('fn main() { let system = 3; println!("system({})", system); }', id="variable-and-string"),
+        pytest.param("// std::process::Command\nfn main() {}", id="comment"),
+    ],
+)
+def test_programs_that_run_only_their_own_code_are_not_refused(source: str) -> None:
+    """exit, abort, a clone method, a variable named like a libc function, comments: none runs other code."""
+    assert foreign_code(source) is None
 
 
 def test_masking_keeps_offsets_and_lines() -> None:

@@ -15,8 +15,9 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -467,6 +468,47 @@ async def test_writes_outside_the_workdir_fail(sandbox: Sandbox, tmp_path: Path)
     assert not (sandbox.scratch / "escape").exists()
     assert not await anyio.Path("/root/escape").exists()
     assert b"Permission denied" in result.stderr
+
+
+@pytest.fixture
+def run_folder() -> Iterator[Path]:
+    """A root-owned folder outside the private tmpfs mounts with a world-readable file: a corpus with ordinary
+    modes, which the uid of a run may read unless it is hidden."""
+    for parent in ("/run", "/srv", "/opt", "/var/lib"):
+        with contextlib.suppress(OSError):
+            folder = Path(tempfile.mkdtemp(prefix="c2r-hidden-", dir=parent))
+            break
+    else:
+        pytest.skip("no writable folder outside /tmp")
+    try:
+        os.chmod(folder, 0o755)
+        (folder / "expected.txt").write_text("the expected output\n")
+        os.chmod(folder / "expected.txt", 0o644)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("scratch_inside", [pytest.param(False, id="scratch-apart"),
+                                            pytest.param(True, id="scratch-inside-the-hidden-folder")])
+async def test_hidden_folders_look_empty_unless_the_command_names_a_path_inside(
+    run_folder: Path, scratch_inside: bool
+) -> None:
+    """A run sees a hidden folder (the corpus, the results) empty; a command that names a file inside it (its own
+    test script) sees it as it is; a scratch root inside it still works."""
+    scratch = run_folder / "scratch" if scratch_inside else None
+    if scratch is not None:
+        scratch.mkdir(mode=0o711)
+    async with Sandbox.open(settings(), hidden=[run_folder], scratch_root=scratch) as sb:
+        if not sb.isolation.mount_namespace:
+            pytest.skip("hiding needs the mount namespace (root)")
+        target = str(run_folder / "expected.txt")
+        peek = await run_sh(sb, f"ls -A {run_folder}; cat {target}")  # named inside the script only
+        named = await run_sh(sb, 'cat "$1"', target)
+    # Only the scratch root, bound back where it was, shows through.
+    assert peek.stdout == (b"scratch\n" if scratch_inside else b""), peek
+    assert b"No such file or directory" in peek.stderr, peek
+    assert named.stdout == b"the expected output\n", named
 
 
 async def test_environment_is_scrubbed(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
