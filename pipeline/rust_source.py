@@ -191,8 +191,9 @@ def _host_macro_reason(name: str) -> str:
 #: Programs other than the translation: a shell, an interpreter or a compiler run on an embedded copy of the C program
 #: would give the right output for every test without being a translation.
 _SPAWNS = re.compile(
-    r"(?<![A-Za-z0-9_])process\s*(?:::\s*(?!(?:exit|abort|id|ExitCode|Termination)\b)(\{|\*|[A-Za-z_]\w*)|\s+as\b)"
+    r"(?<![A-Za-z0-9_])process\s*::\s*(?!(?:exit|abort|id|ExitCode|Termination)\b)(\{|\*|[A-Za-z_]\w*)"
     r"|(?<![A-Za-z0-9_.])(system|popen|execvp?e?|execl[pe]?|fexecve|execveat|posix_spawnp?|syscall)\s*\("
+    r"|::\s*process\s+as\b"  # `use std::process as p;`, not a variable named process cast with `as`
 )
 _PROCESS_ALLOWED = frozenset({"exit", "abort", "id", "ExitCode", "Termination", "self"})
 #: Code the source does not hold: a library loaded at run time, memory made executable, data in a code section.

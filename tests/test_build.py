@@ -297,6 +297,9 @@ def test_a_program_that_runs_other_code_is_refused_unless_the_c_program_does(sni
                      id="clone"),
         pytest.param('fn main() { let system = 3; println!("system({})", system); }', id="variable-and-string"),
         pytest.param("// std::process::Command\nfn main() {}", id="comment"),
+        pytest.param("fn process(n: i32) -> i32 { n }\nfn main() { let process_count = process(2);\n"
+                     "    let process = 3i32; let total = process as u32 + process_count as u32; }",
+                     id="c-function-and-variable-named-process"),
     ],
 )
 def test_programs_that_run_only_their_own_code_are_not_refused(source: str) -> None:
