@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import DiskFull, RunLocked
-from .results import atomic_writer
+from .results import atomic_writer, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,8 @@ class Ledger:
         """Read the ledger and open its journal for appends. Blocking: call it from a worker thread."""
         ledger = cls(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if removed := remove_stale_temporaries(directory):  # a killed run's snapshot or summary, half-written
+            log.info("%s: removed %d temporary file(s) of an interrupted run", directory, removed)
         _cut_torn_tail(directory / JOURNAL)
         ledger._load()
         # Unbuffered: a record is on disk whole or (after _undo_append) not at all, never left in a buffer.
