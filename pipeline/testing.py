@@ -130,6 +130,9 @@ def _more_failures(count: int) -> str:
 # ----------------------------------------------------------------------------------------------------
 # Loading
 
+#: Reading a task's input file stops past this many bytes (pipeline.translate); a larger test file is refused.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
 
 def load_test_suite(
     task: Task, *, num_tests: int | None = None, files: Mapping[Path, bytes] | None = None
@@ -212,7 +215,12 @@ def input_files(task: Task, test_json: bytes | None = None) -> list[Path]:
 def _read_json(path: Path, files: Mapping[Path, bytes] | None = None) -> Any:
     try:
         raw = files.get(path) if files is not None else None
-        text = (raw if raw is not None else path.read_bytes()).decode("utf-8")
+        data = raw if raw is not None else path.read_bytes()
+        if len(data) > MAX_INPUT_BYTES:  # read_task_files stops one byte past the limit: never parse a part
+            raise TaskInputError(
+                f"{path}: larger than the {MAX_INPUT_BYTES >> 20} MiB limit of a test file; keep fewer tests or "
+                "samples in it (or split the program's tests)")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise TaskInputError(f"{path}: the file does not exist") from None
     except UnicodeDecodeError as exc:

@@ -20,7 +20,7 @@ from .errors import TaskFailure, TaskInputError
 from .records import Oracle, StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
-from .testing import input_files, load_test_suite
+from .testing import MAX_INPUT_BYTES, input_files, load_test_suite
 
 # Imported where used: the engine's producer reads tasks (read_task) before start-up has imported the stage
 # code's heavier modules in a worker thread (pipeline.startup); proposals only with [differential] model_inputs.
@@ -33,8 +33,6 @@ _T = TypeVar("_T")
 
 #: A C file larger than this is refused: it would not fit any model's context anyway.
 MAX_C_BYTES = 512 * 1024
-#: Reading stops past this many bytes of one input file (larger ones are refused when loaded).
-MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
 def read_task_files(task: Task) -> TaskFiles:

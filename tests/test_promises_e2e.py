@@ -4,6 +4,7 @@ message naming the file and the fix."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,31 @@ def test_temporary_files_of_a_killed_run_are_removed_by_the_next_run(
     assert requested_ids(sim) == {"prog001-v2"}
     assert [str(path.relative_to(out)) for path in litter if path.exists()] == []
     assert all(path.read_text() == "mine\n" for path in users)
+
+
+def test_a_test_file_larger_than_the_limit_fails_its_task_saying_so(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A test task or samples list past the 64 MiB input limit fails its task alone with a reason that names the
+    file and the limit (not "invalid JSON" at the point where reading stopped); the other task verifies."""
+    from tests.test_batch_e2e import flat_corpus, summary
+
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 3)
+    padding = "x" * (65 << 20)
+    (corpus / "prog001.json").write_text(
+        json.dumps([{"command": "sactor run-tests --type bin ./prog001_samples.json %t 0 --feed-as-stdin",
+                     "note": padding}]))
+    (corpus / "prog002_samples.json").write_text(json.dumps([{"input": "", "output": "out prog002",
+                                                             "note": padding}]))
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url)
+    assert result.returncode == 1, result.output
+    tasks = {t["task_id"]: t for t in summary(out)["tasks"]}
+    assert tasks["prog000"]["status"] == "verified"
+    for task, name in (("prog001", "prog001.json"), ("prog002", "prog002_samples.json")):
+        reason = tasks[task]["reason"]
+        assert tasks[task]["status"] == "failed"
+        assert reason.startswith(f"{corpus / name}: larger than the 64 MiB limit of a test file"), reason
+        assert "invalid JSON" not in reason
