@@ -239,7 +239,8 @@ def detect_layout(c_dir: Path, json_dir: Path) -> Layout:
 def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         bad = exc.object[exc.start : exc.start + 1]
-        return f"not valid UTF-8 (byte 0x{bad.hex()} at offset {exc.start})"
+        return (f"not valid UTF-8 (byte 0x{bad.hex()} at offset {exc.start}): convert it to UTF-8, e.g. "
+                "`iconv -f latin1 -t utf-8` (or the encoding it was saved in: shift_jis, utf-16, ...)")
     if isinstance(exc, NotRegularFile):
         return _skipped(str(exc).rpartition(" is ")[2])
     return f"cannot read the file ({exc.strerror or exc})"

@@ -75,3 +75,27 @@ def test_a_test_file_larger_than_the_limit_fails_its_task_saying_so(
         assert tasks[task]["status"] == "failed"
         assert reason.startswith(f"{corpus / name}: larger than the 64 MiB limit of a test file"), reason
         assert "invalid JSON" not in reason
+
+
+def test_files_that_are_not_utf8_are_skipped_with_the_way_to_convert_them(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A C file with a Latin-1 comment and a test task saved as UTF-16 are each reported with the file, the byte
+    and how to convert it; the other task verifies."""
+    from tests.test_batch_e2e import flat_corpus, summary
+
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 3)
+    (corpus / "prog001.c").write_bytes((corpus / "prog001.c").read_bytes() + "/* caf\xe9 */\n".encode("latin-1"))
+    (corpus / "prog002.json").write_bytes((corpus / "prog002.json").read_text().encode("utf-16"))
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url)
+    assert result.returncode == 1, result.output
+    s = summary(out)
+    assert {t["task_id"]: t["status"] for t in s["tasks"]} == {"prog000": "verified"}
+    orphans = {Path(o["path"]).name: o["reason"] for o in s["orphans"]}
+    assert set(orphans) == {"prog001.c", "prog002.json"}
+    for name, reason in orphans.items():
+        assert "not valid UTF-8" in reason and "convert it to UTF-8" in reason and "iconv" in reason, reason
+        assert f"{corpus / name}: {reason}" in result.stderr or f"skipped {corpus / name}: {reason}" in result.stderr
