@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -136,9 +136,11 @@ class ServerRecord:
     max_model_len: int | None
 
 
-def settings_fingerprint(config: Config) -> str:
+def settings_fingerprint(config: Config, *, attempts: bool = True) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
-    off leaves the fingerprint of runs from before it existed."""
+    off leaves the fingerprint of runs from before it existed. ``attempts=False`` leaves out the attempts per stage:
+    the fingerprint under which a task that verified within N attempts stays finished for any limit of N or more
+    (the ledger's ``reuse_key``)."""
     inputs = config.translation.differential
     if inputs:
         from .differential import RULES_VERSION as differential_rules
@@ -148,7 +150,7 @@ def settings_fingerprint(config: Config) -> str:
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
         "prompts": [PROMPTS_REVISION, BEGIN_MARK],  # the wording's revision: a new layout keeps finished tasks
-        "max_attempts": config.translation.max_attempts,
+        **({"max_attempts": config.translation.max_attempts} if attempts else {}),
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
         "test_timeout": config.translation.test_timeout,
@@ -299,6 +301,7 @@ class _Run:
         self.counters = counters
         self.scratch_root = scratch_root
         self.fingerprint = settings_fingerprint(config)
+        self.reuse_fingerprint = settings_fingerprint(config, attempts=False)
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
         self.listing_complete = True
@@ -335,11 +338,29 @@ class _Run:
 
     def _finished(self, task: Task, key: TaskKey) -> bool:
         entry = self.ledger.get(task.id)
-        if entry is None or entry.key != str(key):
+        if entry is None or (entry.key != str(key) and not self._reusable(entry.reuse, key)):
             return False
         if not (self.options.output / task.id / "result.json").exists():
             return False
         return entry.status == "verified" or not self.options.retry_failed
+
+    def _reuse_key(self, key: TaskKey, summary: Mapping[str, Any]) -> str | None:
+        """The ledger's second key for a task that verified whole-file: its inputs, the settings but the attempts
+        per stage, and the most attempts a stage took. None for any other result (a failed task may verify with
+        more attempts; a function-level one counts attempts per item, and a fallback follows a failed stage)."""
+        if summary.get("status") != "verified" or summary.get("granularity") != "file":
+            return None
+        used = max((stage.get("attempts") or 0 for stage in (summary.get("stages") or {}).values()), default=0)
+        return f"{key.input_hash}:{self.reuse_fingerprint}:{used}"
+
+    def _reusable(self, reuse: str | None, key: TaskKey) -> bool:
+        """Whether a verified result recorded under other settings is what this run would get: the same inputs
+        and settings but the attempts per stage, and no stage needed more than this run allows."""
+        if reuse is None:
+            return False
+        prefix, _, used = reuse.rpartition(":")
+        return (prefix == f"{key.input_hash}:{self.reuse_fingerprint}" and used.isdigit()
+                and int(used) <= self.config.translation.max_attempts)
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
@@ -436,7 +457,7 @@ class _Run:
             log.error("%s: %s", task.id, reason)
             result = dataclasses.replace(result, reason=reason)
             summary = result.summary()
-        self.ledger.record(str(key), summary)
+        self.ledger.record(str(key), summary, self._reuse_key(key, summary))
         return result
 
     def _count(self, result: TaskResult) -> None:

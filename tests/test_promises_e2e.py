@@ -99,3 +99,33 @@ def test_files_that_are_not_utf8_are_skipped_with_the_way_to_convert_them(
     for name, reason in orphans.items():
         assert "not valid UTF-8" in reason and "convert it to UTF-8" in reason and "iconv" in reason, reason
         assert f"{corpus / name}: {reason}" in result.stderr or f"skipped {corpus / name}: {reason}" in result.stderr
+
+
+def test_more_attempts_redo_the_failed_tasks_and_keep_the_verified_ones(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Raising --max-attempts gives the tasks that failed more attempts and asks nothing for those that verified
+    within the old limit (they would verify the same way); lowering it below a task's attempts redoes that task."""
+    from tests.test_batch_e2e import flat_corpus, summary
+
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 3)
+    (corpus / "prog001.c").write_text(directive_c("prog001", "out prog001", unidiomatic=("compile_error",) * 3
+                                                  + ("pass",)))
+    (corpus / "prog002.c").write_text(directive_c("prog002", "out prog002", unidiomatic=("compile_error", "pass")))
+    sim, url = simulator_factory()
+    out = tmp_path / "out"
+    assert run(cli, corpus, out, url, "--max-attempts", "2").returncode == 1
+    sim.reset_log()
+    more = run(cli, corpus, out, url, "--max-attempts", "4")
+    assert more.returncode == 0, more.output
+    assert requested_ids(sim) == {"prog001"}
+    assert summary(out)["skipped_unchanged"] == 2
+    assert {t["task_id"]: t["status"] for t in summary(out)["tasks"]} == dict.fromkeys(
+        ("prog000", "prog001", "prog002"), "verified")
+    sim.reset_log()
+    assert run(cli, corpus, out, url, "--max-attempts", "4").returncode == 0
+    assert sim.chat_requests == []
+    fewer = run(cli, corpus, out, url, "--max-attempts", "1")
+    assert fewer.returncode == 1, fewer.output
+    assert requested_ids(sim) == {"prog001", "prog002"}
