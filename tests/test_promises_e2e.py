@@ -129,3 +129,53 @@ def test_more_attempts_redo_the_failed_tasks_and_keep_the_verified_ones(
     fewer = run(cli, corpus, out, url, "--max-attempts", "1")
     assert fewer.returncode == 1, fewer.output
     assert requested_ids(sim) == {"prog001", "prog002"}
+
+
+MALFORMED: dict[str, tuple[str, str, str]] = {
+    # task: (test JSON, what its reason names, what it says)
+    "notjson": ('{"command": ', "notjson.json", "invalid JSON at line 1"),
+    "notlist": ('{"command": "%t"}', "notlist.json", "must be a JSON list, not an object"),
+    "nolist": ("[]", "nolist.json", "contains no tests"),
+    "noentry": ("[null]", "noentry.json", 'test 0 is not an object with a "command"'),
+    "nosamples": ('[{"command": "sactor run-tests --type bin ./gone_samples.json %t 0 --feed-as-stdin"}]',
+                  "gone_samples.json", "does not exist"),
+    "badsamples": ('[{"command": "sactor run-tests --type bin ./badsamples_samples.json %t 0 --feed-as-stdin"}]',
+                   "badsamples_samples.json", "invalid JSON"),
+    "outofrange": ('[{"command": "sactor run-tests --type bin ./outofrange_samples.json %t 7 --feed-as-stdin"}]',
+                   "outofrange_samples.json", "sample 7 is out of range"),
+    "notarget": ('[{"command": "echo hello"}]', "", "no %t in 'echo hello'); put %t where the program goes"),
+}
+
+
+def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Test files that are not JSON, not a list, empty, name no samples file or a broken one, a sample out of
+    range, a command without %t, an empty and an oversized C file: each fails its task alone, with a reason naming
+    the file and what is wrong; no request is sent for them, and the good task verifies."""
+    from tests.test_batch_e2e import flat_corpus, summary
+
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 1)
+    good_c = (corpus / "prog000.c").read_text()
+    for name, (tests, _file, _says) in MALFORMED.items():
+        (corpus / f"{name}.c").write_text(good_c)
+        (corpus / f"{name}.json").write_text(tests)
+    (corpus / "badsamples_samples.json").write_text("[{")
+    (corpus / "outofrange_samples.json").write_text('[{"input": "", "output": "x"}]')
+    for name, source in (("empty", " \n"), ("huge", "int x;\n" * 100_000)):
+        (corpus / f"{name}.c").write_text(source)
+        (corpus / f"{name}.json").write_text((corpus / "prog000.json").read_text())
+    sim, url = simulator_factory()
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url)
+    assert result.returncode == 1, result.output
+    assert "Traceback" not in result.stderr
+    assert requested_ids(sim) == {"prog000"}
+    tasks = {t["task_id"]: t for t in summary(out)["tasks"]}
+    assert tasks.pop("prog000")["status"] == "verified"
+    assert {task: t["status"] for task, t in tasks.items()} == dict.fromkeys([*MALFORMED, "empty", "huge"], "failed")
+    for name, (_tests, file, says) in MALFORMED.items():
+        assert file in tasks[name]["reason"] and says in tasks[name]["reason"], tasks[name]["reason"]
+    assert tasks["empty"]["reason"] == f"{corpus / 'empty.c'}: the C file is empty"
+    assert tasks["huge"]["reason"].startswith(f"{corpus / 'huge.c'}: 700000 bytes is larger than the")
