@@ -136,11 +136,12 @@ class ServerRecord:
     max_model_len: int | None
 
 
-def settings_fingerprint(config: Config, *, attempts: bool = True) -> str:
+def settings_fingerprint(config: Config, *, limits: bool = True) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
-    off leaves the fingerprint of runs from before it existed. ``attempts=False`` leaves out the attempts per stage:
-    the fingerprint under which a task that verified within N attempts stays finished for any limit of N or more
-    (the ledger's ``reuse_key``)."""
+    off leaves the fingerprint of runs from before it existed. ``limits=False`` leaves out the two limits whose
+    raising only turns failures into successes, the attempts per stage and the seconds per test: the fingerprint
+    under which a task that verified within N attempts and T seconds stays finished for any limits of N and T or
+    more (the ledger's ``reuse_key``)."""
     inputs = config.translation.differential
     if inputs:
         from .differential import RULES_VERSION as differential_rules
@@ -150,10 +151,10 @@ def settings_fingerprint(config: Config, *, attempts: bool = True) -> str:
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
         "prompts": [PROMPTS_REVISION, BEGIN_MARK],  # the wording's revision: a new layout keeps finished tasks
-        **({"max_attempts": config.translation.max_attempts} if attempts else {}),
+        **({"max_attempts": config.translation.max_attempts} if limits else {}),
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
-        "test_timeout": config.translation.test_timeout,
+        **({"test_timeout": config.translation.test_timeout} if limits else {}),
         "feed": config.run.feed,
         "edition": config.toolchain.edition,
         **({"differential": [inputs, differential_rules]} if inputs else {}),
@@ -301,7 +302,7 @@ class _Run:
         self.counters = counters
         self.scratch_root = scratch_root
         self.fingerprint = settings_fingerprint(config)
-        self.reuse_fingerprint = settings_fingerprint(config, attempts=False)
+        self.reuse_fingerprint = settings_fingerprint(config, limits=False)
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
         self.listing_complete = True
@@ -345,22 +346,31 @@ class _Run:
         return entry.status == "verified" or not self.options.retry_failed
 
     def _reuse_key(self, key: TaskKey, summary: Mapping[str, Any]) -> str | None:
-        """The ledger's second key for a task that verified whole-file: its inputs, the settings but the attempts
-        per stage, and the most attempts a stage took. None for any other result (a failed task may verify with
-        more attempts; a function-level one counts attempts per item, and a fallback follows a failed stage)."""
+        """The ledger's second key for a task that verified whole-file: its inputs, the settings but the limits
+        (see :func:`settings_fingerprint`), the most attempts a stage took and the seconds per test it ran with.
+        None for any other result (a failed task may verify with higher limits; a function-level one counts
+        attempts per item, and a fallback follows a failed stage)."""
         if summary.get("status") != "verified" or summary.get("granularity") != "file":
             return None
         used = max((stage.get("attempts") or 0 for stage in (summary.get("stages") or {}).values()), default=0)
-        return f"{key.input_hash}:{self.reuse_fingerprint}:{used}"
+        return f"{key.input_hash}:{self.reuse_fingerprint}:{used}:{self.config.translation.test_timeout!r}"
 
     def _reusable(self, reuse: str | None, key: TaskKey) -> bool:
-        """Whether a verified result recorded under other settings is what this run would get: the same inputs
-        and settings but the attempts per stage, and no stage needed more than this run allows."""
+        """Whether a verified result recorded under other settings stands under this run's: the same inputs and
+        settings but the limits, no stage needed more attempts than this run allows, and the tests passed within
+        no more seconds than this run gives them (the code would pass them again)."""
         if reuse is None:
             return False
-        prefix, _, used = reuse.rpartition(":")
-        return (prefix == f"{key.input_hash}:{self.reuse_fingerprint}" and used.isdigit()
-                and int(used) <= self.config.translation.max_attempts)
+        parts = reuse.rsplit(":", 2)
+        if len(parts) != 3:
+            return False
+        prefix, used, seconds = parts
+        limits = self.config.translation
+        try:
+            within = int(used) <= limits.max_attempts and float(seconds) <= limits.test_timeout
+        except ValueError:
+            return False
+        return within and prefix == f"{key.input_hash}:{self.reuse_fingerprint}"
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,

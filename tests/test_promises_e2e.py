@@ -101,11 +101,13 @@ def test_files_that_are_not_utf8_are_skipped_with_the_way_to_convert_them(
         assert f"{corpus / name}: {reason}" in result.stderr or f"skipped {corpus / name}: {reason}" in result.stderr
 
 
-def test_more_attempts_redo_the_failed_tasks_and_keep_the_verified_ones(
+def test_higher_limits_redo_the_failed_tasks_and_keep_the_verified_ones(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
     """Raising --max-attempts gives the tasks that failed more attempts and asks nothing for those that verified
-    within the old limit (they would verify the same way); lowering it below a task's attempts redoes that task."""
+    within the old limit (they would verify the same way); lowering it below a task's attempts redoes that task.
+    Likewise a longer --test-timeout keeps verified tasks (their tests passed in less) and a shorter one redoes
+    them."""
     from tests.test_batch_e2e import flat_corpus, summary
 
     corpus = tmp_path / "corpus"
@@ -126,7 +128,15 @@ def test_more_attempts_redo_the_failed_tasks_and_keep_the_verified_ones(
     sim.reset_log()
     assert run(cli, corpus, out, url, "--max-attempts", "4").returncode == 0
     assert sim.chat_requests == []
-    fewer = run(cli, corpus, out, url, "--max-attempts", "1")
+    longer = run(cli, corpus, out, url, "--max-attempts", "5", "--test-timeout", "90")
+    assert longer.returncode == 0, longer.output
+    assert sim.chat_requests == []
+    assert summary(out)["skipped_unchanged"] == 3
+    shorter = run(cli, corpus, out, url, "--max-attempts", "5", "--test-timeout", "30")
+    assert shorter.returncode == 0, shorter.output
+    assert requested_ids(sim) == {"prog000", "prog001", "prog002"}
+    sim.reset_log()
+    fewer = run(cli, corpus, out, url, "--max-attempts", "1", "--test-timeout", "30")
     assert fewer.returncode == 1, fewer.output
     assert requested_ids(sim) == {"prog001", "prog002"}
 
