@@ -303,6 +303,13 @@ class _Run:
         self.scratch_root = scratch_root
         self.fingerprint = settings_fingerprint(config)
         self.reuse_fingerprint = settings_fingerprint(config, limits=False)
+        # Differential testing judges generated inputs by the C program within min(test_timeout, this): below it,
+        # another timeout keeps other inputs, which the translation was never checked on.
+        self.oracle_seconds = 0.0
+        if config.translation.differential:
+            from .differential import RUN_SECONDS
+
+            self.oracle_seconds = RUN_SECONDS
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
         self.listing_complete = True
@@ -367,10 +374,12 @@ class _Run:
         prefix, used, seconds = parts
         limits = self.config.translation
         try:
-            within = int(used) <= limits.max_attempts and float(seconds) <= limits.test_timeout
+            attempts, timeout = int(used), float(seconds)
         except ValueError:
             return False
-        return within and prefix == f"{key.input_hash}:{self.reuse_fingerprint}"
+        same_oracle = min(timeout, self.oracle_seconds) == min(limits.test_timeout, self.oracle_seconds)
+        return (attempts <= limits.max_attempts and timeout <= limits.test_timeout and same_oracle
+                and prefix == f"{key.input_hash}:{self.reuse_fingerprint}")
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
