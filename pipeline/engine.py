@@ -64,7 +64,7 @@ from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .startup import import_services
-from .task import Orphan, Task, printable
+from .task import Feed, Orphan, Task, printable
 from .translate import read_task_then, translate_task, try_load_inputs
 
 # The model client, the stage code and the verifier are imported by start-up, in a worker thread beside the
@@ -136,12 +136,13 @@ class ServerRecord:
     max_model_len: int | None
 
 
-def settings_fingerprint(config: Config, *, limits: bool = True) -> str:
+def settings_fingerprint(config: Config, *, limits: bool = True, feed: str | None = None) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
     off leaves the fingerprint of runs from before it existed. ``limits=False`` leaves out the two limits whose
     raising only turns failures into successes, the attempts per stage and the seconds per test: the fingerprint
     under which a task that verified within N attempts and T seconds stays finished for any limits of N and T or
-    more (the ledger's ``reuse_key``)."""
+    more (the ledger's ``reuse_key``). ``feed`` stands for ``[pipeline] feed``: the engine accepts both feeds'
+    fingerprints for a task whose tests are a SACToR test task (each command names its own feed)."""
     inputs = config.translation.differential
     if inputs:
         from .differential import RULES_VERSION as differential_rules
@@ -155,7 +156,7 @@ def settings_fingerprint(config: Config, *, limits: bool = True) -> str:
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
         **({"test_timeout": config.translation.test_timeout} if limits else {}),
-        "feed": config.run.feed,
+        "feed": feed or config.run.feed,
         "edition": config.toolchain.edition,
         **({"differential": [inputs, differential_rules]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
@@ -303,6 +304,14 @@ class _Run:
         self.scratch_root = scratch_root
         self.fingerprint = settings_fingerprint(config)
         self.reuse_fingerprint = settings_fingerprint(config, limits=False)
+        # Records this run accepts as its own, by the kind of a task's tests: the feed of samples lists shapes
+        # their tests; a test task's commands name their feed, so a record made under either feed stands.
+        other: Feed = "args" if config.run.feed == "stdin" else "stdin"
+        self.accepted: dict[str, tuple[str, ...]] = {
+            "samples": (self.fingerprint,), "task": (self.fingerprint, settings_fingerprint(config, feed=other))}
+        self.accepted_reuse: dict[str, tuple[str, ...]] = {
+            "samples": (self.reuse_fingerprint,),
+            "task": (self.reuse_fingerprint, settings_fingerprint(config, limits=False, feed=other))}
         # Differential testing judges generated inputs by the C program within min(test_timeout, this): below it,
         # another timeout keeps other inputs, which the translation was never checked on.
         self.oracle_seconds = 0.0
@@ -346,7 +355,11 @@ class _Run:
 
     def _finished(self, task: Task, key: TaskKey) -> bool:
         entry = self.ledger.get(task.id)
-        if entry is None or (entry.key != str(key) and not self._reusable(entry.reuse, key)):
+        if entry is None:
+            return False
+        digest, _, settings = entry.key.partition(":")
+        same = digest == key.input_hash and settings in self.accepted[task.test_kind]
+        if not same and not self._reusable(entry.reuse, key, self.accepted_reuse[task.test_kind]):
             return False
         if not (self.options.output / task.id / "result.json").exists():
             return False
@@ -362,7 +375,7 @@ class _Run:
         used = max((stage.get("attempts") or 0 for stage in (summary.get("stages") or {}).values()), default=0)
         return f"{key.input_hash}:{self.reuse_fingerprint}:{used}:{self.config.translation.test_timeout!r}"
 
-    def _reusable(self, reuse: str | None, key: TaskKey) -> bool:
+    def _reusable(self, reuse: str | None, key: TaskKey, accepted: tuple[str, ...]) -> bool:
         """Whether a verified result recorded under other settings stands under this run's: the same inputs and
         settings but the limits, no stage needed more attempts than this run allows, and the tests passed within
         no more seconds than this run gives them (the code would pass them again)."""
@@ -372,6 +385,7 @@ class _Run:
         if len(parts) != 3:
             return False
         prefix, used, seconds = parts
+        digest, _, settings = prefix.partition(":")
         limits = self.config.translation
         try:
             attempts, timeout = int(used), float(seconds)
@@ -379,7 +393,7 @@ class _Run:
             return False
         same_oracle = min(timeout, self.oracle_seconds) == min(limits.test_timeout, self.oracle_seconds)
         return (attempts <= limits.max_attempts and timeout <= limits.test_timeout and same_oracle
-                and prefix == f"{key.input_hash}:{self.reuse_fingerprint}")
+                and digest == key.input_hash and settings in accepted)
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,

@@ -189,3 +189,28 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
         assert file in tasks[name]["reason"] and says in tasks[name]["reason"], tasks[name]["reason"]
     assert tasks["empty"]["reason"] == f"{corpus / 'empty.c'}: the C file is empty"
     assert tasks["huge"]["reason"].startswith(f"{corpus / 'huge.c'}: 700000 bytes is larger than the")
+
+
+def test_switching_the_feed_redoes_only_the_tasks_whose_tests_are_sample_lists(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """--feed-as-args says how a samples list's inputs are given; a SACToR test task names its feed in each command,
+    so switching the flag redoes the tasks tested by samples lists and keeps the others."""
+    from tests.test_batch_e2e import flat_corpus, samples_json
+
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 3)
+    (corpus / "prog002_samples.json").unlink()
+    (corpus / "prog002.json").write_text(samples_json("out prog002"))  # a samples list as the task's tests
+    sim, url = simulator_factory()
+    out = tmp_path / "out"
+    assert run(cli, corpus, out, url).returncode == 0
+    sim.reset_log()
+    switched = run(cli, corpus, out, url, "--feed-as-args")
+    assert switched.returncode == 0, switched.output
+    assert requested_ids(sim) == {"prog002"}
+    sim.reset_log()
+    assert run(cli, corpus, out, url, "--feed-as-args").returncode == 0
+    assert sim.chat_requests == []
+    assert run(cli, corpus, out, url).returncode == 0
+    assert requested_ids(sim) == {"prog002"}
