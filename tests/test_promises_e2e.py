@@ -162,7 +162,8 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
 ) -> None:
     """Test files that are not JSON, not a list, empty, name no samples file or a broken one, a sample out of
     range, a command without %t, an empty and an oversized C file: each fails its task alone, with a reason naming
-    the file and what is wrong; no request is sent for them, and the good task verifies."""
+    the file and what is wrong; no request is sent for them, and the good tasks (two of them named alike but for
+    the case) verify."""
     from tests.test_batch_e2e import flat_corpus, summary
 
     corpus = tmp_path / "corpus"
@@ -176,14 +177,19 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     for name, source in (("empty", " \n"), ("huge", "int x;\n" * 100_000)):
         (corpus / f"{name}.c").write_text(source)
         (corpus / f"{name}.json").write_text((corpus / "prog000.json").read_text())
+    for name in ("Twin", "twin"):  # names differing only in case: two tasks, two folders
+        for suffix in (".c", ".json", "_samples.json"):
+            (corpus / f"{name}{suffix}").write_text((corpus / f"prog000{suffix}").read_text().replace("prog000", name))
     sim, url = simulator_factory()
     out = tmp_path / "out"
     result = run(cli, corpus, out, url)
     assert result.returncode == 1, result.output
     assert "Traceback" not in result.stderr
-    assert requested_ids(sim) == {"prog000"}
+    assert requested_ids(sim) == {"prog000", "Twin", "twin"}
     tasks = {t["task_id"]: t for t in summary(out)["tasks"]}
-    assert tasks.pop("prog000")["status"] == "verified"
+    for name in ("prog000", "Twin", "twin"):
+        assert tasks.pop(name)["status"] == "verified"
+        assert f"out {name}" in (out / name / "translated_code_idiomatic" / "combined.rs").read_text()
     assert {task: t["status"] for task, t in tasks.items()} == dict.fromkeys([*MALFORMED, "empty", "huge"], "failed")
     for name, (_tests, file, says) in MALFORMED.items():
         assert file in tasks[name]["reason"] and says in tasks[name]["reason"], tasks[name]["reason"]
@@ -214,3 +220,32 @@ def test_switching_the_feed_redoes_only_the_tasks_whose_tests_are_sample_lists(
     assert sim.chat_requests == []
     assert run(cli, corpus, out, url).returncode == 0
     assert requested_ids(sim) == {"prog002"}
+
+
+def test_a_rerun_redoes_the_tasks_whose_files_changed_and_ignores_settings_that_shape_no_result(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """An edited samples file or test task redoes its task alone; request, retry, streaming, process and sandbox
+    settings redo nothing; the system message (part of every prompt) redoes every task."""
+    from tests.test_batch_e2e import summary
+
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 4)
+    samples = json.loads((corpus / "prog001_samples.json").read_text())
+    (corpus / "prog001_samples.json").write_text(json.dumps([*samples, {"input": "9", "output": "out prog001"}]))
+    (corpus / "prog002.json").write_text(json.dumps(json.loads((corpus / "prog002.json").read_text())[:1]))
+    sim.reset_log()
+    edited = run(cli, corpus, out, url)
+    assert edited.returncode == 0, edited.output
+    assert requested_ids(sim) == {"prog001", "prog002"}
+    sim.reset_log()
+    (cli.cwd / "sactor.toml").write_text(
+        "[pipeline]\nworkers = 3\nrequest_timeout = 50\nretry_attempts = 2\nstream = true\noutage_budget = 100\n"
+        "[toolchain]\ncompile_timeout = 100\n[sandbox]\nmemory_mb = 1024\nopen_files = 128\n")
+    unchanged = run(cli, corpus, out, url, "--jobs", "1")
+    assert unchanged.returncode == 0, unchanged.output
+    assert sim.chat_requests == [] and summary(out)["skipped_unchanged"] == 4
+    with (cli.cwd / "sactor.toml").open("a") as fh:
+        fh.write('[general]\nsystem_message = "You translate C to Rust, carefully."\n')
+    prompted = run(cli, corpus, out, url)
+    assert prompted.returncode == 0, prompted.output
+    assert requested_ids(sim) == {"prog000", "prog001", "prog002", "prog003"}
