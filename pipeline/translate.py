@@ -93,7 +93,8 @@ def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = 
     except OSError as exc:
         raise TaskInputError(f"{task.c_path}: cannot read the C file ({exc.strerror})") from exc
     if len(raw) > MAX_C_BYTES:
-        raise TaskInputError(f"{task.c_path}: {len(raw)} bytes is larger than the {MAX_C_BYTES}-byte limit")
+        size = f"more than {MAX_INPUT_BYTES}" if len(raw) > MAX_INPUT_BYTES else str(len(raw))  # reading stopped
+        raise TaskInputError(f"{task.c_path}: {size} bytes is larger than the {MAX_C_BYTES}-byte limit")
     try:
         c_source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -53,7 +53,8 @@ def test_a_test_file_larger_than_the_limit_fails_its_task_saying_so(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
     """A test task or samples list past the 64 MiB input limit fails its task alone with a reason that names the
-    file and the limit (not "invalid JSON" at the point where reading stopped); the other task verifies."""
+    file and the limit (not "invalid JSON" at the point where reading stopped), a C file that large says so (not
+    the size at which reading stopped); the other task verifies."""
     from tests.test_batch_e2e import flat_corpus, summary
 
     corpus = tmp_path / "corpus"
@@ -64,6 +65,8 @@ def test_a_test_file_larger_than_the_limit_fails_its_task_saying_so(
                      "note": padding}]))
     (corpus / "prog002_samples.json").write_text(json.dumps([{"input": "", "output": "out prog002",
                                                              "note": padding}]))
+    (corpus / "big.c").write_text(f"/* {padding} */\nint main(void) {{ return 0; }}\n")
+    (corpus / "big.json").write_text((corpus / "prog000.json").read_text())
     _sim, url = simulator_factory()
     out = tmp_path / "out"
     result = run(cli, corpus, out, url)
@@ -75,6 +78,8 @@ def test_a_test_file_larger_than_the_limit_fails_its_task_saying_so(
         assert tasks[task]["status"] == "failed"
         assert reason.startswith(f"{corpus / name}: larger than the 64 MiB limit of a test file"), reason
         assert "invalid JSON" not in reason
+    assert tasks["big"]["reason"] == (f"{corpus / 'big.c'}: more than {64 << 20} bytes is larger than the "
+                                      "524288-byte limit"), tasks["big"]["reason"]
 
 
 def test_files_that_are_not_utf8_are_skipped_with_the_way_to_convert_them(
