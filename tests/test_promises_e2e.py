@@ -254,3 +254,32 @@ def test_a_rerun_redoes_the_tasks_whose_files_changed_and_ignores_settings_that_
     prompted = run(cli, corpus, out, url)
     assert prompted.returncode == 0, prompted.output
     assert requested_ids(sim) == {"prog000", "prog001", "prog002", "prog003"}
+
+
+def test_symbolic_links_to_files_outside_the_corpus_work_and_loops_are_reported(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A C file and its tests linked from elsewhere (a curated subset of a dataset) form a task; links that loop
+    or lead nowhere are reported as orphans with what they are, and the run goes on."""
+    import os
+
+    from tests.test_batch_e2e import flat_corpus, summary
+
+    corpus, elsewhere = tmp_path / "corpus", tmp_path / "dataset"
+    flat_corpus(corpus, 1)
+    flat_corpus(elsewhere, 2, prefix="linked")
+    for suffix in (".c", ".json", "_samples.json"):
+        os.symlink(elsewhere / f"linked001{suffix}", corpus / f"linked001{suffix}")
+    os.symlink("loop2.c", corpus / "loop1.c")
+    os.symlink("loop1.c", corpus / "loop2.c")
+    os.symlink("nowhere.json", corpus / "gone.json")
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    result = run(cli, corpus, out, url)
+    assert result.returncode == 1, result.output
+    s = summary(out)
+    assert {t["task_id"]: t["status"] for t in s["tasks"]} == {"prog000": "verified", "linked001": "verified"}
+    orphans = {Path(o["path"]).name: o["reason"] for o in s["orphans"]}
+    assert set(orphans) == {"loop1.c", "loop2.c", "gone.json"}
+    assert "Too many levels of symbolic links" in orphans["loop1.c"]
+    assert "a broken symbolic link" in orphans["gone.json"]
