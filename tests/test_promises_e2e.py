@@ -283,3 +283,75 @@ def test_symbolic_links_to_files_outside_the_corpus_work_and_loops_are_reported(
     assert set(orphans) == {"loop1.c", "loop2.c", "gone.json"}
     assert "Too many levels of symbolic links" in orphans["loop1.c"]
     assert "a broken symbolic link" in orphans["gone.json"]
+
+
+def test_folders_a_program_made_unreadable_are_removed_without_root_privileges(tmp_path: Path) -> None:
+    """A program that leaves a folder of mode 000 in its working copy (`mkdir -p d/e && chmod 000 d/e d`) must not
+    stop the clean-up of a user who is not root (the rights root's CAP_DAC_OVERRIDE gives are dropped here): the
+    folder is opened up and removed, and nothing raises."""
+    import os
+    import shutil
+
+    from tests.conftest import ROOT
+
+    work = tmp_path / "work"
+    (work / "d" / "e").mkdir(parents=True)
+    (work / "d" / "e" / "f").write_text("x")
+    (work / "d" / "e").chmod(0)
+    (work / "d").chmod(0)
+    script = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pipeline.sandbox import _remove_tree; " \
+             f"from pathlib import Path; _remove_tree(Path({str(work)!r}))"
+    argv = [sys.executable, "-c", script]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            import pytest
+
+            pytest.skip("needs setpriv to drop root's file-access rights")
+        argv = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                "-dac_override,-dac_read_search", "--", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert not work.exists()
+
+
+def test_unreadable_files_cost_their_task_only_for_a_user_without_root_rights(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """Run as root without the rights to ignore file modes (as a user who is not root is): a C file, a test task
+    and a samples file of mode 000 each cost their task, named with "Permission denied"; the sandbox, which cannot
+    switch uids then, still cleans up after itself, and the readable task verifies."""
+    import os
+    import shutil
+
+    import pytest
+
+    from tests.conftest import ROOT
+    from tests.test_batch_e2e import flat_corpus, summary
+
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root's file-access rights")
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+                  "-dac_override,-dac_read_search", "--"]
+    corpus = tmp_path / "corpus"
+    flat_corpus(corpus, 4)
+    for name in ("prog001.c", "prog002_samples.json", "prog003.json"):
+        (corpus / name).chmod(0)
+    _sim, url = simulator_factory()
+    out = tmp_path / "out"
+    argv = [*prefix, sys.executable, str(ROOT / "batch_translate_generic.py"), "--c-files", str(corpus),
+            "--json-files", str(corpus), "--output", str(out), "--base-url", url, "--model", "sim-model",
+            "--cache-dir", str(cli.cache_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    done = subprocess.run(argv, cwd=cli.cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    s = summary(out)
+    tasks = {t["task_id"]: t for t in s["tasks"]}
+    assert {task: t["status"] for task, t in tasks.items()} == {"prog000": "verified", "prog002": "failed"}
+    assert tasks["prog002"]["reason"] == f"{corpus / 'prog002_samples.json'}: the file cannot be read: " \
+                                         "Permission denied"
+    orphans = {Path(o["path"]).name: o["reason"] for o in s["orphans"]}
+    assert orphans == {"prog001.c": "cannot read the file (Permission denied)",
+                       "prog003.json": "cannot read the file (Permission denied); prog003.c has no usable tests"}
