@@ -329,17 +329,25 @@ class _Walker:
         try:
             _peek_text(c_path, C_PEEK)
         except (OSError, UnicodeDecodeError) as exc:
-            return Orphan(c_path, _unreadable(exc))
+            return Orphan(c_path, _unreadable(exc), task_id=self._unread(relative, exc))
         try:
             peek = _peek_json(json_path)
         except FileNotFoundError:
             return Orphan(c_path, f"no tests: {json_path} not found")
         except (OSError, UnicodeDecodeError) as exc:
-            return Orphan(json_path, f"{_unreadable(exc)}; {c_path.name} has no usable tests")
+            return Orphan(json_path, f"{_unreadable(exc)}; {c_path.name} has no usable tests",
+                          task_id=self._unread(relative, exc))
         self._note(peek)
         kind: TestKind = peek.kind or "task"
         return Task(task_id(relative, self.reserved), c_path, json_path, test_kind=kind, feed=self.feed,
                     layout=self.layout)
+
+    def _unread(self, relative: str, exc: OSError | UnicodeDecodeError) -> str | None:
+        """The id of the task a file that is there but could not be read belongs to (see Orphan.task_id); None
+        when what stopped the reading is the file itself (its encoding, a FIFO, a broken link)."""
+        if isinstance(exc, (UnicodeDecodeError, NotRegularFile, FileNotFoundError)):
+            return None
+        return task_id(relative, self.reserved)
 
     def _stray_json(self, json_path: Path, c_path: Path, pending: list[Path]) -> Iterator[Orphan]:
         """A JSON with no C file: an orphan unless it is a samples list (decided later when oddly named)."""

@@ -321,6 +321,7 @@ class _Run:
             self.oracle_seconds = RUN_SECONDS
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
+        self.unread: set[str] = set()  # tasks whose files are there but could not be read: their records stay
         self.listing_complete = True
         self.env: StageEnv | None = None
         self.info: ServerInfo | None = None
@@ -343,7 +344,9 @@ class _Run:
 
     def corpus_ids(self) -> Container[str] | None:
         """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
-        return self.seen if self.counters.discovery_finished and self.listing_complete else None
+        if not (self.counters.discovery_finished and self.listing_complete):
+            return None
+        return self.seen | self.unread if self.unread else self.seen
 
     def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | None]:
         """The task's ledger key, and its inputs (what :func:`~pipeline.translate.try_load_inputs` returns), or
@@ -404,6 +407,8 @@ class _Run:
                     self.orphans.append(item)
                     self.counters.orphans += 1
                     self.listing_complete &= not item.incomplete
+                    if item.task_id is not None:
+                        self.unread.add(item.task_id)
                     log.warning("skipped %s: %s", item.path, item.reason)
                     continue
                 if item.id in self.seen:

@@ -285,13 +285,38 @@ def test_symbolic_links_to_files_outside_the_corpus_work_and_loops_are_reported(
     assert "a broken symbolic link" in orphans["gone.json"]
 
 
+def _without_root_rights() -> list[str]:
+    """The command prefix that runs a program as root without the rights to ignore file modes (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH), as a user who is not root is; nothing for a user who is not root."""
+    import os
+    import shutil
+
+    import pytest
+
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv to drop root's file-access rights")
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
+            "-dac_override,-dac_read_search", "--"]
+
+
+def _run_without_root_rights(cli: Cli, corpus: Path, out: Path, url: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    from tests.conftest import ROOT
+
+    argv = [*_without_root_rights(), sys.executable, str(ROOT / "batch_translate_generic.py"), "--c-files",
+            str(corpus), "--json-files", str(corpus), "--output", str(out), "--base-url", url, "--model",
+            "sim-model", "--cache-dir", str(cli.cache_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    return subprocess.run(argv, cwd=cli.cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def test_folders_a_program_made_unreadable_are_removed_without_root_privileges(tmp_path: Path) -> None:
     """A program that leaves a folder of mode 000 in its working copy (`mkdir -p d/e && chmod 000 d/e d`) must not
     stop the clean-up of a user who is not root (the rights root's CAP_DAC_OVERRIDE gives are dropped here): the
     folder is opened up and removed, and nothing raises."""
-    import os
-    import shutil
-
     from tests.conftest import ROOT
 
     work = tmp_path / "work"
@@ -301,15 +326,8 @@ def test_folders_a_program_made_unreadable_are_removed_without_root_privileges(t
     (work / "d").chmod(0)
     script = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from pipeline.sandbox import _remove_tree; " \
              f"from pathlib import Path; _remove_tree(Path({str(work)!r}))"
-    argv = [sys.executable, "-c", script]
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            import pytest
-
-            pytest.skip("needs setpriv to drop root's file-access rights")
-        argv = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
-                "-dac_override,-dac_read_search", "--", *argv]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*_without_root_rights(), sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
     assert not work.exists()
 
@@ -320,31 +338,15 @@ def test_unreadable_files_cost_their_task_only_for_a_user_without_root_rights(
     """Run as root without the rights to ignore file modes (as a user who is not root is): a C file, a test task
     and a samples file of mode 000 each cost their task, named with "Permission denied"; the sandbox, which cannot
     switch uids then, still cleans up after itself, and the readable task verifies."""
-    import os
-    import shutil
-
-    import pytest
-
-    from tests.conftest import ROOT
     from tests.test_batch_e2e import flat_corpus, summary
 
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            pytest.skip("needs setpriv to drop root's file-access rights")
-        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--inh-caps",
-                  "-dac_override,-dac_read_search", "--"]
     corpus = tmp_path / "corpus"
     flat_corpus(corpus, 4)
     for name in ("prog001.c", "prog002_samples.json", "prog003.json"):
         (corpus / name).chmod(0)
     _sim, url = simulator_factory()
     out = tmp_path / "out"
-    argv = [*prefix, sys.executable, str(ROOT / "batch_translate_generic.py"), "--c-files", str(corpus),
-            "--json-files", str(corpus), "--output", str(out), "--base-url", url, "--model", "sim-model",
-            "--cache-dir", str(cli.cache_dir)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
-    done = subprocess.run(argv, cwd=cli.cwd, env=env, capture_output=True, text=True, timeout=300)
+    done = _run_without_root_rights(cli, corpus, out, url)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     s = summary(out)
@@ -355,3 +357,26 @@ def test_unreadable_files_cost_their_task_only_for_a_user_without_root_rights(
     orphans = {Path(o["path"]).name: o["reason"] for o in s["orphans"]}
     assert orphans == {"prog001.c": "cannot read the file (Permission denied)",
                        "prog003.json": "cannot read the file (Permission denied); prog003.c has no usable tests"}
+
+
+def test_a_file_that_cannot_be_read_for_a_while_keeps_its_finished_task(
+    cli: Cli, simulator_factory: Any, tmp_path: Path
+) -> None:
+    """A finished task whose C file or test task cannot be read during one rerun (permissions, an I/O error) is
+    reported, but the ledger keeps its record: once the file is readable again, nothing is asked for it."""
+    from tests.test_batch_e2e import summary
+
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 3)
+    (corpus / "prog001.c").chmod(0)
+    (corpus / "prog002.json").chmod(0)
+    done = _run_without_root_rights(cli, corpus, out, url)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Permission denied" in done.stderr
+    assert sorted(t["task_id"] for t in summary(out)["tasks"]) == ["prog000", "prog001", "prog002"]
+    (corpus / "prog001.c").chmod(0o644)
+    (corpus / "prog002.json").chmod(0o644)
+    sim.reset_log()
+    again = run(cli, corpus, out, url)
+    assert again.returncode == 0, again.output
+    assert sim.chat_requests == []
+    assert summary(out)["skipped_unchanged"] == 3
