@@ -348,10 +348,14 @@ class _Run:
             return None
         return self.seen | self.unread if self.unread else self.seen
 
-    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | None]:
+    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | Orphan | None]:
         """The task's ledger key, and its inputs (what :func:`~pipeline.translate.try_load_inputs` returns), or
-        None when a finished result with that key is on disk. Blocking."""
+        None when a finished result with that key is on disk, or an Orphan when one of its files could not be
+        read. Blocking."""
         key = TaskKey(files.digest, self.fingerprint)
+        unread = _unread_file(task, files)
+        if unread is not None:
+            return key, unread
         if not self.options.force and self._finished(task, key):
             return key, None
         return key, try_load_inputs(task, num_tests=self.config.translation.num_tests, files=files)
@@ -421,6 +425,14 @@ class _Run:
                 files, (key, loaded) = await read_task_then(item, partial(self._inspect, item))
                 if loaded is None:
                     self.counters.skipped += 1
+                    continue
+                if isinstance(loaded, Orphan):
+                    # Not the task's fault, maybe not for long (permissions, an I/O error): its earlier results
+                    # and record are left as they are, not replaced by a failure.
+                    self.orphans.append(loaded)
+                    self.counters.orphans += 1
+                    self.unread.add(item.id)
+                    log.warning("skipped %s: %s", loaded.path, loaded.reason)
                     continue
                 await send.send((item, key, files, loaded))
         self.counters.discovery_finished = True
@@ -514,6 +526,22 @@ class _Run:
         for status, count in ((result.granularity or {}).get("items") or {}).items():
             if status in c.items:
                 c.items[status] += count
+
+
+def _unread_file(task: Task, files: TaskFiles) -> Orphan | None:
+    """An Orphan naming the first of the task's files that could not be read (see
+    :func:`~pipeline.translate.read_task_files`), with why, or None when every file was read. Blocking."""
+    for path, data in files.contents.items():
+        if data is not None:
+            continue
+        try:
+            with open(path, "rb"):
+                why = "it could not be read a moment ago"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        return Orphan(path, f"cannot read the file ({why}): task {task.id!r} is left as it was; make the file "
+                            "readable and rerun", task_id=task.id)
+    return None
 
 
 def _unwritable(result_dir: Path, exc: OSError) -> str:
