@@ -159,16 +159,18 @@ MALFORMED: dict[str, tuple[str, str, str]] = {
     "outofrange": ('[{"command": "sactor run-tests --type bin ./outofrange_samples.json %t 7 --feed-as-stdin"}]',
                    "outofrange_samples.json", "sample 7 is out of range"),
     "notarget": ('[{"command": "echo hello"}]', "", "no %t in 'echo hello'); put %t where the program goes"),
+    # short enough for discovery to parse whole when it classifies the file, too deep for Python's parser
+    "deep": ("[" * 2000 + "]" * 2000, "deep.json", "the JSON is nested too deeply"),
 }
 
 
 def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
-    """Test files that are not JSON, not a list, empty, name no samples file or a broken one, a sample out of
-    range, a command without %t, an empty and an oversized C file: each fails its task alone, with a reason naming
-    the file and what is wrong; no request is sent for them, and the good tasks (two of them named alike but for
-    the case) verify."""
+    """Test files that are not JSON, nested too deeply, not a list, empty, name no samples file or a broken one, a
+    sample out of range, a command without %t, an empty and an oversized C file: each fails its task alone, with a
+    reason naming the file and what is wrong; no request is sent for them, and the good tasks (two of them named
+    alike but for the case) verify."""
     from tests.test_batch_e2e import flat_corpus, summary
 
     corpus = tmp_path / "corpus"
