@@ -235,6 +235,8 @@ def _read_json(path: Path, files: Mapping[Path, bytes] | None = None) -> Any:
         ) from exc
     except RecursionError:
         raise TaskInputError(f"{path}: the JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise TaskInputError(f"{path}: invalid JSON: a number is too long ({str(exc).split(':')[0]})") from None
 
 
 def _is_file(path: Path) -> bool:
@@ -270,6 +272,8 @@ def _command_of(entry: Any, path: Path, index: int) -> tuple[str, ...]:
         raise TaskInputError(f'{where}: "command" must be a string or a list of strings')
     if not argv or not any(token.strip() for token in argv):
         raise TaskInputError(f"{where}: the command is empty")
+    if any("\0" in token for token in argv):
+        raise TaskInputError(f"{where}: the command contains a NUL character, which no command line can hold")
     return argv
 
 
@@ -378,6 +382,9 @@ def _sample_from(entry: Any, samples_path: Path, index: int, feed: Feed) -> Samp
     given, expected = entry["input"], entry["output"]
     if not isinstance(given, str) or not isinstance(expected, str):
         raise TaskInputError(f'{where}: "input" and "output" must be strings')
+    if feed == "args" and "\0" in given:
+        raise TaskInputError(f"{where}: the input contains a NUL character, which no argument can hold; feed it "
+                             "on stdin (--feed-as-stdin)")
     if normalize_output(expected) != expected:
         raise TaskInputError(
             f"{where}: the expected output {_preview(expected)} can never match: the program's output is "

@@ -161,6 +161,11 @@ MALFORMED: dict[str, tuple[str, str, str]] = {
     "notarget": ('[{"command": "echo hello"}]', "", "no %t in 'echo hello'); put %t where the program goes"),
     # short enough for discovery to parse whole when it classifies the file, too deep for Python's parser
     "deep": ("[" * 2000 + "]" * 2000, "deep.json", "the JSON is nested too deeply"),
+    "longnumber": ('[{"command": "%t", "n": ' + "7" * 5000 + "}]", "longnumber.json",
+                   "invalid JSON: a number is too long"),
+    "nul": ('[{"command": "%t \\u0000"}]', "nul.json", "test 0: the command contains a NUL character"),
+    "nularg": ('[{"command": "sactor run-tests --type bin ./nularg_samples.json %t 0 --feed-as-args"}]',
+               "nularg_samples.json", "sample 0: the input contains a NUL character, which no argument can hold"),
 }
 
 
@@ -181,6 +186,7 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
         (corpus / f"{name}.json").write_text(tests)
     (corpus / "badsamples_samples.json").write_text("[{")
     (corpus / "outofrange_samples.json").write_text('[{"input": "", "output": "x"}]')
+    (corpus / "nularg_samples.json").write_text('[{"input": "a\\u0000b", "output": "x"}]')
     for name, source in (("empty", " \n"), ("huge", "int x;\n" * 100_000)):
         (corpus / f"{name}.c").write_text(source)
         (corpus / f"{name}.json").write_text((corpus / "prog000.json").read_text())
