@@ -274,7 +274,27 @@ def _command_of(entry: Any, path: Path, index: int) -> tuple[str, ...]:
         raise TaskInputError(f"{where}: the command is empty")
     if any("\0" in token for token in argv):
         raise TaskInputError(f"{where}: the command contains a NUL character, which no command line can hold")
+    if (bad := _not_text(" ".join(argv))) is not None:
+        raise TaskInputError(f"{where}: the command holds {bad}, which is not a character; fix the test file")
+    if (size := len(" ".join(argv).encode())) > COMMAND_BYTES:
+        raise TaskInputError(f"{where}: the command is {size} bytes long, more than a command line holds "
+                             f"({COMMAND_BYTES})")
     return argv
+
+
+#: The longest command (or argument-fed input) a test may have: Linux's limit on one argument (MAX_ARG_STRLEN),
+#: well within the whole command line's (ARG_MAX).
+COMMAND_BYTES = 128 * 1024 - 1
+
+
+def _not_text(text: str) -> str | None:
+    """The first code point of ``text`` that UTF-8 cannot hold (a lone surrogate, as JSON's "\\ud800" makes),
+    shown as an escape, or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return repr(text[exc.start])
+    return None
 
 
 def _is_run_tests(argv: Sequence[str]) -> bool:
@@ -385,6 +405,12 @@ def _sample_from(entry: Any, samples_path: Path, index: int, feed: Feed) -> Samp
     if feed == "args" and "\0" in given:
         raise TaskInputError(f"{where}: the input contains a NUL character, which no argument can hold; feed it "
                              "on stdin (--feed-as-stdin)")
+    for field, text in (("input", given), ("output", expected)):
+        if (bad := _not_text(text)) is not None:
+            raise TaskInputError(f"{where}: the {field} holds {bad}, which is not a character; fix the samples file")
+    if feed == "args" and (size := len(given.encode())) > COMMAND_BYTES:
+        raise TaskInputError(f"{where}: the input is {size} bytes long, more than the arguments of a command line "
+                             "hold; feed it on stdin (--feed-as-stdin)")
     if normalize_output(expected) != expected:
         raise TaskInputError(
             f"{where}: the expected output {_preview(expected)} can never match: the program's output is "

@@ -99,7 +99,7 @@ def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = 
         c_source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TaskInputError(f"{task.c_path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
-    if not c_source.strip():
+    if not c_source.lstrip("\ufeff").strip():
         raise TaskInputError(f"{task.c_path}: the C file is empty")
     read = {path: data for path, data in files.contents.items() if data is not None} if files else None
     return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests, files=read))

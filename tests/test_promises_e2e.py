@@ -166,6 +166,15 @@ MALFORMED: dict[str, tuple[str, str, str]] = {
     "nul": ('[{"command": "%t \\u0000"}]', "nul.json", "test 0: the command contains a NUL character"),
     "nularg": ('[{"command": "sactor run-tests --type bin ./nularg_samples.json %t 0 --feed-as-args"}]',
                "nularg_samples.json", "sample 0: the input contains a NUL character, which no argument can hold"),
+    "surrogate": ('[{"command": "%t \\ud800"}]', "surrogate.json",
+                  "test 0: the command holds '\\ud800', which is not a character"),
+    "badinput": ('[{"command": "sactor run-tests --type bin ./badinput_samples.json %t 0 --feed-as-stdin"}]',
+                 "badinput_samples.json", "sample 0: the input holds '\\udc00', which is not a character"),
+    "longcommand": ('[{"command": "%t ' + "a" * 200_000 + '"}]', "longcommand.json",
+                    "test 0: the command is 200003 bytes long, more than a command line holds"),
+    "longargs": ('[{"command": "sactor run-tests --type bin ./longargs_samples.json %t 0 --feed-as-args"}]',
+                 "longargs_samples.json", "sample 0: the input is 300000 bytes long, more than the arguments of a "
+                 "command line hold; feed it on stdin (--feed-as-stdin)"),
 }
 
 
@@ -187,7 +196,9 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     (corpus / "badsamples_samples.json").write_text("[{")
     (corpus / "outofrange_samples.json").write_text('[{"input": "", "output": "x"}]')
     (corpus / "nularg_samples.json").write_text('[{"input": "a\\u0000b", "output": "x"}]')
-    for name, source in (("empty", " \n"), ("huge", "int x;\n" * 100_000)):
+    (corpus / "badinput_samples.json").write_text('[{"input": "a\\udc00b", "output": "x"}]')
+    (corpus / "longargs_samples.json").write_text(json.dumps([{"input": "a " * 150_000, "output": "x"}]))
+    for name, source in (("empty", " \n"), ("bom", "\ufeff\n"), ("huge", "int x;\n" * 100_000)):
         (corpus / f"{name}.c").write_text(source)
         (corpus / f"{name}.json").write_text((corpus / "prog000.json").read_text())
     for name in ("Twin", "twin"):  # names differing only in case: two tasks, two folders
@@ -203,10 +214,12 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     for name in ("prog000", "Twin", "twin"):
         assert tasks.pop(name)["status"] == "verified"
         assert f"out {name}" in (out / name / "translated_code_idiomatic" / "combined.rs").read_text()
-    assert {task: t["status"] for task, t in tasks.items()} == dict.fromkeys([*MALFORMED, "empty", "huge"], "failed")
+    assert {task: t["status"] for task, t in tasks.items()} == dict.fromkeys([*MALFORMED, "empty", "bom", "huge"],
+                                                                            "failed")
     for name, (_tests, file, says) in MALFORMED.items():
         assert file in tasks[name]["reason"] and says in tasks[name]["reason"], tasks[name]["reason"]
-    assert tasks["empty"]["reason"] == f"{corpus / 'empty.c'}: the C file is empty"
+    for name in ("empty", "bom"):
+        assert tasks[name]["reason"] == f"{corpus / name}.c: the C file is empty"
     assert tasks["huge"]["reason"].startswith(f"{corpus / 'huge.c'}: 700000 bytes is larger than the")
 
 
