@@ -99,6 +99,8 @@ def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = 
         c_source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TaskInputError(f"{task.c_path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
+    if (nul := raw.find(b"\0")) >= 0:
+        raise TaskInputError(f"{task.c_path}: a NUL byte at offset {nul}: not C source text")
     if not c_source.lstrip("\ufeff").strip():
         raise TaskInputError(f"{task.c_path}: the C file is empty")
     read = {path: data for path, data in files.contents.items() if data is not None} if files else None

@@ -182,9 +182,9 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     cli: Cli, simulator_factory: Any, tmp_path: Path
 ) -> None:
     """Test files that are not JSON, nested too deeply, not a list, empty, name no samples file or a broken one, a
-    sample out of range, a command without %t, an empty and an oversized C file: each fails its task alone, with a
-    reason naming the file and what is wrong; no request is sent for them, and the good tasks (two of them named
-    alike but for the case) verify."""
+    sample out of range, a command without %t, an empty, a binary and an oversized C file: each fails its task
+    alone, with a reason naming the file and what is wrong; no request is sent for them, and the good tasks (two of
+    them named alike but for the case) verify."""
     from tests.test_batch_e2e import flat_corpus, summary
 
     corpus = tmp_path / "corpus"
@@ -198,7 +198,8 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     (corpus / "nularg_samples.json").write_text('[{"input": "a\\u0000b", "output": "x"}]')
     (corpus / "badinput_samples.json").write_text('[{"input": "a\\udc00b", "output": "x"}]')
     (corpus / "longargs_samples.json").write_text(json.dumps([{"input": "a " * 150_000, "output": "x"}]))
-    for name, source in (("empty", " \n"), ("bom", "\ufeff\n"), ("huge", "int x;\n" * 100_000)):
+    for name, source in (("empty", " \n"), ("bom", "\ufeff\n"), ("huge", "int x;\n" * 100_000),
+                         ("binary", "int main(void) { return 0; }\n\0\x01\x02")):
         (corpus / f"{name}.c").write_text(source)
         (corpus / f"{name}.json").write_text((corpus / "prog000.json").read_text())
     for name in ("Twin", "twin"):  # names differing only in case: two tasks, two folders
@@ -214,12 +215,13 @@ def test_each_malformed_input_fails_its_own_task_with_a_reason_and_asks_nothing(
     for name in ("prog000", "Twin", "twin"):
         assert tasks.pop(name)["status"] == "verified"
         assert f"out {name}" in (out / name / "translated_code_idiomatic" / "combined.rs").read_text()
-    assert {task: t["status"] for task, t in tasks.items()} == dict.fromkeys([*MALFORMED, "empty", "bom", "huge"],
-                                                                            "failed")
+    assert {task: t["status"] for task, t in tasks.items()} == dict.fromkeys([*MALFORMED, "empty", "bom", "huge",
+                                                                             "binary"], "failed")
     for name, (_tests, file, says) in MALFORMED.items():
         assert file in tasks[name]["reason"] and says in tasks[name]["reason"], tasks[name]["reason"]
     for name in ("empty", "bom"):
         assert tasks[name]["reason"] == f"{corpus / name}.c: the C file is empty"
+    assert tasks["binary"]["reason"] == f"{corpus / 'binary.c'}: a NUL byte at offset 29: not C source text"
     assert tasks["huge"]["reason"].startswith(f"{corpus / 'huge.c'}: 700000 bytes is larger than the")
 
 
