@@ -274,9 +274,9 @@ def _command_of(entry: Any, path: Path, index: int) -> tuple[str, ...]:
         raise TaskInputError(f"{where}: the command is empty")
     if any("\0" in token for token in argv):
         raise TaskInputError(f"{where}: the command contains a NUL character, which no command line can hold")
-    if (bad := _not_text(" ".join(argv))) is not None:
+    if (bad := _not_text(" ".join(argv), "surrogateescape")) is not None:
         raise TaskInputError(f"{where}: the command holds {bad}, which is not a character; fix the test file")
-    if (size := len(" ".join(argv).encode())) > COMMAND_BYTES:
+    if (size := len(" ".join(argv).encode("utf-8", "surrogateescape"))) > COMMAND_BYTES:
         raise TaskInputError(f"{where}: the command is {size} bytes long, more than a command line holds "
                              f"({COMMAND_BYTES})")
     return argv
@@ -287,11 +287,12 @@ def _command_of(entry: Any, path: Path, index: int) -> tuple[str, ...]:
 COMMAND_BYTES = 128 * 1024 - 1
 
 
-def _not_text(text: str) -> str | None:
+def _not_text(text: str, errors: str = "strict") -> str | None:
     """The first code point of ``text`` that UTF-8 cannot hold (a lone surrogate, as JSON's "\\ud800" makes),
-    shown as an escape, or None."""
+    shown as an escape, or None. ``errors="surrogateescape"`` accepts the surrogates that stand for the bytes of a
+    file name that are not UTF-8 ("\\udce9"), as the command line's encoding does."""
     try:
-        text.encode("utf-8")
+        text.encode("utf-8", errors)
     except UnicodeEncodeError as exc:
         return repr(text[exc.start])
     return None
@@ -405,10 +406,10 @@ def _sample_from(entry: Any, samples_path: Path, index: int, feed: Feed) -> Samp
     if feed == "args" and "\0" in given:
         raise TaskInputError(f"{where}: the input contains a NUL character, which no argument can hold; feed it "
                              "on stdin (--feed-as-stdin)")
-    for field, text in (("input", given), ("output", expected)):
-        if (bad := _not_text(text)) is not None:
-            raise TaskInputError(f"{where}: the {field} holds {bad}, which is not a character; fix the samples file")
-    if feed == "args" and (size := len(given.encode())) > COMMAND_BYTES:
+    # Encoded as the run will: strictly for stdin, as file names are for arguments.
+    if (bad := _not_text(given, "surrogateescape" if feed == "args" else "strict")) is not None:
+        raise TaskInputError(f"{where}: the input holds {bad}, which is not a character; fix the samples file")
+    if feed == "args" and (size := len(given.encode("utf-8", "surrogateescape"))) > COMMAND_BYTES:
         raise TaskInputError(f"{where}: the input is {size} bytes long, more than the arguments of a command line "
                              "hold; feed it on stdin (--feed-as-stdin)")
     if normalize_output(expected) != expected:
