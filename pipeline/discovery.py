@@ -239,7 +239,8 @@ def detect_layout(c_dir: Path, json_dir: Path) -> Layout:
 def _unreadable(exc: OSError | UnicodeDecodeError) -> str:
     if isinstance(exc, UnicodeDecodeError):
         bad = exc.object[exc.start : exc.start + 1]
-        return f"not valid UTF-8 (byte 0x{bad.hex()} at offset {exc.start})"
+        return (f"not valid UTF-8 (byte 0x{bad.hex()} at offset {exc.start}): convert it to UTF-8, e.g. "
+                "`iconv -f latin1 -t utf-8` (or the encoding it was saved in: shift_jis, utf-16, ...)")
     if isinstance(exc, NotRegularFile):
         return _skipped(str(exc).rpartition(" is ")[2])
     return f"cannot read the file ({exc.strerror or exc})"
@@ -271,7 +272,7 @@ def _peek_json(path: Path) -> _JsonPeek:
     if whole:
         try:
             data = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested too deeply: the test loader says so, for this task alone
             return _JsonPeek(None, refs)
         first = data[0] if isinstance(data, list) and data else None
         if isinstance(first, dict):
@@ -328,17 +329,25 @@ class _Walker:
         try:
             _peek_text(c_path, C_PEEK)
         except (OSError, UnicodeDecodeError) as exc:
-            return Orphan(c_path, _unreadable(exc))
+            return Orphan(c_path, _unreadable(exc), task_id=self._unread(relative, exc))
         try:
             peek = _peek_json(json_path)
         except FileNotFoundError:
             return Orphan(c_path, f"no tests: {json_path} not found")
         except (OSError, UnicodeDecodeError) as exc:
-            return Orphan(json_path, f"{_unreadable(exc)}; {c_path.name} has no usable tests")
+            return Orphan(json_path, f"{_unreadable(exc)}; {c_path.name} has no usable tests",
+                          task_id=self._unread(relative, exc))
         self._note(peek)
         kind: TestKind = peek.kind or "task"
         return Task(task_id(relative, self.reserved), c_path, json_path, test_kind=kind, feed=self.feed,
                     layout=self.layout)
+
+    def _unread(self, relative: str, exc: OSError | UnicodeDecodeError) -> str | None:
+        """The id of the task a file that is there but could not be read belongs to (see Orphan.task_id); None
+        when what stopped the reading is the file itself (its encoding, a FIFO, a broken link)."""
+        if isinstance(exc, (UnicodeDecodeError, NotRegularFile, FileNotFoundError)):
+            return None
+        return task_id(relative, self.reserved)
 
     def _stray_json(self, json_path: Path, c_path: Path, pending: list[Path]) -> Iterator[Orphan]:
         """A JSON with no C file: an orphan unless it is a samples list (decided later when oddly named)."""

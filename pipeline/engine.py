@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -64,7 +64,7 @@ from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .startup import import_services
-from .task import Orphan, Task, printable
+from .task import Feed, Orphan, Task, printable
 from .translate import read_task_then, translate_task, try_load_inputs
 
 # The model client, the stage code and the verifier are imported by start-up, in a worker thread beside the
@@ -136,9 +136,13 @@ class ServerRecord:
     max_model_len: int | None
 
 
-def settings_fingerprint(config: Config) -> str:
+def settings_fingerprint(config: Config, *, limits: bool = True, feed: str | None = None) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
-    off leaves the fingerprint of runs from before it existed."""
+    off leaves the fingerprint of runs from before it existed. ``limits=False`` leaves out the two limits whose
+    raising only turns failures into successes, the attempts per stage and the seconds per test: the fingerprint
+    under which a task that verified within N attempts and T seconds stays finished for any limits of N and T or
+    more (the ledger's ``reuse_key``). ``feed`` stands for ``[pipeline] feed``: the engine accepts both feeds'
+    fingerprints for a task whose tests are a SACToR test task (each command names its own feed)."""
     inputs = config.translation.differential
     if inputs:
         from .differential import RULES_VERSION as differential_rules
@@ -148,11 +152,11 @@ def settings_fingerprint(config: Config) -> str:
         "temperature": config.model.temperature,
         "system": config.translation.system_message,
         "prompts": [PROMPTS_REVISION, BEGIN_MARK],  # the wording's revision: a new layout keeps finished tasks
-        "max_attempts": config.translation.max_attempts,
+        **({"max_attempts": config.translation.max_attempts} if limits else {}),
         "num_tests": config.translation.num_tests,
         "idiomatic": config.translation.idiomatic,
-        "test_timeout": config.translation.test_timeout,
-        "feed": config.run.feed,
+        **({"test_timeout": config.translation.test_timeout} if limits else {}),
+        "feed": feed or config.run.feed,
         "edition": config.toolchain.edition,
         "verify_rules": VERIFY_RULES_REVISION,  # stricter rules: what they would refuse must not stay verified
         **({"differential": [inputs, differential_rules]} if inputs else {}),
@@ -306,8 +310,25 @@ class _Run:
         self.counters = counters
         self.scratch_root = scratch_root
         self.fingerprint = settings_fingerprint(config)
+        self.reuse_fingerprint = settings_fingerprint(config, limits=False)
+        # Records this run accepts as its own, by the kind of a task's tests: the feed of samples lists shapes
+        # their tests; a test task's commands name their feed, so a record made under either feed stands.
+        other: Feed = "args" if config.run.feed == "stdin" else "stdin"
+        self.accepted: dict[str, tuple[str, ...]] = {
+            "samples": (self.fingerprint,), "task": (self.fingerprint, settings_fingerprint(config, feed=other))}
+        self.accepted_reuse: dict[str, tuple[str, ...]] = {
+            "samples": (self.reuse_fingerprint,),
+            "task": (self.reuse_fingerprint, settings_fingerprint(config, limits=False, feed=other))}
+        # Differential testing judges generated inputs by the C program within min(test_timeout, this): below it,
+        # another timeout keeps other inputs, which the translation was never checked on.
+        self.oracle_seconds = 0.0
+        if config.translation.differential:
+            from .differential import RUN_SECONDS
+
+            self.oracle_seconds = RUN_SECONDS
         self.orphans: list[Orphan] = []
         self.seen: set[str] = set()
+        self.unread: set[str] = set()  # tasks whose files are there but could not be read: their records stay
         self.listing_complete = True
         self.env: StageEnv | None = None
         self.info: ServerInfo | None = None
@@ -330,23 +351,63 @@ class _Run:
 
     def corpus_ids(self) -> Container[str] | None:
         """Every task id of the corpus, or None when discovery did not see all of it (stopped, unlistable)."""
-        return self.seen if self.counters.discovery_finished and self.listing_complete else None
+        if not (self.counters.discovery_finished and self.listing_complete):
+            return None
+        return self.seen | self.unread if self.unread else self.seen
 
-    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | None]:
+    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | Orphan | None]:
         """The task's ledger key, and its inputs (what :func:`~pipeline.translate.try_load_inputs` returns), or
-        None when a finished result with that key is on disk. Blocking."""
+        None when a finished result with that key is on disk, or an Orphan when one of its files could not be
+        read. Blocking."""
         key = TaskKey(files.digest, self.fingerprint)
+        unread = _unread_file(task, files)
+        if unread is not None:
+            return key, unread
         if not self.options.force and self._finished(task, key):
             return key, None
         return key, try_load_inputs(task, num_tests=self.config.translation.num_tests, files=files)
 
     def _finished(self, task: Task, key: TaskKey) -> bool:
         entry = self.ledger.get(task.id)
-        if entry is None or entry.key != str(key):
+        if entry is None:
+            return False
+        digest, _, settings = entry.key.partition(":")
+        same = digest == key.input_hash and settings in self.accepted[task.test_kind]
+        if not same and not self._reusable(entry.reuse, key, self.accepted_reuse[task.test_kind]):
             return False
         if not (self.options.output / task.id / "result.json").exists():
             return False
         return entry.status == "verified" or not self.options.retry_failed
+
+    def _reuse_key(self, key: TaskKey, summary: Mapping[str, Any]) -> str | None:
+        """The ledger's second key for a task that verified whole-file: its inputs, the settings but the limits
+        (see :func:`settings_fingerprint`), the most attempts a stage took and the seconds per test it ran with.
+        None for any other result (a failed task may verify with higher limits; a function-level one counts
+        attempts per item, and a fallback follows a failed stage)."""
+        if summary.get("status") != "verified" or summary.get("granularity") != "file":
+            return None
+        used = max((stage.get("attempts") or 0 for stage in (summary.get("stages") or {}).values()), default=0)
+        return f"{key.input_hash}:{self.reuse_fingerprint}:{used}:{self.config.translation.test_timeout!r}"
+
+    def _reusable(self, reuse: str | None, key: TaskKey, accepted: tuple[str, ...]) -> bool:
+        """Whether a verified result recorded under other settings stands under this run's: the same inputs and
+        settings but the limits, no stage needed more attempts than this run allows, and the tests passed within
+        no more seconds than this run gives them (the code would pass them again)."""
+        if reuse is None:
+            return False
+        parts = reuse.rsplit(":", 2)
+        if len(parts) != 3:
+            return False
+        prefix, used, seconds = parts
+        digest, _, settings = prefix.partition(":")
+        limits = self.config.translation
+        try:
+            attempts, timeout = int(used), float(seconds)
+        except ValueError:
+            return False
+        same_oracle = min(timeout, self.oracle_seconds) == min(limits.test_timeout, self.oracle_seconds)
+        return (attempts <= limits.max_attempts and timeout <= limits.test_timeout and same_oracle
+                and digest == key.input_hash and settings in accepted)
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
@@ -357,6 +418,8 @@ class _Run:
                     self.orphans.append(item)
                     self.counters.orphans += 1
                     self.listing_complete &= not item.incomplete
+                    if item.task_id is not None:
+                        self.unread.add(item.task_id)
                     log.warning("skipped %s: %s", item.path, item.reason)
                     continue
                 if item.id in self.seen:
@@ -369,6 +432,14 @@ class _Run:
                 files, (key, loaded) = await read_task_then(item, partial(self._inspect, item))
                 if loaded is None:
                     self.counters.skipped += 1
+                    continue
+                if isinstance(loaded, Orphan):
+                    # Not the task's fault, maybe not for long (permissions, an I/O error): its earlier results
+                    # and record are left as they are, not replaced by a failure.
+                    self.orphans.append(loaded)
+                    self.counters.orphans += 1
+                    self.unread.add(item.id)
+                    log.warning("skipped %s: %s", loaded.path, loaded.reason)
                     continue
                 await send.send((item, key, files, loaded))
         self.counters.discovery_finished = True
@@ -446,7 +517,7 @@ class _Run:
             log.error("%s: %s", task.id, reason)
             result = dataclasses.replace(result, reason=reason)
             summary = result.summary()
-        self.ledger.record(str(key), summary)
+        self.ledger.record(str(key), summary, self._reuse_key(key, summary))
         return result
 
     def _count(self, result: TaskResult) -> None:
@@ -465,6 +536,22 @@ class _Run:
         for status, count in ((result.granularity or {}).get("items") or {}).items():
             if status in c.items:
                 c.items[status] += count
+
+
+def _unread_file(task: Task, files: TaskFiles) -> Orphan | None:
+    """An Orphan naming the first of the task's files that could not be read (see
+    :func:`~pipeline.translate.read_task_files`), with why, or None when every file was read. Blocking."""
+    for path, data in files.contents.items():
+        if data is not None:
+            continue
+        try:
+            with open(path, "rb"):
+                why = "it could not be read a moment ago"
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+        return Orphan(path, f"cannot read the file ({why}): task {task.id!r} is left as it was; make the file "
+                            "readable and rerun", task_id=task.id)
+    return None
 
 
 def _unwritable(result_dir: Path, exc: OSError) -> str:

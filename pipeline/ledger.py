@@ -11,7 +11,9 @@ Layout in the output directory::
 A record is trusted only when its line is complete JSON; a run killed mid-append (or a full disk) leaves a
 torn last line, which is cut off before the next append so that it never swallows the record after it: the
 torn task is simply redone. A task counts as done when its record's key (input hash and
-settings fingerprint) equals the key of the task as it is now.
+settings fingerprint) equals the key of the task as it is now, or, for a task that verified whole-file, when its
+``reuse_key`` (input hash, the fingerprint of every setting but the attempts per stage, and the most attempts a
+stage needed) says that the task as it is now would verify the same way: more attempts change nothing for it.
 
 Memory: the index keeps one small tuple per task (id, key, status), not the records themselves; summaries
 stream the records from disk.
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .errors import DiskFull, RunLocked
-from .results import atomic_writer
+from .results import atomic_writer, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ def fingerprint(settings: Mapping[str, Any]) -> str:
 class Entry:
     key: str
     status: str
+    reuse: str | None = None  # the record's reuse_key (see Ledger.record)
 
 
 class Ledger:
@@ -71,6 +74,8 @@ class Ledger:
         """Read the ledger and open its journal for appends. Blocking: call it from a worker thread."""
         ledger = cls(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if removed := remove_stale_temporaries(directory):  # a killed run's snapshot or summary, half-written
+            log.info("%s: removed %d temporary file(s) of an interrupted run", directory, removed)
         _cut_torn_tail(directory / JOURNAL)
         ledger._load()
         # Unbuffered: a record is on disk whole or (after _undo_append) not at all, never left in a buffer.
@@ -115,7 +120,9 @@ class Ledger:
 
     def _load(self) -> None:
         for record in self._records():
-            self._index[record["task_id"]] = Entry(str(record.get("key")), str(record.get("status")))
+            reuse = record.get("reuse_key")
+            self._index[record["task_id"]] = Entry(str(record.get("key")), str(record.get("status")),
+                                                   reuse if isinstance(reuse, str) else None)
 
     def get(self, task_id: str) -> Entry | None:
         return self._index.get(task_id)
@@ -123,10 +130,12 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._index)
 
-    def record(self, key: str, summary: Mapping[str, Any]) -> None:
-        """Append one finished task (durably) and update the index. Raises DiskFull."""
+    def record(self, key: str, summary: Mapping[str, Any], reuse: str | None = None) -> None:
+        """Append one finished task (durably) and update the index. ``reuse``: a second key under which the
+        result also counts as finished (the engine's, for a verified task: see the module's docstring).
+        Raises DiskFull."""
         assert self._journal is not None, "the ledger is not open"
-        record = {**summary, "key": key, "recorded_at": time.time()}
+        record = {**summary, "key": key, **({"reuse_key": reuse} if reuse else {}), "recorded_at": time.time()}
         # backslashreplace: a record always serialises (file names need not be UTF-8).
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8", "backslashreplace")
         fd = self._journal.fileno()
@@ -142,7 +151,7 @@ class Ledger:
                 raise DiskFull(f"no space left while writing {self.directory / JOURNAL}: free some space and "
                                "rerun; finished tasks are kept") from exc
             raise
-        self._index[str(summary["task_id"])] = Entry(key, str(summary["status"]))
+        self._index[str(summary["task_id"])] = Entry(key, str(summary["status"]), reuse)
 
     def _undo_append(self, start: int) -> None:
         """Cut a half-written record off the journal (best effort: the next load cuts it otherwise)."""

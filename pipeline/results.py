@@ -81,6 +81,45 @@ def _open_temp(path: Path | str) -> tuple[int, str]:
             continue
 
 
+#: The name :func:`_open_temp` gives: ``.NAME.PID-N.tmp``.
+_TEMP_NAME = re.compile(r"\..+\.([0-9]+)-[0-9]+\.tmp")
+
+
+def _alive(pid: int) -> bool:
+    if pid == _PID:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # there, another user's
+    return True
+
+
+def remove_stale_temporaries(folder: Path, *, recursive: bool = False) -> int:
+    """Remove the temporary files a killed run left in ``folder`` (and below it, with ``recursive``): our own
+    temporary names whose writer is gone. Nothing trusts them (only complete files are moved into place), but
+    they would stay in the output forever. Any other file, a user's too, stays. Returns how many were removed.
+    Blocking; never raises."""
+    removed = 0
+    try:
+        walk = os.walk(folder) if recursive else [(os.fspath(folder), [], os.listdir(folder))]
+        for top, _dirs, names in walk:
+            for name in names:
+                match = _TEMP_NAME.fullmatch(name)
+                if match is None or _alive(int(match.group(1))):
+                    continue
+                try:
+                    os.unlink(os.path.join(top, name))
+                    removed += 1
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return removed
+
+
 def _unlink_quietly(tmp: str) -> None:
     try:
         os.unlink(tmp)
@@ -279,6 +318,7 @@ def _clear_earlier_results(result_dir: Path, result: TaskResult) -> None:
     Only our own file names are touched: anything else a user put in the folder stays.
     """
     _remove(result_dir / "result.json")  # it must not vouch for files this run is about to change
+    remove_stale_temporaries(result_dir, recursive=True)  # a killed run's, from writing this folder
     for name in STAGES:
         stage = result.stage(name)
         ran = stage is not None and stage.status != "skipped"

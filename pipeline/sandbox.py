@@ -1446,6 +1446,14 @@ def _remove_tree(path: Path) -> None:
     def inside(name: str) -> bool:
         return name == root or name.startswith(root + os.sep)
 
+    entered: set[str] = set()
+
+    def rmtree(target: str | Path) -> None:
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(target, onexc=retry)
+        else:
+            shutil.rmtree(target, onerror=retry)
+
     def retry(func: Callable[..., Any], target: str, _exc: Any) -> None:
         with contextlib.suppress(OSError):
             parent = os.path.dirname(os.path.abspath(target))
@@ -1453,6 +1461,16 @@ def _remove_tree(path: Path) -> None:
                 os.chmod(parent, 0o700)
             if os.path.isdir(target) and not os.path.islink(target):
                 os.chmod(target, 0o700)
+        if func not in (os.unlink, os.remove, os.rmdir):
+            # rmtree could not open, list or stat ``target`` (os.open, os.scandir, os.lstat: a folder of mode 000
+            # when this process lacks root's rights to ignore modes): opened up now, it is removed as a tree of
+            # its own, once; what still resists goes to the rm -rf below.
+            where = os.path.abspath(target)
+            if where in entered or not inside(where):
+                raise OSError(errno.EACCES, f"cannot remove {target}")
+            entered.add(where)
+            rmtree(where)
+            return
         try:
             func(target)
         except FileNotFoundError:
@@ -1464,10 +1482,7 @@ def _remove_tree(path: Path) -> None:
     if not os.path.lexists(path):
         return
     try:
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(path, onexc=retry)
-        else:
-            shutil.rmtree(path, onerror=retry)
+        rmtree(path)
     except (OSError, RecursionError) as exc:
         # Deep trees exceed rmtree's recursion; rm copes with any depth.
         log.debug("sandbox: rmtree %s failed (%s); using rm -rf", path, exc)

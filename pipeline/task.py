@@ -35,12 +35,15 @@ class Task:
 class Orphan:
     """A file discovery could not pair or read, with the reason, for the summary.
 
-    ``incomplete`` marks a folder that could not be listed: tasks under it may exist unseen.
+    ``incomplete`` marks a folder that could not be listed: tasks under it may exist unseen. ``task_id`` names the
+    task a file that is there but could not be read (permissions, an I/O error) belongs to: it is still part of the
+    corpus, and the ledger keeps its record for when the file can be read again.
     """
 
     path: Path
     reason: str
     incomplete: bool = False
+    task_id: str | None = None
 
 
 def printable(text: Path | str) -> str:

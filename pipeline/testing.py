@@ -133,6 +133,9 @@ def _more_failures(count: int) -> str:
 # ----------------------------------------------------------------------------------------------------
 # Loading
 
+#: Reading a task's input file stops past this many bytes (pipeline.translate); a larger test file is refused.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
+
 
 def load_test_suite(
     task: Task, *, num_tests: int | None = None, files: Mapping[Path, bytes] | None = None
@@ -215,7 +218,12 @@ def input_files(task: Task, test_json: bytes | None = None) -> list[Path]:
 def _read_json(path: Path, files: Mapping[Path, bytes] | None = None) -> Any:
     try:
         raw = files.get(path) if files is not None else None
-        text = (raw if raw is not None else path.read_bytes()).decode("utf-8")
+        data = raw if raw is not None else path.read_bytes()
+        if len(data) > MAX_INPUT_BYTES:  # read_task_files stops one byte past the limit: never parse a part
+            raise TaskInputError(
+                f"{path}: larger than the {MAX_INPUT_BYTES >> 20} MiB limit of a test file; keep fewer tests or "
+                "samples in it (or split the program's tests)")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise TaskInputError(f"{path}: the file does not exist") from None
     except UnicodeDecodeError as exc:
@@ -230,6 +238,8 @@ def _read_json(path: Path, files: Mapping[Path, bytes] | None = None) -> Any:
         ) from exc
     except RecursionError:
         raise TaskInputError(f"{path}: the JSON is nested too deeply") from None
+    except ValueError as exc:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise TaskInputError(f"{path}: invalid JSON: a number is too long ({str(exc).split(':')[0]})") from None
 
 
 def _is_file(path: Path) -> bool:
@@ -265,7 +275,30 @@ def _command_of(entry: Any, path: Path, index: int) -> tuple[str, ...]:
         raise TaskInputError(f'{where}: "command" must be a string or a list of strings')
     if not argv or not any(token.strip() for token in argv):
         raise TaskInputError(f"{where}: the command is empty")
+    if any("\0" in token for token in argv):
+        raise TaskInputError(f"{where}: the command contains a NUL character, which no command line can hold")
+    if (bad := _not_text(" ".join(argv), "surrogateescape")) is not None:
+        raise TaskInputError(f"{where}: the command holds {bad}, which is not a character; fix the test file")
+    if (size := len(" ".join(argv).encode("utf-8", "surrogateescape"))) > COMMAND_BYTES:
+        raise TaskInputError(f"{where}: the command is {size} bytes long, more than a command line holds "
+                             f"({COMMAND_BYTES})")
     return argv
+
+
+#: The longest command (or argument-fed input) a test may have: Linux's limit on one argument (MAX_ARG_STRLEN),
+#: well within the whole command line's (ARG_MAX).
+COMMAND_BYTES = 128 * 1024 - 1
+
+
+def _not_text(text: str, errors: str = "strict") -> str | None:
+    """The first code point of ``text`` that UTF-8 cannot hold (a lone surrogate, as JSON's "\\ud800" makes),
+    shown as an escape, or None. ``errors="surrogateescape"`` accepts the surrogates that stand for the bytes of a
+    file name that are not UTF-8 ("\\udce9"), as the command line's encoding does."""
+    try:
+        text.encode("utf-8", errors)
+    except UnicodeEncodeError as exc:
+        return repr(text[exc.start])
+    return None
 
 
 def _is_run_tests(argv: Sequence[str]) -> bool:
@@ -373,6 +406,15 @@ def _sample_from(entry: Any, samples_path: Path, index: int, feed: Feed) -> Samp
     given, expected = entry["input"], entry["output"]
     if not isinstance(given, str) or not isinstance(expected, str):
         raise TaskInputError(f'{where}: "input" and "output" must be strings')
+    if feed == "args" and "\0" in given:
+        raise TaskInputError(f"{where}: the input contains a NUL character, which no argument can hold; feed it "
+                             "on stdin (--feed-as-stdin)")
+    # Encoded as the run will: strictly for stdin, as file names are for arguments.
+    if (bad := _not_text(given, "surrogateescape" if feed == "args" else "strict")) is not None:
+        raise TaskInputError(f"{where}: the input holds {bad}, which is not a character; fix the samples file")
+    if feed == "args" and (size := len(given.encode("utf-8", "surrogateescape"))) > COMMAND_BYTES:
+        raise TaskInputError(f"{where}: the input is {size} bytes long, more than the arguments of a command line "
+                             "hold; feed it on stdin (--feed-as-stdin)")
     if normalize_output(expected) != expected:
         raise TaskInputError(
             f"{where}: the expected output {_preview(expected)} can never match: the program's output is "

@@ -20,7 +20,7 @@ from .errors import TaskFailure, TaskInputError
 from .records import Oracle, StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
-from .testing import input_files, load_test_suite
+from .testing import MAX_INPUT_BYTES, input_files, load_test_suite
 
 # Imported where used: the engine's producer reads tasks (read_task) before start-up has imported the stage
 # code's heavier modules in a worker thread (pipeline.startup); proposals only with [differential] model_inputs.
@@ -33,8 +33,6 @@ _T = TypeVar("_T")
 
 #: A C file larger than this is refused: it would not fit any model's context anyway.
 MAX_C_BYTES = 512 * 1024
-#: Reading stops past this many bytes of one input file (larger ones are refused when loaded).
-MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 
 def read_task_files(task: Task) -> TaskFiles:
@@ -95,12 +93,15 @@ def load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles | None = 
     except OSError as exc:
         raise TaskInputError(f"{task.c_path}: cannot read the C file ({exc.strerror})") from exc
     if len(raw) > MAX_C_BYTES:
-        raise TaskInputError(f"{task.c_path}: {len(raw)} bytes is larger than the {MAX_C_BYTES}-byte limit")
+        size = f"more than {MAX_INPUT_BYTES}" if len(raw) > MAX_INPUT_BYTES else str(len(raw))  # reading stopped
+        raise TaskInputError(f"{task.c_path}: {size} bytes is larger than the {MAX_C_BYTES}-byte limit")
     try:
         c_source = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise TaskInputError(f"{task.c_path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8") from exc
-    if not c_source.strip():
+    if (nul := raw.find(b"\0")) >= 0:
+        raise TaskInputError(f"{task.c_path}: a NUL byte at offset {nul}: not C source text")
+    if not c_source.lstrip("\ufeff").strip():
         raise TaskInputError(f"{task.c_path}: the C file is empty")
     read = {path: data for path, data in files.contents.items() if data is not None} if files else None
     return TaskInputs(c_source, load_test_suite(task, num_tests=num_tests, files=read))
