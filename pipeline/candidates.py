@@ -81,10 +81,10 @@ def promise(judged: Judged) -> tuple[int, int, int, int]:
 
 async def judge_choices(
     choices: Sequence[Choice], stage: StageName, verifier: Verifier, suite: TestSuite, oracle: Oracle | None = None,
-    *, c_runs_other_code: bool = False,
+    *, c_runs_other_code: bool = False, self_check: bool = False,
 ) -> Judgement:
     """Extract and verify every choice side by side; the first that verifies ends the others.
-    ``c_runs_other_code``: see :attr:`~pipeline.records.Candidate.c_runs_other_code`.
+    ``c_runs_other_code``, ``self_check``: see :class:`~pipeline.records.Candidate`.
 
     One choice is judged as the stage loop always judged its answer. Raises what ``verifier.verify`` raises.
     """
@@ -103,7 +103,7 @@ async def judge_choices(
 
     async def verify(programs: tuple[str, ...], indices: list[int], scope: anyio.CancelScope) -> None:
         try:
-            verdict = await verifier.verify(Candidate(stage, programs, c_runs_other_code), suite, oracle)
+            verdict = await verifier.verify(Candidate(stage, programs, c_runs_other_code, self_check), suite, oracle)
         except Exception as exc:  # a fatal error (a full disk): raised below as it is, not in an exception group
             failures.append(exc)
             scope.cancel()

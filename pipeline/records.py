@@ -165,7 +165,8 @@ class Completion:
 
 #: The revision of what "verified" requires (what is refused before compiling, how a test run is judged, what the
 #: sandbox hides from programs), in the settings fingerprint: a task verified under weaker rules is redone, not
-#: kept. 2: assembly and running other code refused, a run killed by a signal fails, the corpus hidden.
+#: kept. 2: assembly and running other code refused, a run killed by a signal fails, the corpus hidden, the
+#: self-check control (pipeline/self_check.py).
 VERIFY_RULES_REVISION = "2"
 
 
@@ -178,6 +179,10 @@ class Candidate:
     #: The C program runs other programs or code itself (``system``, ``exec*``, ``dlopen``, ...), so its
     #: translation may too; otherwise a program that does is refused (it could run a copy of the C program).
     c_runs_other_code: bool = False
+    #: The task is self-checking (TransCoder: the C program's main checks f_filled against f_gold, the tests judge
+    #: its exit status): the translation must define f_filled and fail its tests once f_filled answers wrong
+    #: (:mod:`pipeline.self_check`).
+    self_check: bool = False
 
 
 @dataclass(frozen=True)

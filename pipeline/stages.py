@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from . import self_check
 from .candidates import Judgement, judge_choices
 from .config import Config
 from .errors import TaskFailure
@@ -57,6 +58,7 @@ async def run_stage(
     started = time.perf_counter()
     first = first_prompt(stage, name=name, c_source=c_source, rust_source=rust_source)
     spawning = c_runs_other_code(c_source)
+    checking = self_check.applies(c_source, suite)
     system = env.config.translation.system_message
     turns: list[Turn] = []
     attempts: list[Attempt] = []
@@ -87,7 +89,7 @@ async def run_stage(
         # Several choices (``[pipeline] candidates``) are verified side by side; the stage goes on with the
         # first that verifies, else with the most promising (pipeline.candidates).
         judgement = await judge_choices(completion.candidates, stage, env.verifier, suite, oracle,
-                                        c_runs_other_code=spawning)
+                                        c_runs_other_code=spawning, self_check=checking)
         chosen, check = judgement.chosen, judgement.chosen.verdict
         _record_answer(env, stage, number, completion, judgement)
         attempts.append(Attempt(

@@ -12,7 +12,8 @@ with ``test N does not exercise the program``. The cases:
   samples), so it fails the task only when every test of the task is vacuous;
 - any other command runs in the sandbox against both do-nothing programs, the exit-1 one only when the
   exit-0 one passed. A self-checking test (``%t N`` judged by its exit status) fails for the exit-1 program,
-  so it counts as exercising the program: that is all such a test can say.
+  so it counts as exercising the program: that is all the test alone can say (the verifier adds a control
+  for TransCoder-style tasks, :mod:`pipeline.self_check`).
 
 Verdicts are cached by the task's input hash under the cache directory, so a task is checked once, not once
 per run.

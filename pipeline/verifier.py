@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from . import self_check
 from .build import SOURCE_NAME, BuildResult, Toolchain
 from .config import Config
 from .differential import RUN_SECONDS, applicable, build_oracle
@@ -46,6 +47,12 @@ _ERROR_CODE = re.compile(r"\berror\[(E[0-9]{4})\]")
 DIFFERENTIAL_SEED = 0
 #: Seconds a translation may take on one generated input (the C program took at most RUN_SECONDS on it).
 DIFFERENTIAL_WALL = 2 * RUN_SECONDS
+_UNCHECKED = (
+    "Every test passed, and every test also passed when f_filled was made to return a wrong value: the program's "
+    "main does not check f_filled against f_gold, so its tests say nothing. Translate main as the C program's "
+    "main is written: for the parameter set given as the first argument, compute f_filled and f_gold and exit "
+    "with a non-zero status when they differ."
+)
 _MISMATCH_HEADER = (
     "Your program passes the task's tests, but on an input generated from them it does not behave like the C "
     "program. The expected output below is the C program's own output on that input (it is deterministic there "
@@ -54,10 +61,17 @@ _MISMATCH_HEADER = (
 )
 
 
-def refusal(stage: StageName, code: str, c_runs_other_code: bool = False) -> tuple[AttemptKind, str, str] | None:
+def refusal(
+    stage: StageName, code: str, c_runs_other_code: bool = False, self_checking: bool = False,
+) -> tuple[AttemptKind, str, str] | None:
     """(kind, message, feedback) when a candidate is rejected before compiling, else None: ``unsafe`` in a safe
     stage; code that runs other programs or code it does not hold when the C program does not
-    (:func:`~pipeline.rust_source.foreign_code`)."""
+    (:func:`~pipeline.rust_source.foreign_code`); no ``f_filled`` in a self-checking task's translation
+    (:func:`~pipeline.self_check.missing`)."""
+    if self_checking:
+        absent = self_check.missing(code)
+        if absent is not None:
+            return "refused", absent, absent + "."
     if not c_runs_other_code:
         foreign = foreign_code(code)
         if foreign is not None:
@@ -118,7 +132,8 @@ class LocalVerifier:
         )
         # The first program that is not refused is written with the directories, in the same worker-thread trip;
         # the shipped tests run in the working copy made with them (#16).
-        refusals = [refusal(candidate.stage, code, candidate.c_runs_other_code) for code in candidate.programs]
+        refusals = [refusal(candidate.stage, code, candidate.c_runs_other_code, candidate.self_check)
+                    for code in candidate.programs]
         staged = next((c for c, r in zip(candidate.programs, refusals, strict=True) if r is None), None)
         async with self.sandbox.verification_dirs(
             suite.base_dir, suite.files, sources={SOURCE_NAME: staged} if staged is not None else None,
@@ -151,6 +166,8 @@ class LocalVerifier:
                                           fail_fast=True)
                 counts = TestCounts(shipped, shipped, sum(o.passed for o in checked.outcomes),
                                     len(checked.outcomes))
+            unchecked = (verdict.passed and candidate.self_check
+                         and await self._passes_when_wrong(code, out_dir, suite, limits))
             test_seconds = time.perf_counter() - started
         if not verdict.passed:
             failures = verdict.failures
@@ -159,12 +176,30 @@ class LocalVerifier:
                 f"{len(failures)} of {shipped} tests failed; first: {failures[0].summary}",
                 verdict.feedback(FEEDBACK_CHARS), code, build_seconds, test_seconds, counts,
             )
+        if unchecked:
+            return Verdict("test_failure", f"all {shipped} tests passed, but they pass too when f_filled answers "
+                           "wrong: main does not check f_filled against f_gold", _UNCHECKED, code, build_seconds,
+                           test_seconds, counts)
         if generated is not None and not checked.passed:
             message, feedback = mismatch(shipped, checked)
             return Verdict("differential_mismatch", message, feedback, code, build_seconds, test_seconds, counts)
         agrees = f"; agrees with C on {counts.agreed} generated inputs" if counts.generated else ""
         return Verdict("verified", f"all {shipped} tests passed{agrees}", "", code, build_seconds, test_seconds,
                        counts)
+
+    async def _passes_when_wrong(self, code: str, out_dir: Path, suite: TestSuite, limits: Limits) -> bool:
+        """The self-check control (:mod:`pipeline.self_check`): whether the tests still pass with ``code``'s
+        f_filled answering wrong. False when the control cannot be built (the tests' verdict stands)."""
+        wrong = self_check.perturbed(code)
+        if wrong is None:
+            log.info("self-check control: not built for this program (f_filled's form); its tests' verdict stands")
+            return False
+        build = await self.toolchain.build(wrong, out_dir, max_diagnostic_chars=FEEDBACK_CHARS, cpu=self.cpu)
+        if build_failure(build) is not None or build.binary is None:
+            log.info("self-check control: the program with f_filled answering wrong does not compile; its tests' "
+                     "verdict stands")
+            return False
+        return (await self._run(build.binary, suite, limits)).passed
 
     async def _run(
         self, binary: Path, suite: TestSuite, limits: Limits, *, fail_fast: bool = False, workdir: Path | None = None,

@@ -26,7 +26,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "function level": ("function_task", "function_stage", "function_idiomatic", "rust_items", "global_stage",
                        "item_loop", "items", "combine", "function_context", "ffi", "c_types", "c_program"),
     "model": ("endpoints", "llm", "llm_errors", "scheduling"),
-    "verification": ("verifier", "ray_executor", "vacuity", "differential", "cache", "testing", "build",
+    "verification": ("verifier", "ray_executor", "vacuity", "self_check", "differential", "cache", "testing", "build",
                      "rust_source", "sandbox", "sandbox_helper", "sandbox_init"),
     "foundation": ("interfaces", "records", "task", "config", "errors"),
     "test server": ("simulator",),

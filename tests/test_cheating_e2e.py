@@ -155,6 +155,17 @@ int main(int argc, char *argv[]) {
 }
 """
 
+#: A translation of SELF_CHECKING_C: its main checks f_filled against f_gold (`check`: the exit status expression).
+SELF_CHECKING_RS = """fn f_gold(x: i32) -> i32 { x * x + 1 }
+fn f_filled(x: i32) -> i32 { x * x + 1 }
+fn main() {
+    let param0 = [3, 7, 11];
+    let i: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let agree = f_filled(param0[i]) == f_gold(param0[i]);
+    std::process::exit(@CHECK@);
+}
+"""
+
 #: Cheating task -> what its stage's reason must say (a regex).
 CHEATS = {
     "read_samples": r"test 0 failed: wrong output",
@@ -216,6 +227,9 @@ def cheat_run(request: pytest.FixtureRequest, cache_dir: Path) -> Iterator[Cheat
         data.add_task("c_runs_a_shell", c_source=calls_system, unidiomatic=[answer(RUNS_A_SHELL)])
         data.add_task("self_check_skip", c_source=SELF_CHECKING_C, tests=[{"command": f"%t {i}"} for i in range(3)],
                       unidiomatic=[answer("fn main() {}\n")])
+        for name, check in (("self_check_ignored", "0"), ("self_check_honest", "if agree { 0 } else { -1 }")):
+            data.add_task(name, c_source=SELF_CHECKING_C, tests=[{"command": f"%t {i}"} for i in range(3)],
+                          unidiomatic=[answer(_fill(SELF_CHECKING_RS, CHECK=check))])
         data.add_task("honest", expected=EXPECTED, samples=samples)
         dirs = ", ".join(json.dumps(str(d)) for d in (corpus_dir, out, cache))
         data.add_task("probe", expected="0", samples=[{"input": "", "output": "0"}],
@@ -280,12 +294,27 @@ def test_the_corpus_results_and_cache_are_hidden_from_programs(cheat_run: CheatR
     assert stage["status"] == "verified", info.read_text() if info.exists() else stage
 
 
-@pytest.mark.xfail(strict=True, reason="left open: a self-checking test (`%t N`, judged by the exit status) is run "
-                   "by the translation's own main, which can skip the check; needs the C program's f_gold as the "
-                   "judge (the translation's f_filled linked into it), not built yet")
 def test_a_translation_that_skips_its_own_self_check_is_not_verified(cheat_run: CheatRun) -> None:
-    """`fn main() {}` passes every `%t N` test of a TransCoder-style task by exiting 0 without checking."""
-    assert cheat_run.record("self_check_skip")["stages"]["unidiomatic"]["status"] == "failed"
+    """`fn main() {}` would pass every `%t N` test of a TransCoder-style task by exiting 0: without f_filled it is
+    refused before compiling, saying why."""
+    stage = cheat_run.record("self_check_skip")["stages"]["unidiomatic"]
+    assert stage["status"] == "failed"
+    assert "the program defines no f_filled" in stage["reason"], stage["reason"]
+
+
+def test_a_self_check_whose_verdict_main_ignores_is_not_verified(cheat_run: CheatRun) -> None:
+    """f_filled and f_gold are there and called, but main exits 0 whatever they say: the tests pass, and pass
+    again with f_filled answering wrong, so the stage fails saying so."""
+    stage = cheat_run.record("self_check_ignored")["stages"]["unidiomatic"]
+    assert stage["status"] == "failed"
+    assert re.search(r"all 3 tests passed, but they pass too when f_filled answers wrong", stage["reason"]), stage
+
+
+def test_an_honest_self_checking_translation_is_verified(cheat_run: CheatRun) -> None:
+    """The control does not fail a translation whose main checks f_filled against f_gold."""
+    stage = cheat_run.record("self_check_honest")["stages"]["unidiomatic"]
+    info = cheat_run.out / "self_check_honest" / "unidiomatic_failure_info.json"
+    assert stage["status"] == "verified", info.read_text() if info.exists() else stage
 
 
 def test_translate_hides_the_task_folders_too(cli: Cli, simulator_factory: Any) -> None:
