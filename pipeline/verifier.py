@@ -166,9 +166,10 @@ class LocalVerifier:
                                           fail_fast=True)
                 counts = TestCounts(shipped, shipped, sum(o.passed for o in checked.outcomes),
                                     len(checked.outcomes))
+            test_seconds = time.perf_counter() - started
+            # The control's own build and run are not the tests' time.
             unchecked = (verdict.passed and candidate.self_check
                          and await self._passes_when_wrong(code, out_dir, suite, limits))
-            test_seconds = time.perf_counter() - started
         if not verdict.passed:
             failures = verdict.failures
             return Verdict(
