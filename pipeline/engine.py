@@ -58,14 +58,14 @@ from .extract import BEGIN_MARK
 from .ledger import OUTPUT_FILES, SUMMARY, Ledger, fingerprint, run_lock
 from .progress import Counters, Reporter
 from .prompts import FUNCTION_REQUEST, PROMPTS_REVISION
-from .records import VERIFY_RULES_REVISION, TaskFiles, TaskInputs, TaskKey, TaskResult
+from .records import EARLIER_VERIFY_RULES, VERIFY_RULES_REVISION, TaskFiles, TaskInputs, TaskKey, TaskResult
 from .results import atomic_writer, render_table, totals, write_task_files
 from .sandbox import Sandbox
 from .scheduling import PriorityLimiter
 from .stages import StageEnv
 from .startup import import_services
 from .task import Feed, Orphan, Task, printable
-from .translate import read_task_then, translate_task, try_load_inputs
+from .translate import read_task_then, recheck_task, translate_task, try_load_inputs
 
 # The model client, the stage code and the verifier are imported by start-up, in a worker thread beside the
 # toolchain and sandbox probes (pipeline.startup); below they are imported where they are used.
@@ -136,13 +136,17 @@ class ServerRecord:
     max_model_len: int | None
 
 
-def settings_fingerprint(config: Config, *, limits: bool = True, feed: str | None = None) -> str:
+def settings_fingerprint(
+    config: Config, *, limits: bool = True, feed: str | None = None, rules: str | None = VERIFY_RULES_REVISION,
+) -> str:
     """Everything that shapes a task's result; a change makes finished tasks stale. Differential testing switched
     off leaves the fingerprint of runs from before it existed. ``limits=False`` leaves out the two limits whose
     raising only turns failures into successes, the attempts per stage and the seconds per test: the fingerprint
     under which a task that verified within N attempts and T seconds stays finished for any limits of N and T or
     more (the ledger's ``reuse_key``). ``feed`` stands for ``[pipeline] feed``: the engine accepts both feeds'
-    fingerprints for a task whose tests are a SACToR test task (each command names its own feed)."""
+    fingerprints for a task whose tests are a SACToR test task (each command names its own feed). ``rules``: the
+    revision of the verification rules (:data:`~pipeline.records.VERIFY_RULES_REVISION`; None, the fingerprint
+    of runs from before it was part of it)."""
     inputs = config.translation.differential
     if inputs:
         from .differential import RULES_VERSION as differential_rules
@@ -158,7 +162,8 @@ def settings_fingerprint(config: Config, *, limits: bool = True, feed: str | Non
         **({"test_timeout": config.translation.test_timeout} if limits else {}),
         "feed": feed or config.run.feed,
         "edition": config.toolchain.edition,
-        "verify_rules": VERIFY_RULES_REVISION,  # stricter rules: what they would refuse must not stay verified
+        # Stricter rules: what they would refuse must not stay verified (the engine checks such tasks again).
+        **({"verify_rules": rules} if rules is not None else {}),
         **({"differential": [inputs, differential_rules]} if inputs else {}),
         **({"model_inputs": asked} if inputs and (asked := config.translation.differential_model_inputs) else {}),
         **({"candidates": n} if (n := config.translation.candidates) != 1 else {}),
@@ -296,9 +301,17 @@ async def _probe(
     return done["toolchain"], done["sandbox"]
 
 
+@dataclass(frozen=True)
+class _Recheck:
+    """A task verified under earlier verification rules, its inputs loaded: checked again from its stored
+    programs before it is redone (see :func:`~pipeline.translate.recheck_task`)."""
+
+    inputs: TaskInputs
+
+
 #: What the producer hands a task worker: the task, its resume key, its files as read for the key, and its
 #: inputs loaded from them (or what loading raised).
-_Work = tuple[Task, TaskKey, TaskFiles, TaskInputs | Exception]
+_Work = tuple[Task, TaskKey, TaskFiles, TaskInputs | Exception | _Recheck]
 
 
 class _Run:
@@ -319,6 +332,12 @@ class _Run:
         self.accepted_reuse: dict[str, tuple[str, ...]] = {
             "samples": (self.reuse_fingerprint,),
             "task": (self.reuse_fingerprint, settings_fingerprint(config, limits=False, feed=other))}
+        # Records of verified tasks made under earlier verification rules, with this run's settings otherwise.
+        feeds: dict[str, tuple[str, ...]] = {"samples": (config.run.feed,), "task": (config.run.feed, other)}
+        self.recheckable: dict[str, frozenset[str]] = {
+            kind: frozenset(settings_fingerprint(config, feed=feed, rules=rules)
+                            for feed in kind_feeds for rules in EARLIER_VERIFY_RULES)
+            for kind, kind_feeds in feeds.items()}
         # Differential testing judges generated inputs by the C program within min(test_timeout, this): below it,
         # another timeout keeps other inputs, which the translation was never checked on.
         self.oracle_seconds = 0.0
@@ -355,17 +374,32 @@ class _Run:
             return None
         return self.seen | self.unread if self.unread else self.seen
 
-    def _inspect(self, task: Task, files: TaskFiles) -> tuple[TaskKey, TaskInputs | Exception | Orphan | None]:
+    def _inspect(
+        self, task: Task, files: TaskFiles,
+    ) -> tuple[TaskKey, TaskInputs | Exception | _Recheck | Orphan | None]:
         """The task's ledger key, and its inputs (what :func:`~pipeline.translate.try_load_inputs` returns), or
         None when a finished result with that key is on disk, or an Orphan when one of its files could not be
-        read. Blocking."""
+        read; the inputs come as a :class:`_Recheck` for a task verified under earlier verification rules.
+        Blocking."""
         key = TaskKey(files.digest, self.fingerprint)
         unread = _unread_file(task, files)
         if unread is not None:
             return key, unread
         if not self.options.force and self._finished(task, key):
             return key, None
-        return key, try_load_inputs(task, num_tests=self.config.translation.num_tests, files=files)
+        loaded = try_load_inputs(task, num_tests=self.config.translation.num_tests, files=files)
+        if isinstance(loaded, TaskInputs) and not self.options.force and self._verified_before(task, key):
+            return key, _Recheck(loaded)
+        return key, loaded
+
+    def _verified_before(self, task: Task, key: TaskKey) -> bool:
+        """Whether the task verified with the same inputs and settings under earlier verification rules. Blocking."""
+        entry = self.ledger.get(task.id)
+        if entry is None or entry.status != "verified":
+            return False
+        digest, _, settings = entry.key.partition(":")
+        return (digest == key.input_hash and settings in self.recheckable[task.test_kind]
+                and (self.options.output / task.id / "result.json").exists())
 
     def _finished(self, task: Task, key: TaskKey) -> bool:
         entry = self.ledger.get(task.id)
@@ -483,9 +517,15 @@ class _Run:
             async for task, key, files, loaded in receive:
                 await self.run_one(task, key, files, loaded)
 
-    async def run_one(self, task: Task, key: TaskKey, files: TaskFiles, loaded: TaskInputs | Exception) -> None:
+    async def run_one(
+        self, task: Task, key: TaskKey, files: TaskFiles, loaded: TaskInputs | Exception | _Recheck,
+    ) -> None:
         assert self.env is not None
         digest = key.input_hash
+        if isinstance(loaded, _Recheck):
+            if await self._rechecked(task, key, loaded.inputs):
+                return
+            loaded = loaded.inputs
         try:
             result, transcript = await translate_task(self.env, task, digest, files,
                                                       result_dir=self.options.output / task.id, loaded=loaded)
@@ -502,6 +542,25 @@ class _Run:
         with anyio.CancelScope(shield=True):
             result = await anyio.to_thread.run_sync(self._finish, task, key, result, transcript)
         self._count(result)
+
+    async def _rechecked(self, task: Task, key: TaskKey, inputs: TaskInputs) -> bool:
+        """Check a task verified under earlier verification rules again from its stored programs; when every stage
+        verifies, record it under this run's key (its result files stay as they are) and count it as unchanged.
+        False when it is to be redone."""
+        assert self.env is not None
+        try:
+            summary = await recheck_task(self.env, task, key.input_hash, inputs, self.options.output / task.id)
+        except FatalError:
+            raise
+        except Exception:
+            log.exception("%s: internal error while checking it again; it is redone", task.id)
+            return False
+        if summary is None:
+            return False
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.ledger.record, str(key), summary, self._reuse_key(key, summary))
+        self.counters.skipped += 1
+        return True
 
     def _finish(self, task: Task, key: TaskKey, result: TaskResult, transcript: list[dict[str, Any]]) -> TaskResult:
         """Write the task's result files, then its ledger record: one trip to a worker thread per task (#16).

@@ -164,10 +164,13 @@ class Completion:
 
 
 #: The revision of what "verified" requires (what is refused before compiling, how a test run is judged, what the
-#: sandbox hides from programs), in the settings fingerprint: a task verified under weaker rules is redone, not
-#: kept. 2: assembly and running other code refused, a run killed by a signal fails, the corpus hidden, the
+#: sandbox hides from programs), in the settings fingerprint: a task verified under weaker rules is not kept as it
+#: is. 2: assembly and running other code refused, a run killed by a signal fails, the corpus hidden, the
 #: self-check control (pipeline/self_check.py).
 VERIFY_RULES_REVISION = "2"
+#: Earlier revisions (None: before the fingerprint held one) whose verified tasks a rerun checks again from their
+#: stored programs, without the model: kept when every stage verifies under the current rules, else redone.
+EARLIER_VERIFY_RULES: tuple[str | None, ...] = (None,)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ Used by the batch engine for every task and by the single-task ``translate`` com
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -16,8 +17,21 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import aiofiles.os
 import anyio
 
+from . import self_check
 from .errors import TaskFailure, TaskInputError
-from .records import Oracle, StageResult, TaskFiles, TaskInputs, TaskResult, TestSuite
+from .records import (
+    STAGE_SPECS,
+    STAGES,
+    Candidate,
+    Oracle,
+    StageName,
+    StageResult,
+    TaskFiles,
+    TaskInputs,
+    TaskResult,
+    TestSuite,
+)
+from .rust_source import c_runs_other_code
 from .stages import StageEnv, run_stage
 from .task import Task, hash_contents, printable
 from .testing import MAX_INPUT_BYTES, input_files, load_test_suite
@@ -114,6 +128,46 @@ def try_load_inputs(task: Task, *, num_tests: int | None, files: TaskFiles) -> T
         return load_inputs(task, num_tests=num_tests, files=files)
     except Exception as exc:
         return exc
+
+
+def stored_programs(result_dir: Path) -> tuple[dict[str, Any], list[tuple[StageName, str]]] | None:
+    """A verified task's result (its result.json) and each stage's verified program (``combined.rs``, in SACToR's
+    layout), or None when the task did not verify or a file is missing or unreadable. Blocking."""
+    try:
+        summary = json.loads((result_dir / "result.json").read_text(encoding="utf-8"))
+        stages = summary["stages"] if summary.get("status") == "verified" else None
+        programs = [(name, (result_dir / STAGE_SPECS[name].result_dir / "combined.rs").read_text(encoding="utf-8"))
+                    for name in STAGES if isinstance(stages, dict) and (stages.get(name) or {}).get("status")
+                    == "verified"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return (summary, programs) if isinstance(summary, dict) and programs else None
+
+
+async def recheck_task(
+    env: StageEnv, task: Task, key_hash: str, inputs: TaskInputs, result_dir: Path,
+) -> dict[str, Any] | None:
+    """A task verified under earlier verification rules (:data:`~pipeline.records.EARLIER_VERIFY_RULES`), checked
+    again without the model: each stage's stored program verified under the current rules, with the same tests
+    and differential inputs. Its result (result.json's record) when every stage verifies, else None (the task is
+    to be redone; the log says which stage and why)."""
+    stored = await anyio.to_thread.run_sync(stored_programs, result_dir)
+    if stored is None:
+        log.info("%s: verified under earlier verification rules, but its stored programs cannot be read: redone",
+                 task.id)
+        return None
+    summary, programs = stored
+    oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash)
+    runs_other_code, checking = c_runs_other_code(inputs.c_source), self_check.applies(inputs.c_source, inputs.suite)
+    for stage, code in programs:
+        verdict = await env.verifier.verify(Candidate(stage, (code,), runs_other_code, checking), inputs.suite,
+                                            oracle)
+        if verdict.kind != "verified":
+            log.info("%s: its %s program no longer verifies under the current verification rules (%s): redone",
+                     task.id, stage, verdict.message)
+            return None
+    log.info("%s: verified again under the current verification rules from its stored programs", task.id)
+    return summary
 
 
 async def _with_code_stats(env: StageEnv, result: StageResult) -> StageResult:

@@ -339,12 +339,14 @@ def test_translate_hides_the_task_folders_too(cli: Cli, simulator_factory: Any) 
         shutil.rmtree(visible, ignore_errors=True)
 
 
-def test_stricter_verification_rules_make_finished_tasks_stale(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A task verified before the rules above existed is redone by a rerun, not kept as verified: the revision
-    of the verification rules is part of the settings fingerprint."""
-    import pipeline.engine
+def test_stricter_verification_rules_make_finished_tasks_stale() -> None:
+    """A task verified before the rules above existed is not kept as it is: the revision of the verification rules
+    is part of the settings fingerprint (what a rerun then does: tests/test_promises_e2e.py)."""
     from pipeline.config import Config
+    from pipeline.engine import settings_fingerprint
+    from pipeline.records import EARLIER_VERIFY_RULES, VERIFY_RULES_REVISION
 
-    before = pipeline.engine.settings_fingerprint(Config())
-    monkeypatch.setattr(pipeline.engine, "VERIFY_RULES_REVISION", "next")
-    assert pipeline.engine.settings_fingerprint(Config()) != before
+    now = settings_fingerprint(Config())
+    assert now == settings_fingerprint(Config(), rules=VERIFY_RULES_REVISION)
+    assert now != settings_fingerprint(Config(), rules="next")
+    assert all(now != settings_fingerprint(Config(), rules=earlier) for earlier in EARLIER_VERIFY_RULES)

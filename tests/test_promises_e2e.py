@@ -5,6 +5,7 @@ message naming the file and the fix."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -412,3 +413,53 @@ def test_a_file_that_cannot_be_read_for_a_while_keeps_its_finished_task(
     assert again.returncode == 0, again.output
     assert sim.chat_requests == []
     assert summary(out)["skipped_unchanged"] == 4
+
+
+def test_tasks_verified_under_earlier_verification_rules_are_checked_again_without_the_model(
+    cli: Cli, simulator_factory: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """After an upgrade that makes verification stricter, a rerun asks nothing for a task whose stored programs
+    still verify (its results stay as they are) and redoes one whose stored program the new rules refuse."""
+    from pipeline.cli import _config, build_parser
+    from pipeline.engine import settings_fingerprint
+    from tests.test_batch_e2e import summary
+
+    corpus, out, sim, url = finished_run(cli, simulator_factory, tmp_path, 2)
+    # What a run of the release before the rules' revision left: its records keyed without the revision...
+    monkeypatch.chdir(cli.cwd)
+    for name, value in cli.env.items():
+        monkeypatch.setenv(name, value)
+    config = _config(build_parser().parse_args(
+        ["run", "--c-files", str(corpus), "--json-files", str(corpus), "--output", str(out), "--base-url", url,
+         "--model", "sim-model", "--cache-dir", str(cli.cache_dir)]))
+    now, before = settings_fingerprint(config), settings_fingerprint(config, rules=None)
+    assert now != before
+    ledger = out / "ledger.jsonl"
+    records = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert {r["key"].partition(":")[2] for r in records} == {now}
+    for record in records:
+        record["key"] = record["key"].replace(f":{now}", f":{before}")
+        record.pop("reuse_key", None)
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in records))
+    # ... and a stored program that passed then but runs another program, which the current rules refuse.
+    for stage in ("unidiomatic", "idiomatic"):
+        program = out / "prog001" / f"translated_code_{stage}" / "combined.rs"
+        program.write_text("use std::process::Command;\n" + program.read_text())
+    kept = {path: path.read_bytes() for path in (out / "prog000").rglob("*") if path.is_file()}
+    sim.reset_log()
+    rerun = run(cli, corpus, out, url)
+    assert rerun.returncode == 0, rerun.output
+    assert requested_ids(sim) == {"prog001"}
+    assert "prog000: verified again under the current verification rules" in rerun.stderr, rerun.stderr[-3000:]
+    assert re.search(r"prog001: its unidiomatic program no longer verifies under the current verification rules "
+                     r"\(line 1 runs another program \(std::process::Command\)", rerun.stderr), rerun.stderr[-3000:]
+    assert summary(out)["skipped_unchanged"] == 1
+    assert {t["task_id"]: t["status"] for t in summary(out)["tasks"]} == {"prog000": "verified",
+                                                                            "prog001": "verified"}
+    assert {path: path.read_bytes() for path in (out / "prog000").rglob("*") if path.is_file()} == kept
+    assert "Command" not in (out / "prog001" / "translated_code_unidiomatic" / "combined.rs").read_text()
+    sim.reset_log()
+    again = run(cli, corpus, out, url)
+    assert again.returncode == 0, again.output
+    assert sim.chat_requests == []
+    assert summary(out)["skipped_unchanged"] == 2
