@@ -73,8 +73,9 @@ log = logging.getLogger(__name__)
 
 #: The only PATH an untrusted program gets unless the caller passes one.
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
-#: Environment variable carrying a per-run marker when runs share our uid (no namespaces): the sweep finds
-#: every process of the run by it, daemons included.
+#: Environment variable carrying a per-run marker: the sweep of a killed run finds every process of the run by it
+#: besides its uid: the program's daemons when runs share our uid (no namespaces), and the helper that is pid 1 of
+#: its namespaces (it runs as root), which a cancelled run waits for too.
 MARKER_VAR = "C2R_SANDBOX_RUN"
 #: World-writable places that get a private tmpfs in the mount namespace.
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
@@ -622,11 +623,10 @@ class Sandbox:
         if ready is None:
             ready = await anyio.to_thread.run_sync(self._prepare, list(argv), Path(cwd), limits)
         uid, private_tmp, rlimits = ready
-        marker = None if uid is not None else secrets.token_hex(12)
+        marker = secrets.token_hex(12)
         full_env = {"PATH": SANDBOX_PATH, "LC_ALL": "C", "HOME": str(cwd), "TMPDIR": str(cwd)}
         full_env.update(env or {})
-        if marker is not None:
-            full_env[MARKER_VAR] = marker
+        full_env[MARKER_VAR] = marker
         pipe = _StatusPipe()
         helper = self.helper.command(
             argv, fd=pipe.write_fd, uid=uid, rlimits=rlimits, tmp=PRIVATE_TMP_DIRS if private_tmp else (),
