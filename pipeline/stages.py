@@ -40,6 +40,13 @@ class StageEnv:
     functions: FunctionLevel | None = None
 
 
+def c_program_rules(c_source: str, suite: TestSuite) -> tuple[bool, bool]:
+    """What the C program and its tests change in how a translation is judged, as
+    :class:`~pipeline.records.Candidate` takes them: whether the C program runs other code itself (then its
+    translation may), and whether the task is self-checking (the control of :mod:`pipeline.self_check`)."""
+    return c_runs_other_code(c_source), self_check.applies(c_source, suite)
+
+
 async def run_stage(
     env: StageEnv,
     stage: StageName,
@@ -57,8 +64,7 @@ async def run_stage(
     """
     started = time.perf_counter()
     first = first_prompt(stage, name=name, c_source=c_source, rust_source=rust_source)
-    spawning = c_runs_other_code(c_source)
-    checking = self_check.applies(c_source, suite)
+    spawning, checking = c_program_rules(c_source, suite)
     system = env.config.translation.system_message
     turns: list[Turn] = []
     attempts: list[Attempt] = []

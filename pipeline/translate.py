@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import aiofiles.os
 import anyio
 
-from . import self_check
 from .errors import TaskFailure, TaskInputError
 from .records import (
     STAGE_SPECS,
@@ -31,8 +30,7 @@ from .records import (
     TaskResult,
     TestSuite,
 )
-from .rust_source import c_runs_other_code
-from .stages import StageEnv, run_stage
+from .stages import StageEnv, c_program_rules, run_stage
 from .task import Task, hash_contents, printable
 from .testing import MAX_INPUT_BYTES, input_files, load_test_suite
 
@@ -135,13 +133,14 @@ def stored_programs(result_dir: Path) -> tuple[dict[str, Any], list[tuple[StageN
     layout), or None when the task did not verify or a file is missing or unreadable. Blocking."""
     try:
         summary = json.loads((result_dir / "result.json").read_text(encoding="utf-8"))
-        stages = summary["stages"] if summary.get("status") == "verified" else None
+        if summary.get("status") != "verified":
+            return None
+        verified = [name for name in STAGES if (summary["stages"].get(name) or {}).get("status") == "verified"]
         programs = [(name, (result_dir / STAGE_SPECS[name].result_dir / "combined.rs").read_text(encoding="utf-8"))
-                    for name in STAGES if isinstance(stages, dict) and (stages.get(name) or {}).get("status")
-                    == "verified"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                    for name in verified]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # not there, or not the layout we write
         return None
-    return (summary, programs) if isinstance(summary, dict) and programs else None
+    return (summary, programs) if programs else None
 
 
 async def recheck_task(
@@ -158,7 +157,7 @@ async def recheck_task(
         return None
     summary, programs = stored
     oracle = await env.verifier.oracle(inputs.c_source, inputs.suite, key_hash)
-    runs_other_code, checking = c_runs_other_code(inputs.c_source), self_check.applies(inputs.c_source, inputs.suite)
+    runs_other_code, checking = c_program_rules(inputs.c_source, inputs.suite)
     for stage, code in programs:
         verdict = await env.verifier.verify(Candidate(stage, (code,), runs_other_code, checking), inputs.suite,
                                             oracle)
