@@ -327,17 +327,18 @@ class _Run:
         # Records this run accepts as its own, by the kind of a task's tests: the feed of samples lists shapes
         # their tests; a test task's commands name their feed, so a record made under either feed stands.
         other: Feed = "args" if config.run.feed == "stdin" else "stdin"
-        self.accepted: dict[str, tuple[str, ...]] = {
-            "samples": (self.fingerprint,), "task": (self.fingerprint, settings_fingerprint(config, feed=other))}
-        self.accepted_reuse: dict[str, tuple[str, ...]] = {
-            "samples": (self.reuse_fingerprint,),
-            "task": (self.reuse_fingerprint, settings_fingerprint(config, limits=False, feed=other))}
+        feeds = {"samples": (config.run.feed,), "task": (config.run.feed, other)}
+
+        def by_kind(*, limits: bool = True, rules: tuple[str | None, ...] = (VERIFY_RULES_REVISION,),
+                    ) -> dict[str, frozenset[str]]:
+            return {kind: frozenset(settings_fingerprint(config, limits=limits, feed=feed, rules=revision)
+                                    for feed in kind_feeds for revision in rules)
+                    for kind, kind_feeds in feeds.items()}
+
+        self.accepted = by_kind()
+        self.accepted_reuse = by_kind(limits=False)
         # Records of verified tasks made under earlier verification rules, with this run's settings otherwise.
-        feeds: dict[str, tuple[str, ...]] = {"samples": (config.run.feed,), "task": (config.run.feed, other)}
-        self.recheckable: dict[str, frozenset[str]] = {
-            kind: frozenset(settings_fingerprint(config, feed=feed, rules=rules)
-                            for feed in kind_feeds for rules in EARLIER_VERIFY_RULES)
-            for kind, kind_feeds in feeds.items()}
+        self.recheckable = by_kind(rules=EARLIER_VERIFY_RULES)
         # Differential testing judges generated inputs by the C program within min(test_timeout, this): below it,
         # another timeout keeps other inputs, which the translation was never checked on.
         self.oracle_seconds = 0.0
@@ -397,16 +398,14 @@ class _Run:
         entry = self.ledger.get(task.id)
         if entry is None or entry.status != "verified":
             return False
-        digest, _, settings = entry.key.partition(":")
-        return (digest == key.input_hash and settings in self.recheckable[task.test_kind]
+        return (_same_task(entry.key, key, self.recheckable[task.test_kind])
                 and (self.options.output / task.id / "result.json").exists())
 
     def _finished(self, task: Task, key: TaskKey) -> bool:
         entry = self.ledger.get(task.id)
         if entry is None:
             return False
-        digest, _, settings = entry.key.partition(":")
-        same = digest == key.input_hash and settings in self.accepted[task.test_kind]
+        same = _same_task(entry.key, key, self.accepted[task.test_kind])
         if not same and not self._reusable(entry.reuse, key, self.accepted_reuse[task.test_kind]):
             return False
         if not (self.options.output / task.id / "result.json").exists():
@@ -423,7 +422,7 @@ class _Run:
         used = max((stage.get("attempts") or 0 for stage in (summary.get("stages") or {}).values()), default=0)
         return f"{key.input_hash}:{self.reuse_fingerprint}:{used}:{self.config.translation.test_timeout!r}"
 
-    def _reusable(self, reuse: str | None, key: TaskKey, accepted: tuple[str, ...]) -> bool:
+    def _reusable(self, reuse: str | None, key: TaskKey, accepted: Container[str]) -> bool:
         """Whether a verified result recorded under other settings stands under this run's: the same inputs and
         settings but the limits, no stage needed more attempts than this run allows, and the tests passed within
         no more seconds than this run gives them (the code would pass them again)."""
@@ -433,7 +432,6 @@ class _Run:
         if len(parts) != 3:
             return False
         prefix, used, seconds = parts
-        digest, _, settings = prefix.partition(":")
         limits = self.config.translation
         try:
             attempts, timeout = int(used), float(seconds)
@@ -441,7 +439,7 @@ class _Run:
             return False
         same_oracle = min(timeout, self.oracle_seconds) == min(limits.test_timeout, self.oracle_seconds)
         return (attempts <= limits.max_attempts and timeout <= limits.test_timeout and same_oracle
-                and digest == key.input_hash and settings in accepted)
+                and _same_task(prefix, key, accepted))
 
     async def produce(self, send: ObjectSendStream[_Work]) -> None:
         found = discover(self.options.c_dir, self.options.json_dir, feed=self.config.run.feed,
@@ -595,6 +593,13 @@ class _Run:
         for status, count in ((result.granularity or {}).get("items") or {}).items():
             if status in c.items:
                 c.items[status] += count
+
+
+def _same_task(recorded: str, key: TaskKey, accepted: Container[str]) -> bool:
+    """Whether a ledger key (``input_hash:settings``) names the task's inputs as they are, under settings among
+    ``accepted``."""
+    digest, _, settings = recorded.partition(":")
+    return digest == key.input_hash and settings in accepted
 
 
 def _unread_file(task: Task, files: TaskFiles) -> Orphan | None:
